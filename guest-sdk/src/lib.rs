@@ -1,0 +1,1 @@
+//! walflow plugin SDK

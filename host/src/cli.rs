@@ -1,0 +1,157 @@
+//! The `walflow` command line: argument definitions and dispatch to the modules that do the work.
+//!
+//! Every command returns `anyhow::Result`; `main` prints a failure as one line (`error: …`) and
+//! exits non-zero, so each error must already say what is wrong and what to do.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// PostgreSQL change data capture through WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "walflow", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the pipeline until stopped (SIGINT/SIGTERM flush, checkpoint and exit 0).
+    Run(RunArgs),
+    /// Start a throwaway PostgreSQL, write changes and stream them through the built-in plugins.
+    Demo(DemoArgs),
+    /// Decode a slot and print events as JSON lines, without plugins.
+    Tail(TailArgs),
+    /// Work with plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Check that the source database is ready, with the SQL to fix each finding.
+    Check(ConfigArgs),
+    /// Print the setup script (user, grants, publication, slot, signal and heartbeat tables).
+    SetupSql(SetupSqlArgs),
+    /// Request an incremental snapshot of tables.
+    Snapshot(SnapshotArgs),
+}
+
+/// `-c walflow.toml`
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The configuration file.
+    #[arg(short, long, default_value = "walflow.toml")]
+    pub config: PathBuf,
+}
+
+/// `walflow run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Continue although the slot's history has a gap (see the message that suggested this).
+    #[arg(long)]
+    pub accept_gap: bool,
+}
+
+/// `walflow demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long to write changes before stopping.
+    #[arg(long, default_value = "5s")]
+    pub duration: String,
+    /// Directory holding the built-in plugins (`*.wasm`); found automatically when omitted.
+    #[arg(long)]
+    pub plugins_dir: Option<PathBuf>,
+}
+
+/// `walflow tail`
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// A configuration file to take the source from (flags override it).
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// `postgres://user@host:port/db`
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Environment variable holding the password.
+    #[arg(long)]
+    pub password_env: Option<String>,
+    /// disable | prefer | require | verify-ca | verify-full
+    #[arg(long)]
+    pub sslmode: Option<String>,
+    /// Root certificates (PEM) for verify-ca/verify-full.
+    #[arg(long)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Replication slot (created if missing).
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// Publication.
+    #[arg(long)]
+    pub publication: Option<String>,
+    /// Stop once this LSN (e.g. `0/16B3748`) has been reached.
+    #[arg(long)]
+    pub until_lsn: Option<String>,
+    /// Confirm what was printed to the server, as a consumer would (off: the slot does not move).
+    #[arg(long)]
+    pub confirm: bool,
+}
+
+/// `walflow plugin …`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Run a plugin chain over JSON-lines events and print the result.
+    Run(PluginRunArgs),
+}
+
+/// `walflow plugin run`
+#[derive(Debug, Args)]
+pub struct PluginRunArgs {
+    /// `FILE[=JSON]`: a plugin and its config, in chain order; repeatable.
+    #[arg(long = "plugin", required = true)]
+    pub plugins: Vec<String>,
+    /// JSON-lines input (sink records); standard input when omitted.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Events per batch.
+    #[arg(long, default_value_t = 1024)]
+    pub batch_size: usize,
+}
+
+/// `walflow setup-sql`
+#[derive(Debug, Args)]
+pub struct SetupSqlArgs {
+    /// The configuration file.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Amazon RDS / Aurora variant (rds_replication instead of REPLICATION).
+    #[arg(long)]
+    pub rds: bool,
+}
+
+/// `walflow snapshot`
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The configuration file.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// `schema.table` to snapshot; repeatable.
+    #[arg(long = "table", required = true)]
+    pub tables: Vec<String>,
+}
+
+/// Runs a parsed command line.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(_) => anyhow::bail!("`walflow run` is not available yet"),
+        Command::Demo(_) => anyhow::bail!("`walflow demo` is not available yet"),
+        Command::Tail(_) => anyhow::bail!("`walflow tail` is not available yet"),
+        Command::Plugin(PluginCommand::Run(_)) => {
+            anyhow::bail!("`walflow plugin run` is not available yet")
+        }
+        Command::Check(_) => anyhow::bail!("`walflow check` is not available yet"),
+        Command::SetupSql(_) => anyhow::bail!("`walflow setup-sql` is not available yet"),
+        Command::Snapshot(_) => anyhow::bail!("`walflow snapshot` is not available yet"),
+    }
+}

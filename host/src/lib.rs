@@ -1,0 +1,15 @@
+//! walflow: PostgreSQL change data capture whose every event passes through WebAssembly
+//! components written by its users.
+//!
+//! The crate is laid out along the data flow (see `DESIGN.md`): `replication` and `pgoutput`
+//! bring changes in, `snapshot` reads existing rows, `plugin` runs the component chain,
+//! `encode` and `sink` send events out, and `checkpoint` decides what may be confirmed.
+
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod pgoutput;
+pub mod plugin;
+pub mod replication;
+pub mod sink;
+pub mod snapshot;

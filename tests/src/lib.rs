@@ -1,0 +1,1 @@
+//! Test harness: throwaway PostgreSQL clusters and helpers shared by the integration tests.
