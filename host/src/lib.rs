@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod encode;
 pub mod event;
 pub mod pgoutput;
 pub mod plugin;

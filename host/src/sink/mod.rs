@@ -1,1 +1,121 @@
-//! sink (being written)
+//! Sinks: where encoded events go.
+//!
+//! # Acknowledgement contract (at-least-once)
+//!
+//! The pipeline hands a sink batches in source order with [`Sink::write`], then calls
+//! [`Sink::flush`]. When `flush` returns `Ok`, everything written before it is durably accepted
+//! by the destination (fsynced, acknowledged by the broker, committed) — only then may the
+//! pipeline advance the checkpoint and confirm the LSN to PostgreSQL. A sink may make data
+//! durable earlier, but must never report success for data it could still lose. After an error
+//! the pipeline does not confirm anything written since the last successful flush; on restart
+//! those events are delivered again, so a destination may see a bounded tail twice (every record
+//! carries its LSN for de-duplication).
+//!
+//! Errors say whether trying again can help ([`SinkError::Retryable`]) or not
+//! ([`SinkError::Fatal`]); the pipeline retries the former with capped backoff and stops on the
+//! latter without confirming.
+
+mod file;
+mod stdout;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::SinkConfig;
+use crate::event::Event;
+
+pub use file::{FileSink, written_files};
+pub use stdout::StdoutSink;
+
+/// One event, encoded once and shared by every sink.
+#[derive(Debug, Clone)]
+pub struct EncodedRecord {
+    /// Destination topic (or subject, stream, table…).
+    pub topic: String,
+    /// The encoded key, for sinks that partition or de-duplicate by key.
+    pub key: Option<Vec<u8>>,
+    /// The encoded record (the whole envelope).
+    pub payload: Vec<u8>,
+    /// The event's LSN.
+    pub lsn: u64,
+}
+
+/// A batch as sinks see it: the encoded records and the events they came from, index for index.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkBatch<'a> {
+    /// Encoded records, in source order.
+    pub records: &'a [EncodedRecord],
+    /// The events, for sinks that apply changes themselves (e.g. into another database).
+    pub events: &'a [Event],
+}
+
+/// Why a sink failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    /// A transient failure (destination down, timeout): the same batch may be written again.
+    #[error("{0}")]
+    Retryable(String),
+    /// A failure that retrying cannot fix (bad configuration, rejected data).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl SinkError {
+    /// Whether writing the same data again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Retryable(_))
+    }
+}
+
+/// A destination for events. See the module docs for the acknowledgement contract.
+#[async_trait]
+pub trait Sink: Send {
+    /// A short name for logs and metrics (`file:out/events.jsonl`).
+    fn name(&self) -> &str;
+
+    /// Hands a batch to the destination. Not yet an acknowledgement: see [`Sink::flush`].
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError>;
+
+    /// Makes everything written so far durable; `Ok` is the acknowledgement.
+    async fn flush(&mut self) -> Result<(), SinkError>;
+
+    /// Flushes and releases the destination.
+    async fn close(&mut self) -> Result<(), SinkError> {
+        self.flush().await
+    }
+}
+
+/// Builds the sink a `[[sinks]]` entry describes.
+pub async fn build(
+    config: &SinkConfig,
+    base: &std::path::Path,
+) -> Result<Box<dyn Sink>, SinkError> {
+    match config.kind.as_str() {
+        "stdout" => Ok(Box::new(StdoutSink::from_settings(&config.settings)?)),
+        "file" => Ok(Box::new(FileSink::from_settings(&config.settings, base)?)),
+        other => Err(SinkError::Fatal(format!(
+            "unknown sink type `{other}` in [[sinks]]; available: file, stdout"
+        ))),
+    }
+}
+
+/// Rejects settings a sink does not know, naming the key.
+pub(crate) fn check_keys(
+    kind: &str,
+    settings: &toml::Table,
+    known: &[&str],
+) -> Result<(), SinkError> {
+    for key in settings.keys() {
+        if !known.contains(&key.as_str()) {
+            return Err(SinkError::Fatal(format!(
+                "unknown key `{key}` in a [[sinks]] entry of type `{kind}`; known keys: type, {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Shared handle so several tasks can report into one place.
+pub type SharedSink = Arc<tokio::sync::Mutex<Box<dyn Sink>>>;

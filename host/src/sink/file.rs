@@ -1,0 +1,193 @@
+//! The `file` sink: records appended to a file, one per line, fsynced on flush, rotated by size.
+//!
+//! Rotation renames the full file to `NAME.000001`, `NAME.000002`, … (numbered in the order they
+//! were written) and starts a new `NAME`, so a reader replays `NAME.*` in order and then `NAME`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{Sink, SinkBatch, SinkError, check_keys};
+
+/// Appends encoded records to a file.
+pub struct FileSink {
+    name: String,
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    size: u64,
+    max_bytes: Option<u64>,
+    separator: Vec<u8>,
+}
+
+impl FileSink {
+    /// Builds the sink from its `[[sinks]]` settings: `path` (required), `max_bytes` (rotation).
+    pub fn from_settings(settings: &toml::Table, base: &Path) -> Result<FileSink, SinkError> {
+        check_keys("file", settings, &["path", "max_bytes"])?;
+        let path = settings
+            .get("path")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| SinkError::Fatal("a file sink needs `path = \"…\"`".into()))?;
+        let max_bytes = match settings.get("max_bytes") {
+            None => None,
+            Some(v) => Some(v.as_integer().filter(|n| *n > 0).ok_or_else(|| {
+                SinkError::Fatal("`max_bytes` of a file sink must be a positive integer".into())
+            })? as u64),
+        };
+        let path = base.join(path);
+        FileSink::open(path, max_bytes)
+    }
+
+    /// Opens (appending to) `path`, creating its directory.
+    pub fn open(path: PathBuf, max_bytes: Option<u64>) -> Result<FileSink, SinkError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| cannot_write(&path, e))?;
+        }
+        let mut sink = FileSink {
+            name: format!("file:{}", path.display()),
+            path,
+            writer: None,
+            size: 0,
+            max_bytes,
+            separator: b"\n".to_vec(),
+        };
+        sink.reopen()?;
+        Ok(sink)
+    }
+
+    fn reopen(&mut self) -> Result<(), SinkError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| cannot_write(&self.path, e))?;
+        self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.writer = Some(BufWriter::with_capacity(1 << 20, file));
+        Ok(())
+    }
+
+    fn writer(&mut self) -> Result<&mut BufWriter<File>, SinkError> {
+        if self.writer.is_none() {
+            self.reopen()?;
+        }
+        self.writer
+            .as_mut()
+            .ok_or_else(|| SinkError::Fatal("file sink is closed".into()))
+    }
+
+    fn sync(&mut self) -> Result<(), SinkError> {
+        let path = self.path.clone();
+        if let Some(w) = self.writer.as_mut() {
+            w.flush().map_err(|e| retryable(&path, e))?;
+            w.get_ref().sync_data().map_err(|e| retryable(&path, e))?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), SinkError> {
+        self.sync()?;
+        self.writer = None;
+        let next = next_rotation_number(&self.path);
+        let target = rotated_path(&self.path, next);
+        std::fs::rename(&self.path, &target).map_err(|e| retryable(&self.path, e))?;
+        if let Some(dir) = self.path.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        tracing::info!(file = %target.display(), "rotated file sink");
+        self.reopen()
+    }
+}
+
+/// `NAME.000001` for rotation number 1.
+pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n:06}"));
+    PathBuf::from(s)
+}
+
+/// Every file a file sink at `path` has written, oldest first.
+pub fn written_files(path: &Path) -> Vec<PathBuf> {
+    let last = next_rotation_number(path);
+    let mut files: Vec<PathBuf> = (1..last)
+        .map(|n| rotated_path(path, n))
+        .filter(|p| p.exists())
+        .collect();
+    if path.exists() {
+        files.push(path.to_owned());
+    }
+    files
+}
+
+fn next_rotation_number(path: &Path) -> u32 {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return 1;
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = format!("{name}.");
+    let max = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name();
+            let n = n.to_str()?;
+            n.strip_prefix(&prefix)?.parse::<u32>().ok()
+        })
+        .max()
+        .unwrap_or(0);
+    max + 1
+}
+
+fn cannot_write(path: &Path, e: std::io::Error) -> SinkError {
+    SinkError::Fatal(format!(
+        "file sink cannot write {}: {e}; check the path and its permissions",
+        path.display()
+    ))
+}
+
+fn retryable(path: &Path, e: std::io::Error) -> SinkError {
+    SinkError::Retryable(format!("file sink failed writing {}: {e}", path.display()))
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
+        let path = self.path.clone();
+        for record in batch.records {
+            if let Some(max) = self.max_bytes {
+                if self.size > 0 && self.size + record.payload.len() as u64 + 1 > max {
+                    self.rotate()?;
+                }
+            }
+            let sep = self.separator.clone();
+            let w = self.writer()?;
+            w.write_all(&record.payload)
+                .map_err(|e| retryable(&path, e))?;
+            w.write_all(&sep).map_err(|e| retryable(&path, e))?;
+            self.size += record.payload.len() as u64 + sep.len() as u64;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        // fsync is blocking; a file sink's flush is rare (once per ack interval), so doing it
+        // inline on a worker thread is fine, but let the runtime know.
+        tokio::task::block_in_place(|| self.sync())
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        tokio::task::block_in_place(|| self.sync())?;
+        self.writer = None;
+        Ok(())
+    }
+}
