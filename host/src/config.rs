@@ -372,7 +372,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" | "" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -387,9 +391,13 @@ mod duration {
 
 mod duration_opt {
     use super::*;
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -400,7 +408,9 @@ mod tests {
     #[test]
     fn unknown_key_names_key_and_line() {
         let text = "[source]\nurl = \"postgres://u@h/db\"\nslott = \"x\"\n";
-        let err = Config::parse(text, Path::new("w.toml")).unwrap_err().to_string();
+        let err = Config::parse(text, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("slott"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -408,7 +418,9 @@ mod tests {
     #[test]
     fn wrong_type_is_rejected() {
         let text = "[source]\nurl = \"postgres://u@h/db\"\nread_only = \"yes\"\n";
-        let err = Config::parse(text, Path::new("w.toml")).unwrap_err().to_string();
+        let err = Config::parse(text, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3"), "{err}");
     }
 
@@ -456,7 +468,10 @@ url = "redis://127.0.0.1:6379"
 "#;
         let c = Config::parse(text, Path::new("/etc/walflow/w.toml")).unwrap();
         assert_eq!(c.source.sslmode, SslMode::Require);
-        assert_eq!(c.plugins[0].path, Path::new("/etc/walflow/plugins/table_filter.wasm"));
+        assert_eq!(
+            c.plugins[0].path,
+            Path::new("/etc/walflow/plugins/table_filter.wasm")
+        );
         assert_eq!(c.sinks.len(), 2);
         assert_eq!(c.source.heartbeat_interval, Some(Duration::from_secs(10)));
     }
