@@ -1,0 +1,1 @@
+//! Byte-vector tests for every pgoutput message, and the no-panic property test.

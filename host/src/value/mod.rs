@@ -1,0 +1,445 @@
+//! PostgreSQL values in text output format → typed [`Value`]s.
+//!
+//! pgoutput sends every column in its type's text output format (we do not request binary), so
+//! turning a change into an event means parsing that text by type. The [`TypeRegistry`] knows
+//! the built-in types by oid and learns user types (enums, domains, arrays, composites, ranges,
+//! extension types) from the catalog or from pgoutput Type messages. Decoding never fails:
+//! anything unknown or unparsable is kept verbatim as [`Value::Raw`] with its type name, so no
+//! change is ever dropped for a value we do not understand.
+//!
+//! For the hot path, [`TypeRegistry::codec`] resolves a type oid once (following domains to
+//! their base type and arrays to their element) into a [`TextCodec`] that a relation cache can
+//! keep per column; [`TypeRegistry::decode_text`] is the convenient one-shot form.
+//!
+//! Submodules: [`scalar`] parses one value of a base type, [`temporal`] the date/time types,
+//! [`array`] PostgreSQL's array literal syntax.
+
+pub mod array;
+pub mod scalar;
+pub mod temporal;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::event::Value;
+
+/// What kind of type a [`TypeInfo`] describes (`pg_type.typtype`, refined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeKind {
+    /// A base type (`typtype = 'b'`, not an array).
+    Base,
+    /// An enum (`typtype = 'e'`): values decode as text.
+    Enum,
+    /// A domain (`typtype = 'd'`): values decode as their base type.
+    Domain {
+        /// `typbasetype`.
+        base_oid: u32,
+    },
+    /// An array type (`typelem <> 0` and `typcategory = 'A'`, or a name starting with `_`).
+    Array {
+        /// `typelem`.
+        elem_oid: u32,
+    },
+    /// A composite (row) type (`typtype = 'c'`): kept raw.
+    Composite,
+    /// A range or multirange (`typtype = 'r'` / `'m'`): kept raw.
+    Range,
+    /// Anything else (pseudo-types, types learned only by name): kept raw.
+    Other,
+}
+
+/// A type the registry knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeInfo {
+    /// `pg_type.oid`.
+    pub oid: u32,
+    /// `pg_type.typname`, e.g. `int4`, `_text`, `mood`.
+    pub name: String,
+    /// What kind of type it is.
+    pub kind: TypeKind,
+}
+
+impl TypeInfo {
+    /// Builds a `TypeInfo` from the columns of
+    /// `select oid, typname, typtype, typbasetype, typelem, typcategory from pg_type`.
+    /// `typtype` and `typcategory` are the single-character codes (`b`, `e`, `d`, `c`, `r`,
+    /// `m`, `p`; `A` for arrays).
+    pub fn from_catalog(
+        oid: u32,
+        name: impl Into<String>,
+        typtype: char,
+        basetype: u32,
+        elem: u32,
+        category: char,
+    ) -> TypeInfo {
+        let kind = match typtype {
+            'e' => TypeKind::Enum,
+            'd' => TypeKind::Domain { base_oid: basetype },
+            'c' => TypeKind::Composite,
+            'r' | 'm' => TypeKind::Range,
+            'b' if elem != 0 && category == 'A' => TypeKind::Array { elem_oid: elem },
+            'b' => TypeKind::Base,
+            _ => TypeKind::Other,
+        };
+        TypeInfo {
+            oid,
+            name: name.into(),
+            kind,
+        }
+    }
+}
+
+/// How the text of one base type is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalarKind {
+    /// `bool`
+    Bool,
+    /// `int2`, `int4`, `int8`, `oid`
+    Int,
+    /// `float4`, `float8`
+    Float,
+    /// `numeric`
+    Numeric,
+    /// Text-like: `text`, `varchar`, `bpchar`, `name`, `char`, `xml`, enums, `inet`, `cidr`,
+    /// `macaddr`, `macaddr8`, `money`, `bit`, `varbit`, `pg_lsn`, …
+    Text,
+    /// `bytea`
+    Bytea,
+    /// `uuid`
+    Uuid,
+    /// `json`, `jsonb`, `jsonpath` is text
+    Json,
+    /// `date`
+    Date,
+    /// `time`
+    Time,
+    /// `timetz`
+    TimeTz,
+    /// `timestamp`
+    Timestamp,
+    /// `timestamptz`
+    TimestampTz,
+    /// `interval`
+    Interval,
+    /// Anything else: [`Value::Raw`].
+    Raw,
+}
+
+/// A resolved decoder for one type: how to parse its text, and the name to put in
+/// [`Value::Raw`] when that fails. Cheap to clone (an `Arc` and two bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextCodec {
+    /// Parse as a scalar of this kind, or as an array of elements of this kind.
+    pub scalar: ScalarKind,
+    /// Whether the value is an array literal.
+    pub array: bool,
+    /// The type's name (the array type's name for arrays).
+    pub type_name: Arc<str>,
+    /// The element type's name, for arrays (equal to `type_name` otherwise).
+    pub elem_name: Arc<str>,
+}
+
+impl TextCodec {
+    /// A codec that keeps every value raw under this type name.
+    pub fn raw(type_name: &str) -> TextCodec {
+        let name: Arc<str> = Arc::from(type_name);
+        TextCodec {
+            scalar: ScalarKind::Raw,
+            array: false,
+            elem_name: name.clone(),
+            type_name: name,
+        }
+    }
+
+    /// Parses a value in text output format. Never fails: unparsable text becomes
+    /// [`Value::Raw`].
+    pub fn decode(&self, text: &str) -> Value {
+        if self.array {
+            match array::parse(text) {
+                Some(parsed) => {
+                    parsed.into_value(|t| scalar::decode(self.scalar, &self.elem_name, t))
+                }
+                None => raw(&self.type_name, text),
+            }
+        } else {
+            scalar::decode(self.scalar, &self.type_name, text)
+        }
+    }
+
+    /// Turns a binary-format datum into a value: `bytea` as bytes, text-like types as text,
+    /// anything else as [`Value::Raw`] holding `\x` and the bytes in hex (we request text
+    /// format, so this is only a fallback).
+    pub fn decode_binary(&self, bytes: &[u8]) -> Value {
+        match (self.array, self.scalar) {
+            (false, ScalarKind::Bytea) => Value::Bytes(bytes.to_vec()),
+            (false, ScalarKind::Text) => match std::str::from_utf8(bytes) {
+                Ok(s) => Value::Text(s.to_owned()),
+                Err(_) => raw_hex(&self.type_name, bytes),
+            },
+            _ => raw_hex(&self.type_name, bytes),
+        }
+    }
+
+    /// Decodes text that may not be valid UTF-8 (pgoutput bytes): invalid UTF-8 is kept as
+    /// [`Value::Raw`] with the invalid sequences replaced.
+    pub fn decode_bytes(&self, bytes: &[u8]) -> Value {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.decode(text),
+            Err(_) => raw(&self.type_name, &String::from_utf8_lossy(bytes)),
+        }
+    }
+}
+
+pub(crate) fn raw(type_name: &str, text: &str) -> Value {
+    Value::Raw {
+        type_name: type_name.to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+fn raw_hex(type_name: &str, bytes: &[u8]) -> Value {
+    Value::Raw {
+        type_name: type_name.to_owned(),
+        text: format!("\\x{}", hex::encode(bytes)),
+    }
+}
+
+/// The types a connection knows: the built-ins plus whatever it learned.
+#[derive(Debug, Clone)]
+pub struct TypeRegistry {
+    types: HashMap<u32, TypeInfo>,
+}
+
+impl Default for TypeRegistry {
+    fn default() -> Self {
+        TypeRegistry::new()
+    }
+}
+
+/// Domains may be built on domains; stop following after this many (a cycle is a catalog bug).
+const MAX_DOMAIN_DEPTH: usize = 16;
+
+impl TypeRegistry {
+    /// A registry holding the built-in types and their array types.
+    pub fn new() -> TypeRegistry {
+        let mut types = HashMap::with_capacity(BUILTINS.len() * 2);
+        for &(oid, name, array_oid) in BUILTINS {
+            types.insert(
+                oid,
+                TypeInfo {
+                    oid,
+                    name: name.to_owned(),
+                    kind: builtin_kind(oid),
+                },
+            );
+            if array_oid != 0 {
+                types.insert(
+                    array_oid,
+                    TypeInfo {
+                        oid: array_oid,
+                        name: format!("_{name}"),
+                        kind: TypeKind::Array { elem_oid: oid },
+                    },
+                );
+            }
+        }
+        TypeRegistry { types }
+    }
+
+    /// Adds or replaces a type (from the catalog at connect time).
+    pub fn insert(&mut self, info: TypeInfo) {
+        self.types.insert(info.oid, info);
+    }
+
+    /// Records what a pgoutput Type message says: a name for an oid. A kind already known from
+    /// the catalog is kept; a new type is [`TypeKind::Other`] (decoded raw) until the catalog
+    /// says more.
+    pub fn learn_name(&mut self, oid: u32, name: &str) {
+        match self.types.get_mut(&oid) {
+            Some(info) => {
+                if info.name != name {
+                    info.name = name.to_owned();
+                }
+            }
+            None => self.insert(TypeInfo {
+                oid,
+                name: name.to_owned(),
+                kind: TypeKind::Other,
+            }),
+        }
+    }
+
+    /// The type with this oid.
+    pub fn get(&self, oid: u32) -> Option<&TypeInfo> {
+        self.types.get(&oid)
+    }
+
+    /// The type's name, or `oid:N` for a type nobody described.
+    pub fn type_name(&self, oid: u32) -> String {
+        match self.types.get(&oid) {
+            Some(info) => info.name.clone(),
+            None => format!("oid:{oid}"),
+        }
+    }
+
+    /// Resolves how values of this type are decoded (domains to their base, arrays to their
+    /// element). Keep the result per column; it is valid until the registry changes.
+    pub fn codec(&self, oid: u32) -> TextCodec {
+        let type_name: Arc<str> = Arc::from(self.type_name(oid));
+        let Some(target) = self.base_of(oid) else {
+            return TextCodec::raw(&type_name);
+        };
+        match target.kind {
+            TypeKind::Array { elem_oid } => {
+                let elem_name: Arc<str> = Arc::from(self.type_name(elem_oid));
+                let scalar = self.scalar_kind(elem_oid);
+                if scalar == ScalarKind::Raw {
+                    // Elements we cannot type (composites, boxes with their `;` delimiter…):
+                    // keep the whole array raw rather than guess at its syntax.
+                    return TextCodec::raw(&type_name);
+                }
+                TextCodec {
+                    scalar,
+                    array: true,
+                    type_name,
+                    elem_name,
+                }
+            }
+            _ => TextCodec {
+                scalar: self.scalar_kind(oid),
+                array: false,
+                elem_name: type_name.clone(),
+                type_name,
+            },
+        }
+    }
+
+    /// Decodes one value in text output format. Never fails.
+    pub fn decode_text(&self, type_oid: u32, text: &str) -> Value {
+        self.codec(type_oid).decode(text)
+    }
+
+    /// Decodes one binary-format value (see [`TextCodec::decode_binary`]). Never fails.
+    pub fn decode_binary(&self, type_oid: u32, bytes: &[u8]) -> Value {
+        self.codec(type_oid).decode_binary(bytes)
+    }
+
+    /// Follows domains to the type that decides the format.
+    fn base_of(&self, oid: u32) -> Option<&TypeInfo> {
+        let mut info = self.types.get(&oid)?;
+        for _ in 0..MAX_DOMAIN_DEPTH {
+            match info.kind {
+                TypeKind::Domain { base_oid } => info = self.types.get(&base_oid)?,
+                _ => return Some(info),
+            }
+        }
+        None
+    }
+
+    /// The scalar kind of a non-array type (through domains).
+    fn scalar_kind(&self, oid: u32) -> ScalarKind {
+        match self.base_of(oid) {
+            Some(info) => match info.kind {
+                TypeKind::Base => builtin_scalar(info.oid),
+                TypeKind::Enum => ScalarKind::Text,
+                _ => ScalarKind::Raw,
+            },
+            None => ScalarKind::Raw,
+        }
+    }
+}
+
+/// Built-in types: (oid, name, array oid or 0).
+const BUILTINS: &[(u32, &str, u32)] = &[
+    (16, "bool", 1000),
+    (17, "bytea", 1001),
+    (18, "char", 1002),
+    (19, "name", 1003),
+    (20, "int8", 1016),
+    (21, "int2", 1005),
+    (23, "int4", 1007),
+    (24, "regproc", 1008),
+    (25, "text", 1009),
+    (26, "oid", 1028),
+    (27, "tid", 1010),
+    (28, "xid", 1011),
+    (29, "cid", 1012),
+    (114, "json", 199),
+    (142, "xml", 143),
+    (600, "point", 1017),
+    (601, "lseg", 1018),
+    (602, "path", 1019),
+    (603, "box", 1020),
+    (604, "polygon", 1027),
+    (628, "line", 629),
+    (650, "cidr", 651),
+    (700, "float4", 1021),
+    (701, "float8", 1022),
+    (718, "circle", 719),
+    (774, "macaddr8", 775),
+    (790, "money", 791),
+    (829, "macaddr", 1040),
+    (869, "inet", 1041),
+    (1042, "bpchar", 1014),
+    (1043, "varchar", 1015),
+    (1082, "date", 1182),
+    (1083, "time", 1183),
+    (1114, "timestamp", 1115),
+    (1184, "timestamptz", 1185),
+    (1186, "interval", 1187),
+    (1266, "timetz", 1270),
+    (1560, "bit", 1561),
+    (1562, "varbit", 1563),
+    (1700, "numeric", 1231),
+    (2205, "regclass", 2210),
+    (2206, "regtype", 2211),
+    (2950, "uuid", 2951),
+    (3220, "pg_lsn", 3221),
+    (3614, "tsvector", 3643),
+    (3615, "tsquery", 3645),
+    (3802, "jsonb", 3807),
+    (4072, "jsonpath", 4073),
+    (5069, "xid8", 271),
+    (3904, "int4range", 3905),
+    (3906, "numrange", 3907),
+    (3908, "tsrange", 3909),
+    (3910, "tstzrange", 3911),
+    (3912, "daterange", 3913),
+    (3926, "int8range", 3927),
+    (4451, "int4multirange", 6150),
+    (4532, "nummultirange", 6151),
+    (4533, "tsmultirange", 6152),
+    (4534, "tstzmultirange", 6153),
+    (4535, "datemultirange", 6155),
+    (4536, "int8multirange", 6157),
+    (2249, "record", 2287),
+];
+
+fn builtin_kind(oid: u32) -> TypeKind {
+    match oid {
+        3904 | 3906 | 3908 | 3910 | 3912 | 3926 | 4451 | 4532..=4536 => TypeKind::Range,
+        2249 => TypeKind::Composite,
+        _ => TypeKind::Base,
+    }
+}
+
+fn builtin_scalar(oid: u32) -> ScalarKind {
+    match oid {
+        16 => ScalarKind::Bool,
+        20 | 21 | 23 | 26 => ScalarKind::Int,
+        700 | 701 => ScalarKind::Float,
+        1700 => ScalarKind::Numeric,
+        18 | 19 | 25 | 142 | 650 | 774 | 790 | 829 | 869 | 1042 | 1043 | 1560 | 1562 | 3220
+        | 4072 => ScalarKind::Text,
+        17 => ScalarKind::Bytea,
+        2950 => ScalarKind::Uuid,
+        114 | 3802 => ScalarKind::Json,
+        1082 => ScalarKind::Date,
+        1083 => ScalarKind::Time,
+        1266 => ScalarKind::TimeTz,
+        1114 => ScalarKind::Timestamp,
+        1184 => ScalarKind::TimestampTz,
+        1186 => ScalarKind::Interval,
+        _ => ScalarKind::Raw,
+    }
+}
