@@ -14,3 +14,4 @@ pub mod plugin;
 pub mod replication;
 pub mod sink;
 pub mod snapshot;
+pub mod value;
