@@ -7,11 +7,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod encode;
 pub mod event;
+pub mod metrics;
 pub mod pgoutput;
+pub mod pipeline;
 pub mod plugin;
 pub mod replication;
 pub mod sink;
 pub mod snapshot;
+pub mod tables;
 pub mod value;

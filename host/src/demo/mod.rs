@@ -1,0 +1,2 @@
+//! `walflow demo` (being written)
+pub mod local_postgres;

@@ -1,0 +1,276 @@
+//! Pipeline metrics and the optional HTTP listener serving them (`/metrics` in Prometheus text
+//! format, `/health` as a one-line status).
+//!
+//! Counters are plain atomics updated on the hot path; per-table counts sit behind a mutex that
+//! is taken once per batch, not per event. The listener is a few lines of HTTP/1.1 on tokio:
+//! a scrape endpoint needs no framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::event::Event;
+use crate::sink::EncodedRecord;
+
+/// Counters of one pipeline.
+#[derive(Default)]
+pub struct Metrics {
+    events_in: Mutex<BTreeMap<String, u64>>,
+    events_out: Mutex<BTreeMap<String, u64>>,
+    bytes_out: AtomicU64,
+    chain_events_in: AtomicU64,
+    chain_micros: AtomicU64,
+    chain_batches: AtomicU64,
+    dead_letters: AtomicU64,
+    sink_errors: Mutex<BTreeMap<String, u64>>,
+    sink_flushes: AtomicU64,
+    acked_lsn: AtomicU64,
+    server_lsn: AtomicU64,
+    last_commit_us: AtomicI64,
+    plugin_reloads: AtomicU64,
+    plugin_reload_failures: AtomicU64,
+    healthy: AtomicBool,
+}
+
+impl Metrics {
+    /// Marks the pipeline as streaming (or not) for `/health`.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Counts events read from the source, per table.
+    pub fn record_in(&self, events: &[Event]) {
+        let mut map = self.events_in.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            *map.entry(e.relation.qualified_name()).or_default() += 1;
+            if e.source.commit_time_us != 0 {
+                self.last_commit_us
+                    .store(e.source.commit_time_us, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts events and bytes written to the sinks, per table.
+    pub fn record_out(&self, events: &[Event], records: &[EncodedRecord]) {
+        let mut map = self.events_out.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            *map.entry(e.relation.qualified_name()).or_default() += 1;
+        }
+        let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Records one run of the plugin chain.
+    pub fn record_chain(&self, events_in: usize, _events_out: usize, took: Duration) {
+        self.chain_events_in
+            .fetch_add(events_in as u64, Ordering::Relaxed);
+        self.chain_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.chain_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts dead-lettered events.
+    pub fn record_dead_letters(&self, n: usize) {
+        self.dead_letters.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a sink error.
+    pub fn record_sink_error(&self, sink: &str) {
+        let mut map = self.sink_errors.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(sink.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a successful flush of every sink (an acknowledgement).
+    pub fn record_flush(&self) {
+        self.sink_flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The LSN every sink has acknowledged.
+    pub fn set_acked_lsn(&self, lsn: u64) {
+        self.acked_lsn.store(lsn, Ordering::Relaxed);
+    }
+
+    /// The server's current WAL position, as last reported.
+    pub fn set_server_lsn(&self, lsn: u64) {
+        self.server_lsn.store(lsn, Ordering::Relaxed);
+    }
+
+    /// Counts a plugin reload, successful or not.
+    pub fn record_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.plugin_reloads
+        } else {
+            &self.plugin_reload_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let per_table =
+            |out: &mut String, name: &str, help: &str, map: &Mutex<BTreeMap<String, u64>>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for (table, n) in map.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    let _ = writeln!(out, "{name}{{table=\"{}\"}} {n}", escape(table));
+                }
+            };
+        per_table(
+            &mut out,
+            "walflow_events_in_total",
+            "Events read from the source.",
+            &self.events_in,
+        );
+        per_table(
+            &mut out,
+            "walflow_events_out_total",
+            "Events written to the sinks.",
+            &self.events_out,
+        );
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "walflow_bytes_out_total",
+            "Encoded bytes written to the sinks.",
+            load(&self.bytes_out),
+        );
+        counter(
+            &mut out,
+            "walflow_plugin_events_total",
+            "Events passed through the plugin chain.",
+            load(&self.chain_events_in),
+        );
+        counter(
+            &mut out,
+            "walflow_plugin_batches_total",
+            "Batches run through the plugin chain.",
+            load(&self.chain_batches),
+        );
+        gauge(
+            &mut out,
+            "walflow_plugin_seconds_total",
+            "Time spent in the plugin chain.",
+            load(&self.chain_micros) as f64 / 1e6,
+        );
+        counter(
+            &mut out,
+            "walflow_dead_letters_total",
+            "Events sent to the dead-letter sink.",
+            load(&self.dead_letters),
+        );
+        counter(
+            &mut out,
+            "walflow_plugin_reloads_total",
+            "Successful plugin hot reloads.",
+            load(&self.plugin_reloads),
+        );
+        counter(
+            &mut out,
+            "walflow_plugin_reload_failures_total",
+            "Rejected plugin hot reloads.",
+            load(&self.plugin_reload_failures),
+        );
+        counter(
+            &mut out,
+            "walflow_sink_acks_total",
+            "Flushes acknowledged by every sink.",
+            load(&self.sink_flushes),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP walflow_sink_errors_total Sink errors.\n# TYPE walflow_sink_errors_total counter"
+        );
+        for (sink, n) in self
+            .sink_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "walflow_sink_errors_total{{sink=\"{}\"}} {n}",
+                escape(sink)
+            );
+        }
+        let acked = load(&self.acked_lsn);
+        let server = load(&self.server_lsn);
+        gauge(
+            &mut out,
+            "walflow_acked_lsn",
+            "LSN acknowledged by every sink.",
+            acked as f64,
+        );
+        gauge(
+            &mut out,
+            "walflow_replication_lag_bytes",
+            "Server WAL position minus the acknowledged LSN.",
+            server.saturating_sub(acked) as f64,
+        );
+        let last = self.last_commit_us.load(Ordering::Relaxed);
+        let lag_s = if last == 0 {
+            0.0
+        } else {
+            (crate::encode::now_ms() as f64 / 1e3 - last as f64 / 1e6).max(0.0)
+        };
+        gauge(
+            &mut out,
+            "walflow_replication_lag_seconds",
+            "Age of the newest commit seen.",
+            lag_s,
+        );
+        out
+    }
+
+    /// Serves `/metrics` and `/health` on `listen` until the task is dropped.
+    pub async fn serve(
+        self: std::sync::Arc<Self>,
+        listen: &str,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        tracing::info!(listen, "serving metrics");
+        Ok(tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                let metrics = self.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]);
+                    let path = request.split_whitespace().nth(1).unwrap_or("/");
+                    let (status, body) = match path {
+                        "/metrics" => ("200 OK", metrics.render()),
+                        "/health" if metrics.healthy.load(Ordering::Relaxed) => {
+                            ("200 OK", "ok\n".to_owned())
+                        }
+                        "/health" => ("503 Service Unavailable", "not streaming\n".to_owned()),
+                        _ => ("404 Not Found", "try /metrics or /health\n".to_owned()),
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                });
+            }
+        }))
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}

@@ -1,0 +1,343 @@
+//! Delivery: committed transactions in, through the plugin chain and the encoder, out to every
+//! sink, and acknowledgements back.
+//!
+//! The loop is deliberately sequential — one batch at a time, in source order — because order is
+//! part of the contract and the slow parts (plugins, sinks) already batch. Backpressure is the
+//! bounded channel in front of it: while a sink is down, the loop retries and reads nothing new,
+//! the channel fills, and the replication reader stops reading from PostgreSQL.
+//!
+//! An LSN is acknowledged only after every sink has flushed every event of every transaction up
+//! to it (group commit: flush when the input is momentarily empty or `flush_interval` passed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Processor, Unit};
+use crate::encode::Encoder;
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::sink::{EncodedRecord, Sink, SinkBatch, SinkError};
+
+/// Tuning of the delivery loop.
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    /// Most events handed to the chain at once.
+    pub max_events: usize,
+    /// Longest a batch waits to fill.
+    pub max_wait: Duration,
+    /// Longest written data stays unflushed while more input keeps arriving.
+    pub flush_interval: Duration,
+    /// Cap of the retry backoff for retryable sink errors.
+    pub max_backoff: Duration,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        DeliveryOptions {
+            max_events: 1024,
+            max_wait: Duration::from_millis(100),
+            flush_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why delivery stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// A sink failed in a way retrying cannot fix.
+    #[error("sink {sink} failed: {message}")]
+    Sink {
+        /// The sink's name.
+        sink: String,
+        /// Its error.
+        message: String,
+    },
+    /// The plugin chain stopped the pipeline (`on_error = "stop"`).
+    #[error("{0}")]
+    Plugin(String),
+    /// Encoding failed (a bug or invalid data).
+    #[error("{0}")]
+    Encode(String),
+}
+
+/// The delivery loop's state.
+pub struct Delivery {
+    pub(super) processor: Box<dyn Processor>,
+    pub(super) encoder: Encoder,
+    pub(super) sinks: Vec<Box<dyn Sink>>,
+    pub(super) dead_letter: Option<Box<dyn Sink>>,
+    pub(super) options: DeliveryOptions,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+/// A batch on its way: events of whole transactions (and the tail of a large one).
+struct Pending {
+    events: Vec<Event>,
+    /// The end LSN of the last transaction whose events are all in this or earlier batches.
+    complete_lsn: Option<u64>,
+}
+
+impl Delivery {
+    /// Runs until the input ends or `stop` is set; every acknowledged LSN is sent on `acks`.
+    /// Returns the last acknowledged LSN.
+    pub async fn run(
+        mut self,
+        mut input: mpsc::Receiver<Unit>,
+        acks: watch::Sender<u64>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<Option<u64>, DeliveryError> {
+        let mut carry: Option<Unit> = None;
+        let mut unflushed: Option<u64> = None;
+        let mut dirty = false;
+        let mut last_flush = Instant::now();
+        let mut acked = None;
+        loop {
+            let Some(batch) = self.collect(&mut input, &mut carry, &mut stop).await else {
+                break;
+            };
+            if !batch.events.is_empty() {
+                self.deliver(batch.events).await?;
+                dirty = true;
+            }
+            if let Some(lsn) = batch.complete_lsn {
+                unflushed = Some(lsn);
+            }
+            let idle = carry.is_none() && input.is_empty();
+            if (idle || last_flush.elapsed() >= self.options.flush_interval) && unflushed.is_some()
+            {
+                if dirty {
+                    self.flush_all().await?;
+                    dirty = false;
+                }
+                last_flush = Instant::now();
+                if let Some(lsn) = unflushed.take() {
+                    acked = Some(lsn);
+                    self.metrics.set_acked_lsn(lsn);
+                    let _ = acks.send(lsn);
+                }
+            }
+        }
+        if dirty {
+            self.flush_all().await?;
+        }
+        if let Some(lsn) = unflushed {
+            acked = Some(lsn);
+            self.metrics.set_acked_lsn(lsn);
+            let _ = acks.send(lsn);
+        }
+        for sink in self.sinks.iter_mut().chain(self.dead_letter.iter_mut()) {
+            if let Err(e) = sink.close().await {
+                tracing::warn!(sink = sink.name(), error = %e, "closing sink failed");
+            }
+        }
+        Ok(acked)
+    }
+
+    /// Gathers up to `max_events` events of whole transactions, waiting at most `max_wait`
+    /// after the first. `None` when the input ended (or stop was requested) with nothing left.
+    async fn collect(
+        &self,
+        input: &mut mpsc::Receiver<Unit>,
+        carry: &mut Option<Unit>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Pending> {
+        let max = self.options.max_events;
+        let mut events = Vec::with_capacity(max);
+        let mut complete_lsn = None;
+        let first = match carry.take() {
+            Some(u) => u,
+            None => tokio::select! {
+                biased;
+                _ = wait_stop(stop) => return None,
+                u = input.recv() => u?,
+            },
+        };
+        let deadline = tokio::time::Instant::now() + self.options.max_wait;
+        let mut next = Some(first);
+        while let Some(mut unit) = next.take() {
+            let room = max - events.len();
+            if unit.events.len() > room {
+                let rest = unit.events.split_off(room);
+                events.append(&mut unit.events);
+                unit.events = rest;
+                *carry = Some(unit);
+                break;
+            }
+            events.append(&mut unit.events);
+            complete_lsn = Some(unit.end_lsn);
+            if events.len() >= max || *stop.borrow() {
+                break;
+            }
+            next = tokio::select! {
+                biased;
+                u = input.recv() => u,
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+        }
+        Some(Pending {
+            events,
+            complete_lsn,
+        })
+    }
+
+    /// Chain, encode, and write one batch to every sink (retrying retryable failures).
+    async fn deliver(&mut self, events: Vec<Event>) -> Result<(), DeliveryError> {
+        let count_in = events.len();
+        let started = Instant::now();
+        let output = self
+            .processor
+            .process(events)
+            .await
+            .map_err(DeliveryError::Plugin)?;
+        self.metrics
+            .record_chain(count_in, output.events.len(), started.elapsed());
+        if !output.dead_letters.is_empty() {
+            self.dead_letter(output.dead_letters).await?;
+        }
+        if output.events.is_empty() {
+            return Ok(());
+        }
+        let records = self.encode(&output.events)?;
+        let batch = SinkBatch {
+            records: &records,
+            events: &output.events,
+        };
+        for i in 0..self.sinks.len() {
+            write_with_retry(
+                self.sinks[i].as_mut(),
+                batch,
+                self.options.max_backoff,
+                &self.metrics,
+            )
+            .await?;
+        }
+        self.metrics.record_out(&output.events, &records);
+        Ok(())
+    }
+
+    fn encode(&self, events: &[Event]) -> Result<Vec<EncodedRecord>, DeliveryError> {
+        events
+            .iter()
+            .map(|e| {
+                let mut payload = Vec::with_capacity(512);
+                self.encoder
+                    .encode_into(e, &mut payload)
+                    .map_err(|err| DeliveryError::Encode(err.to_string()))?;
+                Ok(EncodedRecord {
+                    topic: self.encoder.topic(e),
+                    key: None,
+                    payload,
+                    lsn: e.source.lsn,
+                })
+            })
+            .collect()
+    }
+
+    async fn dead_letter(&mut self, failed: Vec<(Event, String)>) -> Result<(), DeliveryError> {
+        self.metrics.record_dead_letters(failed.len());
+        let Some(sink) = self.dead_letter.as_mut() else {
+            for (e, why) in &failed {
+                tracing::warn!(table = %e.relation.qualified_name(), lsn = e.source.lsn, error = %why, "event dead-lettered with no dead-letter sink; dropped");
+            }
+            return Ok(());
+        };
+        let mut records = Vec::with_capacity(failed.len());
+        for (event, why) in &failed {
+            let mut record = crate::encode::json::record(event);
+            if let Some(obj) = record.as_object_mut() {
+                obj.insert("error".into(), serde_json::Value::String(why.clone()));
+            }
+            records.push(EncodedRecord {
+                topic: self.encoder.topic(event),
+                key: None,
+                payload: serde_json::to_vec(&record).unwrap_or_default(),
+                lsn: event.source.lsn,
+            });
+        }
+        let events: Vec<Event> = failed.into_iter().map(|(e, _)| e).collect();
+        let batch = SinkBatch {
+            records: &records,
+            events: &events,
+        };
+        write_with_retry(
+            sink.as_mut(),
+            batch,
+            self.options.max_backoff,
+            &self.metrics,
+        )
+        .await?;
+        flush_with_retry(sink.as_mut(), self.options.max_backoff, &self.metrics).await
+    }
+
+    async fn flush_all(&mut self) -> Result<(), DeliveryError> {
+        let backoff = self.options.max_backoff;
+        for sink in self.sinks.iter_mut() {
+            flush_with_retry(sink.as_mut(), backoff, &self.metrics).await?;
+        }
+        self.metrics.record_flush();
+        Ok(())
+    }
+}
+
+async fn wait_stop(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn write_with_retry(
+    sink: &mut dyn Sink,
+    batch: SinkBatch<'_>,
+    max_backoff: Duration,
+    metrics: &Metrics,
+) -> Result<(), DeliveryError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match sink.write(batch).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                backoff = retry_or_fail(sink.name(), e, backoff, max_backoff, metrics).await?
+            }
+        }
+    }
+}
+
+async fn flush_with_retry(
+    sink: &mut dyn Sink,
+    max_backoff: Duration,
+    metrics: &Metrics,
+) -> Result<(), DeliveryError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match sink.flush().await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                backoff = retry_or_fail(sink.name(), e, backoff, max_backoff, metrics).await?
+            }
+        }
+    }
+}
+
+async fn retry_or_fail(
+    name: &str,
+    e: SinkError,
+    backoff: Duration,
+    max_backoff: Duration,
+    metrics: &Metrics,
+) -> Result<Duration, DeliveryError> {
+    metrics.record_sink_error(name);
+    if !e.is_retryable() {
+        return Err(DeliveryError::Sink {
+            sink: name.to_owned(),
+            message: e.to_string(),
+        });
+    }
+    tracing::warn!(sink = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink failed; retrying");
+    tokio::time::sleep(backoff).await;
+    Ok((backoff * 2).min(max_backoff))
+}
