@@ -171,8 +171,8 @@ pub fn main() -> std::process::ExitCode {
 /// Runs a parsed command line.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(_) => anyhow::bail!("`walflow run` is not available yet"),
-        Command::Demo(_) => anyhow::bail!("`walflow demo` is not available yet"),
+        Command::Run(args) => run(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
         Command::Tail(_) => anyhow::bail!("`walflow tail` is not available yet"),
         Command::Plugin(PluginCommand::Run(_)) => {
             anyhow::bail!("`walflow plugin run` is not available yet")
@@ -181,4 +181,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::SetupSql(_) => anyhow::bail!("`walflow setup-sql` is not available yet"),
         Command::Snapshot(_) => anyhow::bail!("`walflow snapshot` is not available yet"),
     }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(&args.config.config)?;
+    let options = crate::pipeline::RunOptions {
+        accept_gap: args.accept_gap,
+        ..Default::default()
+    };
+    let summary = crate::pipeline::run(config, options).await?;
+    tracing::info!(
+        events = summary.events_out,
+        acked_lsn = summary.acked_lsn.map(crate::event::format_lsn).unwrap_or_default(),
+        "stopped"
+    );
+    Ok(())
 }

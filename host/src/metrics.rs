@@ -42,6 +42,12 @@ impl Metrics {
         self.healthy.store(healthy, Ordering::Relaxed);
     }
 
+    /// Events written to the sinks so far.
+    pub fn events_out_total(&self) -> u64 {
+        let map = self.events_out.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().sum()
+    }
+
     /// Counts events read from the source, per table.
     pub fn record_in(&self, events: &[Event]) {
         let mut map = self.events_in.lock().unwrap_or_else(|p| p.into_inner());

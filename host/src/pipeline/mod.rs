@@ -12,12 +12,16 @@
 //! sink has flushed it: delivery is at-least-once.
 
 mod delivery;
+mod plugins;
+mod run;
+pub mod source;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 pub use delivery::{Delivery, DeliveryError, DeliveryOptions};
+pub use run::{RunOptions, RunSummary, run};
 
 use crate::encode::Encoder;
 use crate::event::Event;

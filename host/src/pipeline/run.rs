@@ -1,0 +1,201 @@
+//! `walflow run`: assembles a pipeline from its configuration and runs it until stopped.
+//!
+//! Everything that can be checked before touching the source is checked first (sinks can be
+//! opened, plugins load), so a bad configuration fails with one sentence and no checkpoint
+//! written. Then the reader task streams committed transactions into a bounded channel, the
+//! delivery loop drains it, and acknowledged LSNs flow back: checkpoint first, then the
+//! confirmation to PostgreSQL.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+
+use super::source::{ChangeStream, open_stream};
+use super::{Delivery, DeliveryOptions, Passthrough, Processor, Unit};
+use crate::config::Config;
+use crate::encode::{EncodeOptions, Encoder};
+use crate::metrics::Metrics;
+use crate::sink::Sink;
+use crate::tables::TableSelector;
+
+/// How a run ends, besides SIGINT/SIGTERM.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Stop once this LSN is acknowledged (set later, e.g. by the demo's writer).
+    pub until_lsn: Option<watch::Receiver<Option<u64>>>,
+    /// Continue although the slot's history has a gap.
+    pub accept_gap: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Events written to the sinks.
+    pub events_out: u64,
+    /// The last LSN every sink acknowledged.
+    pub acked_lsn: Option<u64>,
+}
+
+/// Channel capacity between the reader and the delivery loop, in transactions.
+const UNIT_QUEUE: usize = 64;
+
+/// Runs the pipeline `config` describes until stopped.
+pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSummary> {
+    let metrics = Arc::new(Metrics::default());
+    if let Some(m) = &config.metrics {
+        metrics
+            .clone()
+            .serve(&m.listen)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {}", m.listen))?;
+    }
+    let selector = TableSelector::from_source(&config.source)?;
+    let sinks = build_sinks(&config).await?;
+    let processor = build_processor(&config, &metrics).await?;
+    let encoder = Encoder::new(
+        config.encoding,
+        EncodeOptions {
+            name: config.source.topic_prefix.clone(),
+            include_types: false,
+        },
+    );
+    let accept_gap = options.accept_gap || config.source.accept_gap;
+    let stream = open_stream(&config, &selector, accept_gap).await?;
+    metrics.set_healthy(true);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ack_tx, ack_rx) = watch::channel(0u64);
+    let (unit_tx, unit_rx) = mpsc::channel::<Unit>(UNIT_QUEUE);
+    spawn_stop_triggers(stop_tx.clone(), ack_rx.clone(), options.until_lsn);
+    let reader = tokio::spawn(read_loop(stream, selector, unit_tx, ack_rx, stop_rx.clone(), metrics.clone()));
+
+    let delivery = Delivery::new(
+        processor,
+        encoder,
+        sinks,
+        None,
+        DeliveryOptions {
+            max_events: config.batch.max_events,
+            max_wait: config.batch.max_wait,
+            ..DeliveryOptions::default()
+        },
+        metrics.clone(),
+    );
+    let delivered = delivery.run(unit_rx, ack_tx, stop_rx).await;
+    let _ = stop_tx.send(true);
+    let read = reader.await.context("the replication reader panicked")?;
+    metrics.set_healthy(false);
+    let acked_lsn = delivered?;
+    read?;
+    Ok(RunSummary {
+        events_out: metrics.events_out_total(),
+        acked_lsn,
+    })
+}
+
+async fn build_sinks(config: &Config) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    if config.sinks.is_empty() {
+        anyhow::bail!("the config has no [[sinks]]; add one, e.g. [[sinks]] type = \"stdout\"");
+    }
+    let mut sinks = Vec::with_capacity(config.sinks.len());
+    for s in &config.sinks {
+        let sink = crate::sink::build(s, std::path::Path::new("."))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start sink `{}`: {e}", s.kind))?;
+        sinks.push(sink);
+    }
+    Ok(sinks)
+}
+
+async fn build_processor(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Box<dyn Processor>> {
+    if config.plugins.is_empty() {
+        return Ok(Box::new(Passthrough));
+    }
+    super::plugins::build(config, metrics.clone()).await
+}
+
+/// Stops the run on SIGINT/SIGTERM, or once `until` is acknowledged.
+fn spawn_stop_triggers(
+    stop: watch::Sender<bool>,
+    mut acked: watch::Receiver<u64>,
+    until: Option<watch::Receiver<Option<u64>>>,
+) {
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; flushing and stopping"),
+            _ = terminated => tracing::info!("terminated; flushing and stopping"),
+        }
+        let _ = on_signal.send(true);
+    });
+    let Some(mut until) = until else { return };
+    tokio::spawn(async move {
+        loop {
+            let target = *until.borrow();
+            if let Some(target) = target {
+                if *acked.borrow() >= target {
+                    let _ = stop.send(true);
+                    return;
+                }
+            }
+            tokio::select! {
+                r = until.changed() => if r.is_err() && target.is_none() { return },
+                r = acked.changed() => if r.is_err() { return },
+            }
+        }
+    });
+}
+
+/// Streams units into the channel, applies table selection, and confirms acknowledged LSNs.
+async fn read_loop(
+    mut stream: Box<dyn ChangeStream>,
+    selector: TableSelector,
+    units: mpsc::Sender<Unit>,
+    mut acks: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            biased;
+            r = acks.changed() => {
+                if r.is_ok() {
+                    let lsn = *acks.borrow_and_update();
+                    stream.acknowledge(lsn).await?;
+                }
+            }
+            _ = stop.changed() => {
+                if *stop.borrow() { break; }
+            }
+            next = stream.next() => {
+                let Some(mut unit) = next? else { break };
+                unit.events.retain(|e| e.relation.columns.is_empty() && e.relation.table.is_empty()
+                    || selector.matches(&e.relation.schema, &e.relation.table));
+                metrics.record_in(&unit.events);
+                metrics.set_server_lsn(stream.server_lsn());
+                tokio::select! {
+                    r = units.send(unit) => if r.is_err() { break },
+                    _ = stop.changed() => if *stop.borrow() { break },
+                }
+            }
+        }
+    }
+    // The delivery loop may still acknowledge what it flushes on the way out.
+    drop(units);
+    while acks.changed().await.is_ok() {
+        let lsn = *acks.borrow_and_update();
+        stream.acknowledge(lsn).await?;
+    }
+    stream.close().await;
+    Ok(())
+}
