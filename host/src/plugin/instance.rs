@@ -1,0 +1,441 @@
+//! Loading a plugin file (compile, recognise the role, link against the empty sandbox) and
+//! running calls on an instance of it under its limits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Store, Trap};
+
+use super::bindings::{filter_api, sink_api, topic_namer_api, transform_api, types as wit};
+use super::engine::{EPOCH_TICK, PluginEngine, one_line};
+use super::error::{LoadError, PluginError};
+use super::sandbox::{MemoryCapExceeded, StoreState};
+use crate::config::{OnError, PluginConfig};
+
+/// The ABI version this host implements.
+pub const ABI_VERSION: &str = "0.1.0";
+
+/// What a plugin does, recognised from the interface its component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Exports `filter-api`: keeps or drops events.
+    Filter,
+    /// Exports `transform-api`: edits events.
+    Transform,
+    /// Exports `topic-namer-api`: names each event's topic.
+    TopicNamer,
+    /// Exports `sink-api`: writes events out.
+    Sink,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Filter, Role::Transform, Role::TopicNamer, Role::Sink];
+
+    /// The world's name in the WIT package.
+    pub fn world(self) -> &'static str {
+        match self {
+            Role::Filter => "filter",
+            Role::Transform => "transform",
+            Role::TopicNamer => "topic-namer",
+            Role::Sink => "sink",
+        }
+    }
+
+    fn interface(self) -> &'static str {
+        match self {
+            Role::Filter => "filter-api",
+            Role::Transform => "transform-api",
+            Role::TopicNamer => "topic-namer-api",
+            Role::Sink => "sink-api",
+        }
+    }
+
+    /// The fully qualified name of the interface a component of this role exports.
+    pub fn export_name(self) -> String {
+        format!("walflow:plugin/{}@{ABI_VERSION}", self.interface())
+    }
+}
+
+/// Per-call limits of a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory cap in MiB.
+    pub memory_mb: u64,
+    /// Deadline of one call in milliseconds.
+    pub timeout_ms: u64,
+    /// Fuel per call; `None` runs unmetered.
+    pub fuel: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 256,
+            timeout_ms: 2000,
+            fuel: None,
+        }
+    }
+}
+
+/// Everything needed to (re)load one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// The component file.
+    pub path: PathBuf,
+    /// Name in logs and metrics.
+    pub name: Arc<str>,
+    /// The configuration passed to `init`, as JSON text.
+    pub config_json: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Failure policy.
+    pub on_error: OnError,
+}
+
+impl PluginSpec {
+    /// A spec with default limits and `on_error = stop`; the name is the file stem.
+    pub fn new(path: impl Into<PathBuf>, config_json: impl Into<String>) -> PluginSpec {
+        let path = path.into();
+        PluginSpec {
+            name: default_name(&path),
+            path,
+            config_json: config_json.into(),
+            limits: Limits::default(),
+            on_error: OnError::Stop,
+        }
+    }
+
+    /// The spec a `[[plugins]]` entry describes.
+    pub fn from_config(config: &PluginConfig) -> Result<PluginSpec, LoadError> {
+        let config_json = match &config.config {
+            None => "{}".to_string(),
+            Some(value) => serde_json::to_string(value).map_err(|e| LoadError::BadConfig {
+                path: config.path.clone(),
+                detail: e.to_string(),
+            })?,
+        };
+        let defaults = Limits::default();
+        Ok(PluginSpec {
+            name: match &config.name {
+                Some(n) => Arc::from(n.as_str()),
+                None => default_name(&config.path),
+            },
+            path: config.path.clone(),
+            config_json,
+            limits: Limits {
+                memory_mb: config.memory_mb.unwrap_or(defaults.memory_mb),
+                timeout_ms: config.timeout_ms.unwrap_or(defaults.timeout_ms),
+                fuel: config.fuel,
+            },
+            on_error: config.on_error,
+        })
+    }
+}
+
+fn default_name(path: &Path) -> Arc<str> {
+    Arc::from(
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string())
+            .as_str(),
+    )
+}
+
+enum RoleIndices {
+    Filter(filter_api::GuestIndices),
+    Transform(transform_api::GuestIndices),
+    TopicNamer(topic_namer_api::GuestIndices),
+    Sink(sink_api::GuestIndices),
+}
+
+/// One compiled, linked and role-checked version of a plugin file. Immutable: hot reload
+/// replaces the whole `Arc`.
+pub struct LoadedPlugin {
+    spec: PluginSpec,
+    role: Role,
+    digest: [u8; 32],
+    engine: wasmtime::Engine,
+    pre: InstancePre<StoreState>,
+    indices: RoleIndices,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.spec.name)
+            .field("path", &self.spec.path)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Reads, compiles (or takes from the cache), recognises and links the plugin file. Does
+    /// not instantiate it; [`PluginInstance::new`] does, and calls `init`.
+    pub fn load(engine: &PluginEngine, spec: &PluginSpec) -> Result<LoadedPlugin, LoadError> {
+        let path = &spec.path;
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&spec.config_json) {
+            return Err(LoadError::BadConfig {
+                path: path.clone(),
+                detail: e.to_string(),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let fuel = spec.limits.fuel.is_some();
+        let component = engine.compile(path, &bytes, fuel)?;
+        let wasm_engine = engine.engine(fuel)?.clone();
+        let role = recognise_role(&wasm_engine, &component, path)?;
+        let mut linker: Linker<StoreState> = Linker::new(&wasm_engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| LoadError::Engine(one_line(&e)))?;
+        let link = |e: wasmtime::Error| LoadError::Link {
+            path: path.clone(),
+            detail: one_line(&e),
+        };
+        let pre = linker.instantiate_pre(&component).map_err(link)?;
+        let indices = match role {
+            Role::Filter => RoleIndices::Filter(filter_api::GuestIndices::new(&pre).map_err(link)?),
+            Role::Transform => {
+                RoleIndices::Transform(transform_api::GuestIndices::new(&pre).map_err(link)?)
+            }
+            Role::TopicNamer => {
+                RoleIndices::TopicNamer(topic_namer_api::GuestIndices::new(&pre).map_err(link)?)
+            }
+            Role::Sink => RoleIndices::Sink(sink_api::GuestIndices::new(&pre).map_err(link)?),
+        };
+        Ok(LoadedPlugin {
+            spec: spec.clone(),
+            role,
+            digest: Sha256::digest(&bytes).into(),
+            engine: wasm_engine,
+            pre,
+            indices,
+        })
+    }
+
+    /// The plugin's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The spec it was loaded from.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    /// SHA-256 of the component file.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
+/// Finds the role interface the component exports, or says precisely why none fits.
+fn recognise_role(
+    engine: &wasmtime::Engine,
+    component: &Component,
+    path: &Path,
+) -> Result<Role, LoadError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let found: Vec<Role> = Role::ALL
+        .into_iter()
+        .filter(|role| exports.iter().any(|e| *e == role.export_name()))
+        .collect();
+    match found.as_slice() {
+        [role] => return Ok(*role),
+        [] => {}
+        _ => {
+            return Err(LoadError::WrongWorld {
+                path: path.to_owned(),
+                exports: format!("{} (more than one role; a plugin has exactly one)", exports.join(", ")),
+            });
+        }
+    }
+    if let Some(other) = exports.iter().find(|e| e.starts_with("walflow:plugin/")) {
+        return Err(LoadError::WrongVersion {
+            path: path.to_owned(),
+            found: other.clone(),
+            expected: ABI_VERSION,
+        });
+    }
+    Err(LoadError::WrongWorld {
+        path: path.to_owned(),
+        exports: if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        },
+    })
+}
+
+enum Guest {
+    Filter(filter_api::Guest),
+    Transform(transform_api::Guest),
+    TopicNamer(topic_namer_api::Guest),
+    Sink(sink_api::Guest),
+}
+
+/// A live instance of a plugin: its own store, memory cap, deadline and fuel. After a call
+/// fails with an error that [poisons](PluginError::poisons_instance) it, throw it away.
+pub struct PluginInstance {
+    plugin: Arc<LoadedPlugin>,
+    store: Store<StoreState>,
+    guest: Guest,
+}
+
+impl PluginInstance {
+    /// Instantiates `plugin` and calls its `init` with its configuration.
+    pub fn new(plugin: Arc<LoadedPlugin>) -> Result<PluginInstance, LoadError> {
+        let spec = &plugin.spec;
+        let memory = usize::try_from(spec.limits.memory_mb.saturating_mul(1024 * 1024))
+            .unwrap_or(usize::MAX);
+        let mut store = Store::new(&plugin.engine, StoreState::new(&spec.name, memory));
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        let init_error = |error: PluginError| LoadError::Init {
+            path: spec.path.clone(),
+            error,
+        };
+        prepare_call(&mut store, &spec.limits);
+        let instance = match plugin.pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => return Err(init_error(classify(&store, spec, e))),
+        };
+        let loaded = match &plugin.indices {
+            RoleIndices::Filter(i) => i.load(&mut store, &instance).map(Guest::Filter),
+            RoleIndices::Transform(i) => i.load(&mut store, &instance).map(Guest::Transform),
+            RoleIndices::TopicNamer(i) => i.load(&mut store, &instance).map(Guest::TopicNamer),
+            RoleIndices::Sink(i) => i.load(&mut store, &instance).map(Guest::Sink),
+        };
+        let guest = loaded.map_err(|e| LoadError::Link {
+            path: spec.path.clone(),
+            detail: one_line(&e),
+        })?;
+        let mut this = PluginInstance {
+            plugin: plugin.clone(),
+            store,
+            guest,
+        };
+        this.init().map_err(init_error)?;
+        Ok(this)
+    }
+
+    /// The version this instance runs.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    fn init(&mut self) -> Result<(), PluginError> {
+        let config = self.plugin.spec.config_json.clone();
+        self.call(|guest, store| match guest {
+            Guest::Filter(g) => g.call_init(store, &config),
+            Guest::Transform(g) => g.call_init(store, &config),
+            Guest::TopicNamer(g) => g.call_init(store, &config),
+            Guest::Sink(g) => g.call_init(store, &config),
+        })
+    }
+
+    /// Runs a filter over `batch`: one flag per event, `true` keeps it.
+    pub fn filter(&mut self, batch: &wit::Batch) -> Result<Vec<bool>, PluginError> {
+        self.call(|guest, store| match guest {
+            Guest::Filter(g) => g.call_filter(store, batch),
+            _ => Err(wrong_role("filter")),
+        })
+    }
+
+    /// Runs a transform over `batch`: the edits it made.
+    pub fn transform(&mut self, batch: &wit::Batch) -> Result<Vec<wit::Edit>, PluginError> {
+        self.call(|guest, store| match guest {
+            Guest::Transform(g) => g.call_transform(store, batch),
+            _ => Err(wrong_role("transform")),
+        })
+    }
+
+    /// Runs a topic namer over `batch`: one topic per event.
+    pub fn name_topics(&mut self, batch: &wit::Batch) -> Result<Vec<String>, PluginError> {
+        self.call(|guest, store| match guest {
+            Guest::TopicNamer(g) => g.call_name_topics(store, batch),
+            _ => Err(wrong_role("topic namer")),
+        })
+    }
+
+    /// Hands `batch` to a sink plugin.
+    pub fn write(&mut self, batch: &wit::Batch, topics: &[String]) -> Result<(), PluginError> {
+        self.call(|guest, store| match guest {
+            Guest::Sink(g) => g.call_write(store, batch, topics),
+            _ => Err(wrong_role("sink")),
+        })
+    }
+
+    /// Runs one call under the plugin's limits and sorts its failure into a [`PluginError`].
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&Guest, &mut Store<StoreState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, PluginError> {
+        let spec = &self.plugin.spec;
+        prepare_call(&mut self.store, &spec.limits);
+        match f(&self.guest, &mut self.store) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(message)) => Err(PluginError::Failed {
+                plugin: spec.name.to_string(),
+                message,
+            }),
+            Err(e) => Err(classify(&self.store, spec, e)),
+        }
+    }
+}
+
+fn wrong_role(what: &str) -> wasmtime::Error {
+    wasmtime::format_err!("this plugin is not a {what}")
+}
+
+/// Arms the deadline (and fuel) for the next call.
+fn prepare_call(store: &mut Store<StoreState>, limits: &Limits) {
+    let ticks = limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
+    store.set_epoch_deadline(ticks);
+    store.data_mut().limiter.hit = false;
+    if let Some(fuel) = limits.fuel
+        && let Err(e) = store.set_fuel(fuel)
+    {
+        tracing::error!(error = %e, "cannot set plugin fuel");
+    }
+}
+
+/// Turns a wasmtime error from a call into the typed error the chain acts on.
+fn classify(store: &Store<StoreState>, spec: &PluginSpec, e: wasmtime::Error) -> PluginError {
+    let plugin = spec.name.to_string();
+    if store.data().limiter.hit || e.downcast_ref::<MemoryCapExceeded>().is_some() {
+        return PluginError::OutOfMemory {
+            plugin,
+            limit_mb: spec.limits.memory_mb,
+        };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Timeout {
+            plugin,
+            timeout_ms: spec.limits.timeout_ms,
+        },
+        Some(Trap::OutOfFuel) => PluginError::OutOfFuel {
+            plugin,
+            fuel: spec.limits.fuel.unwrap_or(0),
+        },
+        _ => {
+            let mut message = one_line(&e);
+            if message.len() > 600 {
+                let mut cut = 600;
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                message.truncate(cut);
+                message.push('…');
+            }
+            PluginError::Trap { plugin, message }
+        }
+    }
+}

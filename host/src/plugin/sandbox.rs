@@ -1,0 +1,220 @@
+//! What a plugin's store holds and may reach: WASI with an empty context (no preopened
+//! directories, environment, arguments or network), stdout/stderr turned into log lines tagged
+//! with the plugin's name, and a memory cap enforced by a resource limiter.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The data of one plugin's store.
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// The memory cap, and whether the guest ran into it.
+    pub limiter: MemoryLimiter,
+}
+
+impl StoreState {
+    /// Fresh state for the plugin `name` with a memory cap of `memory_bytes`.
+    pub fn new(name: &Arc<str>, memory_bytes: usize) -> StoreState {
+        StoreState {
+            wasi: empty_wasi(name),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                cap: memory_bytes,
+                hit: false,
+            },
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A WASI context that grants nothing: no files, no environment, no arguments, no sockets and
+/// no name lookups. Clocks and random numbers stay (they carry no authority).
+fn empty_wasi(name: &Arc<str>) -> WasiCtx {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdout(LogStream::new(name.clone(), "stdout"))
+        .stderr(LogStream::new(name.clone(), "stderr"))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }));
+    builder.build()
+}
+
+/// The error a guest gets when it grows memory past its cap; recognised by the chain and
+/// reported as [`super::PluginError::OutOfMemory`].
+#[derive(Debug, thiserror::Error)]
+#[error("memory cap of {cap} bytes exceeded (asked for {desired})")]
+pub struct MemoryCapExceeded {
+    /// The cap.
+    pub cap: usize,
+    /// What the guest asked for.
+    pub desired: usize,
+}
+
+/// Caps a plugin's linear memory.
+pub struct MemoryLimiter {
+    cap: usize,
+    /// Set once the guest asked for more than the cap.
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.hit = true;
+            return Err(MemoryCapExceeded {
+                cap: self.cap,
+                desired,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// A guest's stdout or stderr: each complete line becomes one `tracing` event carrying the
+/// plugin's name.
+#[derive(Clone)]
+struct LogStream {
+    plugin: Arc<str>,
+    stream: &'static str,
+}
+
+impl LogStream {
+    fn new(plugin: Arc<str>, stream: &'static str) -> LogStream {
+        LogStream { plugin, stream }
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(LineLogger::new(self.clone()))
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(LineLogger::new(self.clone()))
+    }
+}
+
+/// Collects bytes into lines and logs each one.
+struct LineLogger {
+    target: LogStream,
+    pending: Vec<u8>,
+}
+
+/// Longest line kept; a guest printing without newlines cannot grow the host's memory.
+const MAX_LINE: usize = 16 * 1024;
+
+impl LineLogger {
+    fn new(target: LogStream) -> LineLogger {
+        LineLogger {
+            target,
+            pending: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.emit();
+            } else if self.pending.len() < MAX_LINE {
+                self.pending.push(b);
+            }
+        }
+    }
+
+    fn emit(&mut self) {
+        let line = String::from_utf8_lossy(&self.pending);
+        let line = line.trim_end_matches('\r');
+        if self.target.stream == "stderr" {
+            tracing::warn!(plugin = %self.target.plugin, stream = "stderr", "{line}");
+        } else {
+            tracing::info!(plugin = %self.target.plugin, stream = "stdout", "{line}");
+        }
+        self.pending.clear();
+    }
+}
+
+impl Drop for LineLogger {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            self.emit();
+        }
+    }
+}
+
+impl OutputStream for LineLogger {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), StreamError> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for LineLogger {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LineLogger {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
