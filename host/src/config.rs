@@ -33,6 +33,9 @@ pub struct Config {
     /// Encoder for sinks that take bytes.
     #[serde(default)]
     pub encoding: Encoding,
+    /// The directory of the config file; relative paths in it (sink files too) start here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// TLS mode, with libpq's names and meanings.
@@ -301,7 +304,9 @@ impl Config {
         };
         let mut config: Config = toml::from_str(text).map_err(|e| invalid(one_line(&e)))?;
         config.validate().map_err(invalid)?;
-        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.base_dir = base.to_owned();
+        config.resolve_paths(base);
         Ok(config)
     }
 

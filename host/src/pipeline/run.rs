@@ -68,7 +68,14 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let (unit_tx, unit_rx) = mpsc::channel::<Unit>(UNIT_QUEUE);
     spawn_stop_triggers(stop_tx.clone(), ack_rx.clone(), options.until_lsn);
-    let reader = tokio::spawn(read_loop(stream, selector, unit_tx, ack_rx, stop_rx.clone(), metrics.clone()));
+    let reader = tokio::spawn(read_loop(
+        stream,
+        selector,
+        unit_tx,
+        ack_rx,
+        stop_rx.clone(),
+        metrics.clone(),
+    ));
 
     let delivery = Delivery::new(
         processor,
@@ -100,7 +107,7 @@ async fn build_sinks(config: &Config) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     }
     let mut sinks = Vec::with_capacity(config.sinks.len());
     for s in &config.sinks {
-        let sink = crate::sink::build(s, std::path::Path::new("."))
+        let sink = crate::sink::build(s, &config.base_dir)
             .await
             .map_err(|e| anyhow::anyhow!("cannot start sink `{}`: {e}", s.kind))?;
         sinks.push(sink);
@@ -108,7 +115,10 @@ async fn build_sinks(config: &Config) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     Ok(sinks)
 }
 
-async fn build_processor(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Box<dyn Processor>> {
+async fn build_processor(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Box<dyn Processor>> {
     if config.plugins.is_empty() {
         return Ok(Box::new(Passthrough));
     }
@@ -123,7 +133,8 @@ fn spawn_stop_triggers(
 ) {
     let on_signal = stop.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let terminated = async {
             match term.as_mut() {
                 Some(t) => {
