@@ -20,4 +20,6 @@ pub use decode::{DecodeError, Decoder, decode, tag};
 pub use message::*;
 
 #[cfg(test)]
+mod assemble_tests;
+#[cfg(test)]
 mod tests;

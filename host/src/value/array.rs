@@ -421,3 +421,44 @@ mod tests {
         assert_eq!(elems("{{{{{{1}}}}}}").0, vec![1; 6]);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,64}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn array_shaped_text_never_panics(text in r#"(\[-?[0-9]:-?[0-9]\])*=?[{}",\\ a-zA-Z0-9é]{0,48}"#) {
+            if let Some(parsed) = parse(&text) {
+                let expected: u64 = parsed.dims.iter().map(|&d| u64::from(d)).product();
+                let expected = if parsed.dims.is_empty() { 0 } else { expected };
+                prop_assert_eq!(expected, parsed.elements.len() as u64);
+            }
+        }
+
+        #[test]
+        fn quoted_elements_round_trip(items in proptest::collection::vec("\\PC{0,8}", 1..6)) {
+            let quoted: Vec<String> = items
+                .iter()
+                .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            let text = format!("{{{}}}", quoted.join(","));
+            let parsed = parse(&text).expect("a quoted literal parses");
+            let got: Vec<String> = parsed
+                .elements
+                .into_iter()
+                .map(|e| e.expect("quoted elements are never NULL").into_owned())
+                .collect();
+            prop_assert_eq!(got, items);
+        }
+    }
+}

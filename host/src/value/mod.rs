@@ -443,3 +443,255 @@ fn builtin_scalar(oid: u32) -> ScalarKind {
         _ => ScalarKind::Raw,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Array, TemporalKind};
+
+    fn t(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    fn raw(name: &str, text: &str) -> Value {
+        Value::Raw {
+            type_name: name.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn built_in_scalars_by_oid() {
+        let r = TypeRegistry::new();
+        assert_eq!(r.decode_text(16, "t"), Value::Bool(true));
+        assert_eq!(r.decode_text(21, "-7"), Value::Int(-7));
+        assert_eq!(r.decode_text(23, "42"), Value::Int(42));
+        assert_eq!(r.decode_text(20, "-9000000000"), Value::Int(-9_000_000_000));
+        assert_eq!(r.decode_text(26, "4294967295"), Value::Int(4_294_967_295));
+        assert_eq!(r.decode_text(700, "1.5"), Value::Float(1.5));
+        assert_eq!(
+            r.decode_text(701, "-Infinity"),
+            Value::Float(f64::NEG_INFINITY)
+        );
+        assert_eq!(
+            r.decode_text(1700, "3.14159"),
+            Value::Numeric("3.14159".into())
+        );
+        for oid in [18, 19, 25, 142, 1042, 1043] {
+            assert_eq!(r.decode_text(oid, "abc "), t("abc "), "oid {oid}");
+        }
+        for (oid, text) in [
+            (869, "192.168.0.1/24"),
+            (650, "10.0.0.0/8"),
+            (829, "08:00:2b:01:02:03"),
+            (774, "08:00:2b:01:02:03:04:05"),
+            (790, "$1,234.56"),
+            (1560, "101"),
+            (1562, "10101"),
+        ] {
+            assert_eq!(r.decode_text(oid, text), t(text), "oid {oid}");
+        }
+        assert_eq!(r.decode_text(17, "\\x0102"), Value::Bytes(vec![1, 2]));
+        assert_eq!(
+            r.decode_text(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            Value::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into())
+        );
+        assert_eq!(r.decode_text(114, "[1, 2]"), Value::Json("[1, 2]".into()));
+        assert_eq!(
+            r.decode_text(3802, "{\"a\": 1}"),
+            Value::Json("{\"a\": 1}".into())
+        );
+        assert_eq!(
+            r.decode_text(1082, "2024-01-02"),
+            Value::Temporal(TemporalKind::Date, "2024-01-02".into())
+        );
+        assert_eq!(
+            r.decode_text(1083, "03:04:05"),
+            Value::Temporal(TemporalKind::Time, "03:04:05".into())
+        );
+        assert_eq!(
+            r.decode_text(1266, "03:04:05+01"),
+            Value::Temporal(TemporalKind::TimeTz, "03:04:05+01:00".into())
+        );
+        assert_eq!(
+            r.decode_text(1114, "2024-01-02 03:04:05"),
+            Value::Temporal(TemporalKind::Timestamp, "2024-01-02T03:04:05".into())
+        );
+        assert_eq!(
+            r.decode_text(1184, "2024-01-02 03:04:05.123+00"),
+            Value::Temporal(
+                TemporalKind::TimestampTz,
+                "2024-01-02T03:04:05.123+00:00".into()
+            )
+        );
+        assert_eq!(
+            r.decode_text(1186, "1 year 2 mons 3 days 04:05:06.5"),
+            Value::Temporal(TemporalKind::Interval, "P1Y2M3DT4H5M6.5S".into())
+        );
+    }
+
+    #[test]
+    fn unparsable_and_untyped_values_stay_raw() {
+        let r = TypeRegistry::new();
+        assert_eq!(r.decode_text(23, "abc"), raw("int4", "abc"));
+        assert_eq!(r.decode_text(1082, "someday"), raw("date", "someday"));
+        assert_eq!(r.decode_text(600, "(1,2)"), raw("point", "(1,2)"));
+        assert_eq!(r.decode_text(603, "(1,1),(0,0)"), raw("box", "(1,1),(0,0)"));
+        assert_eq!(r.decode_text(3904, "[1,5)"), raw("int4range", "[1,5)"));
+        assert_eq!(r.decode_text(3614, "'a' 'b'"), raw("tsvector", "'a' 'b'"));
+        assert_eq!(r.decode_text(99_999, "x"), raw("oid:99999", "x"));
+        assert_eq!(r.type_name(99_999), "oid:99999");
+    }
+
+    #[test]
+    fn arrays_of_built_ins() {
+        let r = TypeRegistry::new();
+        assert_eq!(
+            r.decode_text(1007, "{{1,2},{3,NULL}}"),
+            Value::Array(Array {
+                dims: vec![2, 2],
+                elements: vec![Value::Int(1), Value::Int(2), Value::Int(3), Value::Null],
+            })
+        );
+        assert_eq!(
+            r.decode_text(1009, "{}"),
+            Value::Array(Array {
+                dims: vec![],
+                elements: vec![],
+            })
+        );
+        assert_eq!(
+            r.decode_text(1185, "{\"2024-01-02 03:04:05+00\",infinity}"),
+            Value::Array(Array {
+                dims: vec![2],
+                elements: vec![
+                    Value::Temporal(
+                        TemporalKind::TimestampTz,
+                        "2024-01-02T03:04:05+00:00".into()
+                    ),
+                    Value::Temporal(TemporalKind::TimestampTz, "infinity".into()),
+                ],
+            })
+        );
+        assert_eq!(
+            r.decode_text(1001, "{\"\\\\x01ff\"}"),
+            Value::Array(Array {
+                dims: vec![1],
+                elements: vec![Value::Bytes(vec![1, 255])],
+            })
+        );
+        assert_eq!(
+            r.decode_text(1231, "[0:1]={1.5,NaN}"),
+            Value::Array(Array {
+                dims: vec![2],
+                elements: vec![Value::Numeric("1.5".into()), Value::Numeric("NaN".into())],
+            })
+        );
+        // An element that does not parse is raw under the element's type name.
+        assert_eq!(
+            r.decode_text(1007, "{1,x}"),
+            Value::Array(Array {
+                dims: vec![2],
+                elements: vec![Value::Int(1), raw("int4", "x")],
+            })
+        );
+        // A malformed literal is raw under the array's type name.
+        assert_eq!(r.decode_text(1007, "{1,2"), raw("_int4", "{1,2"));
+        // Arrays of untyped elements (boxes use `;` as delimiter) stay raw as a whole.
+        assert_eq!(
+            r.decode_text(1020, "{(1,1),(0,0);(2,2),(1,1)}"),
+            raw("_box", "{(1,1),(0,0);(2,2),(1,1)}")
+        );
+    }
+
+    #[test]
+    fn user_types_enums_domains_and_arrays() {
+        let mut r = TypeRegistry::new();
+        r.insert(TypeInfo::from_catalog(16_400, "mood", 'e', 0, 0, 'E'));
+        r.insert(TypeInfo::from_catalog(16_401, "_mood", 'b', 0, 16_400, 'A'));
+        r.insert(TypeInfo::from_catalog(16_402, "posint", 'd', 23, 0, 'N'));
+        r.insert(TypeInfo::from_catalog(
+            16_403,
+            "posint_on_posint",
+            'd',
+            16_402,
+            0,
+            'N',
+        ));
+        r.insert(TypeInfo::from_catalog(
+            16_404, "_posint", 'b', 0, 16_402, 'A',
+        ));
+        r.insert(TypeInfo::from_catalog(
+            16_405, "int_list", 'd', 1007, 0, 'A',
+        ));
+        r.insert(TypeInfo::from_catalog(16_406, "pair", 'c', 0, 0, 'C'));
+        r.insert(TypeInfo::from_catalog(16_407, "_pair", 'b', 0, 16_406, 'A'));
+        r.insert(TypeInfo::from_catalog(16_408, "floatrange", 'r', 0, 0, 'R'));
+        r.insert(TypeInfo::from_catalog(
+            16_409, "loop_a", 'd', 16_410, 0, 'N',
+        ));
+        r.insert(TypeInfo::from_catalog(
+            16_410, "loop_b", 'd', 16_409, 0, 'N',
+        ));
+
+        assert_eq!(r.decode_text(16_400, "happy"), t("happy"));
+        assert_eq!(
+            r.decode_text(16_401, "{happy,sad}"),
+            Value::Array(Array {
+                dims: vec![2],
+                elements: vec![t("happy"), t("sad")],
+            })
+        );
+        assert_eq!(r.decode_text(16_402, "5"), Value::Int(5));
+        assert_eq!(r.decode_text(16_403, "6"), Value::Int(6));
+        assert_eq!(r.decode_text(16_402, "x"), raw("posint", "x"));
+        assert_eq!(
+            r.decode_text(16_404, "{1,2}"),
+            Value::Array(Array {
+                dims: vec![2],
+                elements: vec![Value::Int(1), Value::Int(2)],
+            })
+        );
+        assert!(matches!(r.decode_text(16_405, "{1,2}"), Value::Array(_)));
+        assert_eq!(r.decode_text(16_406, "(1,x)"), raw("pair", "(1,x)"));
+        assert_eq!(
+            r.decode_text(16_407, "{\"(1,x)\"}"),
+            raw("_pair", "{\"(1,x)\"}")
+        );
+        assert_eq!(r.decode_text(16_408, "[1,2)"), raw("floatrange", "[1,2)"));
+        assert_eq!(r.decode_text(16_409, "1"), raw("loop_a", "1"));
+    }
+
+    #[test]
+    fn type_message_names_keep_catalog_kinds() {
+        let mut r = TypeRegistry::new();
+        r.insert(TypeInfo::from_catalog(16_400, "mood", 'e', 0, 0, 'E'));
+        r.learn_name(16_400, "mood");
+        assert_eq!(r.get(16_400).map(|i| i.kind), Some(TypeKind::Enum));
+        r.learn_name(16_500, "citext");
+        assert_eq!(r.get(16_500).map(|i| i.kind), Some(TypeKind::Other));
+        assert_eq!(r.decode_text(16_500, "Hi"), raw("citext", "Hi"));
+    }
+
+    #[test]
+    fn binary_datums() {
+        let r = TypeRegistry::new();
+        assert_eq!(r.decode_binary(17, &[0, 1]), Value::Bytes(vec![0, 1]));
+        assert_eq!(r.decode_binary(25, b"abc"), t("abc"));
+        assert_eq!(
+            r.decode_binary(23, &[0, 0, 0, 5]),
+            raw("int4", "\\x00000005")
+        );
+        assert_eq!(r.decode_binary(25, &[0xff]), raw("text", "\\xff"));
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_kept_raw() {
+        let r = TypeRegistry::new();
+        assert_eq!(
+            r.codec(25).decode_bytes(b"a\xffb"),
+            raw("text", "a\u{fffd}b")
+        );
+        assert_eq!(r.codec(23).decode_bytes(b"12"), Value::Int(12));
+    }
+}
