@@ -1,12 +1,57 @@
 //! The plugin chain as the pipeline's [`Processor`].
+//!
+//! The chain is synchronous CPU work, so each batch runs on tokio's blocking pool; the chain
+//! moves into the blocking task and back, which keeps it free of locks.
 
 use std::sync::Arc;
 
-use super::Processor;
-use crate::config::Config;
-use crate::metrics::Metrics;
+use anyhow::Context;
+use async_trait::async_trait;
 
-/// Loads the configured plugins into a chain.
-pub async fn build(_config: &Config, _metrics: Arc<Metrics>) -> anyhow::Result<Box<dyn Processor>> {
-    anyhow::bail!("plugins are not wired into the pipeline yet")
+use super::{Processed, Processor};
+use crate::config::Config;
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::plugin::{Chain, PluginEngine};
+
+/// Loads the configured plugins into a chain (compiling off the async runtime).
+pub async fn build(config: &Config, _metrics: Arc<Metrics>) -> anyhow::Result<Box<dyn Processor>> {
+    let plugins = config.plugins.clone();
+    let chain = tokio::task::spawn_blocking(move || {
+        let engine = PluginEngine::shared()?;
+        Chain::new(&engine, &plugins)
+    })
+    .await
+    .context("loading plugins panicked")??;
+    Ok(Box::new(ChainProcessor { chain: Some(chain) }))
+}
+
+struct ChainProcessor {
+    chain: Option<Chain>,
+}
+
+#[async_trait]
+impl Processor for ChainProcessor {
+    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String> {
+        let mut chain = self
+            .chain
+            .take()
+            .ok_or("the plugin chain was lost after an earlier failure")?;
+        let (chain, result) = tokio::task::spawn_blocking(move || {
+            let result = chain.run(events);
+            (chain, result)
+        })
+        .await
+        .map_err(|e| format!("the plugin chain panicked: {e}"))?;
+        self.chain = Some(chain);
+        let output = result.map_err(|e| e.to_string())?;
+        Ok(Processed {
+            events: output.events,
+            dead_letters: output
+                .dead_letters
+                .into_iter()
+                .map(|d| (d.event, format!("plugin {}: {}", d.plugin, d.error)))
+                .collect(),
+        })
+    }
 }
