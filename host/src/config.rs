@@ -30,6 +30,10 @@ pub struct Config {
     /// Where events go.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// Where events a plugin fails on go under `on_error = "dead-letter"` (same keys as a
+    /// `[[sinks]]` entry); a file `dead-letter.jsonl` in the state directory when omitted.
+    #[serde(default)]
+    pub dead_letter: Option<SinkConfig>,
     /// Encoder for sinks that take bytes.
     #[serde(default)]
     pub encoding: Encoding,

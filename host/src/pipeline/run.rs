@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::source::{ChangeStream, open_stream};
 use super::{Delivery, DeliveryOptions, Passthrough, Processor, Unit};
-use crate::config::Config;
+use crate::config::{Config, OnError};
 use crate::encode::{EncodeOptions, Encoder};
 use crate::metrics::Metrics;
 use crate::sink::Sink;
@@ -52,6 +52,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
     }
     let selector = TableSelector::from_source(&config.source)?;
     let sinks = build_sinks(&config).await?;
+    let dead_letter = build_dead_letter(&config).await?;
     let processor = build_processor(&config, &metrics).await?;
     let encoder = Encoder::new(
         config.encoding,
@@ -81,7 +82,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         processor,
         encoder,
         sinks,
-        None,
+        dead_letter,
         DeliveryOptions {
             max_events: config.batch.max_events,
             max_wait: config.batch.max_wait,
@@ -113,6 +114,27 @@ async fn build_sinks(config: &Config) -> anyhow::Result<Vec<Box<dyn Sink>>> {
         sinks.push(sink);
     }
     Ok(sinks)
+}
+
+/// The dead-letter sink, when a plugin may dead-letter events.
+async fn build_dead_letter(config: &Config) -> anyhow::Result<Option<Box<dyn Sink>>> {
+    let wanted = config
+        .plugins
+        .iter()
+        .any(|p| p.on_error == OnError::DeadLetter);
+    if !wanted {
+        return Ok(None);
+    }
+    let sink = match &config.dead_letter {
+        Some(s) => crate::sink::build(s, &config.base_dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the [dead_letter] sink: {e}"))?,
+        None => {
+            let path = config.state.dir.join("dead-letter.jsonl");
+            Box::new(crate::sink::FileSink::open(path, None).map_err(|e| anyhow::anyhow!("{e}"))?)
+        }
+    };
+    Ok(Some(sink))
 }
 
 async fn build_processor(
