@@ -96,6 +96,9 @@ pub struct TailArgs {
     /// Confirm what was printed to the server, as a consumer would (off: the slot does not move).
     #[arg(long)]
     pub confirm: bool,
+    /// Continue although the slot's history has a gap (see the message that suggested this).
+    #[arg(long)]
+    pub accept_gap: bool,
 }
 
 /// `walflow plugin …`
@@ -173,7 +176,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
-        Command::Tail(_) => anyhow::bail!("`walflow tail` is not available yet"),
+        Command::Tail(args) => crate::replication::tail::run(&args).await,
         Command::Plugin(PluginCommand::Run(_)) => {
             anyhow::bail!("`walflow plugin run` is not available yet")
         }

@@ -5,6 +5,7 @@
 //! bring changes in, `snapshot` reads existing rows, `plugin` runs the component chain,
 //! `encode` and `sink` send events out, and `checkpoint` decides what may be confirmed.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod demo;

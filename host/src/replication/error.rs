@@ -95,7 +95,9 @@ pub enum ConnectError {
         hint: String,
     },
     /// The server sent something that breaks the protocol.
-    #[error("PostgreSQL sent an unexpected message: {0}; this is a bug in walflow or a proxy in between")]
+    #[error(
+        "PostgreSQL sent an unexpected message: {0}; this is a bug in walflow or a proxy in between"
+    )]
     Protocol(String),
 }
 
@@ -126,7 +128,10 @@ impl ConnectError {
 pub(crate) fn retryable_sqlstate(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
-        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55006")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55006"
+        )
 }
 
 /// An error report from the server, before it is classified.
@@ -180,7 +185,11 @@ impl ServerError {
                 message: self.message,
             },
             "3D000" => ConnectError::NoSuchDatabase(database.to_owned()),
-            "42501" if self.message.contains("replication") || self.message.contains("walsender") => {
+            "42501"
+                if self.message.contains("replication")
+                    || self.message.contains("walsender")
+                    || self.message.contains("WAL sender") =>
+            {
                 ConnectError::NoReplicationPrivilege {
                     user: user.to_owned(),
                     message: self.message,

@@ -5,12 +5,26 @@
 //! - [`tls`]: rustls for every sslmode, shared with ordinary SQL connections.
 //! - [`sql`]: [`connect_sql`], ordinary tokio-postgres connections with the same rules.
 //! - [`error`]: [`ConnectError`], classified into retryable and fatal.
+//! - [`conn`]: startup, authentication, simple queries and CopyBoth framing.
+//! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
+//! - [`continuity`]: the check at every start that the slot continues the checkpoint.
+//! - [`stream`]: [`ReplicationStream`], committed transactions with feedback and reconnects.
+//! - [`tail`]: the `walflow tail` command.
 
+pub mod commands;
+pub mod conn;
+pub mod continuity;
 pub mod error;
 pub mod options;
 pub mod sql;
+pub mod stream;
+pub mod tail;
 pub mod tls;
 
+pub use commands::{PublicationAction, PublicationError, SlotInfo, SlotSnapshot, SystemIdentity};
+pub use conn::{Connection, CopyMessage};
+pub use continuity::{ContinuityError, Verified};
 pub use error::{ConnectError, ServerError};
 pub use options::ConnectOptions;
 pub use sql::connect_sql;
+pub use stream::{ReplicationStream, StreamError, StreamItem, StreamOptions};

@@ -137,9 +137,9 @@ fn parse_url(url: &str) -> Result<Parsed, ConnectError> {
             "sslrootcert" => options.sslrootcert = Some(PathBuf::from(v)),
             "application_name" => options.application_name = v,
             "connect_timeout" => {
-                let secs: u64 = v
-                    .parse()
-                    .map_err(|_| bad(format!("connect_timeout `{v}` is not a number of seconds")))?;
+                let secs: u64 = v.parse().map_err(|_| {
+                    bad(format!("connect_timeout `{v}` is not a number of seconds"))
+                })?;
                 options.connect_timeout = Duration::from_secs(secs.max(1));
             }
             "user" => options.user = v,
@@ -280,20 +280,30 @@ mod tests {
     fn config_sslmode_applies_unless_url_sets_it() {
         let mut s = source("postgres://u@h/db");
         s.sslmode = SslMode::Require;
-        assert_eq!(ConnectOptions::from_source(&s).unwrap().sslmode, SslMode::Require);
+        assert_eq!(
+            ConnectOptions::from_source(&s).unwrap().sslmode,
+            SslMode::Require
+        );
         s.url = "postgres://u@h/db?sslmode=disable".into();
-        assert_eq!(ConnectOptions::from_source(&s).unwrap().sslmode, SslMode::Disable);
+        assert_eq!(
+            ConnectOptions::from_source(&s).unwrap().sslmode,
+            SslMode::Disable
+        );
     }
 
     #[test]
     fn bad_input_says_what_to_do() {
         let e = ConnectOptions::from_source(&source("mysql://h/db")).unwrap_err();
         assert!(e.to_string().contains("must start with postgres://"), "{e}");
-        let e = ConnectOptions::from_source(&source("postgres://u@h/db?sslmode=maybe")).unwrap_err();
+        let e =
+            ConnectOptions::from_source(&source("postgres://u@h/db?sslmode=maybe")).unwrap_err();
         assert!(e.to_string().contains("verify-full"), "{e}");
         let mut s = source("postgres://u@h/db");
         s.password_env = Some("WALFLOW_TEST_SURELY_UNSET_VAR".into());
         let e = ConnectOptions::from_source(&s).unwrap_err();
-        assert!(e.to_string().contains("WALFLOW_TEST_SURELY_UNSET_VAR"), "{e}");
+        assert!(
+            e.to_string().contains("WALFLOW_TEST_SURELY_UNSET_VAR"),
+            "{e}"
+        );
     }
 }

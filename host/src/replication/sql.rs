@@ -44,13 +44,15 @@ pub async fn connect_sql_with(
                 spawn_connection(conn);
                 client
             }),
-        Some(tls_config) => config
-            .connect(MakeRustls::new(tls_config))
-            .await
-            .map(|(client, conn)| {
-                spawn_connection(conn);
-                client
-            }),
+        Some(tls_config) => {
+            config
+                .connect(MakeRustls::new(tls_config))
+                .await
+                .map(|(client, conn)| {
+                    spawn_connection(conn);
+                    client
+                })
+        }
     };
     result.map_err(|e| classify(opts, e))
 }
@@ -90,7 +92,10 @@ pub(crate) fn classify(opts: &ConnectOptions, e: tokio_postgres::Error) -> Conne
             return io_error(opts, io::Error::new(io_err.kind(), io_err.to_string()));
         }
         if let Some(r) = s.downcast_ref::<rustls::Error>() {
-            return tls::handshake_error(opts, io::Error::new(io::ErrorKind::InvalidData, r.clone()));
+            return tls::handshake_error(
+                opts,
+                io::Error::new(io::ErrorKind::InvalidData, r.clone()),
+            );
         }
         source = s.source();
     }

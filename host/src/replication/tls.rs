@@ -15,10 +15,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -81,10 +83,16 @@ fn load_roots(opts: &ConnectOptions) -> Result<RootCertStore, ConnectError> {
             })?;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                 let cert = cert.map_err(|e| {
-                    tls_err(format!("sslrootcert {} is not valid PEM ({e})", path.display()))
+                    tls_err(format!(
+                        "sslrootcert {} is not valid PEM ({e})",
+                        path.display()
+                    ))
                 })?;
                 roots.add(cert).map_err(|e| {
-                    tls_err(format!("sslrootcert {} holds a bad certificate ({e})", path.display()))
+                    tls_err(format!(
+                        "sslrootcert {} holds a bad certificate ({e})",
+                        path.display()
+                    ))
                 })?;
             }
             if roots.is_empty() {
@@ -110,7 +118,9 @@ fn load_roots(opts: &ConnectOptions) -> Result<RootCertStore, ConnectError> {
 /// The name the server's certificate must carry (also used for SNI when it is a DNS name).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, ConnectError> {
     ServerName::try_from(host.to_string()).map_err(|_| {
-        ConnectError::Options(format!("`{host}` is neither a valid DNS name nor an IP address"))
+        ConnectError::Options(format!(
+            "`{host}` is neither a valid DNS name nor an IP address"
+        ))
     })
 }
 
@@ -358,7 +368,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Rustl
     fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
         let (_, conn) = self.0.get_ref();
         match conn.peer_certificates().and_then(|c| c.first()) {
-            Some(cert) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(end_point_hash(cert)),
+            Some(cert) => {
+                tokio_postgres::tls::ChannelBinding::tls_server_end_point(end_point_hash(cert))
+            }
             None => tokio_postgres::tls::ChannelBinding::none(),
         }
     }
@@ -375,7 +387,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.0).poll_write(cx, buf)
     }
 
@@ -395,7 +411,10 @@ mod tests {
     #[test]
     fn der_walk_survives_garbage() {
         assert!(matches!(signature_hash(&[]), SigHash::Sha256));
-        assert!(matches!(signature_hash(&[0x30, 0x85, 1, 2]), SigHash::Sha256));
+        assert!(matches!(
+            signature_hash(&[0x30, 0x85, 1, 2]),
+            SigHash::Sha256
+        ));
         assert_eq!(end_point_hash(b"x").len(), 32);
     }
 }

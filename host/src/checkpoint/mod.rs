@@ -1,0 +1,220 @@
+//! Checkpoints: per pipeline (keyed by slot name), the last LSN every sink acknowledged and the
+//! identity of the slot that LSN belongs to.
+//!
+//! The checkpoint is the ceiling of what is ever confirmed to PostgreSQL: the replication
+//! stream sends a confirmed flush LSN only after the checkpoint holding it is on disk, so a
+//! crash at any moment leaves the slot at or behind the file, never ahead. The slot identity
+//! lets the next start prove that the slot it finds is the one whose history the checkpoint
+//! continues (see `replication::continuity`).
+//!
+//! Files are written atomically: a temporary file in the same directory is written and
+//! fsynced, renamed over the old one, and the directory is fsynced, so a reader sees either
+//! the old or the new checkpoint, whole.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which slot a checkpoint's LSN belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotIdentity {
+    /// The cluster's system identifier (IDENTIFY_SYSTEM); another value means another server
+    /// or a re-initialised one.
+    pub system_id: u64,
+    /// Database name.
+    pub database: String,
+    /// Slot name.
+    pub slot: String,
+    /// Timeline when the identity was recorded (informational: a promotion changes it).
+    pub timeline: u32,
+    /// The slot's first position as walflow knew it: the consistent point when walflow created
+    /// it, else its `restart_lsn` when walflow first saw it. A slot dropped and created again
+    /// starts after everything the old one had confirmed, so its `restart_lsn` lies beyond the
+    /// checkpoint, which the continuity check reports.
+    pub created_lsn: u64,
+}
+
+/// The durable state of one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Everything before this LSN was acknowledged by every sink (PostgreSQL's
+    /// `confirmed_flush_lsn` semantics).
+    pub lsn: u64,
+    /// The slot.
+    pub identity: SlotIdentity,
+    /// Unix milliseconds when this was written.
+    pub written_at_ms: i64,
+}
+
+/// Why a checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// I/O on the state directory failed.
+    #[error(
+        "cannot {action} checkpoint {path}: {source}; check that the state directory ([state] dir) is writable"
+    )]
+    Io {
+        /// read / write.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file exists but is not a checkpoint.
+    #[error(
+        "checkpoint {path} is corrupt ({message}); restore it from a backup, or move it away and re-snapshot"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The checkpoint file of one slot in a state directory.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    slot: String,
+}
+
+impl CheckpointStore {
+    /// The store for `slot` under `dir` (created on first save).
+    pub fn new(dir: impl Into<PathBuf>, slot: &str) -> CheckpointStore {
+        CheckpointStore {
+            dir: dir.into(),
+            slot: slot.to_string(),
+        }
+    }
+
+    /// The checkpoint file (`<dir>/<slot>.checkpoint.json`).
+    pub fn path(&self) -> PathBuf {
+        let safe: String = self
+            .slot
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        self.dir.join(format!("{safe}.checkpoint.json"))
+    }
+
+    /// Reads the checkpoint; `None` when there is none yet.
+    pub fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        let path = self.path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(CheckpointError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CheckpointError::Corrupt {
+                path,
+                message: e.to_string(),
+            })
+    }
+
+    /// Writes `checkpoint` atomically and durably.
+    pub fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let path = self.path();
+        let io = |source| CheckpointError::Io {
+            action: "write",
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.dir).map_err(io)?;
+        let tmp = path.with_extension("json.tmp");
+        let mut bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| io(e.into()))?;
+        bytes.push(b'\n');
+        {
+            let mut f = File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        fs::rename(&tmp, &path).map_err(io)?;
+        sync_dir(&self.dir).map_err(io)?;
+        Ok(())
+    }
+
+    /// Removes the checkpoint (after an explicit re-snapshot or an accepted gap).
+    pub fn remove(&self) -> Result<(), CheckpointError> {
+        match fs::remove_file(self.path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CheckpointError::Io {
+                action: "remove",
+                path: self.path(),
+                source,
+            }),
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(lsn: u64) -> Checkpoint {
+        Checkpoint {
+            lsn,
+            identity: SlotIdentity {
+                system_id: 7_300_000_000_000_000_001,
+                database: "app".into(),
+                slot: "walflow_slot".into(),
+                timeline: 1,
+                created_lsn: 0x1_0000,
+            },
+            written_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn save_load_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path().join("state"), "walflow_slot");
+        assert_eq!(store.load().unwrap(), None);
+        store.save(&sample(10)).unwrap();
+        assert_eq!(store.load().unwrap(), Some(sample(10)));
+        store.save(&sample(20)).unwrap();
+        assert_eq!(store.load().unwrap().unwrap().lsn, 20);
+        assert!(!store.path().with_extension("json.tmp").exists());
+        store.remove().unwrap();
+        assert_eq!(store.load().unwrap(), None);
+    }
+
+    #[test]
+    fn corrupt_file_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path(), "s");
+        fs::write(store.path(), b"{not json").unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("corrupt"), "{e}");
+    }
+}
