@@ -112,6 +112,36 @@ impl StreamOptions {
     }
 }
 
+/// Confirms and stops a [`ReplicationStream`] from another task while it waits in
+/// [`ReplicationStream::next_item`]: the pipeline acknowledges from its delivery task, and
+/// cancelling `next_item` mid-read or mid-write could corrupt the protocol stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamControl {
+    confirmed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl StreamControl {
+    /// Everything before `lsn` is durably delivered and checkpointed; report it promptly.
+    pub fn confirm(&self, lsn: u64) {
+        self.confirmed
+            .fetch_max(lsn, std::sync::atomic::Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Ends the stream: `next_item` returns [`StreamItem::End`]; then call
+    /// [`ReplicationStream::stop`] for a clean CopyDone.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Committed transactions from a replication slot. See the module docs for the protocol.
 pub struct ReplicationStream {
     source: SourceConfig,
@@ -136,6 +166,7 @@ pub struct ReplicationStream {
     refreshed_types: HashSet<u32>,
     sql: Option<tokio_postgres::Client>,
     ended: bool,
+    control: StreamControl,
 }
 
 impl ReplicationStream {
@@ -181,6 +212,7 @@ impl ReplicationStream {
             refreshed_types: HashSet::new(),
             sql: None,
             ended: false,
+            control: StreamControl::default(),
             verified,
         };
         stream.start(conn).await?;
@@ -207,6 +239,25 @@ impl ReplicationStream {
         self.conn = Some(conn);
         self.last_status = Instant::now();
         Ok(())
+    }
+
+    /// A handle to confirm and stop this stream from another task.
+    pub fn control(&self) -> StreamControl {
+        self.control.clone()
+    }
+
+    /// Applies what other tasks asked through [`StreamControl`].
+    fn apply_control(&mut self) {
+        let lsn = self
+            .control
+            .confirmed
+            .load(std::sync::atomic::Ordering::Acquire);
+        if lsn > self.confirmed {
+            self.confirm(lsn);
+            if self.confirmed > self.reported {
+                self.status_due_reply = true;
+            }
+        }
     }
 
     /// The slot's identity, to store with every checkpoint.
@@ -379,6 +430,10 @@ impl ReplicationStream {
     /// The next CopyBoth message, sending status updates when due.
     async fn read_copy(&mut self) -> Result<CopyMessage, StreamError> {
         loop {
+            self.apply_control();
+            if self.control.stop_requested() {
+                return Ok(CopyMessage::Done);
+            }
             if self.status_due_reply || self.last_status.elapsed() >= self.options.status_interval {
                 self.send_status().await?;
             }
@@ -393,9 +448,11 @@ impl ReplicationStream {
                 .options
                 .status_interval
                 .saturating_sub(self.last_status.elapsed());
+            let wake = self.control.wake.clone();
             tokio::select! {
                 r = conn.fill() => r?,
                 _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
             }
         }
     }
