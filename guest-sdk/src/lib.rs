@@ -1,1 +1,133 @@
-//! walflow plugin SDK
+//! Write walflow plugins in Rust.
+//!
+//! A plugin is a WebAssembly component built for `wasm32-wasip2` that targets one world of
+//! `wit/walflow-plugin.wit`. This crate hides the ABI: write one function per event and mark it
+//! with the attribute of its role, and the macro generates the batch loop and the export.
+//!
+//! ```ignore
+//! use walflow_sdk::{Event, Value};
+//!
+//! #[walflow_sdk::filter]
+//! fn keep(event: &Event) -> bool {
+//!     event.after().get("status") == Some(&Value::Text("shipped".into()))
+//! }
+//! ```
+//!
+//! ```ignore
+//! #[walflow_sdk::transform]
+//! fn shout(event: &mut walflow_sdk::Event) -> Result<(), String> {
+//!     if let Some(walflow_sdk::Value::Text(name)) = event.after().get("name").cloned() {
+//!         event.after_mut().set("name", name.to_uppercase())?;
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! A topic namer is `#[walflow_sdk::topic_namer] fn name(event: &Event) -> String`. An optional
+//! `#[walflow_sdk::init] fn setup(config: &str) -> Result<(), String>` in the same module
+//! receives the plugin's JSON configuration once, before the first batch.
+//!
+//! Under the hood a transform answers with edits (the values it set, the columns it removed,
+//! the events it dropped), never a copy of the batch, which keeps the per-event cost low.
+
+#![deny(missing_docs)]
+
+mod event;
+mod value;
+
+pub use event::{Event, Row, RowMut};
+pub use walflow_sdk_macros::{filter, init, topic_namer, transform};
+
+/// The generated bindings of each world. Plugin crates use these only through the macros; the
+/// data types are re-exported at the crate root.
+#[allow(missing_docs)]
+pub mod bindings {
+    /// The `filter` world.
+    pub mod filter {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "walflow:plugin/filter",
+            pub_export_macro: true,
+            default_bindings_module: "walflow_sdk::bindings::filter",
+        });
+    }
+
+    /// The `transform` world.
+    pub mod transform {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "walflow:plugin/transform",
+            pub_export_macro: true,
+            default_bindings_module: "walflow_sdk::bindings::transform",
+            with: { "walflow:plugin/types@0.1.0": crate::bindings::filter::walflow::plugin::types },
+        });
+    }
+
+    /// The `topic-namer` world.
+    pub mod topic_namer {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "walflow:plugin/topic-namer",
+            pub_export_macro: true,
+            default_bindings_module: "walflow_sdk::bindings::topic_namer",
+            with: { "walflow:plugin/types@0.1.0": crate::bindings::filter::walflow::plugin::types },
+        });
+    }
+
+    /// The `sink` world.
+    pub mod sink {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "walflow:plugin/sink",
+            pub_export_macro: true,
+            default_bindings_module: "walflow_sdk::bindings::sink",
+            with: { "walflow:plugin/types@0.1.0": crate::bindings::filter::walflow::plugin::types },
+        });
+    }
+}
+
+/// The ABI's data types (`walflow:plugin/types`).
+pub use bindings::filter::walflow::plugin::types;
+pub use types::{
+    Array, Batch, Column, Edit, LogicalMessage, Op, Raw, Relation, RowSide, Scalar, SnapshotMarker,
+    Source, Temporal, TemporalKind, Value,
+};
+
+/// A plugin's configuration hook; implemented by `#[walflow_sdk::init]`.
+pub trait Init {
+    /// Receives the plugin's JSON configuration (`{}` when none) once, before the first batch.
+    fn init(config: &str) -> Result<(), String>;
+}
+
+/// Support code for the macros. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    use std::marker::PhantomData;
+
+    pub use crate::event::{run_filter, run_topic_namer, run_transform};
+
+    /// Picks the plugin's `Init` impl when there is one (autoref specialisation).
+    pub struct InitProbe<T>(pub PhantomData<T>);
+
+    /// Chosen when the plugin implements [`crate::Init`].
+    pub trait ViaUserInit {
+        fn walflow_init(&self, config: &str) -> Result<(), String>;
+    }
+
+    impl<T: crate::Init> ViaUserInit for &InitProbe<T> {
+        fn walflow_init(&self, config: &str) -> Result<(), String> {
+            T::init(config)
+        }
+    }
+
+    /// Chosen otherwise: accept any configuration.
+    pub trait ViaNoInit {
+        fn walflow_init(&self, config: &str) -> Result<(), String>;
+    }
+
+    impl<T> ViaNoInit for InitProbe<T> {
+        fn walflow_init(&self, _config: &str) -> Result<(), String> {
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,111 @@
+//! Attribute macros of `walflow-sdk`: each turns one per-event function into a complete
+//! plugin component (the batch loop, `init`, and the world's export).
+
 extern crate proc_macro;
+
+use proc_macro::TokenStream;
+use quote::quote;
+use syn::{ItemFn, parse_macro_input};
+
+/// `#[walflow_sdk::filter] fn keep(event: &Event) -> bool`: `true` keeps the event.
+#[proc_macro_attribute]
+pub fn filter(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let function = parse_macro_input!(item as ItemFn);
+    let name = &function.sig.ident;
+    plugin(
+        &function,
+        quote! {
+            impl ::walflow_sdk::bindings::filter::exports::walflow::plugin::filter_api::Guest for __WalflowPlugin {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    __walflow_init(&config)
+                }
+                fn filter(batch: ::walflow_sdk::Batch) -> ::std::result::Result<::std::vec::Vec<bool>, ::std::string::String> {
+                    ::walflow_sdk::__private::run_filter(batch, #name)
+                }
+            }
+            ::walflow_sdk::bindings::filter::export!(__WalflowPlugin with_types_in ::walflow_sdk::bindings::filter);
+        },
+    )
+}
+
+/// `#[walflow_sdk::transform] fn t(event: &mut Event) -> Result<(), String>`: change the event
+/// through its accessors; an `Err` fails only this event (the host applies `on_error`).
+#[proc_macro_attribute]
+pub fn transform(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let function = parse_macro_input!(item as ItemFn);
+    let name = &function.sig.ident;
+    plugin(
+        &function,
+        quote! {
+            impl ::walflow_sdk::bindings::transform::exports::walflow::plugin::transform_api::Guest for __WalflowPlugin {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    __walflow_init(&config)
+                }
+                fn transform(batch: ::walflow_sdk::Batch) -> ::std::result::Result<::std::vec::Vec<::walflow_sdk::Edit>, ::std::string::String> {
+                    ::walflow_sdk::__private::run_transform(batch, #name)
+                }
+            }
+            ::walflow_sdk::bindings::transform::export!(__WalflowPlugin with_types_in ::walflow_sdk::bindings::transform);
+        },
+    )
+}
+
+/// `#[walflow_sdk::topic_namer] fn name(event: &Event) -> String`: the event's topic.
+#[proc_macro_attribute]
+pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let function = parse_macro_input!(item as ItemFn);
+    let name = &function.sig.ident;
+    plugin(
+        &function,
+        quote! {
+            impl ::walflow_sdk::bindings::topic_namer::exports::walflow::plugin::topic_namer_api::Guest for __WalflowPlugin {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    __walflow_init(&config)
+                }
+                fn name_topics(batch: ::walflow_sdk::Batch) -> ::std::result::Result<::std::vec::Vec<::std::string::String>, ::std::string::String> {
+                    ::walflow_sdk::__private::run_topic_namer(batch, #name)
+                }
+            }
+            ::walflow_sdk::bindings::topic_namer::export!(__WalflowPlugin with_types_in ::walflow_sdk::bindings::topic_namer);
+        },
+    )
+}
+
+/// `#[walflow_sdk::init] fn setup(config: &str) -> Result<(), String>`: receives the plugin's
+/// JSON configuration once before the first batch. Put it in the same module as the role
+/// attribute.
+#[proc_macro_attribute]
+pub fn init(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let function = parse_macro_input!(item as ItemFn);
+    let name = &function.sig.ident;
+    quote! {
+        #function
+        impl ::walflow_sdk::Init for __WalflowPlugin {
+            fn init(config: &str) -> ::std::result::Result<(), ::std::string::String> {
+                #name(config)
+            }
+        }
+    }
+    .into()
+}
+
+/// The function itself, the plugin type, the `init` dispatch and the role's impl.
+fn plugin(function: &ItemFn, role: proc_macro2::TokenStream) -> TokenStream {
+    quote! {
+        #function
+
+        #[doc(hidden)]
+        pub struct __WalflowPlugin;
+
+        #[doc(hidden)]
+        fn __walflow_init(config: &str) -> ::std::result::Result<(), ::std::string::String> {
+            #[allow(unused_imports)]
+            use ::walflow_sdk::__private::{ViaNoInit as _, ViaUserInit as _};
+            (&&::walflow_sdk::__private::InitProbe::<__WalflowPlugin>(::std::marker::PhantomData))
+                .walflow_init(config)
+        }
+
+        #role
+    }
+    .into()
+}

@@ -1,0 +1,89 @@
+//! `binary-repr`: re-represents every `bytea` value (the seed's "Represent binary data as").
+//!
+//! Config: `{"mode": "base64" | "base64url" | "hex" | "bytes"}`. `bytes` leaves values binary
+//! (the encoder decides); the others turn them into text. Elements of `bytea[]` arrays too.
+
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use walflow_sdk::{Event, Scalar, Value};
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Base64,
+    Base64url,
+    Hex,
+    Bytes,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    mode: Mode,
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+#[walflow_sdk::init]
+fn setup(config: &str) -> Result<(), String> {
+    let parsed: Config = serde_json::from_str(config).map_err(|e| {
+        format!("binary-repr config: {e} (expected {{\"mode\": \"base64\" | \"base64url\" | \"hex\" | \"bytes\"}})")
+    })?;
+    MODE.set(parsed.mode).map_err(|_| "init called twice".to_string())
+}
+
+#[walflow_sdk::transform]
+fn represent(event: &mut Event) -> Result<(), String> {
+    let mode = *MODE.get().unwrap_or(&Mode::Bytes);
+    if mode == Mode::Bytes {
+        return Ok(());
+    }
+    for after in [true, false] {
+        let changes: Vec<(usize, Value)> = {
+            let row = if after { event.after() } else { event.before() };
+            row.iter()
+                .enumerate()
+                .filter_map(|(i, (_, v))| convert(v, mode).map(|v| (i, v)))
+                .collect()
+        };
+        for (i, value) in changes {
+            let mut row = if after { event.after_mut() } else { event.before_mut() };
+            row.set_index(i, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn convert(value: &Value, mode: Mode) -> Option<Value> {
+    match value {
+        Value::Bytes(b) => Some(Value::Text(encode(b, mode))),
+        Value::Array(a) if a.elements.iter().any(|e| matches!(e, Scalar::Bytes(_))) => {
+            let mut a = a.clone();
+            for e in &mut a.elements {
+                if let Scalar::Bytes(b) = e {
+                    *e = Scalar::Text(encode(b, mode));
+                }
+            }
+            Some(Value::Array(a))
+        }
+        _ => None,
+    }
+}
+
+fn encode(bytes: &[u8], mode: Mode) -> String {
+    match mode {
+        Mode::Base64 | Mode::Bytes => base64::engine::general_purpose::STANDARD.encode(bytes),
+        Mode::Base64url => base64::engine::general_purpose::URL_SAFE.encode(bytes),
+        Mode::Hex => {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            let mut s = String::with_capacity(bytes.len() * 2);
+            for b in bytes {
+                s.push(DIGITS[(b >> 4) as usize] as char);
+                s.push(DIGITS[(b & 15) as usize] as char);
+            }
+            s
+        }
+    }
+}

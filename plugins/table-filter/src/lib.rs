@@ -1,0 +1,106 @@
+//! `table-filter`: keeps events whose `schema.table` matches an `include` glob and no `exclude`
+//! glob, optionally only rows where one column equals a value.
+//!
+//! Config: `{"include": ["public.*"], "exclude": ["public.audit_*"],
+//!           "where": {"column": "status", "equals": "shipped"}}` (every key optional).
+//! Globs use `*` (any run of characters) and `?` (one character). Logical messages are not
+//! table changes and always pass; events without a row (truncates) skip the `where` test.
+
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use walflow_sdk::{Event, Op, Value};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    include: Option<Vec<String>>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default, rename = "where")]
+    predicate: Option<Predicate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Predicate {
+    column: String,
+    equals: serde_json::Value,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+#[walflow_sdk::init]
+fn setup(config: &str) -> Result<(), String> {
+    let parsed: Config = serde_json::from_str(config).map_err(|e| format!("table-filter config: {e}"))?;
+    CONFIG.set(parsed).map_err(|_| "init called twice".to_string())
+}
+
+#[walflow_sdk::filter]
+fn keep(event: &Event) -> bool {
+    let Some(config) = CONFIG.get() else {
+        return true;
+    };
+    if event.op() == Op::Message {
+        return true;
+    }
+    let name = format!("{}.{}", event.schema(), event.table());
+    let included = match &config.include {
+        None => true,
+        Some(globs) => globs.iter().any(|g| glob(g, &name)),
+    };
+    if !included || config.exclude.iter().any(|g| glob(g, &name)) {
+        return false;
+    }
+    let Some(predicate) = &config.predicate else {
+        return true;
+    };
+    let row = if event.after().exists() { event.after() } else { event.before() };
+    if !row.exists() {
+        return true;
+    }
+    match row.get(&predicate.column) {
+        Some(value) => equals(value, &predicate.equals),
+        None => false,
+    }
+}
+
+/// Whether a column value equals a JSON value from the config.
+fn equals(value: &Value, expected: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match (value, expected) {
+        (Value::Null, J::Null) => true,
+        (Value::Boolean(b), J::Bool(e)) => b == e,
+        (Value::Int(i), J::Number(n)) => n.as_i64() == Some(*i) || n.as_f64() == Some(*i as f64),
+        (Value::Float(f), J::Number(n)) => n.as_f64() == Some(*f),
+        (Value::Numeric(s), J::Number(n)) => s.parse::<f64>().ok() == n.as_f64(),
+        (v, J::String(e)) => v.as_str() == Some(e.as_str()),
+        _ => false,
+    }
+}
+
+/// `*` matches any run of characters, `?` one character.
+fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}

@@ -1,0 +1,69 @@
+//! `topic-name`: names each event's topic.
+//!
+//! Config: `{"prefix": "app", "database_prefix": false, "template": "…"}` (all optional).
+//! Default topic `{prefix}.{schema}.{table}` (`{schema}.{table}` without a prefix); with
+//! `database_prefix` the seed's `DatabaseName_TopicName`, i.e. `{database}_` before it. A
+//! template replaces the default and may use `{prefix}`, `{database}`, `{schema}`, `{table}`
+//! and `{op}` (Debezium's letter).
+
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use walflow_sdk::{Event, Op};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    database_prefix: bool,
+    #[serde(default)]
+    template: Option<String>,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+#[walflow_sdk::init]
+fn setup(config: &str) -> Result<(), String> {
+    let parsed: Config = serde_json::from_str(config).map_err(|e| format!("topic-name config: {e}"))?;
+    CONFIG.set(parsed).map_err(|_| "init called twice".to_string())
+}
+
+#[walflow_sdk::topic_namer]
+fn name(event: &Event) -> String {
+    static DEFAULT: Config = Config {
+        prefix: None,
+        database_prefix: false,
+        template: None,
+    };
+    let config = CONFIG.get().unwrap_or(&DEFAULT);
+    let prefix = config.prefix.as_deref().unwrap_or("");
+    let db = &event.source().db;
+    let topic = match &config.template {
+        Some(t) => t
+            .replace("{prefix}", prefix)
+            .replace("{database}", db)
+            .replace("{schema}", event.schema())
+            .replace("{table}", event.table())
+            .replace("{op}", op_code(event.op())),
+        None if prefix.is_empty() => format!("{}.{}", event.schema(), event.table()),
+        None => format!("{prefix}.{}.{}", event.schema(), event.table()),
+    };
+    if config.database_prefix {
+        format!("{db}_{topic}")
+    } else {
+        topic
+    }
+}
+
+fn op_code(op: Op) -> &'static str {
+    match op {
+        Op::Create => "c",
+        Op::Update => "u",
+        Op::Delete => "d",
+        Op::Read => "r",
+        Op::Truncate => "t",
+        Op::Message => "m",
+    }
+}
