@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
-use super::source::{ChangeStream, open_stream};
+use super::source;
 use super::{Delivery, DeliveryOptions, Passthrough, Processor, Unit};
 use crate::config::{Config, OnError};
 use crate::encode::{EncodeOptions, Encoder};
@@ -62,20 +62,35 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         },
     );
     let accept_gap = options.accept_gap || config.source.accept_gap;
-    let stream = open_stream(&config, &selector, accept_gap).await?;
+    let opened = source::open(&config, accept_gap).await?;
+    let control = opened.stream.control();
+    let identity = opened.stream.identity().clone();
     metrics.set_healthy(true);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let (unit_tx, unit_rx) = mpsc::channel::<Unit>(UNIT_QUEUE);
     spawn_stop_triggers(stop_tx.clone(), ack_rx.clone(), options.until_lsn);
-    let reader = tokio::spawn(read_loop(
-        stream,
+    let on_stop = control.clone();
+    tokio::spawn(async move {
+        while !*stop_rx.borrow_and_update() {
+            if stop_rx.changed().await.is_err() {
+                return;
+            }
+        }
+        on_stop.stop();
+    });
+    let reader = tokio::spawn(source::read(
+        opened.stream,
         selector,
         unit_tx,
-        ack_rx,
-        stop_rx.clone(),
         metrics.clone(),
+    ));
+    let acknowledger = tokio::spawn(source::acknowledge(
+        ack_rx,
+        opened.store,
+        identity,
+        control.clone(),
     ));
 
     let delivery = Delivery::new(
@@ -90,15 +105,23 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         },
         metrics.clone(),
     );
-    let delivered = delivery.run(unit_rx, ack_tx, stop_rx).await;
+    let delivered = delivery.run(unit_rx, ack_tx, stop_tx.subscribe()).await;
+    // Whatever happened, stop reading; the acknowledger ends once delivery dropped its sender.
     let _ = stop_tx.send(true);
+    control.stop();
+    let acked = acknowledger.await.context("the acknowledger panicked")?;
     let read = reader.await.context("the replication reader panicked")?;
     metrics.set_healthy(false);
     let acked_lsn = delivered?;
-    read?;
+    let acked = acked?;
+    let mut stream = read?;
+    if let Some(lsn) = acked {
+        stream.confirm(lsn);
+    }
+    stream.stop().await?;
     Ok(RunSummary {
         events_out: metrics.events_out_total(),
-        acked_lsn,
+        acked_lsn: acked_lsn.or(acked),
     })
 }
 
@@ -187,48 +210,4 @@ fn spawn_stop_triggers(
             }
         }
     });
-}
-
-/// Streams units into the channel, applies table selection, and confirms acknowledged LSNs.
-async fn read_loop(
-    mut stream: Box<dyn ChangeStream>,
-    selector: TableSelector,
-    units: mpsc::Sender<Unit>,
-    mut acks: watch::Receiver<u64>,
-    mut stop: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    loop {
-        tokio::select! {
-            biased;
-            r = acks.changed() => {
-                if r.is_ok() {
-                    let lsn = *acks.borrow_and_update();
-                    stream.acknowledge(lsn).await?;
-                }
-            }
-            _ = stop.changed() => {
-                if *stop.borrow() { break; }
-            }
-            next = stream.next() => {
-                let Some(mut unit) = next? else { break };
-                unit.events.retain(|e| e.relation.columns.is_empty() && e.relation.table.is_empty()
-                    || selector.matches(&e.relation.schema, &e.relation.table));
-                metrics.record_in(&unit.events);
-                metrics.set_server_lsn(stream.server_lsn());
-                tokio::select! {
-                    r = units.send(unit) => if r.is_err() { break },
-                    _ = stop.changed() => if *stop.borrow() { break },
-                }
-            }
-        }
-    }
-    // The delivery loop may still acknowledge what it flushes on the way out.
-    drop(units);
-    while acks.changed().await.is_ok() {
-        let lsn = *acks.borrow_and_update();
-        stream.acknowledge(lsn).await?;
-    }
-    stream.close().await;
-    Ok(())
 }
