@@ -179,8 +179,9 @@ impl ReplicationStream {
     ) -> Result<ReplicationStream, StreamError> {
         let opts = ConnectOptions::from_source(source)?;
         let mut conn = Connection::connect(&opts, true).await?;
-        let verified =
-            continuity::check(&mut conn, &source.slot, checkpoint, options.accept_gap).await?;
+        // The publication must exist before the slot: pgoutput reads it through the catalog as
+        // of each change, so a publication created after the slot's consistent point makes
+        // START_REPLICATION fail with "publication does not exist".
         if options.manage_publication {
             let action = conn.ensure_publication(source).await?;
             tracing::debug!(?action, publication = %source.publication, "publication ready");
@@ -190,6 +191,8 @@ impl ReplicationStream {
             }
             .into());
         }
+        let verified =
+            continuity::check(&mut conn, &source.slot, checkpoint, options.accept_gap).await?;
         let mut registry = TypeRegistry::new();
         load_types(&mut conn, &mut registry, None).await?;
         let assembler = Assembler::new(opts.dbname.clone(), registry);
