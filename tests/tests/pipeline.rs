@@ -50,7 +50,9 @@ async fn random_transaction(client: &tokio_postgres::Client, rng: &mut rand::rng
             55..70 => format!(
                 "UPDATE orders SET amount = amount + 1, doc = doc || '{{\"u\": true}}' WHERE id = {id};"
             ),
-            70..75 => format!("UPDATE orders SET id = id + 1000 WHERE id = {id};"),
+            70..75 => format!(
+                "UPDATE orders SET id = id + 1000 WHERE id = {id} AND NOT EXISTS (SELECT 1 FROM orders WHERE id = {id} + 1000);"
+            ),
             75..82 => format!("UPDATE items SET name = name || '!' WHERE id = {id};"),
             82..90 => format!("DELETE FROM orders WHERE id = {id} OR id = {id} + 1000;"),
             90..97 => format!("DELETE FROM items WHERE id = {id};"),
@@ -212,12 +214,12 @@ async fn sigkill_at_random_points_loses_nothing() {
     eprintln!("workload seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
-    for round in 0..4 {
-        for _ in 0..rng.random_range(20..60) {
+    for round in 0..5 {
+        for _ in 0..rng.random_range(40..120) {
             random_transaction(&client, &mut rng).await;
         }
         // Let it get somewhere (or not), then kill it mid-stream.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
         assert!(
             child.is_running(),
             "walflow exited early (round {round}):\n{}",
@@ -261,6 +263,11 @@ async fn sigkill_at_random_points_loses_nothing() {
         "a table outside `tables` reached the sink"
     );
     let state = replay(&records);
+    eprintln!(
+        "{} records, {} rows replayed",
+        records.len(),
+        state.values().map(|t| t.len()).sum::<usize>()
+    );
     for table in ["orders", "items"] {
         let rows: Vec<Json> = state
             .get(table)
