@@ -5,8 +5,8 @@
 //! event the transform leaves alone costs nothing on the way back.
 
 use crate::types::{
-    Batch, Column, Edit, EventFailure, Op, Relation, RemoveColumn, ReplaceEvent, RowSide,
-    SetValue, Source, Value,
+    Batch, Column, Edit, EventFailure, Op, Relation, RemoveColumn, ReplaceEvent, RowSide, SetValue,
+    Source, Value,
 };
 
 static NO_RELATION: Relation = Relation {
@@ -28,9 +28,7 @@ pub struct Event<'a> {
 
 impl<'a> Event<'a> {
     fn new(raw: crate::types::Event, relations: &'a [Relation]) -> Event<'a> {
-        let relation = relations
-            .get(raw.relation as usize)
-            .unwrap_or(&NO_RELATION);
+        let relation = relations.get(raw.relation as usize).unwrap_or(&NO_RELATION);
         Event {
             raw,
             relation,
@@ -167,7 +165,10 @@ impl<'a> Event<'a> {
                 if self.removed.contains(&column) {
                     continue;
                 }
-                let Some(slot) = self.row_mut(side).and_then(|row| row.get_mut(column as usize)) else {
+                let Some(slot) = self
+                    .row_mut(side)
+                    .and_then(|row| row.get_mut(column as usize))
+                else {
                     continue;
                 };
                 let value = std::mem::replace(slot, Value::Null);
@@ -300,7 +301,10 @@ pub fn run_filter(batch: Batch, keep: impl Fn(&Event) -> bool) -> Result<Vec<boo
 }
 
 /// Runs a topic-namer function over a batch.
-pub fn run_topic_namer(batch: Batch, name: impl Fn(&Event) -> String) -> Result<Vec<String>, String> {
+pub fn run_topic_namer(
+    batch: Batch,
+    name: impl Fn(&Event) -> String,
+) -> Result<Vec<String>, String> {
     let Batch { relations, events } = batch;
     Ok(events
         .into_iter()

@@ -69,7 +69,10 @@ impl PartialEq for Value {
             (Value::Array(a), Value::Array(b)) => {
                 a.dims == b.dims
                     && a.elements.len() == b.elements.len()
-                    && a.elements.iter().zip(&b.elements).all(|(x, y)| scalar_eq(x, y))
+                    && a.elements
+                        .iter()
+                        .zip(&b.elements)
+                        .all(|(x, y)| scalar_eq(x, y))
             }
             _ => false,
         }

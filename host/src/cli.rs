@@ -178,8 +178,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Tail(args) => crate::replication::tail::run(&args).await,
-        Command::Plugin(PluginCommand::Run(_)) => {
-            anyhow::bail!("`walflow plugin run` is not available yet")
+        Command::Plugin(PluginCommand::Run(args)) => {
+            tokio::task::spawn_blocking(move || crate::plugin::run_command::run(&args)).await?
         }
         Command::Check(_) => anyhow::bail!("`walflow check` is not available yet"),
         Command::SetupSql(_) => anyhow::bail!("`walflow setup-sql` is not available yet"),

@@ -201,7 +201,11 @@ impl Chain {
 }
 
 impl Stage {
-    fn run(&mut self, mut batch: WorkBatch, output: &mut ChainOutput) -> Result<WorkBatch, ChainError> {
+    fn run(
+        &mut self,
+        mut batch: WorkBatch,
+        output: &mut ChainOutput,
+    ) -> Result<WorkBatch, ChainError> {
         match self.attempt(&mut batch) {
             Ok(failed) => {
                 for (event, message) in failed {
@@ -298,7 +302,12 @@ impl Stage {
     }
 
     /// Applies the policy to one event the plugin failed on.
-    fn settle(&self, event: Event, error: PluginError, output: &mut ChainOutput) -> Result<(), ChainError> {
+    fn settle(
+        &self,
+        event: Event,
+        error: PluginError,
+        output: &mut ChainOutput,
+    ) -> Result<(), ChainError> {
         match self.slot.spec.on_error {
             OnError::Stop => Err(error.into()),
             OnError::Skip => {

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use super::bindings::types as wit;
 use super::error::PluginError;
 use crate::event::{
-    Array, Event, LogicalMessage, Op, Relation, Row, SnapshotMarker, Source, TemporalKind,
-    Value,
+    Array, Event, LogicalMessage, Op, Relation, Row, SnapshotMarker, Source, TemporalKind, Value,
 };
 
 /// A batch in both forms, index for index.
@@ -32,11 +31,13 @@ impl WorkBatch {
         let mut wit_relations = Vec::new();
         let mut events = Vec::with_capacity(host.len());
         for event in &host {
-            let idx = *index.entry(Arc::as_ptr(&event.relation)).or_insert_with(|| {
-                relations.push(event.relation.clone());
-                wit_relations.push(relation_to_wit(&event.relation));
-                (relations.len() - 1) as u32
-            });
+            let idx = *index
+                .entry(Arc::as_ptr(&event.relation))
+                .or_insert_with(|| {
+                    relations.push(event.relation.clone());
+                    wit_relations.push(relation_to_wit(&event.relation));
+                    (relations.len() - 1) as u32
+                });
             events.push(event_to_wit(event, idx));
         }
         WorkBatch {
@@ -141,7 +142,8 @@ impl WorkBatch {
                 }
                 wit::Edit::Replace(replace) => {
                     let event = self.check_index(replace.event).map_err(bad)?;
-                    let host = event_from_wit(&replace.replacement, &self.relations).map_err(bad)?;
+                    let host =
+                        event_from_wit(&replace.replacement, &self.relations).map_err(bad)?;
                     self.host[event] = host;
                     self.wit.events[event] = replace.replacement;
                 }
@@ -175,7 +177,9 @@ impl WorkBatch {
                     wit::RowSide::After => (&host.after, "after"),
                 };
                 let Some(row) = row else {
-                    return Err(format!("edit sets a value in event {event}, which has no {side} row"));
+                    return Err(format!(
+                        "edit sets a value in event {event}, which has no {side} row"
+                    ));
                 };
                 if set.column as usize >= row.len() {
                     return Err(format!(
@@ -228,7 +232,9 @@ impl WorkBatch {
             wit::RowSide::After => (&mut host_event.after, &mut wit_event.after, "after"),
         };
         let (Some(host_row), Some(wit_row)) = (host_row.as_mut(), wit_row.as_mut()) else {
-            return Err(format!("edit sets a value in event {event}, which has no {side} row"));
+            return Err(format!(
+                "edit sets a value in event {event}, which has no {side} row"
+            ));
         };
         let (Some(host_slot), Some(wit_slot)) = (host_row.get_mut(column), wit_row.get_mut(column))
         else {
@@ -242,7 +248,11 @@ impl WorkBatch {
         Ok(())
     }
 
-    fn take_failed(&mut self, keep: &[bool], mut failures: HashMap<usize, String>) -> Vec<(Event, String)> {
+    fn take_failed(
+        &mut self,
+        keep: &[bool],
+        mut failures: HashMap<usize, String>,
+    ) -> Vec<(Event, String)> {
         let mut failed = Vec::new();
         for (i, kept) in keep.iter().enumerate() {
             if !kept && let Some(message) = failures.remove(&i) {
@@ -272,7 +282,10 @@ impl WorkBatch {
                 })
                 .clone();
             host.relation = relation;
-            for row in [host.before.as_mut(), host.after.as_mut()].into_iter().flatten() {
+            for row in [host.before.as_mut(), host.after.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 for &c in columns.iter().rev() {
                     if c < row.len() {
                         row.remove(c);
@@ -329,7 +342,13 @@ fn event_to_wit(event: &Event, relation: u32) -> wit::Event {
 fn event_from_wit(event: &wit::Event, relations: &[Arc<Relation>]) -> Result<Event, String> {
     let relation = relations
         .get(event.relation as usize)
-        .ok_or_else(|| format!("replacement refers to relation {} of {}", event.relation, relations.len()))?
+        .ok_or_else(|| {
+            format!(
+                "replacement refers to relation {} of {}",
+                event.relation,
+                relations.len()
+            )
+        })?
         .clone();
     let width = relation.columns.len();
     for row in [&event.before, &event.after].into_iter().flatten() {

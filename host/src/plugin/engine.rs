@@ -88,14 +88,15 @@ impl PluginEngine {
             // compatibility hash (part of the file name), into a cache directory we own.
             match unsafe { Component::deserialize_file(engine, file) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::debug!(file = %file.display(), error = %e, "ignoring unusable cached component"),
+                Err(e) => {
+                    tracing::debug!(file = %file.display(), error = %e, "ignoring unusable cached component")
+                }
             }
         }
-        let component =
-            Component::new(engine, bytes).map_err(|e| LoadError::NotAComponent {
-                path: path.to_owned(),
-                detail: one_line(&e),
-            })?;
+        let component = Component::new(engine, bytes).map_err(|e| LoadError::NotAComponent {
+            path: path.to_owned(),
+            detail: one_line(&e),
+        })?;
         if let Some(file) = cached {
             store_in_cache(&component, &file);
         }

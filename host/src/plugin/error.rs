@@ -72,6 +72,14 @@ pub enum LoadError {
         /// The failure.
         error: PluginError,
     },
+    /// The new version failed a call on an empty batch.
+    #[error("plugin {path}: a trial call on an empty batch failed: {error}")]
+    Smoke {
+        /// The plugin file.
+        path: PathBuf,
+        /// The failure.
+        error: PluginError,
+    },
     /// The plugin was loaded for one role but the file now has another.
     #[error("plugin {path} is now a {found} but it was configured as a {expected}")]
     RoleChanged {

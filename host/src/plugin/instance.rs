@@ -242,7 +242,10 @@ fn recognise_role(
     path: &Path,
 ) -> Result<Role, LoadError> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     let found: Vec<Role> = Role::ALL
         .into_iter()
         .filter(|role| exports.iter().any(|e| *e == role.export_name()))
@@ -253,7 +256,10 @@ fn recognise_role(
         _ => {
             return Err(LoadError::WrongWorld {
                 path: path.to_owned(),
-                exports: format!("{} (more than one role; a plugin has exactly one)", exports.join(", ")),
+                exports: format!(
+                    "{} (more than one role; a plugin has exactly one)",
+                    exports.join(", ")
+                ),
             });
         }
     }
@@ -397,7 +403,11 @@ fn wrong_role(what: &str) -> wasmtime::Error {
 
 /// Arms the deadline (and fuel) for the next call.
 fn prepare_call(store: &mut Store<StoreState>, limits: &Limits) {
-    let ticks = limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1) + 1;
+    let ticks = limits
+        .timeout_ms
+        .div_ceil(EPOCH_TICK.as_millis() as u64)
+        .max(1)
+        + 1;
     store.set_epoch_deadline(ticks);
     store.data_mut().limiter.hit = false;
     if let Some(fuel) = limits.fuel
@@ -426,7 +436,15 @@ fn classify(store: &Store<StoreState>, spec: &PluginSpec, e: wasmtime::Error) ->
             fuel: spec.limits.fuel.unwrap_or(0),
         },
         _ => {
-            let mut message = one_line(&e);
+            // The trap itself first (e.g. "wasm `unreachable` instruction executed"), then the
+            // guest backtrace, cut to a readable length.
+            let mut message = e.root_cause().to_string();
+            if let Some(trace) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
+                let trace = trace.to_string();
+                message.push_str(" (");
+                message.push_str(&trace.split_whitespace().collect::<Vec<_>>().join(" "));
+                message.push(')');
+            }
             if message.len() > 600 {
                 let mut cut = 600;
                 while !message.is_char_boundary(cut) {

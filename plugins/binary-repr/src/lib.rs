@@ -31,7 +31,8 @@ fn setup(config: &str) -> Result<(), String> {
     let parsed: Config = serde_json::from_str(config).map_err(|e| {
         format!("binary-repr config: {e} (expected {{\"mode\": \"base64\" | \"base64url\" | \"hex\" | \"bytes\"}})")
     })?;
-    MODE.set(parsed.mode).map_err(|_| "init called twice".to_string())
+    MODE.set(parsed.mode)
+        .map_err(|_| "init called twice".to_string())
 }
 
 #[walflow_sdk::transform]
@@ -49,7 +50,11 @@ fn represent(event: &mut Event) -> Result<(), String> {
                 .collect()
         };
         for (i, value) in changes {
-            let mut row = if after { event.after_mut() } else { event.before_mut() };
+            let mut row = if after {
+                event.after_mut()
+            } else {
+                event.before_mut()
+            };
             row.set_index(i, value)?;
         }
     }

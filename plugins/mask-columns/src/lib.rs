@@ -38,13 +38,17 @@ fn setup(config: &str) -> Result<(), String> {
         format!("mask-columns config: {e} (expected {{\"columns\": [\"schema.table.column\"], \"with\": \"sha256\" | \"redact\"}})")
     })?;
     if let Some(bad) = parsed.columns.iter().find(|c| c.split('.').count() != 3) {
-        return Err(format!("mask-columns config: `{bad}` is not schema.table.column"));
+        return Err(format!(
+            "mask-columns config: `{bad}` is not schema.table.column"
+        ));
     }
     let masks = Masks {
         columns: parsed.columns.into_iter().collect(),
         with: parsed.with,
     };
-    MASKS.set(masks).map_err(|_| "init called twice".to_string())
+    MASKS
+        .set(masks)
+        .map_err(|_| "init called twice".to_string())
 }
 
 #[walflow_sdk::transform]
@@ -70,7 +74,11 @@ fn mask(event: &mut Event) -> Result<(), String> {
                 row.get_index(i).and_then(|v| masked(v, masks.with))
             };
             if let Some(value) = masked {
-                let mut row = if after { event.after_mut() } else { event.before_mut() };
+                let mut row = if after {
+                    event.after_mut()
+                } else {
+                    event.before_mut()
+                };
                 row.set_index(i, value)?;
             }
         }
@@ -99,6 +107,9 @@ fn text_of(value: &Value) -> String {
         Value::Boolean(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Float(f) => f.to_string(),
-        other => other.as_str().map(str::to_string).unwrap_or_else(|| format!("{other:?}")),
+        other => other
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{other:?}")),
     }
 }

@@ -33,8 +33,11 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 
 #[walflow_sdk::init]
 fn setup(config: &str) -> Result<(), String> {
-    let parsed: Config = serde_json::from_str(config).map_err(|e| format!("table-filter config: {e}"))?;
-    CONFIG.set(parsed).map_err(|_| "init called twice".to_string())
+    let parsed: Config =
+        serde_json::from_str(config).map_err(|e| format!("table-filter config: {e}"))?;
+    CONFIG
+        .set(parsed)
+        .map_err(|_| "init called twice".to_string())
 }
 
 #[walflow_sdk::filter]
@@ -56,7 +59,11 @@ fn keep(event: &Event) -> bool {
     let Some(predicate) = &config.predicate else {
         return true;
     };
-    let row = if event.after().exists() { event.after() } else { event.before() };
+    let row = if event.after().exists() {
+        event.after()
+    } else {
+        event.before()
+    };
     if !row.exists() {
         return true;
     }

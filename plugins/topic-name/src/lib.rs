@@ -26,8 +26,11 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 
 #[walflow_sdk::init]
 fn setup(config: &str) -> Result<(), String> {
-    let parsed: Config = serde_json::from_str(config).map_err(|e| format!("topic-name config: {e}"))?;
-    CONFIG.set(parsed).map_err(|_| "init called twice".to_string())
+    let parsed: Config =
+        serde_json::from_str(config).map_err(|e| format!("topic-name config: {e}"))?;
+    CONFIG
+        .set(parsed)
+        .map_err(|_| "init called twice".to_string())
 }
 
 #[walflow_sdk::topic_namer]

@@ -1,0 +1,113 @@
+//! Shared helpers of the plugin tests: building the plugins once, and constructing events.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use walflow::config::OnError;
+use walflow::event::{Column, Event, Op, Relation, Source, Value};
+use walflow::plugin::{Chain, Limits, PluginEngine, PluginSpec};
+
+/// Builds every plugin with `scripts/build-plugins` (once per test binary) and returns the
+/// directory holding the `.wasm` files.
+pub fn plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
+        let status = std::process::Command::new(root.join("scripts/build-plugins"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run scripts/build-plugins");
+        assert!(status.success(), "scripts/build-plugins failed");
+        root.join("plugins/target/dist")
+    })
+}
+
+/// The path of a built plugin, e.g. `plugin("table_filter")`.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = plugins_dir().join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A spec for a built plugin with a config and a failure policy.
+pub fn spec(name: &str, config: &str, on_error: OnError) -> PluginSpec {
+    let mut spec = PluginSpec::new(plugin(name), config);
+    spec.on_error = on_error;
+    spec
+}
+
+/// A spec with tight limits, for misbehaving guests.
+pub fn tight(name: &str, on_error: OnError) -> PluginSpec {
+    let mut spec = spec(name, "{}", on_error);
+    spec.limits = Limits {
+        memory_mb: 64,
+        timeout_ms: 200,
+        fuel: None,
+    };
+    spec
+}
+
+/// A chain of specs on the shared engine.
+pub fn chain(specs: Vec<PluginSpec>) -> Chain {
+    Chain::from_specs(&engine(), specs).expect("chain loads")
+}
+
+/// The shared engine.
+pub fn engine() -> PluginEngine {
+    PluginEngine::shared().expect("engine")
+}
+
+/// A relation; columns are `(name, type name, key)`.
+pub fn relation(schema: &str, table: &str, columns: &[(&str, &str, bool)]) -> Arc<Relation> {
+    Arc::new(Relation {
+        oid: 16384,
+        schema: schema.into(),
+        table: table.into(),
+        columns: columns
+            .iter()
+            .map(|(name, type_name, key)| Column {
+                name: (*name).into(),
+                type_oid: 0,
+                type_name: (*type_name).into(),
+                type_modifier: -1,
+                key: *key,
+            })
+            .collect(),
+    })
+}
+
+/// An event with an after row (a create), or a before row only for a delete.
+pub fn event(relation: &Arc<Relation>, op: Op, row: Vec<Value>) -> Event {
+    let (before, after) = match op {
+        Op::Delete => (Some(row), None),
+        _ => (None, Some(row)),
+    };
+    Event {
+        op,
+        relation: relation.clone(),
+        source: Source {
+            db: "app".into(),
+            lsn: 0x16_B374_D848,
+            xid: Some(7),
+            commit_time_us: 1_700_000_000_000_000,
+            ..Source::default()
+        },
+        before,
+        after,
+        topic: None,
+        message: None,
+    }
+}
+
+/// Text value.
+pub fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+/// The after row's value of a column.
+pub fn after<'e>(event: &'e Event, column: &str) -> &'e Value {
+    let i = event.relation.column_index(column).expect("column exists");
+    &event.after.as_ref().expect("after row")[i]
+}
