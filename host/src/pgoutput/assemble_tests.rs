@@ -607,3 +607,67 @@ fn reset_forgets_transactions_in_flight() {
     );
     assert_eq!(h.push(5, commit(6)).unwrap().events.len(), 1);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A message from a small vocabulary over two relations, two xids and two gids.
+    fn message() -> impl Strategy<Value = Wire> {
+        let xid = prop_oneof![Just(900u32), Just(901u32)];
+        let gid = prop_oneof![Just("g1"), Just("g2")];
+        prop_oneof![
+            Just(items(None)),
+            Just(items(Some(900))),
+            Just(begin(1)),
+            Just(commit(2)),
+            Just(insert(None, 100, &[Col::Text("1"), Col::Null, Col::Toast])),
+            Just(insert(
+                Some(901),
+                100,
+                &[Col::Text("x"), Col::Null, Col::Null]
+            )),
+            Just(insert(None, 101, &[])),
+            Just(Wire::tag(b'T').i32(1).u8(0).u32(100)),
+            Just(Wire::tag(b'M').u8(1).u64(1).str("p").i32(0)),
+            Just(Wire::tag(b'M').u8(0).u64(1).str("p").i32(0)),
+            (xid.clone(), any::<bool>()).prop_map(|(x, first)| stream_start(x, first)),
+            Just(stream_stop()),
+            xid.clone().prop_map(stream_commit),
+            (xid.clone(), xid.clone()).prop_map(|(x, s)| stream_abort(x, s)),
+            gid.clone()
+                .prop_map(|g| Wire::tag(b'b').u64(1).u64(2).i64(3).u32(4).str(g)),
+            gid.clone().prop_map(|g| prepare_msg(b'P', 4, g)),
+            (xid, gid.clone()).prop_map(|(x, g)| prepare_msg(b'p', x, g)),
+            gid.clone().prop_map(|g| commit_prepared(4, g)),
+            gid.prop_map(|g| Wire::tag(b'r')
+                .u8(0)
+                .u64(1)
+                .u64(2)
+                .i64(3)
+                .i64(4)
+                .u32(4)
+                .str(g)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// Any order of messages yields units or errors, never a panic, and every event that
+        /// comes out belongs to the unit that carries it.
+        #[test]
+        fn any_message_order_never_panics(msgs in proptest::collection::vec(message(), 0..40)) {
+            let mut asm = Assembler::new("db", TypeRegistry::new());
+            for (i, w) in msgs.iter().enumerate() {
+                if let Ok(Some(txn)) = asm.push_bytes(i as u64, &w.0) {
+                    for e in &txn.events {
+                        prop_assert_eq!(e.source.xid, txn.xid.or(e.source.xid));
+                        prop_assert_eq!(&e.source.db, "db");
+                    }
+                }
+            }
+        }
+    }
+}

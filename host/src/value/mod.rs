@@ -694,4 +694,19 @@ mod tests {
         );
         assert_eq!(r.codec(23).decode_bytes(b"12"), Value::Int(12));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1000, ..Default::default() })]
+
+        /// Every decoder, scalar or array, returns a value for any text.
+        #[test]
+        fn no_text_makes_a_decoder_panic(
+            oid in proptest::sample::select(BUILTINS.iter().flat_map(|b| [b.0, b.2]).collect::<Vec<_>>()),
+            text in "\\PC{0,40}|[-+0-9:. BCPYMDTHSinfty]{0,30}",
+        ) {
+            let registry = TypeRegistry::new();
+            let _ = registry.decode_text(oid, &text);
+            let _ = registry.decode_binary(oid, text.as_bytes());
+        }
+    }
 }

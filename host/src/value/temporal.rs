@@ -180,7 +180,10 @@ fn trim_seconds(seconds: &str) -> &str {
     let trimmed = s.trim_start_matches('0');
     if trimmed.is_empty() || trimmed.starts_with('.') {
         // keep one leading zero
-        s.get(s.len() - trimmed.len() - 1..).unwrap_or(s)
+        s.len()
+            .checked_sub(trimmed.len() + 1)
+            .and_then(|start| s.get(start..))
+            .unwrap_or(s)
     } else {
         trimmed
     }
