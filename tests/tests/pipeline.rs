@@ -4,10 +4,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value as Json};
+use walflow::sink::{Sink, SinkBatch, SinkError};
 use walflow_tests::{Cluster, TestDb, wait_for_async, walflow};
 
 const TABLES_SQL: &str = "
@@ -324,4 +327,175 @@ async fn bad_config_fails_with_one_line_and_no_checkpoint() {
         "the error names the line: {}",
         output.describe()
     );
+}
+
+/// A sink that refuses everything while `down` is set, and remembers what it acknowledged.
+struct FlakySink {
+    down: Arc<AtomicBool>,
+    pending: Vec<u64>,
+    accepted: Arc<Mutex<Vec<u64>>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for FlakySink {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SinkError::Retryable("destination down".into()));
+        }
+        let rows = batch.events.iter().filter(|e| e.relation.table == "big");
+        self.pending.extend(rows.map(|e| e.source.lsn));
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SinkError::Retryable("destination down".into()));
+        }
+        self.accepted.lock().unwrap().append(&mut self.pending);
+        Ok(())
+    }
+}
+
+async fn emit_marker(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'test', 'mark')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn insert_big(client: &tokio_postgres::Client, from: i32, count: i32) {
+    for id in from..from + count {
+        client
+            .execute(
+                "INSERT INTO big SELECT $1::int, string_agg(md5(random()::text), '') FROM generate_series(1, 256)",
+                &[&id],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Bytes of WAL the walsender has not sent yet (it stops sending when walflow stops reading).
+async fn unsent_bytes(client: &tokio_postgres::Client, slot: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT coalesce((SELECT (pg_current_wal_lsn() - sent_lsn)::bigint FROM pg_stat_replication r
+                JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1), 0)",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
+    let db = Cluster::shared().new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE big (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    let builder = db
+        .config()
+        .source("snapshot = \"never\"")
+        .source("heartbeat_interval = \"1s\"")
+        .append("[batch]\nmax_events = 64\nmax_wait = \"20ms\"");
+    let slot = builder.slot_name().to_string();
+    let file = builder.write().unwrap();
+    let config = walflow::config::Config::load(&file.path).unwrap();
+
+    let down = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let sink = FlakySink {
+        down: down.clone(),
+        pending: Vec::new(),
+        accepted: accepted.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(walflow::pipeline::run(
+        config,
+        walflow::pipeline::RunOptions {
+            extra_sinks: vec![Box::new(sink)],
+            stop: Some(stop_rx),
+            ..Default::default()
+        },
+    ));
+    wait_for_async("the slot", Duration::from_secs(30), || async {
+        slot_confirmed(&db, &slot).await
+    })
+    .await
+    .unwrap();
+
+    insert_big(&client, 0, 50).await;
+    let first = emit_marker(&client).await;
+    wait_for_async(
+        "the first rows to be confirmed",
+        Duration::from_secs(30),
+        || async { lsn_reached(&db, &slot, &first).await.then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(accepted.lock().unwrap().len(), 50);
+
+    down.store(true, Ordering::SeqCst);
+    let held = slot_confirmed(&db, &slot).await.unwrap();
+    insert_big(&client, 50, 3000).await;
+    // Backpressure reaches the server: walflow stops reading, so WAL stays unsent.
+    wait_for_async(
+        "the walsender to stall",
+        Duration::from_secs(60),
+        || async { (unsent_bytes(&client, &slot).await > 4 << 20).then_some(()) },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        slot_confirmed(&db, &slot).await.unwrap(),
+        held,
+        "an LSN was confirmed while the sink was down"
+    );
+    assert_eq!(
+        accepted.lock().unwrap().len(),
+        50,
+        "the sink acknowledged while down"
+    );
+    assert!(
+        !run.is_finished(),
+        "a retryable sink error stopped the pipeline"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    let last = emit_marker(&client).await;
+    wait_for_async(
+        "everything to be confirmed after recovery",
+        Duration::from_secs(120),
+        || async { lsn_reached(&db, &slot, &last).await.then_some(()) },
+    )
+    .await
+    .unwrap();
+    let mut lsns = accepted.lock().unwrap().clone();
+    lsns.sort_unstable();
+    lsns.dedup();
+    assert_eq!(
+        lsns.len(),
+        3050,
+        "every row reached the sink after it recovered"
+    );
+
+    stop_tx.send(true).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the pipeline stops when asked")
+        .unwrap()
+        .unwrap();
+    assert!(summary.acked_lsn.is_some());
 }

@@ -18,6 +18,9 @@ use crate::config::{Config, parse_duration};
 use crate::pipeline::{RunOptions, RunSummary};
 use local_postgres::LocalPostgres;
 
+/// The demo database (its name prefixes topics: `shop_cdc.public.orders`).
+const DEMO_DB: &str = "shop";
+
 /// The built-in plugins the demo chains, in order.
 const DEMO_PLUGINS: [&str; 3] = ["table_filter.wasm", "binary_repr.wasm", "topic_name.wasm"];
 
@@ -43,13 +46,13 @@ const SCHEMA_SQL: &str = "
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let duration = parse_duration(&args.duration)
-        .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+    let duration =
+        parse_duration(&args.duration).map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
     let plugins = find_plugins(args.plugins_dir.as_deref())?;
     eprintln!("walflow demo: starting a throwaway PostgreSQL…");
     let pg = tokio::task::spawn_blocking(LocalPostgres::start).await??;
     pg.wait_ready().await?;
-    let url = pg.url("walflow_demo");
+    let url = pg.url(DEMO_DB);
     prepare_database(&pg).await?;
     let state = tempfile_dir("walflow-demo-state")?;
     let config = demo_config(&url, &plugins, &state)?;
@@ -72,7 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let written = writer.await.context("the demo writer panicked")??;
     let _ = std::fs::remove_dir_all(&state);
     eprintln!(
-        "walflow demo: wrote {written} changes; {} events reached the sink in {:.1}s (internal.audit filtered out). done.",
+        "walflow demo: wrote {written} row changes and an end marker; {} events reached the sink in {:.1}s (internal.audit was filtered out by the table-filter plugin). done.",
         summary.events_out,
         started.elapsed().as_secs_f64()
     );
@@ -84,9 +87,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 async fn prepare_database(pg: &LocalPostgres) -> anyhow::Result<()> {
     let (admin, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    admin.batch_execute("CREATE DATABASE walflow_demo").await?;
-    let (client, conn) =
-        tokio_postgres::connect(&pg.url("walflow_demo"), tokio_postgres::NoTls).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DEMO_DB}"))
+        .await?;
+    let (client, conn) = tokio_postgres::connect(&pg.url(DEMO_DB), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     client.batch_execute(SCHEMA_SQL).await?;
     Ok(())
@@ -104,7 +108,7 @@ slot = "walflow_demo"
 publication = "walflow_demo"
 publication_autocreate = "all_tables"
 snapshot = "never"
-topic_prefix = "demo"
+topic_prefix = "cdc"
 
 [state]
 dir = "{state}"
@@ -123,7 +127,7 @@ config = {{ mode = "hex" }}
 
 [[plugins]]
 path = "{topic_name}"
-config = {{ prefix = "demo", database_prefix = true }}
+config = {{ prefix = "cdc", database_prefix = true }}
 
 [[sinks]]
 type = "stdout"
@@ -136,49 +140,100 @@ type = "stdout"
     Ok(Config::parse(&text, Path::new("walflow-demo.toml"))?)
 }
 
-/// Writes changes for `duration`, then publishes the LSN of a final marker so the pipeline
-/// knows when everything has been delivered. Returns how many rows it changed.
+/// Writes changes for `duration` (once the pipeline's slot exists, so none is missed), then
+/// publishes the LSN of a final marker so the pipeline knows when everything has been
+/// delivered. Returns how many rows of the captured tables it changed.
 async fn write_changes(
     url: String,
     duration: Duration,
     until: tokio::sync::watch::Sender<Option<u64>>,
 ) -> anyhow::Result<u64> {
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
+    wait_for_slot(&client).await?;
     let deadline = Instant::now() + duration;
     let mut changes = 0u64;
-    let mut round = 0u64;
+    let mut round = 0i64;
     while Instant::now() < deadline {
         round += 1;
-        let sql = format!(
-            "BEGIN;
-             INSERT INTO public.customers (name, email, avatar)
-                 VALUES ('customer {round}', 'c{round}@example.com', decode('cafe{round:04x}', 'hex'));
-             INSERT INTO public.orders (customer_id, amount, status, details)
-                 VALUES ({round}, {amount}, 'new', '{{\"items\": {items}, \"gift\": {gift}}}');
-             UPDATE public.orders SET status = 'shipped' WHERE id = {prev};
-             DELETE FROM public.customers WHERE id = {old};
-             INSERT INTO internal.audit (note) VALUES ('round {round}');
-             COMMIT;",
-            amount = format_args!("{}.{:02}", 10 + round * 7 % 500, round * 13 % 100),
-            items = 1 + round % 5,
-            gift = round % 3 == 0,
-            prev = round.saturating_sub(1),
-            old = round.saturating_sub(5),
+        let tx = client.transaction().await?;
+        let amount = format!("{}.{:02}", 10 + round * 7 % 500, round * 13 % 100);
+        let details = format!(
+            r#"{{"items": {}, "gift": {}}}"#,
+            1 + round % 5,
+            round % 3 == 0
         );
-        client.batch_execute(&sql).await?;
-        changes += 5;
+        changes += tx
+            .execute(
+                "INSERT INTO public.customers (name, email, avatar) \
+                 VALUES ($1, $2, decode(lpad(to_hex($3::int), 8, 'cafe'), 'hex'))",
+                &[
+                    &format!("customer {round}"),
+                    &format!("c{round}@example.com"),
+                    &(round as i32),
+                ],
+            )
+            .await?;
+        changes += tx
+            .execute(
+                "INSERT INTO public.orders (customer_id, amount, status, details) \
+                 VALUES ($1::int, $2::text::numeric, 'new', $3::text::jsonb)",
+                &[&(round as i32), &amount, &details],
+            )
+            .await?;
+        changes += tx
+            .execute(
+                "UPDATE public.orders SET status = 'shipped' WHERE id = $1",
+                &[&(round - 1)],
+            )
+            .await?;
+        changes += tx
+            .execute(
+                "DELETE FROM public.customers WHERE id = $1::int",
+                &[&((round - 5) as i32)],
+            )
+            .await?;
+        tx.execute(
+            "INSERT INTO internal.audit (note) VALUES ($1)",
+            &[&format!("round {round}")],
+        )
+        .await?;
+        tx.commit().await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A transactional message marks the end: its transaction's end LSN is past everything
     // written above, and reaching it means every earlier change was delivered.
     let row = client
-        .query_one("SELECT pg_logical_emit_message(true, 'walflow-demo', 'done')::text", &[])
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'walflow-demo', 'done')::text",
+            &[],
+        )
         .await?;
     let lsn: String = row.get(0);
-    let lsn = crate::event::parse_lsn(&lsn).context("pg_logical_emit_message returned an odd LSN")?;
+    let lsn =
+        crate::event::parse_lsn(&lsn).context("pg_logical_emit_message returned an odd LSN")?;
     let _ = until.send(Some(lsn));
     Ok(changes)
+}
+
+/// Waits until the pipeline has created its slot: changes before it would not be captured.
+async fn wait_for_slot(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'walflow_demo'",
+                &[],
+            )
+            .await?;
+        if row.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the pipeline did not create its replication slot within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Where the built-in plugins are: `--plugins-dir`, `$WALFLOW_PLUGINS_DIR`, or the plugin

@@ -95,7 +95,8 @@ impl Delivery {
         let mut last_flush = Instant::now();
         let mut acked = None;
         loop {
-            let Some(batch) = self.collect(&mut input, &mut carry, &mut stop).await else {
+            let Some(batch) = collect(&self.options, &mut input, &mut carry, &mut stop).await
+            else {
                 break;
             };
             if !batch.events.is_empty() {
@@ -134,53 +135,6 @@ impl Delivery {
             }
         }
         Ok(acked)
-    }
-
-    /// Gathers up to `max_events` events of whole transactions, waiting at most `max_wait`
-    /// after the first. `None` when the input ended (or stop was requested) with nothing left.
-    async fn collect(
-        &self,
-        input: &mut mpsc::Receiver<Unit>,
-        carry: &mut Option<Unit>,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Option<Pending> {
-        let max = self.options.max_events;
-        let mut events = Vec::with_capacity(max);
-        let mut complete_lsn = None;
-        let first = match carry.take() {
-            Some(u) => u,
-            None => tokio::select! {
-                biased;
-                _ = wait_stop(stop) => return None,
-                u = input.recv() => u?,
-            },
-        };
-        let deadline = tokio::time::Instant::now() + self.options.max_wait;
-        let mut next = Some(first);
-        while let Some(mut unit) = next.take() {
-            let room = max - events.len();
-            if unit.events.len() > room {
-                let rest = unit.events.split_off(room);
-                events.append(&mut unit.events);
-                unit.events = rest;
-                *carry = Some(unit);
-                break;
-            }
-            events.append(&mut unit.events);
-            complete_lsn = Some(unit.end_lsn);
-            if events.len() >= max || *stop.borrow() {
-                break;
-            }
-            next = tokio::select! {
-                biased;
-                u = input.recv() => u,
-                _ = tokio::time::sleep_until(deadline) => None,
-            };
-        }
-        Some(Pending {
-            events,
-            complete_lsn,
-        })
     }
 
     /// Chain, encode, and write one batch to every sink (retrying retryable failures).
@@ -280,6 +234,53 @@ impl Delivery {
         self.metrics.record_flush();
         Ok(())
     }
+}
+
+/// Gathers up to `max_events` events of whole transactions, waiting at most `max_wait`
+/// after the first. `None` when the input ended (or stop was requested) with nothing left.
+async fn collect(
+    options: &DeliveryOptions,
+    input: &mut mpsc::Receiver<Unit>,
+    carry: &mut Option<Unit>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Pending> {
+    let max = options.max_events;
+    let mut events = Vec::with_capacity(max);
+    let mut complete_lsn = None;
+    let first = match carry.take() {
+        Some(u) => u,
+        None => tokio::select! {
+            biased;
+            _ = wait_stop(stop) => return None,
+            u = input.recv() => u?,
+        },
+    };
+    let deadline = tokio::time::Instant::now() + options.max_wait;
+    let mut next = Some(first);
+    while let Some(mut unit) = next.take() {
+        let room = max - events.len();
+        if unit.events.len() > room {
+            let rest = unit.events.split_off(room);
+            events.append(&mut unit.events);
+            unit.events = rest;
+            *carry = Some(unit);
+            break;
+        }
+        events.append(&mut unit.events);
+        complete_lsn = Some(unit.end_lsn);
+        if events.len() >= max || *stop.borrow() {
+            break;
+        }
+        next = tokio::select! {
+            biased;
+            u = input.recv() => u,
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+    }
+    Some(Pending {
+        events,
+        complete_lsn,
+    })
 }
 
 async fn wait_stop(stop: &mut watch::Receiver<bool>) {

@@ -26,6 +26,10 @@ pub struct RunOptions {
     pub until_lsn: Option<watch::Receiver<Option<u64>>>,
     /// Continue although the slot's history has a gap.
     pub accept_gap: bool,
+    /// Sinks written in Rust by a program embedding walflow, in addition to `[[sinks]]`.
+    pub extra_sinks: Vec<Box<dyn Sink>>,
+    /// Stops the run when it becomes `true` (for programs embedding walflow).
+    pub stop: Option<watch::Receiver<bool>>,
 }
 
 /// What a run did.
@@ -51,7 +55,8 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
             .with_context(|| format!("cannot listen for metrics on {}", m.listen))?;
     }
     let selector = TableSelector::from_source(&config.source)?;
-    let sinks = build_sinks(&config).await?;
+    let mut sinks = build_sinks(&config, !options.extra_sinks.is_empty()).await?;
+    sinks.extend(options.extra_sinks);
     let dead_letter = build_dead_letter(&config).await?;
     let processor = build_processor(&config, &metrics).await?;
     let encoder = Encoder::new(
@@ -70,7 +75,12 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let (unit_tx, unit_rx) = mpsc::channel::<Unit>(UNIT_QUEUE);
-    spawn_stop_triggers(stop_tx.clone(), ack_rx.clone(), options.until_lsn);
+    spawn_stop_triggers(
+        stop_tx.clone(),
+        ack_rx.clone(),
+        options.until_lsn,
+        options.stop,
+    );
     let on_stop = control.clone();
     tokio::spawn(async move {
         while !*stop_rx.borrow_and_update() {
@@ -125,8 +135,8 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
     })
 }
 
-async fn build_sinks(config: &Config) -> anyhow::Result<Vec<Box<dyn Sink>>> {
-    if config.sinks.is_empty() {
+async fn build_sinks(config: &Config, has_extra: bool) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    if config.sinks.is_empty() && !has_extra {
         anyhow::bail!("the config has no [[sinks]]; add one, e.g. [[sinks]] type = \"stdout\"");
     }
     let mut sinks = Vec::with_capacity(config.sinks.len());
@@ -170,12 +180,24 @@ async fn build_processor(
     super::plugins::build(config, metrics.clone()).await
 }
 
-/// Stops the run on SIGINT/SIGTERM, or once `until` is acknowledged.
+/// Stops the run on SIGINT/SIGTERM, on an external stop, or once `until` is acknowledged.
 fn spawn_stop_triggers(
     stop: watch::Sender<bool>,
     mut acked: watch::Receiver<u64>,
     until: Option<watch::Receiver<Option<u64>>>,
+    external: Option<watch::Receiver<bool>>,
 ) {
+    if let Some(mut external) = external {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !*external.borrow_and_update() {
+                if external.changed().await.is_err() {
+                    return;
+                }
+            }
+            let _ = stop.send(true);
+        });
+    }
     let on_signal = stop.clone();
     tokio::spawn(async move {
         let mut term =
