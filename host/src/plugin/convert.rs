@@ -553,3 +553,141 @@ fn scalar_from_wit(value: &wit::Scalar) -> Value {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Column;
+
+    fn batch() -> WorkBatch {
+        let relation = Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            table: "users".into(),
+            columns: ["id", "email", "name"]
+                .iter()
+                .map(|n| Column {
+                    name: (*n).into(),
+                    type_oid: 0,
+                    type_name: "text".into(),
+                    type_modifier: -1,
+                    key: *n == "id",
+                })
+                .collect(),
+        });
+        let event = |id: i64| Event {
+            op: Op::Create,
+            relation: relation.clone(),
+            source: Source::default(),
+            before: None,
+            after: Some(vec![
+                Value::Int(id),
+                Value::Text("a@b".into()),
+                Value::Text("Ann".into()),
+            ]),
+            topic: None,
+            message: None,
+        };
+        WorkBatch::new(vec![event(1), event(2), event(3)])
+    }
+
+    #[test]
+    fn relations_are_sent_once_per_batch() {
+        let b = batch();
+        assert_eq!(b.wit.relations.len(), 1);
+        assert!(b.wit.events.iter().all(|e| e.relation == 0));
+    }
+
+    #[test]
+    fn removing_a_column_shares_the_derived_relation_and_keeps_both_forms_in_step() {
+        let mut b = batch();
+        let remove = |event| wit::Edit::Remove(wit::RemoveColumn { event, column: 1 });
+        let failed = b
+            .apply_edits(vec![remove(0), remove(2), wit::Edit::Drop(1)], "t")
+            .unwrap();
+        assert!(failed.is_empty());
+        assert_eq!(b.len(), 2);
+        assert!(Arc::ptr_eq(&b.host[0].relation, &b.host[1].relation));
+        let names: Vec<_> = b.host[0]
+            .relation
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["id", "name"]);
+        assert_eq!(
+            b.host[1].after.as_ref().unwrap(),
+            &vec![Value::Int(3), Value::Text("Ann".into())]
+        );
+        assert_eq!(b.wit.relations.len(), 1);
+        assert_eq!(b.wit.relations[0].columns.len(), 2);
+        assert_eq!(b.wit.events[1].after.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_malformed_edit_changes_nothing() {
+        let mut b = batch();
+        let set = wit::Edit::Set(wit::SetValue {
+            event: 0,
+            side: wit::RowSide::After,
+            column: 1,
+            value: wit::Value::Text("masked".into()),
+        });
+        let bad = wit::Edit::Set(wit::SetValue {
+            event: 0,
+            side: wit::RowSide::Before,
+            column: 0,
+            value: wit::Value::Null,
+        });
+        let err = b.apply_edits(vec![set, bad], "t").unwrap_err();
+        assert!(matches!(err, PluginError::BadOutput { .. }), "{err}");
+        assert!(err.to_string().contains("no before row"), "{err}");
+        assert_eq!(
+            b.host[0].after.as_ref().unwrap()[1],
+            Value::Text("a@b".into())
+        );
+        let out_of_range = wit::Edit::Drop(3);
+        assert!(b.apply_edits(vec![out_of_range], "t").is_err());
+        assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn failed_events_are_taken_out_with_their_message() {
+        let mut b = batch();
+        let failed = b
+            .apply_edits(
+                vec![wit::Edit::Fail(wit::EventFailure {
+                    event: 1,
+                    message: "nope".into(),
+                })],
+                "t",
+            )
+            .unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].1, "nope");
+        assert_eq!(failed[0].0.after.as_ref().unwrap()[0], Value::Int(2));
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.wit.events.len(), 2);
+    }
+
+    #[test]
+    fn a_replacement_must_fit_its_relation() {
+        let mut b = batch();
+        let mut replacement = b.wit.events[0].clone();
+        replacement.op = wit::Op::Delete;
+        replacement.before = replacement.after.take();
+        let ok = wit::Edit::Replace(wit::ReplaceEvent {
+            event: 0,
+            replacement: replacement.clone(),
+        });
+        b.apply_edits(vec![ok], "t").unwrap();
+        assert_eq!(b.host[0].op, Op::Delete);
+        assert!(b.host[0].after.is_none());
+        replacement.before = Some(vec![wit::Value::Null]);
+        let short = wit::Edit::Replace(wit::ReplaceEvent {
+            event: 1,
+            replacement,
+        });
+        assert!(b.apply_edits(vec![short], "t").is_err());
+    }
+}
