@@ -247,7 +247,7 @@ fn find_plugins(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         if let Some(d) = std::env::var_os("WALFLOW_PLUGINS_DIR") {
             candidates.push(d.into());
         }
-        let rel = Path::new("plugins/target/wasm32-wasip2/release");
+        let rel = Path::new("plugins/target/dist");
         if let Ok(cwd) = std::env::current_dir() {
             candidates.extend(cwd.ancestors().map(|a| a.join(rel)));
         }
