@@ -499,3 +499,63 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
         .unwrap();
     assert!(summary.acked_lsn.is_some());
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_are_served() {
+    let db = Cluster::shared().new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE m (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let builder = db.config().source("snapshot = \"never\"").append(&format!(
+        "[metrics]\nlisten = \"{addr}\"\n\n[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\""
+    ));
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    wait_for_async("the slot", Duration::from_secs(30), || async {
+        slot_confirmed(&db, &slot).await
+    })
+    .await
+    .unwrap();
+    client
+        .batch_execute("INSERT INTO m SELECT generate_series(1, 10)")
+        .await
+        .unwrap();
+    let marker = emit_marker(&client).await;
+    wait_for_async("delivery", Duration::from_secs(30), || async {
+        lsn_reached(&db, &slot, &marker).await.then_some(())
+    })
+    .await
+    .unwrap();
+    let metrics = http_get(&addr, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("walflow_events_out_total{table=\"public.m\"} 10"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("walflow_replication_lag_bytes"),
+        "{metrics}"
+    );
+    assert!(http_get(&addr, "/health").starts_with("HTTP/1.1 200"));
+    child.terminate();
+    let out = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+}
