@@ -200,6 +200,25 @@ impl Assembler {
         self.prepared.values().map(|p| p.prepare_lsn).min()
     }
 
+    /// How many events the open (non-streamed) transaction has buffered so far.
+    pub fn open_events(&self) -> usize {
+        self.current.as_ref().map_or(0, |t| t.events.len())
+    }
+
+    /// Hands over the events buffered so far of the open transaction, to bound memory on
+    /// huge transactions. Safe because pgoutput sends a non-streamed transaction only after
+    /// it committed; returns `None` for a prepared transaction (Begin Prepare … Prepare may
+    /// still roll back) and outside a transaction. The Commit that follows returns the rest
+    /// and the end LSN: deliver these events, but confirm nothing until that Commit's unit
+    /// is delivered too.
+    pub fn take_committed_events(&mut self) -> Option<Vec<Event>> {
+        let txn = self
+            .current
+            .as_mut()
+            .filter(|t| t.gid.is_none() && !t.events.is_empty())?;
+        Some(std::mem::take(&mut txn.events))
+    }
+
     /// Forgets transactions in flight (after a reconnect the server sends them again from
     /// their start). Relations, types and prepared transactions are kept.
     pub fn reset_in_flight(&mut self) {

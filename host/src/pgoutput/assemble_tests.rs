@@ -671,3 +671,31 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn committed_events_of_a_huge_transaction_can_be_taken_early() {
+    let mut h = Harness::new();
+    let row = |id: &'static str| [Col::Text(id), Col::Null, Col::Null];
+    h.feed(1, items(None));
+    assert_eq!(h.asm.take_committed_events(), None);
+    h.feed(2, begin(5));
+    h.feed(3, insert(None, 100, &row("1")));
+    h.feed(4, insert(None, 100, &row("2")));
+    assert_eq!(h.asm.open_events(), 2);
+    let early = h.asm.take_committed_events().unwrap();
+    assert_eq!(early.iter().map(id_of).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(h.asm.open_events(), 0);
+    assert_eq!(h.asm.take_committed_events(), None);
+    h.feed(5, insert(None, 100, &row("3")));
+    let rest = h.push(6, commit(7)).unwrap();
+    assert_eq!(rest.events.iter().map(id_of).collect::<Vec<_>>(), [3]);
+    assert_eq!(rest.end_lsn, 7);
+
+    // A prepared transaction may still roll back: nothing is handed over early.
+    h.feed(
+        8,
+        Wire::tag(b'b').u64(600).u64(610).i64(PG_TS).u32(6).str("g"),
+    );
+    h.feed(9, insert(None, 100, &row("4")));
+    assert_eq!(h.asm.take_committed_events(), None);
+}
