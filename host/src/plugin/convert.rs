@@ -26,26 +26,10 @@ pub(crate) struct WorkBatch {
 impl WorkBatch {
     /// Converts `events`, sending each distinct relation once.
     pub fn new(host: Vec<Event>) -> WorkBatch {
-        let mut index: HashMap<*const Relation, u32> = HashMap::new();
-        let mut relations = Vec::new();
-        let mut wit_relations = Vec::new();
-        let mut events = Vec::with_capacity(host.len());
-        for event in &host {
-            let idx = *index
-                .entry(Arc::as_ptr(&event.relation))
-                .or_insert_with(|| {
-                    relations.push(event.relation.clone());
-                    wit_relations.push(relation_to_wit(&event.relation));
-                    (relations.len() - 1) as u32
-                });
-            events.push(event_to_wit(event, idx));
-        }
+        let (wit, relations) = batch_to_wit(&host);
         WorkBatch {
             host,
-            wit: wit::Batch {
-                relations: wit_relations,
-                events,
-            },
+            wit,
             relations,
         }
     }
@@ -294,6 +278,30 @@ impl WorkBatch {
             }
         }
     }
+}
+
+/// The WIT batch of `events` (each distinct relation sent once) and the host relations its
+/// indices refer to.
+pub(crate) fn batch_to_wit(host: &[Event]) -> (wit::Batch, Vec<Arc<Relation>>) {
+    let mut index: HashMap<*const Relation, u32> = HashMap::new();
+    let mut relations = Vec::new();
+    let mut wit_relations = Vec::new();
+    let mut events = Vec::with_capacity(host.len());
+    for event in host {
+        let idx = *index
+            .entry(Arc::as_ptr(&event.relation))
+            .or_insert_with(|| {
+                relations.push(event.relation.clone());
+                wit_relations.push(relation_to_wit(&event.relation));
+                (relations.len() - 1) as u32
+            });
+        events.push(event_to_wit(event, idx));
+    }
+    let batch = wit::Batch {
+        relations: wit_relations,
+        events,
+    };
+    (batch, relations)
 }
 
 fn relation_to_wit(relation: &Relation) -> wit::Relation {

@@ -379,6 +379,22 @@ impl PluginInstance {
         })
     }
 
+    /// Hands host events to a sink plugin; `topics` holds one topic per event.
+    pub fn write_events(
+        &mut self,
+        events: &[crate::event::Event],
+        topics: &[String],
+    ) -> Result<(), PluginError> {
+        if topics.len() != events.len() {
+            return Err(PluginError::BadOutput {
+                plugin: self.plugin.spec.name.to_string(),
+                message: format!("{} topics for {} events", topics.len(), events.len()),
+            });
+        }
+        let (batch, _) = super::convert::batch_to_wit(events);
+        self.write(&batch, topics)
+    }
+
     /// Runs one call under the plugin's limits and sorts its failure into a [`PluginError`].
     fn call<R>(
         &mut self,
