@@ -685,3 +685,131 @@ async fn two_phase_transactions_from_real_sql() {
         "the plain commit, then the committed prepared transaction; the rolled back one never"
     );
 }
+
+/// The highest pgoutput protocol a major supports, and the options that go with it.
+fn protocol_options(major: u32) -> Vec<(&'static str, &'static str)> {
+    let mut options = vec![("publication_names", "pub")];
+    match major {
+        ..=13 => options.push(("proto_version", "1")),
+        14 => options.push(("proto_version", "2")),
+        15 => options.push(("proto_version", "3")),
+        _ => options.push(("proto_version", "4")),
+    }
+    match major {
+        ..=13 => {}
+        14 | 15 => options.extend([("streaming", "on"), ("messages", "true")]),
+        _ => options.extend([("streaming", "parallel"), ("messages", "true")]),
+    }
+    options
+}
+
+/// Every installed PostgreSQL (10–18) at its highest protocol: every message decodes and the
+/// assembled transactions are the committed ones, streamed (14+) or not.
+#[tokio::test]
+async fn every_installed_version_decodes_at_its_highest_protocol() {
+    let installs = walflow_tests::pg_installs();
+    assert!(!installs.is_empty(), "no PostgreSQL installed");
+    for install in installs
+        .iter()
+        .filter(|i| i.origin == "npm" || installs.len() == 1)
+    {
+        let major = install.major;
+        let cluster =
+            Cluster::start(walflow_tests::ClusterOptions::default().bin_dir(&install.bin_dir))
+                .unwrap_or_else(|e| panic!("PostgreSQL {major} does not start: {e:#}"));
+        let db = cluster.new_database().await;
+        let client = db.client().await;
+        run(
+            &client,
+            &[
+                "CREATE TABLE m (id int PRIMARY KEY, v text);
+                 CREATE PUBLICATION pub FOR TABLE m;",
+                "SELECT pg_create_logical_replication_slot('s', 'pgoutput')",
+                "INSERT INTO m VALUES (1, 'a'), (2, 'b')",
+                "UPDATE m SET v = 'c' WHERE id = 1",
+                "DELETE FROM m WHERE id = 2",
+                "BEGIN;
+                 SELECT pg_logical_emit_message(true, 'p', 'x');
+                 INSERT INTO m VALUES (3, 'd');
+                 COMMIT;",
+                "BEGIN;
+                 INSERT INTO m SELECT g, repeat('p', 100) FROM generate_series(1000, 4999) g;
+                 COMMIT;",
+                "BEGIN;
+                 INSERT INTO m SELECT g, repeat('z', 100) FROM generate_series(10000, 13999) g;
+                 ROLLBACK;",
+                "INSERT INTO m VALUES (99, 'end')",
+            ],
+        )
+        .await;
+        if major >= 11 {
+            run(&client, &["TRUNCATE m"]).await;
+        }
+        if major >= 13 {
+            run(&client, &["SET logical_decoding_work_mem = '64kB'"]).await;
+        }
+        let msgs = messages(&client, "s", &protocol_options(major)).await;
+        let tags: Vec<u8> = msgs
+            .iter()
+            .filter_map(|(_, d)| d.first().copied())
+            .collect();
+        if major >= 14 {
+            assert!(
+                tags.contains(&b'S'),
+                "PostgreSQL {major} streamed: {tags:?}"
+            );
+        }
+        if major >= 16 {
+            let aborts: Vec<_> = msgs
+                .iter()
+                .filter(|(_, d)| d.first() == Some(&b'A'))
+                .map(|(_, d)| walflow::pgoutput::decode(d, false).unwrap())
+                .collect();
+            // PostgreSQL 18 skips streaming a transaction it already knows aborted, so it
+            // may send no Stream Abort at all when decoding happens after the fact.
+            if major < 18 {
+                assert!(!aborts.is_empty(), "PostgreSQL {major} streamed an abort");
+            }
+            for abort in &aborts {
+                assert!(
+                    matches!(
+                        abort,
+                        walflow::pgoutput::Message::StreamAbort(a) if a.abort.is_some()
+                    ),
+                    "PostgreSQL {major}: a v4 parallel Stream Abort carries its LSN: {abort:?}"
+                );
+            }
+        }
+        let txns = assemble(&db, registry(&client).await, &msgs);
+        let mut summary: Vec<(Op, i64)> = Vec::new();
+        for e in txns.iter().flat_map(|t| &t.events) {
+            let id = e
+                .after
+                .as_ref()
+                .or(e.before.as_ref())
+                .and_then(|row| row.first())
+                .map_or(-1, |v| match v {
+                    Value::Int(i) => *i,
+                    other => panic!("PostgreSQL {major}: id is {other:?}"),
+                });
+            summary.push((e.op, id));
+        }
+        let mut want = vec![
+            (Op::Create, 1),
+            (Op::Create, 2),
+            (Op::Update, 1),
+            (Op::Delete, 2),
+        ];
+        if major >= 14 {
+            want.push((Op::Message, -1));
+        }
+        want.push((Op::Create, 3));
+        want.extend((1000..5000).map(|id| (Op::Create, id)));
+        want.push((Op::Create, 99));
+        if major >= 11 {
+            want.push((Op::Truncate, -1));
+        }
+        assert_eq!(summary.len(), want.len(), "PostgreSQL {major}");
+        assert!(summary == want, "PostgreSQL {major}: events differ");
+    }
+}
