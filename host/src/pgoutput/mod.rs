@@ -9,7 +9,11 @@
 //!   relation cache, typed values ([`crate::value`]), streamed and two-phase transactions.
 //!
 //! The replication loop calls, per XLogData message,
-//! `assembler.push_bytes(wal_start, payload)?` and delivers each `Transaction` it returns.
+//! `assembler.push_bytes(wal_start, payload)?` (or [`decode()`] with
+//! [`Assembler::in_stream`], then [`Assembler::push`]) and delivers each `Transaction` it
+//! returns, confirming its `end_lsn` once delivered. Two more calls matter for checkpoints and
+//! memory: [`Assembler::held_since_lsn`] (never confirm at or past a prepared transaction still
+//! held) and [`Assembler::take_committed_events`] (deliver a huge transaction in pieces).
 
 pub mod assemble;
 mod decode;

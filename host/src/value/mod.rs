@@ -13,6 +13,20 @@
 //!
 //! Submodules: [`scalar`] parses one value of a base type, [`temporal`] the date/time types,
 //! [`array`] PostgreSQL's array literal syntax.
+//!
+//! # Session settings the text formats depend on
+//!
+//! Output functions run in the walsender with the replication connection's settings, so the
+//! connection should send these startup parameters (a server configured otherwise would make
+//! the affected values arrive in a different shape, which then stays [`Value::Raw`]):
+//!
+//! - `client_encoding=UTF8`: text is decoded as UTF-8 (invalid bytes make the value raw);
+//! - `DateStyle=ISO`: dates and timestamps as `2024-01-02 03:04:05+00`;
+//! - `IntervalStyle=postgres`: intervals as `1 year 2 mons 04:05:06` (also accepted:
+//!   `iso_8601`, kept as is);
+//! - `extra_float_digits=3`: exact float text on PostgreSQL 11 and older (12+ is exact by
+//!   default);
+//! - optionally `TimeZone=UTC`: timestamptz offsets are kept as the server prints them.
 
 pub mod array;
 pub mod scalar;
@@ -107,7 +121,7 @@ pub enum ScalarKind {
     Bytea,
     /// `uuid`
     Uuid,
-    /// `json`, `jsonb`, `jsonpath` is text
+    /// `json`, `jsonb`
     Json,
     /// `date`
     Date,
