@@ -12,7 +12,7 @@
 //! keep per column; [`TypeRegistry::decode_text`] is the convenient one-shot form.
 //!
 //! Submodules: [`scalar`] parses one value of a base type, [`temporal`] the date/time types,
-//! [`array`] PostgreSQL's array literal syntax.
+//! [`array`](mod@array) PostgreSQL's array literal syntax.
 //!
 //! # Session settings the text formats depend on
 //!
