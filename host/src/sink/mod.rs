@@ -16,6 +16,13 @@
 //! latter without confirming.
 
 mod file;
+mod http;
+mod kafka;
+mod key;
+mod nats;
+mod postgres;
+mod redis;
+mod settings;
 mod stdout;
 
 use std::sync::Arc;
@@ -26,6 +33,11 @@ use crate::config::SinkConfig;
 use crate::event::Event;
 
 pub use file::{FileSink, written_files};
+pub use http::HttpSink;
+pub use kafka::KafkaSink;
+pub use nats::NatsSink;
+pub use postgres::PostgresSink;
+pub use redis::RedisSink;
 pub use stdout::StdoutSink;
 
 /// One event, encoded once and shared by every sink.
@@ -94,8 +106,15 @@ pub async fn build(
     match config.kind.as_str() {
         "stdout" => Ok(Box::new(StdoutSink::from_settings(&config.settings)?)),
         "file" => Ok(Box::new(FileSink::from_settings(&config.settings, base)?)),
+        "kafka" => Ok(Box::new(KafkaSink::from_settings(&config.settings).await?)),
+        "nats" => Ok(Box::new(NatsSink::from_settings(&config.settings).await?)),
+        "redis" => Ok(Box::new(RedisSink::from_settings(&config.settings).await?)),
+        "http" => Ok(Box::new(HttpSink::from_settings(&config.settings)?)),
+        "postgres" => Ok(Box::new(
+            PostgresSink::from_settings(&config.settings).await?,
+        )),
         other => Err(SinkError::Fatal(format!(
-            "unknown sink type `{other}` in [[sinks]]; available: file, stdout"
+            "unknown sink type `{other}` in [[sinks]]; available: file, stdout, kafka, nats, redis, http, postgres"
         ))),
     }
 }

@@ -1,0 +1,286 @@
+//! The `postgres` sink: changes applied to the tables of another PostgreSQL database, a live
+//! replica.
+//!
+//! Every change becomes a statement on the target table of the same name (or in `schema`),
+//! located by the primary key: inserts and snapshot rows are upserts, updates set the new values
+//! (moving the row when its key changed), deletes delete, truncates truncate. The events written
+//! since the last flush are applied in source order in one target transaction, and its commit is
+//! the acknowledgement, so a failed flush leaves nothing behind and is simply applied again.
+//! Each statement sets a row to a state that does not depend on the row's previous state, so
+//! applying a redelivered tail again yields the same tables: the replica is idempotent under
+//! redelivery without bookkeeping tables.
+//!
+//! The target tables must exist with the source's column names; values travel as text and are
+//! cast to the target column's type, so compatible types (e.g. `int4` into `int8`) work too.
+
+mod statement;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use tokio_postgres::types::{ToSql, Type};
+
+use self::statement::{Target, value_text};
+use super::settings::Settings;
+use super::{Sink, SinkBatch, SinkError};
+use crate::config::{SourceConfig, SslMode};
+use crate::event::{Event, Op, Value};
+
+/// Applies changes to another database.
+pub struct PostgresSink {
+    name: String,
+    connection: SourceConfig,
+    schema: Option<String>,
+    client: Option<tokio_postgres::Client>,
+    targets: HashMap<(String, String), Target>,
+    statements: HashMap<String, tokio_postgres::Statement>,
+    pending: Vec<Event>,
+}
+
+impl PostgresSink {
+    /// Connects using its settings: `url` (required), `password_env`, `sslmode`, `sslrootcert`,
+    /// `schema` (put every table in this schema instead of its source schema).
+    pub async fn from_settings(settings: &toml::Table) -> Result<PostgresSink, SinkError> {
+        let s = Settings::new(
+            "postgres",
+            settings,
+            &["url", "password_env", "sslmode", "sslrootcert", "schema"],
+        )?;
+        let url = s.required_str("url", "postgres://user@replica:5432/app")?;
+        let sslmode = match s.str("sslmode")? {
+            None => SslMode::Prefer,
+            Some(mode) => toml::Value::String(mode.to_owned())
+                .try_into::<SslMode>()
+                .map_err(|_| {
+                    s.invalid(
+                        "sslmode",
+                        "one of disable, prefer, require, verify-ca, verify-full",
+                    )
+                })?,
+        };
+        let connection = SourceConfig {
+            url: url.to_owned(),
+            password_env: s.str("password_env")?.map(str::to_owned),
+            sslmode,
+            sslrootcert: s.str("sslrootcert")?.map(Into::into),
+            ..SourceConfig::default()
+        };
+        let mut sink = PostgresSink {
+            name: format!("postgres:{url}"),
+            connection,
+            schema: s.str("schema")?.map(str::to_owned),
+            client: None,
+            targets: HashMap::new(),
+            statements: HashMap::new(),
+            pending: Vec::new(),
+        };
+        sink.connect().await.map_err(|e| match e {
+            SinkError::Retryable(m) | SinkError::Fatal(m) => SinkError::Fatal(m),
+        })?;
+        Ok(sink)
+    }
+
+    async fn connect(&mut self) -> Result<&tokio_postgres::Client, SinkError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let client = crate::replication::connect_sql(&self.connection)
+                .await
+                .map_err(|e| {
+                    SinkError::Retryable(format!(
+                        "postgres sink cannot connect to {}: {e}",
+                        self.connection.url
+                    ))
+                })?;
+            self.statements.clear();
+            self.client = Some(client);
+        }
+        Ok(self.client.as_ref().expect("connected above"))
+    }
+
+    /// Applies every pending event in one transaction.
+    async fn apply_pending(&mut self) -> Result<(), SinkError> {
+        self.connect().await?;
+        self.execute_simple("BEGIN").await?;
+        let pending = std::mem::take(&mut self.pending);
+        let mut result = Ok(());
+        for event in &pending {
+            result = self.apply(event).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        self.pending = pending;
+        match result {
+            Ok(()) => self.execute_simple("COMMIT").await,
+            Err(e) => {
+                let _ = self.execute_simple("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn execute_simple(&mut self, sql: &str) -> Result<(), SinkError> {
+        let client = self.client.as_ref().expect("connected before use");
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| self.classify(None, e))
+    }
+
+    async fn apply(&mut self, event: &Event) -> Result<(), SinkError> {
+        if event.op == Op::Message {
+            return Ok(());
+        }
+        let target = self.target(event).await?;
+        match event.op {
+            Op::Truncate => {
+                let sql = format!("TRUNCATE {}", target.table);
+                self.execute_simple(&sql).await
+            }
+            Op::Delete => {
+                let row = event.before.as_ref().or(event.after.as_ref());
+                let key = target.key_values(row, event)?;
+                let (sql, types) = target.delete();
+                self.run(&target, &sql, &types, &key).await.map(|_| ())
+            }
+            Op::Create | Op::Read | Op::Update => self.apply_row(&target, event).await,
+            Op::Message => Ok(()),
+        }
+    }
+
+    /// Upserts the new row, or updates it in place when the source left TOAST values out.
+    async fn apply_row(&mut self, target: &Target, event: &Event) -> Result<(), SinkError> {
+        let Some(after) = event.after.as_ref() else {
+            return Ok(());
+        };
+        let new_key = target.key_values(Some(after), event)?;
+        let old_key = match (&event.op, &event.before) {
+            (Op::Update, Some(before)) => Some(target.key_values(Some(before), event)?),
+            _ => None,
+        };
+        let moved = old_key.as_ref().filter(|k| **k != new_key);
+        let columns: Vec<usize> = (0..after.len())
+            .filter(|&i| !matches!(after[i], Value::UnchangedToast))
+            .collect();
+        let values: Vec<Option<String>> = columns.iter().map(|&i| value_text(&after[i])).collect();
+        if columns.len() < after.len() {
+            // The source did not send unchanged TOAST values: keep the target's.
+            let (sql, types) = target.update(&columns);
+            let mut params = values.clone();
+            params.extend(moved.cloned().unwrap_or_else(|| new_key.clone()));
+            if self.run(target, &sql, &types, &params).await? > 0 || moved.is_none() {
+                return Ok(());
+            }
+            // Applied before (redelivery): the row already has its new key.
+            let mut params = values;
+            params.extend(new_key);
+            return self.run(target, &sql, &types, &params).await.map(|_| ());
+        }
+        if let Some(old) = moved {
+            let (sql, types) = target.delete();
+            self.run(target, &sql, &types, old).await?;
+        }
+        let (sql, types) = target.upsert(&columns);
+        self.run(target, &sql, &types, &values).await.map(|_| ())
+    }
+
+    async fn run(
+        &mut self,
+        target: &Target,
+        sql: &str,
+        types: &[Type],
+        params: &[Option<String>],
+    ) -> Result<u64, SinkError> {
+        let statement = match self.statements.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let client = self.client.as_ref().expect("connected before use");
+                let s = client
+                    .prepare_typed(sql, types)
+                    .await
+                    .map_err(|e| self.classify(Some(&target.table), e))?;
+                self.statements.insert(sql.to_owned(), s.clone());
+                s
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let client = self.client.as_ref().expect("connected before use");
+        client
+            .execute(&statement, &params)
+            .await
+            .map_err(|e| self.classify(Some(&target.table), e))
+    }
+
+    /// The target table of `event`, read from the target's catalog once.
+    async fn target(&mut self, event: &Event) -> Result<Target, SinkError> {
+        let schema = self
+            .schema
+            .clone()
+            .unwrap_or_else(|| event.relation.schema.clone());
+        let id = (schema, event.relation.table.clone());
+        if let Some(t) = self.targets.get(&id) {
+            if t.matches(&event.relation) {
+                return Ok(t.clone());
+            }
+        }
+        let client = self.client.as_ref().expect("connected before use");
+        let target = Target::load(client, &id.0, &id.1, &event.relation)
+            .await
+            .map_err(|e| match e {
+                statement::LoadError::Sql(e) => self.classify(None, e),
+                statement::LoadError::Invalid(m) => SinkError::Fatal(m),
+            })?;
+        self.targets.insert(id, target.clone());
+        Ok(target)
+    }
+
+    fn classify(&mut self, table: Option<&str>, e: tokio_postgres::Error) -> SinkError {
+        let place = table.map(|t| format!(" on {t}")).unwrap_or_default();
+        let Some(db) = e.as_db_error() else {
+            self.client = None;
+            return SinkError::Retryable(format!("postgres sink lost its connection{place}: {e}"));
+        };
+        let code = db.code().code();
+        let message = format!(
+            "postgres sink failed{place}: {} (SQLSTATE {code}){}",
+            db.message(),
+            db.hint().map(|h| format!("; {h}")).unwrap_or_default()
+        );
+        // Connection trouble, conflicts, lack of resources, shutdowns: try again.
+        if ["08", "40", "53", "55", "57", "58"]
+            .iter()
+            .any(|class| code.starts_with(class))
+        {
+            if code.starts_with("57") || code.starts_with("08") {
+                self.client = None;
+            }
+            SinkError::Retryable(message)
+        } else {
+            SinkError::Fatal(message)
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
+        self.pending.extend_from_slice(batch.events);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.apply_pending().await?;
+        self.pending.clear();
+        Ok(())
+    }
+}
