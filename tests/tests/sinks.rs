@@ -1,0 +1,848 @@
+//! The sinks against real destinations started by this test: nats-server with JetStream,
+//! redis-server, tansu (Kafka protocol), an HTTP endpoint, and a second PostgreSQL cluster.
+//!
+//! Each test drives the real delivery loop (`walflow::pipeline::Delivery`: batching, encoding,
+//! retries with backoff, acknowledgements) with a workload of committed transactions, reads the
+//! destination back with an independent client, and checks that it holds exactly the workload's
+//! events; destinations are killed mid-stream to check that nothing is acknowledged before the
+//! destination has it and nothing is lost after it comes back.
+
+#[path = "sinks/brokers.rs"]
+mod brokers;
+#[path = "sinks/http_server.rs"]
+mod http_server;
+#[path = "sinks/workload.rs"]
+mod workload;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value as Json;
+use walflow::config::SinkConfig;
+use walflow::event::{Event, Value};
+use walflow::pipeline::{Delivery, DeliveryOptions, Processed, Processor};
+use walflow::sink::{Sink, SinkError};
+use walflow_tests::{Cluster, ClusterOptions};
+
+use brokers::{Broker, Kind};
+use http_server::Endpoint;
+use workload::{Running, Workload, identity};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Builds a sink from the body of a `[[sinks]]` entry.
+async fn sink(entry: &str) -> Result<Box<dyn Sink>, SinkError> {
+    let config: SinkConfig = toml::from_str(entry).expect("test config parses");
+    walflow::sink::build(&config, std::path::Path::new(".")).await
+}
+
+fn fatal_message(result: Result<Box<dyn Sink>, SinkError>) -> String {
+    match result {
+        Ok(_) => panic!("expected the sink to be refused"),
+        Err(SinkError::Fatal(m)) => m,
+        Err(SinkError::Retryable(m)) => panic!("expected a fatal error, got a retryable one: {m}"),
+    }
+}
+
+/// Identities (`op:lsn:key`) of records, in LSN order, and how often each occurred.
+fn tally(records: &[Json]) -> (Vec<String>, BTreeMap<String, usize>) {
+    let mut by_lsn: Vec<(u64, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["value"]["source"]["lsn"].as_u64().unwrap_or(0),
+                identity(r),
+            )
+        })
+        .collect();
+    by_lsn.sort();
+    let mut counts = BTreeMap::new();
+    let mut unique = Vec::new();
+    for (_, id) in by_lsn {
+        let n = counts.entry(id.clone()).or_insert(0);
+        if *n == 0 {
+            unique.push(id);
+        }
+        *n += 1;
+    }
+    (unique, counts)
+}
+
+/// Asserts the destination holds every event of `workload` exactly once.
+fn assert_exactly(records: &[Json], workload: &Workload) {
+    let (unique, counts) = tally(records);
+    assert_eq!(
+        unique,
+        workload.identities(),
+        "events differ from the workload's"
+    );
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "duplicated events: {dups:?}");
+}
+
+/// Asserts the destination holds every event of `workload` at least once, and only those.
+fn assert_all_present(records: &[Json], workload: &Workload) {
+    let (unique, _) = tally(records);
+    assert_eq!(
+        unique,
+        workload.identities(),
+        "events differ from the workload's"
+    );
+}
+
+/// Waits until the loop has been unable to acknowledge past `lsn` for a while, proving
+/// nothing was confirmed early while the destination was down.
+async fn assert_stuck_at(running: &Running, lsn: u64, for_how_long: Duration) {
+    let deadline = tokio::time::Instant::now() + for_how_long;
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(
+            running.acked(),
+            lsn,
+            "the loop acknowledged past {lsn:X} while the destination was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- redis
+
+async fn redis_records(url: &str, streams: &[&str]) -> Vec<Json> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut out = Vec::new();
+    for stream in streams {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for entry in reply.ids {
+            let value: Vec<u8> = entry.get("value").expect("value field");
+            let record: Json = serde_json::from_slice(&value).unwrap();
+            let lsn: String = entry.get("lsn").expect("lsn field");
+            let expected =
+                walflow::event::format_lsn(record["value"]["source"]["lsn"].as_u64().unwrap());
+            assert_eq!(lsn, expected, "the lsn field matches the record");
+            if let Some(key) = entry.get::<Vec<u8>>("key") {
+                let key: Json = serde_json::from_slice(&key).unwrap();
+                assert_eq!(key, record["key"], "the key field is the record's key");
+            }
+            out.push(record);
+        }
+    }
+    out
+}
+
+const STREAMS: [&str; 2] = ["app.public.orders", "app.public.items"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_streams_get_every_event_once() {
+    let redis = Broker::start(Kind::Redis);
+    let workload = workload::random(1, 120, true);
+    let s = sink(&format!("type = \"redis\"\nurl = \"{}\"", redis.url()))
+        .await
+        .unwrap();
+    workload::deliver_all(vec![s], &workload).await;
+    assert_exactly(&redis_records(&redis.url(), &STREAMS).await, &workload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_maxlen_trims_each_stream() {
+    let redis = Broker::start(Kind::Redis);
+    let workload = workload::random(2, 100, false);
+    let entry = format!(
+        "type = \"redis\"\nurl = \"{}\"\nmaxlen = 5\nmaxlen_approximate = false\nstream_prefix = \"cdc:\"",
+        redis.url()
+    );
+    workload::deliver_all(vec![sink(&entry).await.unwrap()], &workload).await;
+    let records = redis_records(&redis.url(), &["cdc:app.public.orders"]).await;
+    assert_eq!(records.len(), 5, "MAXLEN 5 keeps five entries");
+    let last_orders: Vec<String> = workload
+        .events()
+        .filter(|e| e.relation.table == "orders")
+        .map(|e| identity(&walflow::encode::json::record(e)))
+        .collect();
+    let kept: Vec<String> = records.iter().map(identity).collect();
+    assert_eq!(
+        kept,
+        last_orders[last_orders.len() - 5..],
+        "the newest entries stay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_mid_stream_loses_nothing_and_confirms_nothing_early() {
+    let mut redis = Broker::start(Kind::Redis);
+    let workload = workload::random(3, 80, true);
+    let (first, second) = workload.units.split_at(40);
+    let s = sink(&format!("type = \"redis\"\nurl = \"{}\"", redis.url()))
+        .await
+        .unwrap();
+    let mut running = Running::start(vec![s], None);
+    running.feed(first).await;
+    let first_lsn = first.last().unwrap().end_lsn;
+    running.wait_acked(first_lsn, LONG).await;
+
+    redis.stop();
+    running.feed(second).await;
+    assert_stuck_at(&running, first_lsn, Duration::from_secs(2)).await;
+
+    redis.restart();
+    running.wait_acked(workload.last_lsn(), LONG).await;
+    running.finish().await.unwrap();
+    // Redis applies a MULTI/EXEC all or nothing, so even the retried batch is there once.
+    assert_exactly(&redis_records(&redis.url(), &STREAMS).await, &workload);
+}
+
+// ---------------------------------------------------------------- nats
+
+fn nats_entry(url: &str) -> String {
+    format!(
+        "type = \"nats\"\nurl = \"{url}\"\nstream = \"walflow\"\nsubjects = [\"app.>\"]\ntimeout = \"3s\""
+    )
+}
+
+async fn nats_records(url: &str) -> Vec<Json> {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("walflow").await.unwrap();
+    let info = stream.info().await.unwrap();
+    let mut out = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.to_string())
+            .expect("every message has a Nats-Msg-Id");
+        let record: Json = serde_json::from_slice(&m.payload).unwrap();
+        let lsn = record["value"]["source"]["lsn"].as_u64().unwrap();
+        assert!(
+            id.starts_with(&format!("{lsn:X}:")),
+            "msg id {id} is made from LSN {lsn:X}"
+        );
+        assert_eq!(
+            m.subject.as_str(),
+            record["topic"].as_str().unwrap(),
+            "subject = topic"
+        );
+        out.push(record);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_jetstream_gets_every_event_once_even_when_redelivered() {
+    let nats = Broker::start(Kind::Nats);
+    let workload = workload::random(4, 100, true);
+    let s = sink(&nats_entry(&nats.url())).await.unwrap();
+    workload::deliver_all(vec![s], &workload).await;
+    // A crash before the checkpoint: a new process delivers the last 30 transactions again.
+    let tail = Workload {
+        units: workload.units[workload.units.len() - 30..].to_vec(),
+        orders: Default::default(),
+        items: Default::default(),
+    };
+    let again = sink(&nats_entry(&nats.url())).await.unwrap();
+    workload::deliver_all(vec![again], &tail).await;
+    assert_exactly(&nats_records(&nats.url()).await, &workload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_mid_stream_loses_nothing_and_confirms_nothing_early() {
+    let mut nats = Broker::start(Kind::Nats);
+    let workload = workload::random(5, 80, false);
+    let (first, second) = workload.units.split_at(40);
+    let s = sink(&nats_entry(&nats.url())).await.unwrap();
+    let mut running = Running::start(vec![s], None);
+    running.feed(first).await;
+    let first_lsn = first.last().unwrap().end_lsn;
+    running.wait_acked(first_lsn, LONG).await;
+
+    nats.stop();
+    running.feed(second).await;
+    assert_stuck_at(&running, first_lsn, Duration::from_secs(2)).await;
+
+    nats.restart();
+    running.wait_acked(workload.last_lsn(), LONG).await;
+    running.finish().await.unwrap();
+    // Republished messages are dropped by JetStream's de-duplication.
+    assert_exactly(&nats_records(&nats.url()).await, &workload);
+}
+
+// ---------------------------------------------------------------- http
+
+fn http_records(endpoint: &Endpoint) -> Vec<Json> {
+    let seen = endpoint.seen.lock().unwrap();
+    let mut out = Vec::new();
+    for (content_type, body) in &seen.accepted {
+        if content_type == "application/x-ndjson" {
+            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                out.push(serde_json::from_slice(line).unwrap());
+            }
+        } else {
+            assert_eq!(content_type, "application/json");
+            let array: Vec<Json> = serde_json::from_slice(body).unwrap();
+            out.extend(array);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_posts_batches_and_retries_5xx_and_429_after_retry_after() {
+    let endpoint = Endpoint::start(vec![(503, None), (429, Some("1")), (502, None)]).await;
+    let workload = workload::random(6, 60, true);
+    let entry = format!(
+        "type = \"http\"\nurl = \"{}\"\nheaders = {{ authorization = \"Bearer t0ken\" }}\ntimeout = \"5s\"\nmax_records = 50",
+        endpoint.url()
+    );
+    workload::deliver_all(vec![sink(&entry).await.unwrap()], &workload).await;
+    assert_exactly(&http_records(&endpoint), &workload);
+    let seen = endpoint.seen.lock().unwrap();
+    let statuses: Vec<u16> = seen.answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(&statuses[..3], &[503, 429, 502]);
+    let waited = seen.answers[2].1 - seen.answers[1].1;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "Retry-After: 1 honoured (waited {waited:?})"
+    );
+    assert!(
+        seen.auth
+            .iter()
+            .all(|a| a.as_deref() == Some("Bearer t0ken"))
+    );
+    assert!(seen.accepted.len() > 1, "batches are split by max_records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_ndjson_bodies_hold_one_record_per_line() {
+    let endpoint = Endpoint::start(vec![]).await;
+    let workload = workload::random(7, 30, false);
+    let entry = format!(
+        "type = \"http\"\nurl = \"{}\"\nformat = \"ndjson\"",
+        endpoint.url()
+    );
+    workload::deliver_all(vec![sink(&entry).await.unwrap()], &workload).await;
+    assert_exactly(&http_records(&endpoint), &workload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_400_stops_the_pipeline_without_confirming() {
+    let endpoint = Endpoint::start(vec![(400, None)]).await;
+    let workload = workload::random(8, 10, false);
+    let s = sink(&format!("type = \"http\"\nurl = \"{}\"", endpoint.url()))
+        .await
+        .unwrap();
+    let running = Running::start(vec![s], None);
+    running.feed(&workload.units).await;
+    let acks = running.acks.clone();
+    let err = running.finish().await.expect_err("a 400 is fatal");
+    let message = err.to_string();
+    assert!(
+        message.contains("400") && message.contains("bad field `qty`"),
+        "{message}"
+    );
+    assert_eq!(*acks.borrow(), 0, "nothing confirmed");
+    assert_eq!(
+        endpoint.seen.lock().unwrap().answers.len(),
+        1,
+        "no retry after a 400"
+    );
+}
+
+// ---------------------------------------------------------------- dead letters, several sinks
+
+/// A processor that fails every `items` event, as a plugin under `on_error = "dead-letter"` does.
+struct FailItems;
+
+#[async_trait]
+impl Processor for FailItems {
+    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String> {
+        let (bad, good): (Vec<Event>, Vec<Event>) = events
+            .into_iter()
+            .partition(|e| e.relation.table == "items");
+        Ok(Processed {
+            events: good,
+            dead_letters: bad
+                .into_iter()
+                .map(|e| (e, "plugin trapped".into()))
+                .collect(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_go_to_a_broker_sink_with_their_error() {
+    let redis = Broker::start(Kind::Redis);
+    let endpoint = Endpoint::start(vec![(503, None)]).await;
+    let workload = workload::random(9, 60, false);
+    let main = sink(&format!("type = \"redis\"\nurl = \"{}\"", redis.url()))
+        .await
+        .unwrap();
+    let dead = sink(&format!("type = \"http\"\nurl = \"{}\"", endpoint.url()))
+        .await
+        .unwrap();
+    let delivery = Delivery::new(
+        Box::new(FailItems),
+        workload::encoder(),
+        vec![main],
+        Some(dead),
+        DeliveryOptions {
+            max_backoff: Duration::from_millis(300),
+            ..DeliveryOptions::default()
+        },
+        Default::default(),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (ack_tx, acks) = tokio::sync::watch::channel(0);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = workload::spawn(delivery, rx, ack_tx, stop_rx);
+    for u in &workload.units {
+        tx.send(u.clone()).await.unwrap();
+    }
+    drop(tx);
+    let result = tokio::task::spawn_blocking(move || task.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(result.unwrap(), Some(workload.last_lsn()));
+    assert_eq!(*acks.borrow(), workload.last_lsn());
+
+    let dead_records = http_records(&endpoint);
+    let expected_dead: Vec<String> = workload
+        .events()
+        .filter(|e| e.relation.table == "items")
+        .map(|e| identity(&walflow::encode::json::record(e)))
+        .collect();
+    assert_eq!(
+        dead_records.iter().map(identity).collect::<Vec<_>>(),
+        expected_dead
+    );
+    assert!(dead_records.iter().all(|r| r["error"] == "plugin trapped"));
+    let main_records = redis_records(&redis.url(), &STREAMS).await;
+    assert!(
+        main_records
+            .iter()
+            .all(|r| r["value"]["source"]["table"] == "orders")
+    );
+    assert_eq!(
+        main_records.len(),
+        workload.events().count() - expected_dead.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_sinks_nothing_is_confirmed_until_both_have_it() {
+    let mut redis = Broker::start(Kind::Redis);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let workload = workload::random(10, 60, false);
+    let (first, second) = workload.units.split_at(30);
+    let file_sink = sink(&format!("type = \"file\"\npath = \"{}\"", file.display()))
+        .await
+        .unwrap();
+    let redis_sink = sink(&format!("type = \"redis\"\nurl = \"{}\"", redis.url()))
+        .await
+        .unwrap();
+    let mut running = Running::start(vec![file_sink, redis_sink], None);
+    running.feed(first).await;
+    let first_lsn = first.last().unwrap().end_lsn;
+    running.wait_acked(first_lsn, LONG).await;
+
+    redis.stop();
+    running.feed(second).await;
+    // The file sink keeps working, yet nothing past what redis has is confirmed.
+    assert_stuck_at(&running, first_lsn, Duration::from_secs(2)).await;
+
+    redis.restart();
+    running.wait_acked(workload.last_lsn(), LONG).await;
+    running.finish().await.unwrap();
+    let lines: Vec<Json> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_all_present(&lines, &workload);
+    assert_all_present(&redis_records(&redis.url(), &STREAMS).await, &workload);
+}
+
+// ---------------------------------------------------------------- kafka
+
+async fn kafka_records(brokers: &str, topics: &[&str]) -> Vec<(i32, Json, Option<Vec<u8>>)> {
+    use rskafka::client::ClientBuilder;
+    use rskafka::client::partition::UnknownTopicHandling;
+    let client = ClientBuilder::new(vec![brokers.to_owned()])
+        .build()
+        .await
+        .unwrap();
+    let listed = client.list_topics().await.unwrap();
+    let mut out = Vec::new();
+    for topic in topics {
+        let Some(t) = listed.iter().find(|t| t.name == *topic) else {
+            continue;
+        };
+        for &partition in &t.partitions {
+            let pc = client
+                .partition_client(*topic, partition, UnknownTopicHandling::Retry)
+                .await
+                .unwrap();
+            let mut offset = 0;
+            loop {
+                let (records, high) = pc.fetch_records(offset, 1..10_000_000, 500).await.unwrap();
+                for r in &records {
+                    let value = r.record.value.as_ref().expect("value");
+                    out.push((
+                        partition,
+                        serde_json::from_slice(value).unwrap(),
+                        r.record.key.clone(),
+                    ));
+                    offset = r.offset + 1;
+                }
+                if offset >= high || records.is_empty() && offset >= high {
+                    break;
+                }
+                if records.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn kafka_entry(brokers: &str) -> String {
+    format!(
+        "type = \"kafka\"\nbrokers = [\"{brokers}\"]\ncreate_topics = true\npartitions = 3\ncompression = \"zstd\"\ntimeout = \"3s\""
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_gets_every_event_keyed_and_partitioned_by_key() {
+    let tansu = Broker::start(Kind::Tansu);
+    let workload = workload::random(11, 80, true);
+    let s = sink(&kafka_entry(&tansu.url())).await.unwrap();
+    workload::deliver_all(vec![s], &workload).await;
+    let got = kafka_records(&tansu.url(), &STREAMS).await;
+    let mut partitions_by_key: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+    for (partition, record, key) in &got {
+        let key = key.as_ref().expect("every record has a key");
+        let key_json: Json = serde_json::from_slice(key).unwrap();
+        assert_eq!(key_json, record["key"], "the Kafka key is the event key");
+        partitions_by_key
+            .entry(format!("{}{}", record["topic"], key_json))
+            .or_default()
+            .insert(*partition);
+    }
+    assert!(
+        partitions_by_key.values().all(|p| p.len() == 1),
+        "a row's changes stay in one partition"
+    );
+    let used: BTreeSet<i32> = got.iter().map(|(p, _, _)| *p).collect();
+    assert!(used.len() > 1, "keys spread over partitions: {used:?}");
+    let records: Vec<Json> = got.into_iter().map(|(_, r, _)| r).collect();
+    assert_exactly(&records, &workload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_mid_stream_confirms_nothing_early_and_redelivers_the_rest() {
+    let mut tansu = Broker::start(Kind::Tansu);
+    let workload = workload::random(12, 60, false);
+    let (first, second) = workload.units.split_at(30);
+    let s = sink(&kafka_entry(&tansu.url())).await.unwrap();
+    let mut running = Running::start(vec![s], None);
+    running.feed(first).await;
+    let first_lsn = first.last().unwrap().end_lsn;
+    running.wait_acked(first_lsn, LONG).await;
+
+    tansu.stop();
+    running.feed(second).await;
+    assert_stuck_at(&running, first_lsn, Duration::from_secs(3)).await;
+
+    // tansu runs on memory storage: it comes back empty, so what must be there afterwards is
+    // every event that was not confirmed before it went down.
+    tansu.restart();
+    running.wait_acked(workload.last_lsn(), LONG).await;
+    running.finish().await.unwrap();
+    let records: Vec<Json> = kafka_records(&tansu.url(), &STREAMS)
+        .await
+        .into_iter()
+        .map(|(_, r, _)| r)
+        .collect();
+    let tail = Workload {
+        units: second.to_vec(),
+        orders: Default::default(),
+        items: Default::default(),
+    };
+    let (unique, _) = tally(&records);
+    let expected = tail.identities();
+    let present: BTreeSet<&String> = unique.iter().collect();
+    let missing: Vec<&String> = expected.iter().filter(|id| !present.contains(id)).collect();
+    assert!(missing.is_empty(), "unconfirmed events lost: {missing:?}");
+}
+
+// ---------------------------------------------------------------- postgres
+
+async fn target_rows(client: &tokio_postgres::Client) -> (Vec<String>, Vec<String>) {
+    let orders = client
+        .query(
+            "SELECT format('%s|%s|%s|%s|%s|%s', id, name, qty, price, tags, extract(epoch from at))
+               FROM public.orders ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let items = client
+        .query(
+            "SELECT format('%s|%s', sku, stock) FROM public.items ORDER BY sku",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (orders, items)
+}
+
+/// The rows the workload leaves, formatted as [`target_rows`] reads them.
+async fn expected_rows(
+    client: &tokio_postgres::Client,
+    workload: &Workload,
+) -> (Vec<String>, Vec<String>) {
+    let text = |v: &Value| match v {
+        Value::Int(n) => n.to_string(),
+        Value::Text(s) | Value::Numeric(s) => s.clone(),
+        other => panic!("unexpected {other:?}"),
+    };
+    let mut orders = Vec::new();
+    for row in workload.orders.values() {
+        let Value::Temporal(_, at) = &row[5] else {
+            panic!()
+        };
+        // Let PostgreSQL render the array and the timestamp the way the query above does.
+        let r = client
+            .query_one(
+                "SELECT format('%s|%s|%s|%s|%s|%s', $1::text::int8, $2::text, $3::text::int4, $4::text::numeric(12,2), $5::text::text[], extract(epoch from $6::text::timestamptz))",
+                &[&text(&row[0]), &text(&row[1]), &text(&row[2]), &text(&row[3]), &"{\"t\"}".to_string(), at],
+            )
+            .await
+            .unwrap();
+        let mut s: String = r.get(0);
+        // The tags column differs per row: put the real one in.
+        let Value::Array(tags) = &row[4] else {
+            panic!()
+        };
+        let Value::Text(first) = &tags.elements[0] else {
+            panic!()
+        };
+        s = s.replacen("|{t}|", &format!("|{{{first},NULL}}|"), 1);
+        orders.push(s);
+    }
+    let items = workload
+        .items
+        .values()
+        .map(|r| format!("{}|{}", text(&r[0]), text(&r[1])))
+        .collect();
+    (orders, items)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replica_equals_the_source_even_after_redelivery() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let target = cluster.new_database().await;
+    let client = target.client().await;
+    client.batch_execute(workload::TABLES_SQL).await.unwrap();
+    let workload = workload::random(13, 200, true);
+    let entry = format!("type = \"postgres\"\nurl = \"{}\"", target.url("postgres"));
+    workload::deliver_all(vec![sink(&entry).await.unwrap()], &workload).await;
+    let expected = expected_rows(&client, &workload).await;
+    assert_eq!(target_rows(&client).await, expected);
+
+    // A crash before the checkpoint: the last 80 transactions arrive again, in order.
+    let tail = Workload {
+        units: workload.units[workload.units.len() - 80..].to_vec(),
+        orders: Default::default(),
+        items: Default::default(),
+    };
+    workload::deliver_all(vec![sink(&entry).await.unwrap()], &tail).await;
+    assert_eq!(
+        target_rows(&client).await,
+        expected,
+        "redelivery changes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_target_down_mid_stream_loses_nothing() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let target = cluster.new_database().await;
+    let admin = cluster.superuser("postgres").await;
+    let client = target.client().await;
+    client.batch_execute(workload::TABLES_SQL).await.unwrap();
+    let workload = workload::random(14, 120, true);
+    let (first, second) = workload.units.split_at(60);
+    let entry = format!("type = \"postgres\"\nurl = \"{}\"", target.url("postgres"));
+    let mut running = Running::start(vec![sink(&entry).await.unwrap()], None);
+    running.feed(first).await;
+    let first_lsn = first.last().unwrap().end_lsn;
+    running.wait_acked(first_lsn, LONG).await;
+
+    // The target refuses connections and drops the sink's.
+    let db = target.name().to_owned();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ))
+        .await
+        .unwrap();
+    running.feed(second).await;
+    assert_stuck_at(&running, first_lsn, Duration::from_secs(2)).await;
+
+    admin
+        .batch_execute(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    running.wait_acked(workload.last_lsn(), LONG).await;
+    running.finish().await.unwrap();
+    let client = target.client().await;
+    assert_eq!(
+        target_rows(&client).await,
+        expected_rows(&client, &workload).await
+    );
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_destinations_are_named_at_start() {
+    let port = brokers::free_port();
+    let m = fatal_message(
+        sink(&format!(
+            "type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\""
+        ))
+        .await,
+    );
+    assert!(
+        m.contains(&format!("redis at redis://127.0.0.1:{port}")),
+        "{m}"
+    );
+    let m = fatal_message(
+        sink(&format!(
+            "type = \"nats\"\nurl = \"nats://127.0.0.1:{port}\""
+        ))
+        .await,
+    );
+    assert!(
+        m.contains(&format!("nats at nats://127.0.0.1:{port}")),
+        "{m}"
+    );
+    let m = fatal_message(
+        sink(&format!(
+            "type = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntimeout = \"1s\""
+        ))
+        .await,
+    );
+    assert!(
+        m.contains(&format!("kafka brokers 127.0.0.1:{port}")),
+        "{m}"
+    );
+    let m = fatal_message(
+        sink(&format!(
+            "type = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:{port}/x\""
+        ))
+        .await,
+    );
+    assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_settings_name_the_key() {
+    let cases = [
+        (
+            "type = \"redis\"\nurl = \"redis://x\"\nmax_len = 3",
+            "unknown key `max_len`",
+        ),
+        (
+            "type = \"redis\"\nurl = \"redis://x\"\nmaxlen = \"3\"",
+            "`maxlen` of a redis sink",
+        ),
+        ("type = \"http\"", "needs `url"),
+        ("type = \"http\"\nurl = \"ftp://x\"", "`url` of a http sink"),
+        (
+            "type = \"http\"\nurl = \"http://x\"\nformat = \"xml\"",
+            "`format`",
+        ),
+        (
+            "type = \"http\"\nurl = \"http://x\"\ntimeout = \"soon\"",
+            "`timeout`",
+        ),
+        ("type = \"kafka\"\nbrokers = []", "needs `brokers"),
+        (
+            "type = \"kafka\"\nbrokers = \"b:9092\"\ncompression = \"brotli\"",
+            "`compression`",
+        ),
+        (
+            "type = \"kafka\"\nbrokers = \"b:9092\"\nsasl_mechanism = \"PLAIN\"",
+            "`sasl_username`",
+        ),
+        (
+            "type = \"nats\"\nurl = \"nats://x\"\nsubjects = [\"a\"]",
+            "`subjects`",
+        ),
+        (
+            "type = \"postgres\"\nurl = \"postgres://x/y\"\nsslmode = \"maybe\"",
+            "`sslmode`",
+        ),
+        ("type = \"smtp\"", "unknown sink type `smtp`"),
+    ];
+    for (entry, expected) in cases {
+        let m = fatal_message(sink(entry).await);
+        assert!(m.contains(expected), "{entry:?}: {m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_kafka_topic_without_auto_creation_is_fatal() {
+    let tansu = Broker::start(Kind::Tansu);
+    let workload = workload::random(15, 5, false);
+    let entry = format!(
+        "type = \"kafka\"\nbrokers = \"{}\"\ntimeout = \"2s\"",
+        tansu.url()
+    );
+    let running = Running::start(vec![sink(&entry).await.unwrap()], None);
+    running.feed(&workload.units).await;
+    let err = running
+        .finish()
+        .await
+        .expect_err("missing topic is fatal")
+        .to_string();
+    assert!(
+        err.contains("does not exist") && err.contains("create_topics = true"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_target_table_is_fatal_and_named() {
+    let target = Cluster::shared().new_database().await;
+    let workload = workload::random(16, 5, false);
+    let entry = format!("type = \"postgres\"\nurl = \"{}\"", target.url("postgres"));
+    let running = Running::start(vec![sink(&entry).await.unwrap()], None);
+    running.feed(&workload.units).await;
+    let err = running
+        .finish()
+        .await
+        .expect_err("missing table is fatal")
+        .to_string();
+    assert!(
+        err.contains("does not exist") && err.contains("public."),
+        "{err}"
+    );
+}
