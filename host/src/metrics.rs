@@ -105,14 +105,10 @@ impl Metrics {
         self.server_lsn.store(lsn, Ordering::Relaxed);
     }
 
-    /// Counts a plugin reload, successful or not.
-    pub fn record_reload(&self, ok: bool) {
-        let counter = if ok {
-            &self.plugin_reloads
-        } else {
-            &self.plugin_reload_failures
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Plugin hot reloads so far: accepted and rejected.
+    pub fn set_reloads(&self, accepted: u64, rejected: u64) {
+        self.plugin_reloads.store(accepted, Ordering::Relaxed);
+        self.plugin_reload_failures.store(rejected, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
