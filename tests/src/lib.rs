@@ -1,1 +1,36 @@
 //! Test harness: throwaway PostgreSQL clusters and helpers shared by the integration tests.
+//!
+//! Integration tests talk to real servers, never mocks. The usual shape of a test:
+//!
+//! ```no_run
+//! # async fn example() {
+//! use walflow_tests::{Cluster, TestUser};
+//! let db = Cluster::shared().new_database().await;     // one server per test binary
+//! let client = db.client().await;                       // superuser
+//! client.batch_execute("CREATE TABLE t (id int primary key)").await.unwrap();
+//! let config = db.config().user(TestUser::Scram).write().unwrap();
+//! // walflow_tests::walflow!("check", "-c", &config.path).output(timeout) …
+//! # }
+//! ```
+//!
+//! - [`cluster`]: [`Cluster::shared`], [`Cluster::start`], [`TestDb`], the login roles.
+//! - [`installs`]: the PostgreSQL 10–18 builds for version-matrix tests.
+//! - [`config_file`]: `walflow.toml` files for a test database.
+//! - [`walflow_command`]: running the program under test as a child ([`walflow!`]).
+//! - [`wait`]: waiting on conditions with deadlines.
+
+pub mod certificates;
+pub mod child_process;
+pub mod cluster;
+pub mod config_file;
+pub mod installs;
+pub mod wait;
+pub mod walflow_command;
+
+pub use cluster::{
+    Cluster, ClusterInfo, ClusterOptions, PASSWORD_ENV, TEST_PASSWORD, TestDb, TestUser, WRONG_HOST,
+};
+pub use config_file::{ConfigBuilder, ConfigFile};
+pub use installs::{PgInstall, pg_installs};
+pub use wait::{wait_for, wait_for_async, wait_until};
+pub use walflow_command::{WalflowChild, WalflowCommand, WalflowOutput};

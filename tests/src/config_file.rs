@@ -1,0 +1,175 @@
+//! `walflow.toml` files for a test database, written into a temporary directory.
+//!
+//! Tests describe only what differs from a working default (superuser over plain TCP, a slot
+//! and publication named after the database, state in the temp dir), so each test reads as the
+//! configuration it is about.
+
+use std::path::{Path, PathBuf};
+
+use crate::cluster::{PASSWORD_ENV, TestDb, TestUser};
+
+/// Builds a `walflow.toml`.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    host: String,
+    port: u16,
+    database: String,
+    user: TestUser,
+    sslmode: String,
+    sslrootcert: Option<PathBuf>,
+    slot: String,
+    publication: String,
+    source_lines: Vec<String>,
+    tail: String,
+}
+
+/// A TOML basic string literal for `s`.
+pub fn toml_string(s: &str) -> String {
+    // A JSON string literal is a valid TOML basic string.
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+impl ConfigBuilder {
+    pub(crate) fn new(db: &TestDb) -> ConfigBuilder {
+        ConfigBuilder {
+            host: db.cluster().host().to_string(),
+            port: db.cluster().port(),
+            database: db.name().to_string(),
+            user: TestUser::Superuser,
+            sslmode: "disable".into(),
+            sslrootcert: None,
+            slot: format!("{}_slot", db.name()),
+            publication: format!("{}_pub", db.name()),
+            source_lines: Vec::new(),
+            tail: String::new(),
+        }
+    }
+
+    /// Connects as `user` (its password comes from [`PASSWORD_ENV`]).
+    pub fn user(mut self, user: TestUser) -> Self {
+        self.user = user;
+        self
+    }
+
+    /// Connects to `host` instead of 127.0.0.1 (e.g. `localhost`, or
+    /// [`crate::cluster::WRONG_HOST`]).
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = host.to_string();
+        self
+    }
+
+    /// `sslmode`, e.g. `verify-full`.
+    pub fn sslmode(mut self, mode: &str) -> Self {
+        self.sslmode = mode.to_string();
+        self
+    }
+
+    /// `sslrootcert`.
+    pub fn sslrootcert(mut self, path: &Path) -> Self {
+        self.sslrootcert = Some(path.to_owned());
+        self
+    }
+
+    /// The slot name.
+    pub fn slot(mut self, slot: &str) -> Self {
+        self.slot = slot.to_string();
+        self
+    }
+
+    /// The publication name.
+    pub fn publication(mut self, publication: &str) -> Self {
+        self.publication = publication.to_string();
+        self
+    }
+
+    /// Adds a raw `key = value` line to `[source]`.
+    pub fn source(mut self, line: &str) -> Self {
+        self.source_lines.push(line.to_string());
+        self
+    }
+
+    /// Appends raw TOML after `[source]` and `[state]` (sinks, plugins, …).
+    pub fn append(mut self, toml: &str) -> Self {
+        self.tail.push_str(toml);
+        self.tail.push('\n');
+        self
+    }
+
+    /// The slot name this config uses.
+    pub fn slot_name(&self) -> &str {
+        &self.slot
+    }
+
+    /// The publication name this config uses.
+    pub fn publication_name(&self) -> &str {
+        &self.publication
+    }
+
+    /// The config text, with `[state] dir` = `state_dir`.
+    pub fn to_toml(&self, state_dir: &Path) -> String {
+        let url = format!(
+            "postgres://{}@{}:{}/{}",
+            self.user.name(),
+            self.host,
+            self.port,
+            self.database
+        );
+        let mut text = String::from("[source]\n");
+        text.push_str(&format!("url = {}\n", toml_string(&url)));
+        if self.user.password().is_some() {
+            text.push_str(&format!("password_env = {}\n", toml_string(PASSWORD_ENV)));
+        }
+        text.push_str(&format!("sslmode = {}\n", toml_string(&self.sslmode)));
+        if let Some(cert) = &self.sslrootcert {
+            text.push_str(&format!(
+                "sslrootcert = {}\n",
+                toml_string(&cert.to_string_lossy())
+            ));
+        }
+        text.push_str(&format!("slot = {}\n", toml_string(&self.slot)));
+        text.push_str(&format!(
+            "publication = {}\n",
+            toml_string(&self.publication)
+        ));
+        for line in &self.source_lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "\n[state]\ndir = {}\n\n",
+            toml_string(&state_dir.to_string_lossy())
+        ));
+        text.push_str(&self.tail);
+        text
+    }
+
+    /// Writes `walflow.toml` into a new temporary directory (state in `state/` beside it).
+    pub fn write(&self) -> anyhow::Result<ConfigFile> {
+        let dir = tempfile::Builder::new()
+            .prefix("walflow-config-")
+            .tempdir()?;
+        let path = dir.path().join("walflow.toml");
+        std::fs::write(&path, self.to_toml(&dir.path().join("state")))?;
+        Ok(ConfigFile { dir, path })
+    }
+}
+
+/// A written config; the directory is removed when this is dropped.
+#[derive(Debug)]
+pub struct ConfigFile {
+    dir: tempfile::TempDir,
+    /// The `walflow.toml`.
+    pub path: PathBuf,
+}
+
+impl ConfigFile {
+    /// The directory holding the config (and `state/`); put other test files here.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The file's text.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}

