@@ -181,10 +181,21 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Run(args)) => {
             tokio::task::spawn_blocking(move || crate::plugin::run_command::run(&args)).await?
         }
-        Command::Check(_) => anyhow::bail!("`walflow check` is not available yet"),
-        Command::SetupSql(_) => anyhow::bail!("`walflow setup-sql` is not available yet"),
+        Command::Check(args) => crate::preflight::run(&args.config).await,
+        Command::SetupSql(args) => setup_sql(&args),
         Command::Snapshot(_) => anyhow::bail!("`walflow snapshot` is not available yet"),
     }
+}
+
+fn setup_sql(args: &SetupSqlArgs) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(&args.config.config)?;
+    let platform = if args.rds {
+        crate::setup_sql::Platform::Rds
+    } else {
+        crate::setup_sql::Platform::SelfManaged
+    };
+    print!("{}", crate::setup_sql::render(&config, platform)?);
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
