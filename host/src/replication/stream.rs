@@ -10,7 +10,8 @@
 //!     deliver txn.events to every sink and wait for their acknowledgements;
 //!     let lsn = stream.safe_lsn(txn.end_lsn);          // never past a held prepared txn
 //!     store.save(&Checkpoint { lsn, identity: stream.identity().clone(), .. })?;
-//!     stream.confirm(lsn);                               // sent with the next status update
+//!     stream.confirm(txn.end_lsn);                       // cut back to `lsn`; sent with the
+//!                                                        // next status update
 //! }
 //! // when idle (no transaction for a while), let the slot follow the server:
 //! if let Some(lsn) = stream.idle_lsn() { save the checkpoint at lsn; stream.confirm(lsn) }
@@ -74,8 +75,9 @@ impl StreamError {
 pub enum StreamItem {
     /// A committed transaction (or non-transactional logical message) to deliver.
     Transaction(Transaction),
-    /// Nothing is pending and the server is at this LSN (see
-    /// [`ReplicationStream::idle_lsn`]).
+    /// The server reported this LSN while no transaction was in flight: everything committed
+    /// before it has been handed over. Once the caller acknowledged all of it,
+    /// [`ReplicationStream::idle_lsn`] is `Some` and may be checkpointed and confirmed.
     Idle(u64),
     /// The server ended the stream.
     End,
@@ -157,6 +159,8 @@ pub struct ReplicationStream {
     reported: u64,
     /// Highest `end_lsn` handed to the caller.
     delivered: u64,
+    /// Highest LSN the caller acknowledged (before clamping to what is safe to confirm).
+    acked: u64,
     /// The server's WAL end from the latest keepalive, valid when nothing is in flight.
     server_end: u64,
     in_txn: bool,
@@ -207,6 +211,7 @@ impl ReplicationStream {
             confirmed: start,
             reported: 0,
             delivered: start,
+            acked: start,
             server_end: 0,
             in_txn: false,
             open_streams: HashSet::new(),
@@ -288,11 +293,13 @@ impl ReplicationStream {
         self.server_end
     }
 
+    /// A transaction is partly received, or prepared and held.
+    fn in_flight(&self) -> bool {
+        self.in_txn || !self.open_streams.is_empty() || self.assembler.held_since_lsn().is_some()
+    }
+
     fn pending(&self) -> bool {
-        self.in_txn
-            || !self.open_streams.is_empty()
-            || self.assembler.held_since_lsn().is_some()
-            || self.delivered > self.confirmed
+        self.in_flight() || self.delivered > self.acked
     }
 
     /// The LSN safe to checkpoint and confirm once everything up to `acked` (an `end_lsn` the
@@ -312,10 +319,12 @@ impl ReplicationStream {
         (!self.pending() && self.server_end > self.confirmed).then_some(self.server_end)
     }
 
-    /// Records that everything before `lsn` is durably delivered (checkpoint written). It is
-    /// reported with the next status update; values past [`safe_lsn`](Self::safe_lsn) are cut
-    /// back to it.
+    /// Records that everything before `lsn` is acknowledged, after the checkpoint at
+    /// [`safe_lsn(lsn)`](Self::safe_lsn) was written. What is reported with the next status
+    /// update is `safe_lsn(lsn)`, never more; call it right after saving, with no `await` in
+    /// between, so both see the same state.
     pub fn confirm(&mut self, lsn: u64) {
+        self.acked = self.acked.max(lsn);
         let lsn = self.safe_lsn(lsn);
         if lsn > self.confirmed {
             self.confirmed = lsn;
@@ -421,8 +430,8 @@ impl ReplicationStream {
                     if reply {
                         self.status_due_reply = true;
                     }
-                    if let Some(lsn) = self.idle_lsn() {
-                        return Ok(StreamItem::Idle(lsn));
+                    if !self.in_flight() && self.server_end > 0 {
+                        return Ok(StreamItem::Idle(self.server_end));
                     }
                 }
                 CopyMessage::Done => return Ok(StreamItem::End),

@@ -74,8 +74,16 @@ pub async fn run(args: &TailArgs) -> anyhow::Result<()> {
             StreamItem::Idle(lsn) => {
                 if args.confirm {
                     out.flush().context("cannot write to standard output")?;
-                    save(&store, &stream, lsn)?;
-                    stream.confirm(lsn);
+                    // Everything printed counts as acknowledged once flushed.
+                    if printed_up_to > stream.confirmed_lsn() {
+                        let safe = stream.safe_lsn(printed_up_to);
+                        save(&store, &stream, safe)?;
+                        stream.confirm(printed_up_to);
+                    }
+                    if let Some(idle) = stream.idle_lsn() {
+                        save(&store, &stream, idle)?;
+                        stream.confirm(idle);
+                    }
                 }
                 until.is_some_and(|u| lsn >= u)
             }
@@ -92,7 +100,7 @@ pub async fn run(args: &TailArgs) -> anyhow::Result<()> {
             out.flush().context("cannot write to standard output")?;
             let lsn = stream.safe_lsn(printed_up_to);
             save(&store, &stream, lsn)?;
-            stream.confirm(lsn);
+            stream.confirm(printed_up_to);
             last_confirm = Instant::now();
         }
         if reached {
