@@ -28,7 +28,7 @@ drop_tables = set()
 
 
 class FilterApi(exports.FilterApi):
-    def init(self, config: str) -> None:
+    def init(self, config: str) -> types.Needs:
         global drop_ops, drop_tables
         try:
             parsed = json.loads(config)
@@ -39,6 +39,8 @@ class FilterApi(exports.FilterApi):
             raise Err(f"python-filter config: unknown keys {sorted(unknown)}")
         drop_ops = set(parsed.get("drop_ops", []))
         drop_tables = set(parsed.get("drop_tables", []))
+        # Only the op and the table matter here: the host may leave the rows out.
+        return types.Needs(rows=False)
 
     def filter(self, batch: types.Batch) -> List[bool]:
         names = [f"{r.schema}.{r.table}" for r in batch.relations]

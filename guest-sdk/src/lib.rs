@@ -89,9 +89,18 @@ pub mod bindings {
 /// The ABI's data types (`walflow:plugin/types`).
 pub use bindings::filter::walflow::plugin::types;
 pub use types::{
-    Array, Batch, Column, Edit, LogicalMessage, Op, Raw, Relation, RowSide, Scalar, SnapshotMarker,
-    Source, Temporal, TemporalKind, Value,
+    Array, Batch, Column, Edit, LogicalMessage, Needs, Op, Raw, Relation, RowSide, Scalar,
+    SnapshotMarker, Source, Temporal, TemporalKind, Value,
 };
+
+static ROWS_NOT_NEEDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Declares that this plugin never reads the events' rows (only table, op, source metadata and
+/// topic). Call it from `init`: the host then leaves `before`/`after` out of every call, which
+/// makes each call much cheaper; [`Event::after`] and [`Event::before`] are then empty views.
+pub fn without_rows() {
+    ROWS_NOT_NEEDED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// A plugin's configuration hook; implemented by `#[walflow_sdk::init]`.
 pub trait Init {
@@ -105,6 +114,13 @@ pub mod __private {
     use std::marker::PhantomData;
 
     pub use crate::event::{run_filter, run_topic_namer, run_transform};
+
+    /// What `init` answers: rows unless the plugin called [`crate::without_rows`].
+    pub fn needs() -> crate::Needs {
+        crate::Needs {
+            rows: !crate::ROWS_NOT_NEEDED.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 
     /// Picks the plugin's `Init` impl when there is one (autoref specialisation).
     pub struct InitProbe<T>(pub PhantomData<T>);

@@ -16,8 +16,9 @@ pub fn filter(_attr: TokenStream, item: TokenStream) -> TokenStream {
         &function,
         quote! {
             impl ::walflow_sdk::bindings::filter::exports::walflow::plugin::filter_api::Guest for __WalflowPlugin {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    __walflow_init(&config)
+                fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
+                    __walflow_init(&config)?;
+                    ::std::result::Result::Ok(::walflow_sdk::__private::needs())
                 }
                 fn filter(batch: ::walflow_sdk::Batch) -> ::std::result::Result<::std::vec::Vec<bool>, ::std::string::String> {
                     ::walflow_sdk::__private::run_filter(batch, #name)
@@ -38,8 +39,9 @@ pub fn transform(_attr: TokenStream, item: TokenStream) -> TokenStream {
         &function,
         quote! {
             impl ::walflow_sdk::bindings::transform::exports::walflow::plugin::transform_api::Guest for __WalflowPlugin {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    __walflow_init(&config)
+                fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
+                    __walflow_init(&config)?;
+                    ::std::result::Result::Ok(::walflow_sdk::__private::needs())
                 }
                 fn transform(batch: ::walflow_sdk::Batch) -> ::std::result::Result<::std::vec::Vec<::walflow_sdk::Edit>, ::std::string::String> {
                     ::walflow_sdk::__private::run_transform(batch, #name)
@@ -59,8 +61,9 @@ pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
         &function,
         quote! {
             impl ::walflow_sdk::bindings::topic_namer::exports::walflow::plugin::topic_namer_api::Guest for __WalflowPlugin {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    __walflow_init(&config)
+                fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
+                    __walflow_init(&config)?;
+                    ::std::result::Result::Ok(::walflow_sdk::__private::needs())
                 }
                 fn name_topics(batch: ::walflow_sdk::Batch) -> ::std::result::Result<::std::vec::Vec<::std::string::String>, ::std::string::String> {
                     ::walflow_sdk::__private::run_topic_namer(batch, #name)

@@ -293,6 +293,8 @@ pub struct PluginInstance {
     plugin: Arc<LoadedPlugin>,
     store: Store<StoreState>,
     guest: Guest,
+    /// Whether the plugin asked for rows (its `init` answer).
+    needs_rows: bool,
 }
 
 impl PluginInstance {
@@ -327,8 +329,11 @@ impl PluginInstance {
             plugin: plugin.clone(),
             store,
             guest,
+            needs_rows: true,
         };
-        this.init().map_err(init_error)?;
+        let needs = this.init().map_err(init_error)?;
+        // Sinks always get whole events.
+        this.needs_rows = needs.rows || this.plugin.role == Role::Sink;
         Ok(this)
     }
 
@@ -337,7 +342,12 @@ impl PluginInstance {
         &self.plugin
     }
 
-    fn init(&mut self) -> Result<(), PluginError> {
+    /// Whether calls must carry the events' rows (the plugin's `init` said so).
+    pub fn needs_rows(&self) -> bool {
+        self.needs_rows
+    }
+
+    fn init(&mut self) -> Result<wit::Needs, PluginError> {
         let config = self.plugin.spec.config_json.clone();
         self.call(|guest, store| match guest {
             Guest::Filter(g) => g.call_init(store, &config),

@@ -31,10 +31,19 @@ struct Predicate {
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
+thread_local! {
+    /// `schema.table` of the current event, reused so that matching does not allocate.
+    static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 #[walflow_sdk::init]
 fn setup(config: &str) -> Result<(), String> {
     let parsed: Config =
         serde_json::from_str(config).map_err(|e| format!("table-filter config: {e}"))?;
+    if parsed.predicate.is_none() {
+        // Table globs need only the table name: skip the rows.
+        walflow_sdk::without_rows();
+    }
     CONFIG
         .set(parsed)
         .map_err(|_| "init called twice".to_string())
@@ -48,12 +57,22 @@ fn keep(event: &Event) -> bool {
     if event.op() == Op::Message {
         return true;
     }
-    let name = format!("{}.{}", event.schema(), event.table());
-    let included = match &config.include {
-        None => true,
-        Some(globs) => globs.iter().any(|g| glob(g, &name)),
-    };
-    if !included || config.exclude.iter().any(|g| glob(g, &name)) {
+    let matched = NAME.with_borrow_mut(|name| {
+        name.clear();
+        name.push_str(event.schema());
+        name.push('.');
+        name.push_str(event.table());
+        let included = match &config.include {
+            None => true,
+            Some(globs) => globs.iter().any(|g| glob(g.as_bytes(), name.as_bytes())),
+        };
+        included
+            && !config
+                .exclude
+                .iter()
+                .any(|g| glob(g.as_bytes(), name.as_bytes()))
+    });
+    if !matched {
         return false;
     }
     let Some(predicate) = &config.predicate else {
@@ -87,17 +106,16 @@ fn equals(value: &Value, expected: &serde_json::Value) -> bool {
     }
 }
 
-/// `*` matches any run of characters, `?` one character.
-fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+/// `*` matches any run of bytes, `?` one byte (names are ASCII in practice; a multi-byte
+/// character simply needs as many `?`). Allocation-free: it runs once per event.
+fn glob(p: &[u8], t: &[u8]) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == b'*' {
             star = Some(pi);
             mark = ti;
             pi += 1;
@@ -109,5 +127,5 @@ fn glob(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
 }

@@ -26,6 +26,8 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 
 #[walflow_sdk::init]
 fn setup(config: &str) -> Result<(), String> {
+    // Topics depend only on the table, database and op: skip the rows.
+    walflow_sdk::without_rows();
     let parsed: Config =
         serde_json::from_str(config).map_err(|e| format!("topic-name config: {e}"))?;
     CONFIG
