@@ -3,7 +3,7 @@
 
 use super::report::Report;
 use super::tables::{Table, names};
-use super::{Context, QueryError, ident, literal};
+use super::{Context, QueryError, ident};
 use crate::config::PublicationAutocreate;
 
 pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), QueryError> {
@@ -26,7 +26,7 @@ pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), 
         .await?;
     let Some(row) = row else {
         missing(ctx, report);
-        return Ok(());
+        return signal_table(ctx, report, None).await;
     };
     let (all_tables, every_change, owned): (bool, bool, bool) =
         (row.get(0), row.get(1), row.get(2));
@@ -53,7 +53,7 @@ pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), 
     } else {
         coverage(ctx, report, owned).await?;
     }
-    signal_table(ctx, report, all_tables).await
+    signal_table(ctx, report, Some(all_tables)).await
 }
 
 fn missing(ctx: &Context<'_>, report: &mut Report) {
@@ -156,10 +156,12 @@ async fn coverage(ctx: &Context<'_>, report: &mut Report, owned: bool) -> Result
     Ok(())
 }
 
+/// `all_tables`: whether the publication is FOR ALL TABLES; `None` when it does not exist
+/// (membership is then reported under "publication").
 async fn signal_table(
     ctx: &Context<'_>,
     report: &mut Report,
-    all_tables: bool,
+    all_tables: Option<bool>,
 ) -> Result<(), QueryError> {
     let Some(signal) = &ctx.source.signal_table else {
         return Ok(());
@@ -205,6 +207,10 @@ async fn signal_table(
         );
         return Ok(());
     }
+    let Some(all_tables) = all_tables else {
+        report.ok("signal table", format!("{signal} exists and is writable"));
+        return Ok(());
+    };
     let in_publication = all_tables
         || published(ctx)
             .await?
@@ -225,6 +231,5 @@ async fn signal_table(
             ),
         );
     }
-    let _ = literal;
     Ok(())
 }

@@ -199,7 +199,7 @@ pub(super) fn check_selection(ctx: &Context<'_>, selector: &TableSelector, repor
                 ctx.tables.len(),
                 list.join(", ")
             ),
-            "fix the pattern in [source] tables, or create the table",
+            "correct the pattern in [source] tables, or create the table",
         );
     } else {
         let scope = if selector.is_all() {
