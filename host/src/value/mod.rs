@@ -40,8 +40,11 @@ use crate::event::Value;
 /// What kind of type a [`TypeInfo`] describes (`pg_type.typtype`, refined).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TypeKind {
-    /// A base type (`typtype = 'b'`, not an array).
+    /// A base type (`typtype = 'b'`, not an array): built-ins decode by oid, others raw.
     Base,
+    /// A base type in the string category (`typcategory = 'S'`) that is not built in, e.g.
+    /// the `citext` extension's: values decode as text.
+    String,
     /// An enum (`typtype = 'e'`): values decode as text.
     Enum,
     /// A domain (`typtype = 'd'`): values decode as their base type.
@@ -92,6 +95,7 @@ impl TypeInfo {
             'c' => TypeKind::Composite,
             'r' | 'm' => TypeKind::Range,
             'b' if elem != 0 && category == 'A' => TypeKind::Array { elem_oid: elem },
+            'b' if category == 'S' && builtin_scalar(oid) == ScalarKind::Raw => TypeKind::String,
             'b' => TypeKind::Base,
             _ => TypeKind::Other,
         };
@@ -355,7 +359,7 @@ impl TypeRegistry {
         match self.base_of(oid) {
             Some(info) => match info.kind {
                 TypeKind::Base => builtin_scalar(info.oid),
-                TypeKind::Enum => ScalarKind::Text,
+                TypeKind::Enum | TypeKind::String => ScalarKind::Text,
                 _ => ScalarKind::Raw,
             },
             None => ScalarKind::Raw,
@@ -427,6 +431,19 @@ const BUILTINS: &[(u32, &str, u32)] = &[
     (4535, "datemultirange", 6155),
     (4536, "int8multirange", 6157),
     (2249, "record", 2287),
+    (22, "int2vector", 1006),
+    (30, "oidvector", 1013),
+    (1033, "aclitem", 1034),
+    (1790, "refcursor", 2201),
+    (2202, "regprocedure", 2207),
+    (2203, "regoper", 2208),
+    (2204, "regoperator", 2209),
+    (3734, "regconfig", 3735),
+    (3769, "regdictionary", 3770),
+    (4089, "regnamespace", 4090),
+    (4096, "regrole", 4097),
+    (2970, "txid_snapshot", 2949),
+    (5038, "pg_snapshot", 5039),
 ];
 
 fn builtin_kind(oid: u32) -> TypeKind {
@@ -443,8 +460,8 @@ fn builtin_scalar(oid: u32) -> ScalarKind {
         20 | 21 | 23 | 26 => ScalarKind::Int,
         700 | 701 => ScalarKind::Float,
         1700 => ScalarKind::Numeric,
-        18 | 19 | 25 | 142 | 650 | 774 | 790 | 829 | 869 | 1042 | 1043 | 1560 | 1562 | 3220
-        | 4072 => ScalarKind::Text,
+        18 | 19 | 25 | 142 | 650 | 774 | 790 | 829 | 869 | 1042 | 1043 | 1560 | 1562 | 1790
+        | 3220 | 4072 => ScalarKind::Text,
         17 => ScalarKind::Bytea,
         2950 => ScalarKind::Uuid,
         114 | 3802 => ScalarKind::Json,
@@ -674,6 +691,35 @@ mod tests {
         );
         assert_eq!(r.decode_text(16_408, "[1,2)"), raw("floatrange", "[1,2)"));
         assert_eq!(r.decode_text(16_409, "1"), raw("loop_a", "1"));
+    }
+
+    #[test]
+    fn extension_string_types_decode_as_text() {
+        let mut r = TypeRegistry::new();
+        r.insert(TypeInfo::from_catalog(16_700, "citext", 'b', 0, 0, 'S'));
+        r.insert(TypeInfo::from_catalog(
+            16_701, "_citext", 'b', 0, 16_700, 'A',
+        ));
+        r.insert(TypeInfo::from_catalog(16_702, "hstore", 'b', 0, 0, 'U'));
+        // A built-in listed by the catalog again keeps its own decoder.
+        r.insert(TypeInfo::from_catalog(25, "text", 'b', 0, 0, 'S'));
+        assert_eq!(r.get(16_700).map(|i| i.kind), Some(TypeKind::String));
+        assert_eq!(r.decode_text(16_700, "MiXed"), t("MiXed"));
+        assert_eq!(
+            r.decode_text(16_701, "{a,B}"),
+            Value::Array(Array {
+                dims: vec![2],
+                elements: vec![t("a"), t("B")],
+            })
+        );
+        assert_eq!(
+            r.decode_text(16_702, "\"a\"=>\"1\""),
+            raw("hstore", "\"a\"=>\"1\"")
+        );
+        assert_eq!(r.get(25).map(|i| i.kind), Some(TypeKind::Base));
+        assert_eq!(r.decode_text(25, "x"), t("x"));
+        assert_eq!(r.decode_text(1790, "cur"), t("cur"));
+        assert_eq!(r.decode_text(22, "1 2"), raw("int2vector", "1 2"));
     }
 
     #[test]
