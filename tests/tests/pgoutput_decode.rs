@@ -133,6 +133,8 @@ fn after<'a>(event: &'a Event, column: &str) -> &'a Value {
 }
 
 const ALL_TYPES: &str = r#"
+    CREATE EXTENSION citext;
+    CREATE EXTENSION hstore;
     CREATE TYPE mood AS ENUM ('sad', 'happy');
     CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
     CREATE TYPE pair AS (a int, b text);
@@ -147,7 +149,8 @@ const ALL_TYPES: &str = r#"
         c_inet inet, c_cidr cidr, c_macaddr macaddr, c_money money, c_bit bit(3), c_varbit varbit,
         c_oid oid, c_mood mood, c_posint posint,
         c_int_arr int4[], c_text_arr text[], c_2d int4[], c_mood_arr mood[], c_tstz_arr timestamptz[],
-        c_range int4range, c_point point, c_pair pair
+        c_range int4range, c_point point, c_pair pair,
+        c_citext citext, c_citext_arr citext[], c_hstore hstore
     );
     CREATE PUBLICATION pub FOR TABLE all_types;
 "#;
@@ -164,7 +167,8 @@ const EDGE_ROW: &str = r#"
         4294967295, 'happy', 7,
         '{1,NULL,3}', ARRAY['a,b', 'NULL', NULL, 'q"uote', 'back\slash', '', ' sp '],
         '[0:1][1:2]={{1,2},{3,4}}', '{sad,happy}', ARRAY['2024-06-30 23:59:59.999999+00'::timestamptz, 'infinity'],
-        '[1,5)', '(1,2)', '(1,x)'
+        '[1,5)', '(1,2)', '(1,x)',
+        'MiXed', '{a,B}', 'a=>1'
     );
     INSERT INTO all_types (id) VALUES (2);
     INSERT INTO all_types (id, c_float4, c_float8, c_numeric, c_date, c_ts, c_tstz, c_interval, c_bytea)
@@ -287,6 +291,9 @@ async fn every_type_decodes_from_real_pgoutput() {
         ("c_range", raw("int4range", "[1,5)")),
         ("c_point", raw("point", "(1,2)")),
         ("c_pair", raw("pair", "(1,x)")),
+        ("c_citext", text("MiXed")),
+        ("c_citext_arr", array(&[2], vec![text("a"), text("B")])),
+        ("c_hstore", raw("hstore", r#""a"=>"1""#)),
     ];
     for (column, want) in &expect {
         assert_eq!(after(edge, column), want, "{column}");
