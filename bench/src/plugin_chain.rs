@@ -22,13 +22,19 @@ pub fn run(events: usize) -> anyhow::Result<()> {
     let dist = build_plugins()?;
     let engine = PluginEngine::shared()?;
     let passthrough = || {
-        Chain::from_specs(&engine, vec![PluginSpec::new(dist.join("passthrough.wasm"), "{}")])
+        Chain::from_specs(
+            &engine,
+            vec![PluginSpec::new(dist.join("passthrough.wasm"), "{}")],
+        )
     };
     let three = || {
         Chain::from_specs(
             &engine,
             vec![
-                PluginSpec::new(dist.join("table_filter.wasm"), r#"{"include": ["public.*"]}"#),
+                PluginSpec::new(
+                    dist.join("table_filter.wasm"),
+                    r#"{"include": ["public.*"]}"#,
+                ),
                 PluginSpec::new(dist.join("binary_repr.wasm"), r#"{"mode": "hex"}"#),
                 PluginSpec::new(dist.join("topic_name.wasm"), r#"{"prefix": "app"}"#),
             ],
@@ -40,7 +46,7 @@ pub fn run(events: usize) -> anyhow::Result<()> {
         "pipeline", "batch", "events/s", "vs native", "CPU µs/event"
     );
     for batch in BATCH_SIZES {
-        let native = measure(events, batch, |b| native_chain(b))?;
+        let native = measure(events, batch, native_chain)?;
         print_row("(a) native Rust", batch, &native, &native);
         let mut chain = passthrough()?;
         let plugin = measure(events, batch, |b| chain_output(&mut chain, b))?;
@@ -96,7 +102,11 @@ fn measure(
     }
     let cpu_secs = thread_cpu_secs() - cpu;
     let wall_secs = wall.elapsed().as_secs_f64();
-    anyhow::ensure!(out == rounds * batch, "the pipeline lost events ({out} of {})", rounds * batch);
+    anyhow::ensure!(
+        out == rounds * batch,
+        "the pipeline lost events ({out} of {})",
+        rounds * batch
+    );
     Ok(Measurement {
         events: rounds * batch,
         wall_secs,
@@ -118,14 +128,20 @@ fn thread_cpu_secs() -> f64 {
 fn native_chain(mut batch: Vec<Event>) -> anyhow::Result<Vec<Event>> {
     batch.retain(|e| e.relation.schema == "public");
     for event in &mut batch {
-        for row in [event.before.as_mut(), event.after.as_mut()].into_iter().flatten() {
+        for row in [event.before.as_mut(), event.after.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             for value in row.iter_mut() {
                 if let Value::Bytes(b) = value {
                     *value = Value::Text(hex(b));
                 }
             }
         }
-        event.topic = Some(format!("app.{}.{}", event.relation.schema, event.relation.table));
+        event.topic = Some(format!(
+            "app.{}.{}",
+            event.relation.schema, event.relation.table
+        ));
     }
     Ok(batch)
 }
@@ -177,7 +193,10 @@ fn sample_batch(size: usize) -> Vec<Event> {
                 Value::Text("shipped".into()),
                 Value::Numeric("129.95".into()),
                 Value::Bytes(vec![0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x02, 0x03]),
-                Value::Temporal(TemporalKind::TimestampTz, "2024-05-01T12:34:56.789+00:00".into()),
+                Value::Temporal(
+                    TemporalKind::TimestampTz,
+                    "2024-05-01T12:34:56.789+00:00".into(),
+                ),
             ]),
             topic: None,
             message: None,

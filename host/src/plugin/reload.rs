@@ -68,7 +68,9 @@ impl Reloader {
         let (tx, rx) = mpsc::channel::<PathBuf>();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
+                // Reading a file (ours included, when we load it) is not a change.
+                let Ok(event) = event else { return };
+                if !event.kind.is_access() && !event.kind.is_other() {
                     for path in event.paths {
                         let _ = tx.send(path);
                     }
@@ -125,12 +127,28 @@ fn watch_loop(
     rx: &mpsc::Receiver<PathBuf>,
     targets: &[(PathBuf, Arc<PluginSlot>)],
 ) {
+    let is_target = |path: &PathBuf| targets.iter().any(|(file, _)| file == path);
     while let Ok(first) = rx.recv() {
-        let mut changed = HashSet::from([identity(&first)]);
+        let first = identity(&first);
+        if !is_target(&first) {
+            // Other files in the plugin's directory (a sink's output, the state directory)
+            // change all the time; they must neither trigger nor delay a reload.
+            continue;
+        }
+        let mut changed = HashSet::from([first]);
+        let mut last_change = std::time::Instant::now();
         loop {
-            match rx.recv_timeout(DEBOUNCE) {
+            let quiet_left = DEBOUNCE.saturating_sub(last_change.elapsed());
+            if quiet_left.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(quiet_left) {
                 Ok(path) => {
-                    changed.insert(identity(&path));
+                    let path = identity(&path);
+                    if is_target(&path) {
+                        changed.insert(path);
+                        last_change = std::time::Instant::now();
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => return,
