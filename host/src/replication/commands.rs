@@ -221,10 +221,14 @@ impl Connection {
             }),
             PublicationAutocreate::AllTables if exists => Ok(PublicationAction::Unchanged),
             PublicationAutocreate::AllTables => {
-                self.simple_query(&format!(
-                    "CREATE PUBLICATION {} FOR ALL TABLES",
-                    escape_identifier(name)
-                ))
+                self.publication_ddl(
+                    "create",
+                    name,
+                    format!(
+                        "CREATE PUBLICATION {} FOR ALL TABLES",
+                        escape_identifier(name)
+                    ),
+                )
                 .await?;
                 Ok(PublicationAction::Created)
             }
@@ -232,10 +236,14 @@ impl Connection {
                 if exists {
                     return Ok(PublicationAction::Unchanged);
                 }
-                self.simple_query(&format!(
-                    "CREATE PUBLICATION {} FOR ALL TABLES",
-                    escape_identifier(name)
-                ))
+                self.publication_ddl(
+                    "create",
+                    name,
+                    format!(
+                        "CREATE PUBLICATION {} FOR ALL TABLES",
+                        escape_identifier(name)
+                    ),
+                )
                 .await?;
                 Ok(PublicationAction::Created)
             }
@@ -263,11 +271,15 @@ impl Connection {
                 .join(", ")
         };
         if !exists {
-            self.simple_query(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
-                escape_identifier(name),
-                list(&wanted)
-            ))
+            self.publication_ddl(
+                "create",
+                name,
+                format!(
+                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    escape_identifier(name),
+                    list(&wanted)
+                ),
+            )
             .await?;
             return Ok(PublicationAction::Created);
         }
@@ -306,19 +318,27 @@ impl Connection {
             .cloned()
             .collect();
         if !add.is_empty() {
-            self.simple_query(&format!(
-                "ALTER PUBLICATION {} ADD TABLE {}",
-                escape_identifier(name),
-                list(&add)
-            ))
+            self.publication_ddl(
+                "alter",
+                name,
+                format!(
+                    "ALTER PUBLICATION {} ADD TABLE {}",
+                    escape_identifier(name),
+                    list(&add)
+                ),
+            )
             .await?;
         }
         if !drop.is_empty() {
-            self.simple_query(&format!(
-                "ALTER PUBLICATION {} DROP TABLE {}",
-                escape_identifier(name),
-                list(&drop)
-            ))
+            self.publication_ddl(
+                "alter",
+                name,
+                format!(
+                    "ALTER PUBLICATION {} DROP TABLE {}",
+                    escape_identifier(name),
+                    list(&drop)
+                ),
+            )
             .await?;
         }
         Ok(if add.is_empty() && drop.is_empty() {
@@ -329,6 +349,29 @@ impl Connection {
                 dropped: drop.len(),
             }
         })
+    }
+
+    /// Runs a CREATE/ALTER PUBLICATION, turning a refusal into the fix.
+    async fn publication_ddl(
+        &mut self,
+        action: &'static str,
+        name: &str,
+        sql: String,
+    ) -> Result<(), PublicationError> {
+        match self.simple_query(&sql).await {
+            Ok(_) => Ok(()),
+            Err(ConnectError::Server { code, message, .. })
+                if code == "42501" || code.starts_with("42") =>
+            {
+                Err(PublicationError::NotAllowed {
+                    action,
+                    publication: name.to_string(),
+                    sql: format!("{sql};"),
+                    message,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ordinary and partitioned tables whose `schema.table` matches any pattern.
@@ -434,8 +477,22 @@ pub enum PublicationError {
         /// What is wrong.
         message: String,
     },
-    /// The server refused (e.g. no privilege to create publications).
-    #[error("{0}")]
+    /// Creating or altering the publication was not allowed.
+    #[error(
+        "cannot {action} publication \"{publication}\" ({message}); run `{sql}` as the tables' owner or a superuser, or set publication_autocreate = \"disabled\" and manage it yourself"
+    )]
+    NotAllowed {
+        /// create / alter.
+        action: &'static str,
+        /// The name.
+        publication: String,
+        /// The statement that failed.
+        sql: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server could not answer.
+    #[error(transparent)]
     Connect(#[from] ConnectError),
 }
 
