@@ -642,33 +642,33 @@ fn bad_plugins_are_refused_with_one_clear_sentence() {
     let missing = dir.path().join("missing.wasm");
     let err = load(PluginSpec::new(&missing, "{}")).unwrap_err();
     assert!(matches!(err, LoadError::Read { .. }), "{err}");
-    assert!(!err.to_string().contains(\'\n\'), "one line: {err}");
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
     assert!(err.to_string().contains("missing.wasm"), "{err}");
 
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm but not really").unwrap();
     let err = load(PluginSpec::new(&junk, "{}")).unwrap_err();
     assert!(matches!(err, LoadError::NotAComponent { .. }), "{err}");
-    assert!(!err.to_string().contains(\'\n\'), "one line: {err}");
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
     assert!(err.to_string().contains("junk.wasm"), "{err}");
 
     let err = load(PluginSpec::new(plugin("not-a-plugin"), "{}")).unwrap_err();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
-    assert!(!err.to_string().contains(\'\n\'), "one line: {err}");
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
     assert!(err.to_string().contains("wasi:cli/run"), "{err}");
 
     let err = load(PluginSpec::new(plugin("wrong_version"), "{}")).unwrap_err();
     assert!(matches!(err, LoadError::WrongVersion { .. }), "{err}");
-    assert!(!err.to_string().contains(\'\n\'), "one line: {err}");
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
     assert!(err.to_string().contains("0.2.0"), "{err}");
 
     let err = load(PluginSpec::new(plugin("table_filter"), "{not json")).unwrap_err();
     assert!(matches!(err, LoadError::BadConfig { .. }), "{err}");
-    assert!(!err.to_string().contains(\'\n\'), "one line: {err}");
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
 
     let err = load(PluginSpec::new(plugin("table_filter"), r#"{"include": 5}"#)).unwrap_err();
     assert!(matches!(err, LoadError::Init { .. }), "{err}");
-    assert!(!err.to_string().contains(\'\n\'), "one line: {err}");
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
     assert!(err.to_string().contains("table-filter config"), "{err}");
 }
 
