@@ -53,7 +53,7 @@ pub fn pg_installs() -> Vec<PgInstall> {
             }
         }
     }
-    installs.sort_by(|a, b| (a.major, a.origin != "debian").cmp(&(b.major, b.origin != "debian")));
+    installs.sort_by_key(|i| (i.major, i.origin != "debian"));
     installs
 }
 

@@ -80,17 +80,14 @@ async fn wrong_password_and_plain_tcp_for_tls_only_role_are_refused() {
         cluster.port(),
         db.name()
     );
-    let err = walflow_tests::cluster::connect(&wrong)
-        .await
-        .err()
-        .expect("wrong password accepted");
+    let Err(err) = walflow_tests::cluster::connect(&wrong).await else {
+        panic!("wrong password accepted");
+    };
     let err = walflow_tests::cluster::error_text(&err);
     assert!(err.contains("password authentication failed"), "{err}");
-    let err = db
-        .connect_as(TestUser::TlsOnly)
-        .await
-        .err()
-        .expect("plain TCP accepted for the TLS-only role");
+    let Err(err) = db.connect_as(TestUser::TlsOnly).await else {
+        panic!("plain TCP accepted for the TLS-only role");
+    };
     let err = walflow_tests::cluster::error_text(&err);
     assert!(err.contains("rejects connection"), "{err}");
 }
