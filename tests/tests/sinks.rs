@@ -846,3 +846,8 @@ async fn a_missing_target_table_is_fatal_and_named() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------- end to end
+
+#[path = "sinks/end_to_end.rs"]
+mod end_to_end;

@@ -17,8 +17,9 @@ pub(super) struct Target {
     types: Vec<String>,
     /// Source column indices of the key.
     key: Vec<usize>,
-    /// The source columns this was built for.
+    /// The source columns and replica identity this was built for.
     source_columns: Vec<String>,
+    source_key: Vec<usize>,
 }
 
 /// Why a target could not be described.
@@ -67,11 +68,10 @@ impl Target {
                 })?;
             types.push(ty);
         }
-        let key: Vec<usize> = relation.key_indices().collect();
+        let key = key_columns(client, &qualified, relation).await?;
         if key.is_empty() {
             return Err(LoadError::Invalid(format!(
-                "source table {} has no primary key or replica identity, so the postgres sink cannot locate its rows; add a primary key",
-                relation.qualified_name()
+                "the postgres sink cannot locate rows of {schema}.{table}: give the target table a primary key (the source's key columns)"
             )));
         }
         Ok(Target {
@@ -80,6 +80,7 @@ impl Target {
             types,
             key,
             source_columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
+            source_key: relation.key_indices().collect(),
         })
     }
 
@@ -91,7 +92,7 @@ impl Target {
                 .iter()
                 .zip(&relation.columns)
                 .all(|(a, b)| *a == b.name)
-            && self.key.iter().copied().eq(relation.key_indices())
+            && self.source_key.iter().copied().eq(relation.key_indices())
     }
 
     /// The key values of `row` as text.
@@ -178,6 +179,41 @@ impl Target {
     fn param(&self, n: usize, column: usize) -> String {
         format!("${n}::{}", self.types[column])
     }
+}
+
+/// The source column indices of the target's primary key, or of the source's replica
+/// identity when the target has none. Empty when neither exists.
+async fn key_columns(
+    client: &tokio_postgres::Client,
+    qualified: &str,
+    relation: &Relation,
+) -> Result<Vec<usize>, LoadError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text
+               FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+              WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
+            &[&qualified],
+        )
+        .await
+        .map_err(LoadError::Sql)?;
+    if rows.is_empty() {
+        return Ok(relation.key_indices().collect());
+    }
+    let mut key = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name: String = row.get(0);
+        let index = relation.column_index(&name).ok_or_else(|| {
+            LoadError::Invalid(format!(
+                "the primary key column `{name}` of the postgres sink's target {qualified} is not a column of the source table {}",
+                relation.qualified_name()
+            ))
+        })?;
+        key.push(index);
+    }
+    key.sort_unstable();
+    Ok(key)
 }
 
 /// A double-quoted identifier.
