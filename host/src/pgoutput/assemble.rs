@@ -150,6 +150,7 @@ pub struct Assembler {
     streams: HashMap<u32, StreamTxn>,
     prepared: HashMap<String, Prepared>,
     message_relation: Arc<Relation>,
+    key_columns: HashMap<u32, Vec<String>>,
 }
 
 impl Assembler {
@@ -170,7 +171,19 @@ impl Assembler {
                 table: String::new(),
                 columns: Vec::new(),
             }),
+            key_columns: HashMap::new(),
         }
+    }
+
+    /// Names the columns that form the event key of relation `rel_id`, overriding the replica
+    /// identity flags of its Relation messages from the next one on (`None` goes back to the
+    /// flags). Under `REPLICA IDENTITY FULL` pgoutput flags every column, while the event key
+    /// (as in Debezium) is the primary key, which only the catalog knows.
+    pub fn set_key_columns(&mut self, rel_id: u32, columns: Option<Vec<String>>) {
+        match columns {
+            Some(columns) => self.key_columns.insert(rel_id, columns),
+            None => self.key_columns.remove(&rel_id),
+        };
     }
 
     /// The type registry (e.g. to add catalog types at connect time).
@@ -456,6 +469,7 @@ impl Assembler {
     }
 
     fn relation_message(&mut self, r: &RelationBody<'_>) {
+        let key_columns = self.key_columns.get(&r.rel_id);
         let relation = Relation {
             oid: r.rel_id,
             schema: if r.namespace.is_empty() {
@@ -472,7 +486,10 @@ impl Assembler {
                     type_oid: c.type_oid,
                     type_name: self.registry.type_name(c.type_oid),
                     type_modifier: c.type_modifier,
-                    key: c.is_key(),
+                    key: match key_columns {
+                        Some(names) => names.iter().any(|n| n == c.name),
+                        None => c.is_key(),
+                    },
                 })
                 .collect(),
         };

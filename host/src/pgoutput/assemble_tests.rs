@@ -699,3 +699,44 @@ fn committed_events_of_a_huge_transaction_can_be_taken_early() {
     h.feed(9, insert(None, 100, &row("4")));
     assert_eq!(h.asm.take_committed_events(), None);
 }
+
+#[test]
+fn key_columns_can_be_named_for_replica_identity_full() {
+    let full = || {
+        Wire::tag(b'R')
+            .u32(300)
+            .str("public")
+            .str("audit")
+            .u8(b'f')
+            .i16(2)
+            .u8(1)
+            .str("id")
+            .u32(23)
+            .i32(-1)
+            .u8(1)
+            .str("v")
+            .u32(25)
+            .i32(-1)
+    };
+    let mut h = Harness::new();
+    h.feed(1, full());
+    let keys = |h: &Harness| -> Vec<bool> {
+        let rel = h.asm.relation(300).unwrap();
+        rel.columns.iter().map(|c| c.key).collect()
+    };
+    assert_eq!(
+        keys(&h),
+        [true, true],
+        "pgoutput flags every column under FULL"
+    );
+    h.asm.set_key_columns(300, Some(vec!["id".into()]));
+    h.feed(2, full());
+    assert_eq!(keys(&h), [true, false]);
+    h.feed(3, begin(1));
+    h.feed(4, insert(None, 300, &[Col::Text("7"), Col::Text("x")]));
+    let txn = h.push(5, commit(6)).unwrap();
+    assert_eq!(txn.events[0].key(), vec![("id", &Value::Int(7))]);
+    h.asm.set_key_columns(300, None);
+    h.feed(7, full());
+    assert_eq!(keys(&h), [true, true]);
+}
