@@ -772,3 +772,36 @@ fn plugin_run_command_round_trips_json_lines() {
         "{stderr}"
     );
 }
+
+#[test]
+fn compiled_components_are_cached_by_content_hash() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = walflow::plugin::PluginEngine::new(Some(cache.path().to_path_buf())).unwrap();
+    let cached = || -> Vec<_> {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect()
+    };
+    let spec = || spec("topic_name", r#"{"prefix": "app"}"#, OnError::Stop);
+    let mut first = Chain::from_specs(&engine, vec![spec()]).unwrap();
+    assert_eq!(cached().len(), 1, "one compiled component in the cache");
+    let stamp = std::fs::metadata(&cached()[0]).unwrap().modified().unwrap();
+    let mut second = Chain::from_specs(&engine, vec![spec()]).unwrap();
+    assert_eq!(
+        cached().len(),
+        1,
+        "the same bytes reuse the cached compilation"
+    );
+    assert_eq!(
+        std::fs::metadata(&cached()[0]).unwrap().modified().unwrap(),
+        stamp
+    );
+    for c in [&mut first, &mut second] {
+        let out = c.run(vec![order(1, "new")]).unwrap();
+        assert_eq!(out.events[0].topic.as_deref(), Some("app.public.orders"));
+    }
+    Chain::from_specs(&engine, vec![PluginSpec::new(plugin("passthrough"), "{}")]).unwrap();
+    assert_eq!(cached().len(), 2, "different bytes, another entry");
+}
