@@ -204,6 +204,52 @@ impl Cluster {
         start_in(&base_dir, &options, &install)
     }
 
+    /// Starts a hot standby (read replica) of `primary`, streaming from it (`pg_basebackup -R`),
+    /// with the same server binaries and no TLS. Stopped and removed when dropped.
+    pub fn start_standby(primary: &ClusterInfo) -> anyhow::Result<Cluster> {
+        let options = ClusterOptions::default()
+            .bin_dir(primary.bin_dir())
+            .without_tls();
+        let install = installs::probe(&options.bin_dir, "given")
+            .context("the primary's server binaries are gone")?;
+        let owner = server_owner()?;
+        let base_dir = new_base_dir()?;
+        std::fs::create_dir_all(base_dir.join("socket"))?;
+        chown_tree(&base_dir, owner)?;
+        let log_path = base_dir.join("postgres.log");
+        let status = server_command(
+            &options.bin_dir.join("pg_basebackup"),
+            &base_dir,
+            owner,
+            &log_path,
+        )?
+        .arg("-D")
+        .arg(base_dir.join("data"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ])
+        .arg("-p")
+        .arg(primary.port().to_string())
+        .status()
+        .context("cannot run pg_basebackup")?;
+        if !status.success() {
+            bail!(
+                "pg_basebackup failed ({status}); log {}:\n{}",
+                log_path.display(),
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        launch(&base_dir, &options, &install, None, owner)
+    }
+
     /// Stops the server now (fast shutdown), waiting up to 30 s.
     pub fn stop(&self) {
         let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
@@ -599,7 +645,23 @@ fn start_in(
         );
     }
     std::fs::write(data_dir.join("pg_hba.conf"), pg_hba())?;
+    let cluster = launch(base_dir, options, install, certificates, owner)?;
+    create_roles(&cluster)?;
+    Ok(cluster)
+}
 
+/// Starts the server of an initialized data directory in `base_dir` on a free port (retrying
+/// with another port if it is taken meanwhile).
+fn launch(
+    base_dir: &Path,
+    options: &ClusterOptions,
+    install: &installs::PgInstall,
+    certificates: Option<Certificates>,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<Cluster> {
+    let data_dir = base_dir.join("data");
+    let socket_dir = base_dir.join("socket");
+    let log_path = base_dir.join("postgres.log");
     let mut last_error = None;
     for _attempt in 0..5 {
         let port = free_port()?;
@@ -613,6 +675,7 @@ fn start_in(
         )?;
         chown_tree(&data_dir.join("pg_hba.conf"), owner)?;
         chown_tree(&data_dir.join("postgresql.conf"), owner)?;
+        chown_tree(&data_dir.join("postgresql.conf.initdb"), owner)?;
         let mut command = server_command(
             &options.bin_dir.join("postgres"),
             base_dir,
@@ -634,13 +697,11 @@ fn start_in(
                     major: install.major,
                     version: install.version.clone(),
                 });
-                let cluster = Cluster {
+                return Ok(Cluster {
                     info,
                     postmaster: Mutex::new(Some(child)),
                     remove_on_drop: true,
-                };
-                create_roles(&cluster)?;
-                return Ok(cluster);
+                });
             }
             Err(e) => {
                 stop_postmaster(&mut child);
@@ -765,7 +826,10 @@ fn wait_ready(child: &mut Child, data_dir: &Path, log_path: &Path) -> anyhow::Re
         // Line 8 of postmaster.pid is the postmaster's status; "ready" once it accepts
         // connections (the same check pg_ctl makes).
         if let Ok(text) = std::fs::read_to_string(&pid_file)
-            && text.lines().nth(7).is_some_and(|l| l.trim() == "ready")
+            && text
+                .lines()
+                .nth(7)
+                .is_some_and(|l| matches!(l.trim(), "ready" | "standby"))
         {
             return Ok(());
         }

@@ -290,3 +290,43 @@ async fn unreachable_server_is_one_failed_finding() {
         "{connection}"
     );
 }
+
+#[tokio::test]
+async fn read_replica_is_found() {
+    let primary = Cluster::start(ClusterOptions::default().without_tls()).unwrap();
+    let db = primary.new_database().await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let standby = Cluster::start_standby(&primary).unwrap();
+    // The standby has the database once it has replayed the primary's WAL up to now.
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={}",
+        standby.port(),
+        db.name()
+    );
+    walflow_tests::wait_for_async("the standby to accept connections", TIMEOUT, || async {
+        walflow_tests::cluster::connect(&conninfo)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+    let (_dir, path) = config(&db, "walflow_scram", "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!(":{}/", primary.port()),
+        &format!(":{}/", standby.port()),
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = check(&path).await;
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let replica = finding(&out, "FAIL", "primary");
+    assert!(replica.contains("read replica"), "{replica}");
+    assert!(
+        replica.contains("connect walflow to the primary"),
+        "{replica}"
+    );
+}
