@@ -501,10 +501,7 @@ async fn kafka_records(brokers: &str, topics: &[&str]) -> Vec<(i32, Json, Option
                     ));
                     offset = r.offset + 1;
                 }
-                if offset >= high || records.is_empty() && offset >= high {
-                    break;
-                }
-                if records.is_empty() {
+                if offset >= high || records.is_empty() {
                     break;
                 }
             }

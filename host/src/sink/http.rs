@@ -207,12 +207,10 @@ impl Sink for HttpSink {
     }
 
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
-        if let Some(r) = batch.records.first() {
-            if !is_json(&r.payload) {
-                return Err(SinkError::Fatal(
-                    "the http sink sends JSON; set `encoding = \"json\"` (the default)".into(),
-                ));
-            }
+        if batch.records.first().is_some_and(|r| !is_json(&r.payload)) {
+            return Err(SinkError::Fatal(
+                "the http sink sends JSON; set `encoding = \"json\"` (the default)".into(),
+            ));
         }
         self.pending
             .extend(batch.records.iter().map(|r| r.payload.clone()));

@@ -16,9 +16,7 @@ pub(crate) fn record_key(record: &EncodedRecord, event: Option<&Event>) -> Optio
         return Some(key.clone());
     }
     let event = event?;
-    if event.relation.key_indices().next().is_none() {
-        return None;
-    }
+    event.relation.key_indices().next()?;
     let encoding = if is_json(&record.payload) {
         Encoding::Json
     } else {

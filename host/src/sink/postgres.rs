@@ -221,10 +221,8 @@ impl PostgresSink {
             .clone()
             .unwrap_or_else(|| event.relation.schema.clone());
         let id = (schema, event.relation.table.clone());
-        if let Some(t) = self.targets.get(&id) {
-            if t.matches(&event.relation) {
-                return Ok(t.clone());
-            }
+        if let Some(t) = self.targets.get(&id).filter(|t| t.matches(&event.relation)) {
+            return Ok(t.clone());
         }
         let client = self.client.as_ref().expect("connected before use");
         let target = Target::load(client, &id.0, &id.1, &event.relation)

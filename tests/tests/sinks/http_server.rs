@@ -15,6 +15,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+/// Statuses to answer next, each with an optional `Retry-After`.
+type Script = Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>;
+
 /// What the endpoint saw.
 #[derive(Default)]
 pub struct Seen {
@@ -30,7 +33,7 @@ pub struct Seen {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Seen>>,
-    script: Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>,
+    script: Script,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -85,7 +88,7 @@ impl Drop for Endpoint {
 async fn handle(
     req: Request<Incoming>,
     seen: Arc<Mutex<Seen>>,
-    script: Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>,
+    script: Script,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let content_type = req
         .headers()
