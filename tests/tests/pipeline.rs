@@ -559,3 +559,123 @@ async fn metrics_and_health_are_served() {
     let out = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(out.status.success(), "{}", out.describe());
 }
+
+async fn insert_hr(client: &tokio_postgres::Client, id: &mut i32) {
+    client
+        .execute("INSERT INTO hr VALUES ($1, 'source')", &[&*id])
+        .await
+        .unwrap();
+    *id += 1;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_replaced_mid_stream_takes_over_without_losing_or_repeating_events() {
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/dist");
+    let status = std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-plugins"),
+    )
+    .stdout(std::process::Stdio::null())
+    .status()
+    .unwrap();
+    assert!(status.success());
+    let db = Cluster::shared().new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE hr (id int PRIMARY KEY, version text)")
+        .await
+        .unwrap();
+    let builder = db.config().source("snapshot = \"never\"").append(
+        "[batch]\nmax_events = 8\nmax_wait = \"10ms\"\n\n[[plugins]]\npath = \"tag.wasm\"\n\n[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"",
+    );
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let tag = config.dir().join("tag.wasm");
+    std::fs::copy(plugins.join("tag_v1.wasm"), &tag).unwrap();
+    let mut child = walflow!("run", "-c", &config.path)
+        .env("WALFLOW_LOG", "walflow=info")
+        .spawn()
+        .unwrap();
+    wait_for_async("the slot", Duration::from_secs(30), || async {
+        slot_confirmed(&db, &slot).await
+    })
+    .await
+    .unwrap();
+    let out_path = config.dir().join("out.jsonl");
+    let version_of = |id: i32| {
+        read_records(&out_path)
+            .iter()
+            .find(|r| r["value"]["after"]["id"] == id)
+            .and_then(|r| r["value"]["after"]["version"].as_str().map(str::to_owned))
+    };
+    let replace = |bytes: &[u8]| {
+        let next = config.dir().join("tag.wasm.new");
+        std::fs::write(&next, bytes).unwrap();
+        std::fs::rename(&next, &tag).unwrap();
+    };
+    let mut id = 0;
+    for _ in 0..100 {
+        insert_hr(&client, &mut id).await;
+    }
+    replace(&std::fs::read(plugins.join("tag_v2.wasm")).unwrap());
+    // Keep the stream going until an event comes out stamped by the new version.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        insert_hr(&client, &mut id).await;
+        if version_of(id - 1).as_deref() == Some("v2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v2 never took over:\n{}",
+            child.stderr()
+        );
+    }
+    // A corrupt replacement leaves v2 serving.
+    replace(b"not a component");
+    for _ in 0..100 {
+        insert_hr(&client, &mut id).await;
+    }
+    let marker = emit_marker(&client).await;
+    wait_for_async("delivery", Duration::from_secs(60), || async {
+        lsn_reached(&db, &slot, &marker).await.then_some(())
+    })
+    .await
+    .unwrap();
+    child.terminate();
+    let out = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+    let records = read_records(&config.dir().join("out.jsonl"));
+    let rows: Vec<(i64, String)> = records
+        .iter()
+        .filter(|r| r["value"]["source"]["table"] == "hr")
+        .map(|r| {
+            let after = &r["value"]["after"];
+            (
+                after["id"].as_i64().unwrap(),
+                after["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids,
+        (0..i64::from(id)).collect::<Vec<_>>(),
+        "every event exactly once, in order:\n{}",
+        out.stderr
+    );
+    let first_v2 = rows
+        .iter()
+        .position(|(_, v)| v == "v2")
+        .unwrap_or_else(|| panic!("v2 never took over:\n{}", out.stderr));
+    assert!(rows[..first_v2].iter().all(|(_, v)| v == "v1"));
+    assert!(
+        rows[first_v2..].iter().all(|(_, v)| v == "v2"),
+        "v1 ran after v2 took over, or the corrupt file replaced v2"
+    );
+    assert!(
+        out.stderr.contains("tag"),
+        "the rejected reload is logged:\n{}",
+        out.stderr
+    );
+}
