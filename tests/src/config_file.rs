@@ -15,6 +15,7 @@ pub struct ConfigBuilder {
     port: u16,
     database: String,
     user: TestUser,
+    login: Option<String>,
     sslmode: String,
     sslrootcert: Option<PathBuf>,
     slot: String,
@@ -36,6 +37,7 @@ impl ConfigBuilder {
             port: db.cluster().port(),
             database: db.name().to_string(),
             user: TestUser::Superuser,
+            login: None,
             sslmode: "disable".into(),
             sslrootcert: None,
             slot: format!("{}_slot", db.name()),
@@ -48,6 +50,13 @@ impl ConfigBuilder {
     /// Connects as `user` (its password comes from [`PASSWORD_ENV`]).
     pub fn user(mut self, user: TestUser) -> Self {
         self.user = user;
+        self
+    }
+
+    /// Connects as a role the test created itself, with [`crate::TEST_PASSWORD`] as its
+    /// password (pg_hba lets any role in by md5 from loopback).
+    pub fn login(mut self, role: &str) -> Self {
+        self.login = Some(role.to_string());
         self
     }
 
@@ -107,16 +116,14 @@ impl ConfigBuilder {
 
     /// The config text, with `[state] dir` = `state_dir`.
     pub fn to_toml(&self, state_dir: &Path) -> String {
+        let user = self.login.as_deref().unwrap_or(self.user.name());
         let url = format!(
             "postgres://{}@{}:{}/{}",
-            self.user.name(),
-            self.host,
-            self.port,
-            self.database
+            user, self.host, self.port, self.database
         );
         let mut text = String::from("[source]\n");
         text.push_str(&format!("url = {}\n", toml_string(&url)));
-        if self.user.password().is_some() {
+        if self.login.is_some() || self.user.password().is_some() {
             text.push_str(&format!("password_env = {}\n", toml_string(PASSWORD_ENV)));
         }
         text.push_str(&format!("sslmode = {}\n", toml_string(&self.sslmode)));

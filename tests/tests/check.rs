@@ -330,3 +330,45 @@ async fn read_replica_is_found() {
         "{replica}"
     );
 }
+
+#[tokio::test]
+async fn check_connects_with_verify_full_tls() {
+    let cluster = Cluster::shared();
+    let db = cluster.new_database().await;
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t REPLICA IDENTITY FULL;
+             GRANT SELECT ON t TO walflow_tls_only;
+             CREATE PUBLICATION \"{}_pub\" FOR ALL TABLES",
+            db.name()
+        ))
+        .await
+        .unwrap();
+    let config = db
+        .config()
+        .user(walflow_tests::TestUser::TlsOnly)
+        .host("localhost")
+        .sslmode("verify-full")
+        .sslrootcert(cluster.ca_cert().unwrap())
+        .source("heartbeat_interval = \"10s\"")
+        .write()
+        .unwrap();
+    let out = check(&config.path).await;
+    finding(&out, "ok", "connection");
+    finding(&out, "ok", "replication privilege");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+
+    // The certificate does not name 127.0.0.2: verify-full must refuse it.
+    let wrong = db
+        .config()
+        .user(walflow_tests::TestUser::TlsOnly)
+        .host(walflow_tests::WRONG_HOST)
+        .sslmode("verify-full")
+        .sslrootcert(cluster.ca_cert().unwrap())
+        .write()
+        .unwrap();
+    let out = check(&wrong.path).await;
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    finding(&out, "FAIL", "connection");
+}

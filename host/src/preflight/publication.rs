@@ -25,7 +25,7 @@ pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), 
         )
         .await?;
     let Some(row) = row else {
-        missing(ctx, report);
+        missing(ctx, report).await?;
         return signal_table(ctx, report, None).await;
     };
     let (all_tables, every_change, owned): (bool, bool, bool) =
@@ -56,9 +56,21 @@ pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), 
     signal_table(ctx, report, Some(all_tables)).await
 }
 
-fn missing(ctx: &Context<'_>, report: &mut Report) {
+async fn missing(ctx: &Context<'_>, report: &mut Report) -> Result<(), QueryError> {
     let name = &ctx.source.publication;
-    let create = if ctx.source.tables.is_empty() && ctx.source.tables_csv.is_none() {
+    let all_tables = (ctx.source.tables.is_empty() && ctx.source.tables_csv.is_none())
+        || ctx.source.publication_autocreate == PublicationAutocreate::AllTables;
+    let row = ctx
+        .client
+        .query_one(
+            "SELECT rolsuper, has_database_privilege(current_database(), 'CREATE')
+               FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let (superuser, create_db): (bool, bool) = (row.get(0), row.get(1));
+    let can_create = superuser || (!all_tables && create_db && ctx.tables.iter().all(|t| t.owned));
+    let create = if all_tables {
         format!("CREATE PUBLICATION {} FOR ALL TABLES;", ident(name))
     } else {
         let mut list: Vec<String> = ctx.tables.iter().map(Table::qualified).collect();
@@ -71,7 +83,21 @@ fn missing(ctx: &Context<'_>, report: &mut Report) {
             list.join(", ")
         )
     };
-    if ctx.source.publication_autocreate == PublicationAutocreate::Disabled {
+    if ctx.source.publication_autocreate != PublicationAutocreate::Disabled && !can_create {
+        let need = if all_tables {
+            "FOR ALL TABLES needs a superuser"
+        } else {
+            "it needs CREATE on the database and ownership of every captured table"
+        };
+        report.fail(
+            "publication",
+            format!(
+                "\"{name}\" does not exist and \"{}\" cannot create it ({need})",
+                ctx.user
+            ),
+            format!("as an administrator: {create}"),
+        );
+    } else if ctx.source.publication_autocreate == PublicationAutocreate::Disabled {
         report.fail(
             "publication",
             format!("\"{name}\" does not exist and publication_autocreate is \"disabled\""),
@@ -80,10 +106,11 @@ fn missing(ctx: &Context<'_>, report: &mut Report) {
     } else {
         report.warn(
             "publication",
-            format!("\"{name}\" does not exist; walflow creates it at start (needs CREATE on the database and ownership of the tables, or superuser for all tables)"),
-            format!("to create it ahead, as an administrator: {create}"),
+            format!("\"{name}\" does not exist; walflow creates it at start"),
+            format!("or create it ahead: {create}"),
         );
     }
+    Ok(())
 }
 
 fn qualified_name(table: &str) -> String {
