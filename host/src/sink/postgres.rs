@@ -2,7 +2,7 @@
 //! replica.
 //!
 //! Every change becomes a statement on the target table of the same name (or in `schema`),
-//! located by the primary key: inserts and snapshot rows are upserts, updates set the new values
+//! located by the target's primary key: inserts and snapshot rows are upserts, updates set the new values
 //! (moving the row when its key changed), deletes delete, truncates truncate. The events written
 //! since the last flush are applied in source order in one target transaction, and its commit is
 //! the acknowledgement, so a failed flush leaves nothing behind and is simply applied again.
@@ -35,7 +35,19 @@ pub struct PostgresSink {
     targets: HashMap<(String, String), Target>,
     statements: HashMap<String, tokio_postgres::Statement>,
     pending: Vec<Event>,
+    /// Statements sent together (pipelined) once their results are not needed one by one.
+    queue: Vec<Queued>,
 }
+
+/// A statement waiting in the pipeline.
+struct Queued {
+    statement: tokio_postgres::Statement,
+    params: Vec<Option<String>>,
+    table: String,
+}
+
+/// Most statements in flight at once.
+const PIPELINE: usize = 512;
 
 impl PostgresSink {
     /// Connects using its settings: `url` (required), `password_env`, `sslmode`, `sslrootcert`,
@@ -73,6 +85,7 @@ impl PostgresSink {
             targets: HashMap::new(),
             statements: HashMap::new(),
             pending: Vec::new(),
+            queue: Vec::new(),
         };
         sink.connect().await.map_err(|e| match e {
             SinkError::Retryable(m) | SinkError::Fatal(m) => SinkError::Fatal(m),
@@ -111,6 +124,10 @@ impl PostgresSink {
                 break;
             }
         }
+        if result.is_ok() {
+            result = self.drain().await;
+        }
+        self.queue.clear();
         self.pending = pending;
         match result {
             Ok(()) => self.execute_simple("COMMIT").await,
@@ -136,6 +153,7 @@ impl PostgresSink {
         let target = self.target(event).await?;
         match event.op {
             Op::Truncate => {
+                self.drain().await?;
                 let sql = format!("TRUNCATE {}", target.table);
                 self.execute_simple(&sql).await
             }
@@ -143,7 +161,7 @@ impl PostgresSink {
                 let row = event.before.as_ref().or(event.after.as_ref());
                 let key = target.key_values(row, event)?;
                 let (sql, types) = target.delete();
-                self.run(&target, &sql, &types, &key).await.map(|_| ())
+                self.enqueue(&target, &sql, &types, key).await
             }
             Op::Create | Op::Read | Op::Update => self.apply_row(&target, event).await,
             Op::Message => Ok(()),
@@ -166,7 +184,9 @@ impl PostgresSink {
             .collect();
         let values: Vec<Option<String>> = columns.iter().map(|&i| value_text(&after[i])).collect();
         if columns.len() < after.len() {
-            // The source did not send unchanged TOAST values: keep the target's.
+            // The source did not send unchanged TOAST values: keep the target's. What to do
+            // next depends on the rows this updates, so run it on its own.
+            self.drain().await?;
             let (sql, types) = target.update(&columns);
             let mut params = values.clone();
             params.extend(moved.cloned().unwrap_or_else(|| new_key.clone()));
@@ -180,12 +200,96 @@ impl PostgresSink {
         }
         if let Some(old) = moved {
             let (sql, types) = target.delete();
-            self.run(target, &sql, &types, old).await?;
+            self.enqueue(target, &sql, &types, old.clone()).await?;
         }
         let (sql, types) = target.upsert(&columns);
-        self.run(target, &sql, &types, &values).await.map(|_| ())
+        self.enqueue(target, &sql, &types, values).await
     }
 
+    /// The prepared statement for `sql` on the current connection.
+    async fn statement(
+        &mut self,
+        target: &Target,
+        sql: &str,
+        types: &[Type],
+    ) -> Result<tokio_postgres::Statement, SinkError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let client = self.client.as_ref().expect("connected before use");
+        let s = client
+            .prepare_typed(sql, types)
+            .await
+            .map_err(|e| self.classify(Some(&target.table), e))?;
+        self.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    /// Adds a statement to the pipeline, sending it when the pipeline is full.
+    async fn enqueue(
+        &mut self,
+        target: &Target,
+        sql: &str,
+        types: &[Type],
+        params: Vec<Option<String>>,
+    ) -> Result<(), SinkError> {
+        let statement = self.statement(target, sql, types).await?;
+        self.queue.push(Queued {
+            statement,
+            params,
+            table: target.table.clone(),
+        });
+        if self.queue.len() >= PIPELINE {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the queued statements at once; the server runs them in order, one after another.
+    async fn drain(&mut self) -> Result<(), SinkError> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let queue = std::mem::take(&mut self.queue);
+        let client = self.client.as_ref().expect("connected before use");
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = queue
+            .iter()
+            .map(|q| q.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect())
+            .collect();
+        // tokio-postgres sends a request when its future is first polled: poll them once in
+        // order so they go out in order, then collect the answers.
+        let results: Vec<Result<u64, tokio_postgres::Error>> = {
+            let mut calls: Vec<_> = queue
+                .iter()
+                .zip(&params)
+                .map(|(q, p)| Box::pin(client.execute(&q.statement, p)))
+                .collect();
+            let mut results = Vec::with_capacity(calls.len());
+            for f in calls.iter_mut() {
+                results.push(match futures::poll!(f.as_mut()) {
+                    std::task::Poll::Ready(r) => Some(r),
+                    std::task::Poll::Pending => None,
+                });
+            }
+            for (f, slot) in calls.iter_mut().zip(results.iter_mut()) {
+                if slot.is_none() {
+                    *slot = Some(f.await);
+                }
+            }
+            results
+                .into_iter()
+                .map(|r| r.expect("every future finished"))
+                .collect()
+        };
+        for (q, result) in queue.iter().zip(results) {
+            if let Err(e) = result {
+                return Err(self.classify(Some(&q.table), e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one statement now and returns the number of rows it touched.
     async fn run(
         &mut self,
         target: &Target,
@@ -193,18 +297,7 @@ impl PostgresSink {
         types: &[Type],
         params: &[Option<String>],
     ) -> Result<u64, SinkError> {
-        let statement = match self.statements.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let client = self.client.as_ref().expect("connected before use");
-                let s = client
-                    .prepare_typed(sql, types)
-                    .await
-                    .map_err(|e| self.classify(Some(&target.table), e))?;
-                self.statements.insert(sql.to_owned(), s.clone());
-                s
-            }
-        };
+        let statement = self.statement(target, sql, types).await?;
         let params: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let client = self.client.as_ref().expect("connected before use");
