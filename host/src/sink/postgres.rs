@@ -2,8 +2,8 @@
 //! replica.
 //!
 //! Every change becomes a statement on the target table of the same name (or in `schema`),
-//! located by the target's primary key: inserts and snapshot rows are upserts, updates set the new values
-//! (moving the row when its key changed), deletes delete, truncates truncate. The events written
+//! located by the target's primary key: inserts and snapshot rows are upserts, updates set the
+//! new values (moving the row when its key changed), deletes delete, truncates truncate. The events written
 //! since the last flush are applied in source order in one target transaction, and its commit is
 //! the acknowledgement, so a failed flush leaves nothing behind and is simply applied again.
 //! Each statement sets a row to a state that does not depend on the row's previous state, so
