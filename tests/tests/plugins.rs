@@ -805,3 +805,40 @@ fn compiled_components_are_cached_by_content_hash() {
     Chain::from_specs(&engine, vec![PluginSpec::new(plugin("passthrough"), "{}")]).unwrap();
     assert_eq!(cached().len(), 2, "different bytes, another entry");
 }
+
+#[test]
+fn guest_output_becomes_log_lines_tagged_with_the_plugin() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut c = chain(vec![tight("misbehave", OnError::Skip)]);
+        let out = c.run(jobs(&["panic"])).expect("skip");
+        assert_eq!(out.skipped, 1);
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("asked to panic"))
+        .unwrap_or_else(|| panic!("the guest's panic message reached the log: {log}"));
+    assert!(line.contains("plugin=misbehave"), "{line}");
+    assert!(
+        line.contains("stream=\"stderr\"") || line.contains("stream=stderr"),
+        "{line}"
+    );
+}
