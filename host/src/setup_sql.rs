@@ -259,7 +259,13 @@ fn user_and_role(out: &mut String, p: &Plan) {
 }
 
 /// A DO block looping over the tables whose `schema.table` is LIKE any of `likes`.
-fn for_each_matching_table(out: &mut String, likes: &[String], body: &[String]) {
+/// `unless` is an extra SQL condition on `n.nspname`/`c.relname` that skips a table.
+fn for_each_matching_table(
+    out: &mut String,
+    likes: &[String],
+    unless: Option<&str>,
+    body: &[String],
+) {
     let array = likes
         .iter()
         .map(|l| quote_literal(l))
@@ -267,8 +273,12 @@ fn for_each_matching_table(out: &mut String, likes: &[String], body: &[String]) 
         .join(", ");
     let _ = writeln!(
         out,
-        "DO $walflow$\nDECLARE t record;\nBEGIN\n  FOR t IN\n    SELECT n.nspname, c.relname FROM pg_catalog.pg_class c\n      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\n     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition\n       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'\n       AND n.nspname || '.' || c.relname LIKE ANY (ARRAY[{array}])\n  LOOP"
+        "DO $walflow$\nDECLARE t record;\nBEGIN\n  FOR t IN\n    SELECT n.nspname, c.relname FROM pg_catalog.pg_class c\n      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\n     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition\n       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'\n       AND n.nspname || '.' || c.relname LIKE ANY (ARRAY[{array}])"
     );
+    if let Some(condition) = unless {
+        let _ = writeln!(out, "       AND NOT ({condition})");
+    }
+    out.push_str("  LOOP\n");
     for statement in body {
         let _ = writeln!(out, "    EXECUTE {statement};");
     }
@@ -335,6 +345,7 @@ fn table_grants(out: &mut String, p: &Plan) {
         for_each_matching_table(
             out,
             &likes,
+            None,
             &[
                 format!("format('GRANT USAGE ON SCHEMA %I TO %I', t.nspname, {r})"),
                 format!("format('GRANT SELECT ON TABLE %I.%I TO %I', t.nspname, t.relname, {r})"),
@@ -439,6 +450,10 @@ fn publication(out: &mut String, p: &Plan) {
             for_each_matching_table(
                 out,
                 &likes,
+                Some(&format!(
+                    "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p WHERE p.pubname = {} AND p.schemaname = n.nspname AND p.tablename = c.relname)",
+                    quote_literal(&p.publication)
+                )),
                 &[format!(
                     "format('ALTER PUBLICATION %I ADD TABLE %I.%I', {}, t.nspname, t.relname)",
                     quote_literal(&p.publication)
@@ -570,6 +585,16 @@ mod tests {
             sql.find("COMMIT;").unwrap() < sql.find("pg_create_logical_replication_slot(").unwrap()
         );
         assert!(sql.contains("$WALFLOW_PASSWORD"));
+    }
+
+    #[test]
+    fn wildcards_skip_tables_already_published() {
+        let sql = render(
+            &config("tables = [\"public.orders\", \"public.*\"]"),
+            Platform::SelfManaged,
+        )
+        .unwrap();
+        assert!(sql.contains("AND NOT (EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p WHERE p.pubname = 'walflow_pub'"), "{sql}");
     }
 
     #[test]

@@ -242,3 +242,58 @@ async fn bad_config_is_one_clear_error() {
     assert!(out.stderr.contains("schema.table"), "{}", out.describe());
     assert!(out.stdout.is_empty(), "{}", out.describe());
 }
+
+/// The script and the checks use only catalog features every supported server has: on each
+/// installed PostgreSQL (10–18), the setup-sql output makes `walflow check` pass.
+#[tokio::test]
+async fn setup_sql_and_check_work_on_every_installed_version() {
+    for install in walflow_tests::pg_installs() {
+        let cluster = Cluster::start(
+            walflow_tests::ClusterOptions::default()
+                .bin_dir(&install.bin_dir)
+                .without_tls(),
+        )
+        .unwrap_or_else(|e| panic!("PostgreSQL {} does not start: {e:#}", install.version));
+        let db = cluster.new_database().await;
+        db.client()
+            .await
+            .batch_execute(
+                "CREATE TABLE public.orders (id int PRIMARY KEY);
+                 CREATE SCHEMA inventory;
+                 CREATE TABLE inventory.items (sku text PRIMARY KEY);
+                 CREATE TABLE inventory.parts (sku text PRIMARY KEY);",
+            )
+            .await
+            .unwrap();
+        let user = format!("{}_user", db.name());
+        let setup = write_config(
+            &db,
+            &user,
+            "tables = [\"public.orders\", \"inventory.*\", \"*.part?\", \"inventory.items\"]\nsignal_table = \"walflow.walflow_signal\"\nheartbeat_interval = \"10s\"\npublication_autocreate = \"disabled\"",
+        );
+        let out = walflow!("setup-sql", "-c", &setup.path)
+            .output_async(TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(out.code(), Some(0), "{}", out.describe());
+        apply(&db, &setup, &out.stdout);
+        let check = walflow!("check", "-c", &setup.path)
+            .output_async(TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(
+            check.code(),
+            Some(0),
+            "PostgreSQL {}: check fails after setup:\n{}",
+            install.version,
+            check.describe()
+        );
+        assert!(
+            check
+                .stdout
+                .contains(&format!("PostgreSQL {}", install.version)),
+            "{}",
+            check.stdout
+        );
+    }
+}
