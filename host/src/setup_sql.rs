@@ -392,8 +392,9 @@ fn heartbeat_table(out: &mut String, p: &Plan) {
     };
     let role = quote_ident(&p.role);
     out.push_str(
-        "-- The heartbeat table: a write every heartbeat_interval keeps the slot moving on quiet\n\
-         -- databases, so it does not retain WAL (the seed's WAL-growth warning).\n",
+        "-- The heartbeat table: a row to update every heartbeat_interval (e.g. from a scheduled job:\n\
+         -- INSERT … ON CONFLICT (id) DO UPDATE SET ts = now()), so a quiet database still writes\n\
+         -- WAL and the slot keeps advancing (the seed's WAL-growth warning).\n",
     );
     let _ = writeln!(
         out,
@@ -464,8 +465,8 @@ fn publication(out: &mut String, p: &Plan) {
     if p.autocreate != PublicationAutocreate::Disabled {
         out.push_str(
             "-- This publication belongs to the administrator, so walflow cannot alter it: set\n\
-             -- publication_autocreate = \"disabled\" in [source], and re-run the ALTER PUBLICATION\n\
-             -- statements above as an administrator when the table list changes.\n",
+             -- publication_autocreate = \"disabled\" in [source], and re-run this publication\n\
+             -- section as an administrator when the table list changes.\n",
         );
     }
     let _ = writeln!(
