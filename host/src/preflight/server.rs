@@ -1,7 +1,7 @@
 //! Server-wide checks: version, standby, wal_level, wal_sender_timeout, slot and sender headroom.
 
 use super::report::Report;
-use super::{Context, QueryError, ident};
+use super::{Context, QueryError};
 
 /// Reports the version; false when it is too old to check further.
 pub(super) fn version(report: &mut Report, version_num: u32, version: &str) -> bool {
@@ -163,6 +163,5 @@ async fn headroom(ctx: &Context<'_>, report: &mut Report) -> Result<(), QueryErr
             sql,
         );
     }
-    let _ = ident;
     Ok(())
 }

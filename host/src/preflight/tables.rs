@@ -62,6 +62,15 @@ pub(super) async fn load(
         .collect())
 }
 
+/// `1 table`, `3 tables`.
+fn count(n: usize) -> String {
+    if n == 1 {
+        "1 table".into()
+    } else {
+        format!("{n} tables")
+    }
+}
+
 /// Up to five names, then "and N more".
 pub(super) fn names(tables: &[&Table]) -> String {
     let mut shown: Vec<String> = tables
@@ -195,8 +204,8 @@ pub(super) fn check_selection(ctx: &Context<'_>, selector: &TableSelector, repor
         report.warn(
             "captured tables",
             format!(
-                "{} tables captured; no table matches {}",
-                ctx.tables.len(),
+                "{} captured; no table matches {}",
+                count(ctx.tables.len()),
                 list.join(", ")
             ),
             "correct the pattern in [source] tables, or create the table",
@@ -209,7 +218,7 @@ pub(super) fn check_selection(ctx: &Context<'_>, selector: &TableSelector, repor
         };
         report.ok(
             "captured tables",
-            format!("{} tables ({scope})", ctx.tables.len()),
+            format!("{} ({scope})", count(ctx.tables.len())),
         );
     }
 }
@@ -277,5 +286,4 @@ pub(super) fn check_identity(ctx: &Context<'_>, report: &mut Report) {
             }),
         );
     }
-    let _ = ctx.tables.iter().any(|t| t.owned);
 }
