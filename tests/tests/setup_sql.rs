@@ -297,3 +297,55 @@ async fn setup_sql_and_check_work_on_every_installed_version() {
         );
     }
 }
+
+/// On RDS/Aurora replication rights come from membership in `rds_replication`. A cluster that
+/// has that role (as RDS does) takes the `--rds` script, and `walflow check` recognises the
+/// membership instead of asking for the REPLICATION attribute.
+#[tokio::test]
+async fn rds_script_on_a_cluster_with_rds_replication() {
+    let cluster = Cluster::start(walflow_tests::ClusterOptions::default().without_tls()).unwrap();
+    let db = cluster.new_database().await;
+    db.client()
+        .await
+        .batch_execute("CREATE ROLE rds_replication; CREATE TABLE t (id int PRIMARY KEY);")
+        .await
+        .unwrap();
+    let user = format!("{}_user", db.name());
+    let setup = write_config(
+        &db,
+        &user,
+        "tables = [\"public.t\"]\npublication_autocreate = \"disabled\"\nheartbeat_interval = \"10s\"",
+    );
+    let out = walflow!("setup-sql", "-c", &setup.path, "--rds")
+        .output_async(TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    apply(&db, &setup, &out.stdout);
+    let check = walflow!("check", "-c", &setup.path)
+        .output_async(TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(check.code(), Some(0), "{}", check.describe());
+    assert!(
+        check
+            .stdout
+            .contains(&format!("\"{user}\" has rds_replication")),
+        "{}",
+        check.stdout
+    );
+    let attribute: bool = db
+        .client()
+        .await
+        .query_one(
+            "SELECT rolreplication FROM pg_roles WHERE rolname = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !attribute,
+        "the --rds script must not use the REPLICATION attribute"
+    );
+}
