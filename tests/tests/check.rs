@@ -372,3 +372,60 @@ async fn check_connects_with_verify_full_tls() {
     assert_eq!(out.code(), Some(1), "{}", out.describe());
     finding(&out, "FAIL", "connection");
 }
+
+/// The seed's upgrade hazard: a checkpoint for a slot that is gone (or that something else
+/// consumed past) means lost changes, and check says so instead of letting a new slot skip them.
+#[tokio::test]
+async fn slot_history_gaps_against_the_checkpoint_are_found() {
+    use walflow::checkpoint::{Checkpoint, CheckpointStore, SlotIdentity};
+    let db = Cluster::shared().new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t REPLICA IDENTITY FULL;
+             GRANT SELECT ON t TO walflow_scram;
+             CREATE PUBLICATION \"{}_pub\" FOR ALL TABLES",
+            db.name()
+        ))
+        .await
+        .unwrap();
+    let (dir, path) = config(&db, "walflow_scram", "heartbeat_interval = \"10s\"");
+    let slot = format!("{}_slot", db.name());
+    let store = CheckpointStore::new(dir.path().join(".walflow"), &slot);
+    store
+        .save(&Checkpoint {
+            lsn: 1,
+            identity: SlotIdentity {
+                system_id: 1,
+                database: db.name().to_string(),
+                slot: slot.clone(),
+                timeline: 1,
+                created_lsn: 1,
+            },
+            written_at_ms: 0,
+        })
+        .unwrap();
+    let out = check(&path).await;
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let gone = finding(&out, "FAIL", "slot");
+    assert!(gone.contains("is gone"), "{gone}");
+    assert!(gone.contains("re-snapshot"), "{gone}");
+
+    // A new slot starts after the checkpoint: the changes in between are lost to it.
+    client
+        .query(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    let out = check(&path).await;
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let gap = finding(&out, "FAIL", "checkpoint");
+    assert!(gap.contains("beyond walflow's checkpoint 0/1"), "{gap}");
+
+    // Without a checkpoint the same slot is fine.
+    store.remove().unwrap();
+    let out = check(&path).await;
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}

@@ -14,6 +14,7 @@ mod tables;
 use tokio_postgres::Client;
 
 use crate::config::{Config, SourceConfig};
+
 use crate::tables::TableSelector;
 pub use report::{Finding, Report, Status};
 
@@ -29,6 +30,8 @@ pub(crate) struct Context<'a> {
     rds: bool,
     /// The tables the config captures, as they exist.
     tables: Vec<tables::Table>,
+    /// `[state] dir`, where the pipeline's checkpoint lives.
+    state_dir: &'a std::path::Path,
 }
 
 /// A query failed while checking: the report so far is still shown.
@@ -57,7 +60,7 @@ pub async fn check(config: &Config) -> Report {
             return report;
         }
     };
-    if let Err(e) = run_checks(&client, &config.source, &mut report).await {
+    if let Err(e) = run_checks(&client, config, &mut report).await {
         report.fail(
             "check",
             format!("a check query failed: {}", sql_error_text(&e.0)),
@@ -69,9 +72,10 @@ pub async fn check(config: &Config) -> Report {
 
 async fn run_checks(
     client: &Client,
-    source: &SourceConfig,
+    config: &Config,
     report: &mut Report,
 ) -> Result<(), QueryError> {
+    let source = &config.source;
     let row = client
         .query_one(
             "SELECT current_setting('server_version_num')::int, current_setting('server_version'),
@@ -108,6 +112,7 @@ async fn run_checks(
         version_num,
         rds: row.get(4),
         tables: tables::load(client, &selector).await?,
+        state_dir: &config.state.dir,
         user,
     };
     server::check(&ctx, report).await?;

@@ -3,6 +3,30 @@
 
 use super::report::Report;
 use super::{Context, QueryError, literal};
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::event::{format_lsn, parse_lsn};
+
+/// The pipeline's checkpoint for this slot, if any (reporting an unreadable one).
+fn load_checkpoint(ctx: &Context<'_>, report: &mut Report) -> Option<Checkpoint> {
+    match CheckpointStore::new(ctx.state_dir, &ctx.source.slot).load() {
+        Ok(Some(cp)) => {
+            report.ok(
+                "checkpoint",
+                format!("walflow has acknowledged up to {}", format_lsn(cp.lsn)),
+            );
+            Some(cp)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            report.fail(
+                "checkpoint",
+                e.to_string(),
+                "fix or move the checkpoint file in [state] dir",
+            );
+            None
+        }
+    }
+}
 
 /// Above this much retained WAL, say so.
 const RETAINED_WARN_BYTES: i64 = 1 << 30;
@@ -21,23 +45,50 @@ pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), 
                 "SELECT slot_type::text, plugin::text, database::text, active, active_pid,
                         {wal_status},
                         CASE WHEN pg_is_in_recovery() THEN NULL
-                             ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END
+                             ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END,
+                        confirmed_flush_lsn::text
                    FROM pg_replication_slots WHERE slot_name = $1"
             ),
             &[slot],
         )
         .await?;
+    let checkpoint = load_checkpoint(ctx, report);
     let Some(row) = row else {
-        report.ok(
-            "slot",
-            format!("\"{slot}\" does not exist yet; walflow creates it at its first start"),
-        );
+        match checkpoint {
+            Some(cp) => report.fail(
+                "slot",
+                format!(
+                    "\"{slot}\" is gone, but walflow has a checkpoint at {} for it: the slot was dropped or the server replaced (an upgrade?), and the changes since are lost to it",
+                    format_lsn(cp.lsn)
+                ),
+                "re-snapshot: move the checkpoint out of [state] dir and run with snapshot = \"initial\" (or run with --accept-gap to continue knowingly)",
+            ),
+            None => report.ok(
+                "slot",
+                format!("\"{slot}\" does not exist yet; walflow creates it at its first start"),
+            ),
+        }
         return Ok(());
     };
     let (kind, plugin, database): (String, Option<String>, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
     let (active, pid): (bool, Option<i32>) = (row.get(3), row.get(4));
     let (status, retained): (Option<String>, Option<i64>) = (row.get(5), row.get(6));
+    let confirmed: Option<String> = row.get(7);
+    if let (Some(cp), Some(confirmed)) = (&checkpoint, confirmed.as_deref().and_then(parse_lsn))
+        && confirmed > cp.lsn
+    {
+        report.fail(
+            "checkpoint",
+            format!(
+                "\"{slot}\" is confirmed up to {}, beyond walflow's checkpoint {}: {} bytes of changes were consumed by something else",
+                format_lsn(confirmed),
+                format_lsn(cp.lsn),
+                confirmed - cp.lsn
+            ),
+            "re-snapshot (move the checkpoint out of [state] dir), or run with --accept-gap; and let only walflow consume this slot",
+        );
+    }
     let recreate = format!(
         "SELECT pg_drop_replication_slot({s}); SELECT pg_create_logical_replication_slot({s}, 'pgoutput');  -- changes before this are lost: re-snapshot",
         s = literal(slot)
