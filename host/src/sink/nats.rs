@@ -21,7 +21,7 @@ use crate::encode::{EncodeOptions, Encoder};
 use crate::event::{Event, Op};
 
 /// Publishes being acknowledged at once.
-const WINDOW: usize = 512;
+const WINDOW: usize = 4096;
 
 /// A message waiting for its acknowledgement.
 struct Message {
