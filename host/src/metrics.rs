@@ -108,7 +108,8 @@ impl Metrics {
     /// Plugin hot reloads so far: accepted and rejected.
     pub fn set_reloads(&self, accepted: u64, rejected: u64) {
         self.plugin_reloads.store(accepted, Ordering::Relaxed);
-        self.plugin_reload_failures.store(rejected, Ordering::Relaxed);
+        self.plugin_reload_failures
+            .store(rejected, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -250,9 +251,7 @@ impl Metrics {
                 };
                 let metrics = self.clone();
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let n = conn.read(&mut buf).await.unwrap_or(0);
-                    let request = String::from_utf8_lossy(&buf[..n]);
+                    let request = read_request_head(&mut conn).await;
                     let path = request.split_whitespace().nth(1).unwrap_or("/");
                     let (status, body) = match path {
                         "/metrics" => ("200 OK", metrics.render()),
@@ -271,6 +270,23 @@ impl Metrics {
             }
         }))
     }
+}
+
+/// Reads up to the end of the request head (or 8 KiB, or one second), so the response never
+/// races the client's own writes.
+async fn read_request_head(conn: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 fn escape(s: &str) -> String {
