@@ -280,7 +280,8 @@ async fn unreachable_server_is_one_failed_finding() {
     let (_dir, path) = config(&db, "walflow_scram", "");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace(&format!(":{}/", db.cluster().port()), ":1/");
+        .replace(&format!(":{}/", db.cluster().port()), ":1/")
+        .replace("walflow_scram@", "walflow_scram:url-secret@");
     std::fs::write(&path, text).unwrap();
     let out = check(&path).await;
     assert_eq!(out.code(), Some(1), "{}", out.describe());
@@ -288,6 +289,11 @@ async fn unreachable_server_is_one_failed_finding() {
     assert!(
         connection.contains("cannot reach PostgreSQL"),
         "{connection}"
+    );
+    assert!(
+        !out.stdout.contains("url-secret") && !out.stderr.contains("url-secret"),
+        "{}",
+        out.describe()
     );
 }
 

@@ -55,7 +55,7 @@ pub async fn check(config: &Config) -> Report {
             report.fail(
                 "connection",
                 e.to_string(),
-                "fix the [source] url, password_env or sslmode, or the server's pg_hba.conf",
+                "correct [source] url, password_env or sslmode, or allow this client in the server's pg_hba.conf",
             );
             return report;
         }
@@ -129,7 +129,9 @@ pub async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     println!(
         "walflow check: {} (slot \"{}\", publication \"{}\")\n",
-        config.source.url, config.source.slot, config.source.publication
+        target(&config.source),
+        config.source.slot,
+        config.source.publication
     );
     let report = check(&config).await;
     print!("{}", report.render());
@@ -139,6 +141,16 @@ pub async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         anyhow::bail!(
             "the database is not ready for walflow: apply the fixes above and run `walflow check` again"
         )
+    }
+}
+
+/// `user@host:port/db` without any password the URL may carry.
+fn target(source: &SourceConfig) -> String {
+    let mut url_only = source.clone();
+    url_only.password_env = None;
+    match crate::replication::ConnectOptions::from_source(&url_only) {
+        Ok(o) => format!("{}@{}/{}", o.user, o.addr(), o.dbname),
+        Err(_) => "the configured source".to_string(),
     }
 }
 
