@@ -97,15 +97,17 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
         cluster.version()
     );
     println!(
-        "  pg_recvlogical (pgoutput bytes to /dev/null): {:>10.0} events/s  {:>6.2}s  peak RSS {:>7.1} MiB",
+        "  pg_recvlogical (pgoutput bytes to /dev/null): {:>10.0} events/s  {:>6.2}s (cpu {:>5.2}s)  peak RSS {:>7.1} MiB",
         peer_eps,
         peer_run.elapsed.as_secs_f64(),
+        peer_run.cpu.as_secs_f64(),
         peer_run.max_rss_kib as f64 / 1024.0
     );
     println!(
-        "  walflow tail (JSON events to /dev/null):      {:>10.0} events/s  {:>6.2}s  peak RSS {:>7.1} MiB",
+        "  walflow tail (JSON events to /dev/null):      {:>10.0} events/s  {:>6.2}s (cpu {:>5.2}s)  peak RSS {:>7.1} MiB",
         ours_eps,
         ours_run.elapsed.as_secs_f64(),
+        ours_run.cpu.as_secs_f64(),
         ours_run.max_rss_kib as f64 / 1024.0
     );
     println!(
@@ -138,6 +140,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
 
 struct Run {
     elapsed: Duration,
+    cpu: Duration,
     max_rss_kib: i64,
 }
 
@@ -158,8 +161,10 @@ fn measure(mut command: Command) -> anyhow::Result<Run> {
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("exited with status {status}");
     }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Ok(Run {
         elapsed,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
         max_rss_kib: usage.ru_maxrss,
     })
 }
