@@ -185,7 +185,7 @@ fn run_as_user() -> anyhow::Result<Option<(u32, u32)>> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();
-        if f.first().map(|n| OsStr::new(n)) == Some(OsStr::new("postgres")) && f.len() > 3 {
+        if f.first().map(OsStr::new) == Some(OsStr::new("postgres")) && f.len() > 3 {
             let uid = f[2].parse()?;
             let gid = f[3].parse()?;
             return Ok(Some((uid, gid)));

@@ -220,11 +220,11 @@ fn spawn_stop_triggers(
     tokio::spawn(async move {
         loop {
             let target = *until.borrow();
-            if let Some(target) = target {
-                if *acked.borrow() >= target {
-                    let _ = stop.send(true);
-                    return;
-                }
+            if let Some(target) = target
+                && *acked.borrow() >= target
+            {
+                let _ = stop.send(true);
+                return;
             }
             tokio::select! {
                 r = until.changed() => if r.is_err() && target.is_none() { return },

@@ -8,5 +8,5 @@ wasmtime::component::bindgen!({
     world: "walflow:plugin/host",
 });
 
+pub use self::walflow::plugin::types;
 pub use exports::walflow::plugin::{filter_api, sink_api, topic_namer_api, transform_api};
-pub use walflow::plugin::types;

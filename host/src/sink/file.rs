@@ -91,10 +91,8 @@ impl FileSink {
         let next = next_rotation_number(&self.path);
         let target = rotated_path(&self.path, next);
         std::fs::rename(&self.path, &target).map_err(|e| retryable(&self.path, e))?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
+        if let Some(d) = self.path.parent().and_then(|dir| File::open(dir).ok()) {
+            let _ = d.sync_all();
         }
         tracing::info!(file = %target.display(), "rotated file sink");
         self.reopen()
@@ -164,10 +162,11 @@ impl Sink for FileSink {
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
         let path = self.path.clone();
         for record in batch.records {
-            if let Some(max) = self.max_bytes {
-                if self.size > 0 && self.size + record.payload.len() as u64 + 1 > max {
-                    self.rotate()?;
-                }
+            if let Some(max) = self.max_bytes
+                && self.size > 0
+                && self.size + record.payload.len() as u64 + 1 > max
+            {
+                self.rotate()?;
             }
             let sep = self.separator.clone();
             let w = self.writer()?;
