@@ -98,8 +98,7 @@ async fn verify_full_refuses_a_wrong_host_name_and_verify_ca_does_not() {
         WRONG_HOST,
     ))
     .await
-    .err()
-    .expect("sql connection must fail the same way");
+    .expect_err("sql connection must fail the same way");
     assert!(
         sql_err.to_string().contains("not valid for the host name"),
         "{sql_err}"

@@ -85,7 +85,7 @@ fn protocol_error(what: &str) -> ConnectError {
     ConnectError::Protocol(format!("malformed {what} result"))
 }
 
-fn cell<'a>(row: &'a TextRow, i: usize) -> Option<&'a str> {
+fn cell(row: &TextRow, i: usize) -> Option<&str> {
     row.get(i).and_then(|c| c.as_deref())
 }
 

@@ -506,7 +506,7 @@ impl Connection {
         body[17..25].copy_from_slice(&lsn.to_be_bytes());
         body[25..33].copy_from_slice(&pg_now_micros().to_be_bytes());
         body[33] = u8::from(reply);
-        self.wbuf.extend_from_slice(&[b'd']);
+        self.wbuf.extend_from_slice(b"d");
         self.wbuf
             .extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
         self.wbuf.extend_from_slice(&body);

@@ -298,14 +298,14 @@ fn slot_fitness(info: &SlotInfo, slot: &str, db: &str) -> Result<(), ContinuityE
             plugin,
         });
     }
-    if let Some(slot_db) = &info.database {
-        if slot_db != db {
-            return Err(ContinuityError::WrongDatabase {
-                slot: slot.to_string(),
-                slot_db: slot_db.clone(),
-                db: db.to_string(),
-            });
-        }
+    if let Some(slot_db) = &info.database
+        && slot_db != db
+    {
+        return Err(ContinuityError::WrongDatabase {
+            slot: slot.to_string(),
+            slot_db: slot_db.clone(),
+            db: db.to_string(),
+        });
     }
     if info.active {
         return Err(ContinuityError::SlotActive {
@@ -361,15 +361,15 @@ fn history_gap(
             gap: end - cp.lsn,
         });
     }
-    if let Some(confirmed) = info.confirmed_flush_lsn {
-        if confirmed > cp.lsn {
-            return Err(ContinuityError::ConfirmedBeyondCheckpoint {
-                slot,
-                checkpoint,
-                confirmed: format_lsn(confirmed),
-                gap: confirmed - cp.lsn,
-            });
-        }
+    if let Some(confirmed) = info.confirmed_flush_lsn
+        && confirmed > cp.lsn
+    {
+        return Err(ContinuityError::ConfirmedBeyondCheckpoint {
+            slot,
+            checkpoint,
+            confirmed: format_lsn(confirmed),
+            gap: confirmed - cp.lsn,
+        });
     }
     Ok(())
 }
