@@ -1034,3 +1034,59 @@ async fn matrix_round(db: &walflow_tests::TestDb, major: u32) -> u32 {
     stream.stop().await.unwrap();
     proto
 }
+
+// ---- reconnect -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn stream_reconnects_when_the_server_drops_it_without_loss_or_repeat() {
+    let db = Cluster::shared().new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE r (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut stream = open_stream(&db, "s_reconnect").await;
+    insert_batches(&client, 0, 10, 10).await;
+    let until = current_lsn(&client).await;
+    let first = inserted_ids(&collect_until(&mut stream, until).await);
+    assert_eq!(first, (0..100).collect::<Vec<i64>>());
+
+    let pid_of =
+        |rows: Vec<tokio_postgres::Row>| rows.first().and_then(|r| r.get::<_, Option<i32>>(0));
+    let old_pid = pid_of(
+        client
+            .query(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 's_reconnect'",
+                &[],
+            )
+            .await
+            .unwrap(),
+    )
+    .expect("the slot is active");
+    client
+        .execute("SELECT pg_terminate_backend($1)", &[&old_pid])
+        .await
+        .unwrap();
+    insert_batches(&client, 100, 10, 10).await;
+    let until = current_lsn(&client).await;
+    let second = inserted_ids(&collect_until(&mut stream, until).await);
+    assert_eq!(
+        second,
+        (100..200).collect::<Vec<i64>>(),
+        "after a reconnect nothing is missing and nothing handed over twice"
+    );
+    let new_pid = pid_of(
+        client
+            .query(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 's_reconnect'",
+                &[],
+            )
+            .await
+            .unwrap(),
+    );
+    assert!(
+        new_pid.is_some() && new_pid != Some(old_pid),
+        "a new walsender serves the stream"
+    );
+    stream.stop().await.unwrap();
+}
