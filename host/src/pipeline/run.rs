@@ -218,8 +218,11 @@ fn spawn_stop_triggers(
     });
     let Some(mut until) = until else { return };
     tokio::spawn(async move {
+        // The target may be set later (the demo's writer sets it when it is done); once its
+        // sender is gone, only acknowledgements can still change the outcome.
+        let mut until_open = true;
         loop {
-            let target = *until.borrow();
+            let target = *until.borrow_and_update();
             if let Some(target) = target
                 && *acked.borrow() >= target
             {
@@ -227,7 +230,14 @@ fn spawn_stop_triggers(
                 return;
             }
             tokio::select! {
-                r = until.changed() => if r.is_err() && target.is_none() { return },
+                r = until.changed(), if until_open => {
+                    if r.is_err() {
+                        until_open = false;
+                        if target.is_none() {
+                            return;
+                        }
+                    }
+                }
                 r = acked.changed() => if r.is_err() { return },
             }
         }
