@@ -26,7 +26,10 @@ pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Box
     .await
     .context("loading plugins panicked")??;
     let slots = chain.slots();
-    tracing::debug!(plugins = slots.len(), "watching plugin files for hot reload");
+    tracing::debug!(
+        plugins = slots.len(),
+        "watching plugin files for hot reload"
+    );
     let reloader = Reloader::watch(engine, slots.clone())
         .map_err(|e| anyhow::anyhow!("cannot watch plugin files for hot reload: {e}"))?;
     Ok(Box::new(ChainProcessor {

@@ -172,6 +172,11 @@ impl Connection {
             ("database", self.opts.dbname.as_str()),
             ("application_name", self.opts.application_name.as_str()),
             ("client_encoding", "UTF8"),
+            // pgoutput prints values with the walsender's settings; the value decoder expects
+            // these (and floats from servers before 12 lose digits without extra_float_digits).
+            ("DateStyle", "ISO"),
+            ("IntervalStyle", "postgres"),
+            ("extra_float_digits", "3"),
         ];
         if replication {
             params.push(("replication", "database"));
