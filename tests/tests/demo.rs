@@ -56,6 +56,17 @@ fn demo_streams_through_the_built_in_plugins_and_stops_by_itself() {
         avatar.starts_with("cafe") && avatar.chars().all(|c| c.is_ascii_hexdigit()),
         "binary-repr as hex: {avatar}"
     );
+    // public.orders has REPLICA IDENTITY FULL: its key is still the primary key alone.
+    let order = records
+        .iter()
+        .find(|r| r["value"]["source"]["table"] == "orders" && r["value"]["op"] == "u")
+        .unwrap();
+    let key = order["key"].as_object().unwrap();
+    assert_eq!(key.keys().collect::<Vec<_>>(), ["id"], "{order}");
+    assert!(
+        order["value"]["before"]["status"].is_string(),
+        "FULL identity sends the whole old row"
+    );
     for op in ["c", "u", "d"] {
         assert!(
             records.iter().any(|r| r["value"]["op"] == op),

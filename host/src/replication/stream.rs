@@ -199,7 +199,8 @@ impl ReplicationStream {
             continuity::check(&mut conn, &source.slot, checkpoint, options.accept_gap).await?;
         let mut registry = TypeRegistry::new();
         load_types(&mut conn, &mut registry, None).await?;
-        let assembler = Assembler::new(opts.dbname.clone(), registry);
+        let mut assembler = Assembler::new(opts.dbname.clone(), registry);
+        load_primary_keys(&mut conn, &mut assembler).await?;
         let start = verified.start_lsn;
         let mut stream = ReplicationStream {
             source: source.clone(),
@@ -595,6 +596,35 @@ impl ReplicationStream {
             }
         }
     }
+}
+
+/// Primary-key columns of tables whose replica identity is FULL (in key order).
+const FULL_IDENTITY_KEYS_QUERY: &str = "SELECT c.oid, a.attname \
+     FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary \
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey) \
+     WHERE c.relreplident = 'f' \
+     ORDER BY c.oid, array_position(i.indkey::int2[], a.attnum)";
+
+/// Under `REPLICA IDENTITY FULL` pgoutput flags every column as part of the key, but the event
+/// key (as in Debezium) is the primary key: teach the assembler those tables' primary keys.
+async fn load_primary_keys(
+    conn: &mut Connection,
+    assembler: &mut Assembler,
+) -> Result<(), ConnectError> {
+    let mut keys: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for row in conn.simple_query(FULL_IDENTITY_KEYS_QUERY).await? {
+        let (Some(Some(oid)), Some(Some(column))) = (row.first(), row.get(1)) else {
+            continue;
+        };
+        if let Ok(oid) = oid.parse() {
+            keys.entry(oid).or_default().push(column.clone());
+        }
+    }
+    for (oid, columns) in keys {
+        assembler.set_key_columns(oid, Some(columns));
+    }
+    Ok(())
 }
 
 const TYPE_QUERY: &str = "SELECT t.oid, t.typname, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM pg_catalog.pg_type t";
