@@ -36,6 +36,20 @@ impl TableSelector {
         TableSelector { patterns }
     }
 
+    /// The selection plus one more table (`schema.table`, or `table` in `public`), unless the
+    /// selection already captures every table.
+    pub fn including(mut self, table: Option<&str>) -> TableSelector {
+        if let Some(t) = table.filter(|_| !self.is_all()) {
+            let qualified = if t.contains('.') {
+                t.to_owned()
+            } else {
+                format!("public.{t}")
+            };
+            self.patterns.push(qualified);
+        }
+        self
+    }
+
     /// The patterns, as configured.
     pub fn patterns(&self) -> &[String] {
         &self.patterns
@@ -135,6 +149,15 @@ mod tests {
         assert!(s.matches("x", "t_1"));
         assert!(!s.matches("x", "t_12"));
         assert!(TableSelector::default().matches("a", "b"));
+    }
+
+    #[test]
+    fn including_a_table() {
+        let s = TableSelector::new(vec!["public.orders".into()]).including(Some("walflow.signal"));
+        assert!(s.matches("walflow", "signal"));
+        let s = TableSelector::new(vec!["public.orders".into()]).including(Some("signal"));
+        assert!(s.matches("public", "signal"));
+        assert!(TableSelector::default().including(Some("x.y")).is_all());
     }
 
     #[test]

@@ -5,14 +5,13 @@
 //! In `replication=database` mode the walsender also runs plain SQL (PostgreSQL 10+), so the
 //! catalog queries share this one connection.
 
-use std::path::Path;
-
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 
 use super::conn::{Connection, TextRow};
 use super::error::ConnectError;
 use crate::config::{PublicationAutocreate, SourceConfig};
 use crate::event::{format_lsn, parse_lsn};
+use crate::tables::TableSelector;
 
 /// What IDENTIFY_SYSTEM says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,7 +212,10 @@ impl Connection {
     ) -> Result<PublicationAction, PublicationError> {
         let name = &source.publication;
         let exists = self.publication_exists(name).await?;
-        let patterns = table_patterns(source)?;
+        // The signal table must be published too: incremental snapshot requests and their
+        // watermarks travel through the stream.
+        let selector =
+            TableSelector::from_source(source)?.including(source.signal_table.as_deref());
         match source.publication_autocreate {
             PublicationAutocreate::Disabled if exists => Ok(PublicationAction::Unchanged),
             PublicationAutocreate::Disabled => Err(PublicationError::Missing {
@@ -232,7 +234,7 @@ impl Connection {
                 .await?;
                 Ok(PublicationAction::Created)
             }
-            PublicationAutocreate::Filtered if patterns.is_empty() => {
+            PublicationAutocreate::Filtered if selector.is_all() => {
                 if exists {
                     return Ok(PublicationAction::Unchanged);
                 }
@@ -247,7 +249,7 @@ impl Connection {
                 .await?;
                 Ok(PublicationAction::Created)
             }
-            PublicationAutocreate::Filtered => self.sync_filtered(name, exists, &patterns).await,
+            PublicationAutocreate::Filtered => self.sync_filtered(name, exists, &selector).await,
         }
     }
 
@@ -255,12 +257,12 @@ impl Connection {
         &mut self,
         name: &str,
         exists: bool,
-        patterns: &[String],
+        selector: &TableSelector,
     ) -> Result<PublicationAction, PublicationError> {
-        let wanted = self.matching_tables(patterns).await?;
+        let wanted = self.matching_tables(selector).await?;
         if wanted.is_empty() {
             return Err(PublicationError::NoTables {
-                patterns: patterns.join(", "),
+                patterns: selector.patterns().join(", "),
             });
         }
         let list = |tables: &[(String, String)]| {
@@ -377,7 +379,7 @@ impl Connection {
     /// Ordinary and partitioned tables whose `schema.table` matches any pattern.
     async fn matching_tables(
         &mut self,
-        patterns: &[String],
+        selector: &TableSelector,
     ) -> Result<Vec<(String, String)>, ConnectError> {
         let rows = self
             .simple_query(
@@ -393,10 +395,7 @@ impl Connection {
         Ok(rows
             .iter()
             .filter_map(|r| Some((cell(r, 0)?.to_string(), cell(r, 1)?.to_string())))
-            .filter(|(s, t)| {
-                let full = format!("{s}.{t}");
-                patterns.iter().any(|p| glob_match(p, &full))
-            })
+            .filter(|(s, t)| selector.matches(s, t))
             .collect())
     }
 
@@ -469,14 +468,9 @@ pub enum PublicationError {
         /// The patterns.
         patterns: String,
     },
-    /// The tables CSV cannot be read.
-    #[error("cannot use tables_csv {path}: {message}")]
-    Csv {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// The tables CSV cannot be used.
+    #[error(transparent)]
+    Csv(#[from] crate::tables::TablesCsvError),
     /// Creating or altering the publication was not allowed.
     #[error(
         "cannot {action} publication \"{publication}\" ({message}); run `{sql}` as the tables' owner or a superuser, or set publication_autocreate = \"disabled\" and manage it yourself"
@@ -496,79 +490,9 @@ pub enum PublicationError {
     Connect(#[from] ConnectError),
 }
 
-/// The configured table patterns: `tables` plus the rows of `tables_csv`.
-pub fn table_patterns(source: &SourceConfig) -> Result<Vec<String>, PublicationError> {
-    let mut patterns = source.tables.clone();
-    if let Some(path) = &source.tables_csv {
-        patterns.extend(read_tables_csv(path)?);
-    }
-    Ok(patterns)
-}
-
-fn read_tables_csv(path: &Path) -> Result<Vec<String>, PublicationError> {
-    let csv_err = |message: String| PublicationError::Csv {
-        path: path.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| csv_err(e.to_string()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (schema, table) = line.split_once(',').ok_or_else(|| {
-            csv_err(format!(
-                "line {} is `{line}`; each line must be `schema,table`",
-                i + 1
-            ))
-        })?;
-        let unquote = |s: &str| s.trim().trim_matches('"').to_string();
-        out.push(format!("{}.{}", unquote(schema), unquote(table)));
-    }
-    Ok(out)
-}
-
-/// Matches `schema.table` against a pattern where `*` is any run of characters.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            pi += 1;
-            mark = ti;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("public.*", "public.orders"));
-        assert!(glob_match("*.orders", "inventory.orders"));
-        assert!(glob_match("public.orders", "public.orders"));
-        assert!(!glob_match("public.orders", "public.orders2"));
-        assert!(!glob_match("public.*", "inventory.orders"));
-        assert!(glob_match("*", "a.b"));
-    }
 
     #[test]
     fn protocol_per_version() {
