@@ -6,8 +6,12 @@
 //! the three built-in plugins at batch sizes 1, 64, 1024 (default 200,000 events each).
 //! `walflow-bench tail [CHANGES]` — `walflow tail` vs `pg_recvlogical` on the same backlog of
 //! changes, fresh slots, same run (default 1,000,000 changes).
+//! `walflow-bench pipeline [CHANGES]` — `walflow run` (three plugins, JSON to a file sink) vs
+//! `pg_recvlogical` on the same backlog, fresh slots, same run (default 1,000,000 changes).
 
+mod pipeline;
 mod plugin_chain;
+mod process;
 mod sinks;
 mod tail;
 
@@ -43,8 +47,20 @@ async fn main() -> anyhow::Result<()> {
             tail::run(changes).await
         }
         Some("__walflow-tail") => tail::child(&args[1..]).await,
+        Some("pipeline") => {
+            let changes = match args.get(1) {
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("CHANGES must be a number, not `{n}`"))?,
+                None => 1_000_000,
+            };
+            pipeline::run(changes).await
+        }
+        Some("__walflow-run") => pipeline::child(&args[1..]).await,
         Some(other) => {
-            anyhow::bail!("unknown benchmark `{other}`; available: sinks, plugin-chain, tail")
+            anyhow::bail!(
+                "unknown benchmark `{other}`; available: sinks, plugin-chain, tail, pipeline"
+            )
         }
     }
 }

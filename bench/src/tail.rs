@@ -6,11 +6,12 @@
 //! and prints the DESIGN.md JSON envelope of each to /dev/null — the work a user gets from it.
 //! Printed: events/s of each, the ratio, and each process's peak resident memory.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{Context, bail};
 use walflow_tests::{Cluster, ClusterOptions};
+
+use crate::process::measure;
 
 /// Rows per inserting transaction.
 const ROWS_PER_TXN: u64 = 5_000;
@@ -136,35 +137,4 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
         accept_gap: false,
     };
     walflow::replication::tail::run(&tail).await
-}
-
-struct Run {
-    elapsed: Duration,
-    cpu: Duration,
-    max_rss_kib: i64,
-}
-
-/// Runs `command` with stdout to /dev/null; wall time and the child's own peak RSS (wait4).
-fn measure(mut command: Command) -> anyhow::Result<Run> {
-    command.stdout(Stdio::null()).stderr(Stdio::inherit());
-    let started = Instant::now();
-    let child = command.spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let elapsed = started.elapsed();
-    if rc != pid {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("exited with status {status}");
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Ok(Run {
-        elapsed,
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        max_rss_kib: usage.ru_maxrss,
-    })
 }
