@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value as Json};
 use walflow::sink::{Sink, SinkBatch, SinkError};
-use walflow_tests::{Cluster, TestDb, wait_for_async, walflow};
+use walflow_tests::{Cluster, wait_for_async, walflow};
 
 const TABLES_SQL: &str = "
     CREATE TABLE orders (
@@ -172,33 +172,6 @@ async fn differences(client: &tokio_postgres::Client, table: &str, rows: &[Json]
     (row.get(0), row.get(1))
 }
 
-async fn slot_confirmed(db: &TestDb, slot: &str) -> Option<String> {
-    let client = db.client().await;
-    let row = client
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .ok()??;
-    row.get(0)
-}
-
-async fn lsn_reached(db: &TestDb, slot: &str, target: &str) -> bool {
-    let Some(confirmed) = slot_confirmed(db, slot).await else {
-        return false;
-    };
-    let client = db.client().await;
-    client
-        .query_one(
-            "SELECT $1::text::pg_lsn >= $2::text::pg_lsn",
-            &[&confirmed, &target],
-        )
-        .await
-        .map(|r| r.get::<_, bool>(0))
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_nothing() {
     let db = Cluster::shared().new_database().await;
@@ -226,7 +199,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         .unwrap();
     // Changes committed before the slot exists are not captured (that is what snapshots are for).
     wait_for_async("the slot", Duration::from_secs(30), || async {
-        slot_confirmed(&db, &slot).await
+        db.slot_confirmed(&slot).await
     })
     .await
     .unwrap();
@@ -265,7 +238,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     wait_for_async(
         "walflow to confirm the last transaction",
         Duration::from_secs(60),
-        || async { lsn_reached(&db, &slot, &marker).await.then_some(()) },
+        || async { db.slot_reached(&slot, &marker).await.then_some(()) },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
@@ -389,17 +362,6 @@ impl Sink for FlakySink {
     }
 }
 
-async fn emit_marker(client: &tokio_postgres::Client) -> String {
-    client
-        .query_one(
-            "SELECT pg_logical_emit_message(true, 'test', 'mark')::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn insert_big(client: &tokio_postgres::Client, from: i32, count: i32) {
     for id in from..from + count {
         client
@@ -459,17 +421,17 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
         },
     ));
     wait_for_async("the slot", Duration::from_secs(30), || async {
-        slot_confirmed(&db, &slot).await
+        db.slot_confirmed(&slot).await
     })
     .await
     .unwrap();
 
     insert_big(&client, 0, 50).await;
-    let first = emit_marker(&client).await;
+    let first = db.emit_marker().await;
     wait_for_async(
         "the first rows to be confirmed",
         Duration::from_secs(30),
-        || async { lsn_reached(&db, &slot, &first).await.then_some(()) },
+        || async { db.slot_reached(&slot, &first).await.then_some(()) },
     )
     .await
     .unwrap();
@@ -493,7 +455,7 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let confirmed = slot_confirmed(&db, &slot).await.unwrap();
+    let confirmed = db.slot_confirmed(&slot).await.unwrap();
     let early: bool = client
         .query_one(
             "SELECT $1::text::pg_lsn > $2::text::pg_lsn",
@@ -517,11 +479,11 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
     );
 
     down.store(false, Ordering::SeqCst);
-    let last = emit_marker(&client).await;
+    let last = db.emit_marker().await;
     wait_for_async(
         "everything to be confirmed after recovery",
         Duration::from_secs(120),
-        || async { lsn_reached(&db, &slot, &last).await.then_some(()) },
+        || async { db.slot_reached(&slot, &last).await.then_some(()) },
     )
     .await
     .unwrap();
@@ -574,7 +536,7 @@ async fn metrics_and_health_are_served() {
     let config = builder.write().unwrap();
     let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
     wait_for_async("the slot", Duration::from_secs(30), || async {
-        slot_confirmed(&db, &slot).await
+        db.slot_confirmed(&slot).await
     })
     .await
     .unwrap();
@@ -582,9 +544,9 @@ async fn metrics_and_health_are_served() {
         .batch_execute("INSERT INTO m SELECT generate_series(1, 10)")
         .await
         .unwrap();
-    let marker = emit_marker(&client).await;
+    let marker = db.emit_marker().await;
     wait_for_async("delivery", Duration::from_secs(30), || async {
-        lsn_reached(&db, &slot, &marker).await.then_some(())
+        db.slot_reached(&slot, &marker).await.then_some(())
     })
     .await
     .unwrap();
@@ -641,7 +603,7 @@ async fn a_plugin_replaced_mid_stream_takes_over_without_losing_or_repeating_eve
         .spawn()
         .unwrap();
     wait_for_async("the slot", Duration::from_secs(30), || async {
-        slot_confirmed(&db, &slot).await
+        db.slot_confirmed(&slot).await
     })
     .await
     .unwrap();
@@ -680,9 +642,9 @@ async fn a_plugin_replaced_mid_stream_takes_over_without_losing_or_repeating_eve
     for _ in 0..100 {
         insert_hr(&client, &mut id).await;
     }
-    let marker = emit_marker(&client).await;
+    let marker = db.emit_marker().await;
     wait_for_async("delivery", Duration::from_secs(60), || async {
-        lsn_reached(&db, &slot, &marker).await.then_some(())
+        db.slot_reached(&slot, &marker).await.then_some(())
     })
     .await
     .unwrap();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use walflow_tests::{Cluster, ClusterOptions, TestDb, wait_for_async, walflow};
+use walflow_tests::{Cluster, ClusterOptions, wait_for_async, walflow};
 
 use super::brokers::{Broker, Kind};
 
@@ -21,55 +21,6 @@ const SOURCE_SQL: &str = "
     CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, price float8);
     ALTER TABLE items REPLICA IDENTITY FULL;
 ";
-
-async fn slot_reached(db: &TestDb, slot: &str, target: &str) -> bool {
-    let client = db.client().await;
-    client
-        .query_opt(
-            "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot, &target],
-        )
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.get::<_, Option<bool>>(0))
-        .unwrap_or(false)
-}
-
-/// Waits until walflow's slot exists and has reached its consistent point: changes committed
-/// before that are not streamed (the tests run with `snapshot = "never"`).
-async fn wait_for_slot(db: &TestDb, slot: &str, child: &mut walflow_tests::WalflowChild) {
-    wait_for_async(
-        "walflow to create its slot",
-        Duration::from_secs(60),
-        || async {
-            let client = db.client().await;
-            client
-                .query_opt(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn IS NOT NULL",
-                    &[&slot],
-                )
-                .await
-                .ok()
-                .flatten()
-                .map(|_| ())
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
-}
-
-/// Emits a logical message and returns its LSN, a point every later confirmation passes.
-async fn marker(client: &tokio_postgres::Client) -> String {
-    client
-        .query_one(
-            "SELECT pg_logical_emit_message(true, 'test', 'mark')::text",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
 
 async fn random_transaction(client: &tokio_postgres::Client, rng: &mut rand::rngs::StdRng) {
     let mut sql = String::from("BEGIN;");
@@ -144,7 +95,10 @@ async fn postgres_replica_equals_the_source_after_a_random_workload_and_sigkill(
     eprintln!("workload seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
-    wait_for_slot(&source, &slot, &mut child).await;
+    source
+        .wait_for_slot(&slot, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
     for round in 0..3 {
         for _ in 0..rng.random_range(40..120) {
             random_transaction(&client, &mut rng).await;
@@ -161,11 +115,11 @@ async fn postgres_replica_equals_the_source_after_a_random_workload_and_sigkill(
     for _ in 0..30 {
         random_transaction(&client, &mut rng).await;
     }
-    let end = marker(&client).await;
+    let end = source.emit_marker().await;
     wait_for_async(
         "the replica to be confirmed",
         Duration::from_secs(90),
-        || async { slot_reached(&source, &slot, &end).await.then_some(()) },
+        || async { source.slot_reached(&slot, &end).await.then_some(()) },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
@@ -211,16 +165,19 @@ async fn a_stopped_redis_holds_back_the_slot_until_it_is_back() {
         .unwrap();
     let slot = source.config().slot_name().to_string();
     let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
-    wait_for_slot(&source, &slot, &mut child).await;
+    source
+        .wait_for_slot(&slot, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
     let insert = |from: i32, to: i32| {
         format!("INSERT INTO t SELECT g, 'v' || g FROM generate_series({from}, {to}) g")
     };
     client.batch_execute(&insert(1, 200)).await.unwrap();
-    let first = marker(&client).await;
+    let first = source.emit_marker().await;
     wait_for_async(
         "the first rows to be confirmed",
         Duration::from_secs(60),
-        || async { slot_reached(&source, &slot, &first).await.then_some(()) },
+        || async { source.slot_reached(&slot, &first).await.then_some(()) },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
@@ -232,11 +189,11 @@ async fn a_stopped_redis_holds_back_the_slot_until_it_is_back() {
             .await
             .unwrap();
     }
-    let second = marker(&client).await;
+    let second = source.emit_marker().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
         assert!(
-            !slot_reached(&source, &slot, &second).await,
+            !source.slot_reached(&slot, &second).await,
             "the slot was confirmed past changes redis never got"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -251,7 +208,7 @@ async fn a_stopped_redis_holds_back_the_slot_until_it_is_back() {
     wait_for_async(
         "the rest to be confirmed",
         Duration::from_secs(60),
-        || async { slot_reached(&source, &slot, &second).await.then_some(()) },
+        || async { source.slot_reached(&slot, &second).await.then_some(()) },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));

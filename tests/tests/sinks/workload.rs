@@ -277,7 +277,9 @@ impl Running {
             },
             Arc::new(Metrics::default()),
         );
-        let (input, rx) = mpsc::channel(16);
+        // Room for a whole workload: tests feed the second half while a destination is down,
+        // and a smaller queue would block the feeding test itself instead of the delivery loop.
+        let (input, rx) = mpsc::channel(4096);
         let (ack_tx, acks) = watch::channel(0);
         let (stop, stop_rx) = watch::channel(false);
         let task = spawn(delivery, rx, ack_tx, stop_rx);
@@ -325,8 +327,7 @@ impl Running {
     }
 }
 
-/// Runs the delivery loop on a thread of its own: its future is not `Send`, as `walflow run`
-/// awaits it in place.
+/// Runs the delivery loop on a thread of its own runtime, as `walflow run` does not share it.
 pub fn spawn(
     delivery: Delivery,
     input: mpsc::Receiver<Unit>,
