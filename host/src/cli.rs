@@ -207,7 +207,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let summary = crate::pipeline::run(config, options).await?;
     tracing::info!(
         events = summary.events_out,
-        acked_lsn = summary.acked_lsn.map(crate::event::format_lsn).unwrap_or_default(),
+        acked_lsn = summary
+            .acked_lsn
+            .map(crate::event::format_lsn)
+            .unwrap_or_default(),
         "stopped"
     );
     Ok(())
