@@ -71,6 +71,7 @@ pub struct Delivery {
     pub(super) dead_letter: Option<Box<dyn Sink>>,
     pub(super) options: DeliveryOptions,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) budget: Option<Arc<super::QueueBudget>>,
 }
 
 /// A batch on its way: events of whole transactions (and the tail of a large one).
@@ -100,7 +101,11 @@ impl Delivery {
                 break;
             };
             if !batch.events.is_empty() {
+                let count = batch.events.len();
                 self.deliver(batch.events).await?;
+                if let Some(budget) = &self.budget {
+                    budget.release(count);
+                }
                 dirty = true;
             }
             if let Some(lsn) = batch.complete_lsn {

@@ -32,6 +32,60 @@ use crate::sink::Sink;
 /// snapshot rows) and the LSN that may be confirmed once all its events are delivered.
 pub type Unit = crate::pgoutput::Transaction;
 
+/// Bounds the events waiting between the reader and the delivery loop.
+///
+/// The channel between them counts transactions, and one transaction may hold thousands of
+/// rows; this counts events, so memory stays bounded whatever the transaction sizes. A unit
+/// larger than the whole budget still passes once the queue is empty, so nothing deadlocks.
+#[derive(Debug)]
+pub struct QueueBudget {
+    queued: std::sync::atomic::AtomicUsize,
+    limit: usize,
+    freed: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl QueueBudget {
+    /// A budget of `limit` queued events.
+    pub fn new(limit: usize) -> QueueBudget {
+        QueueBudget {
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+            freed: tokio::sync::Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Waits until the queue is under its limit, then counts `events` as queued.
+    pub async fn acquire(&self, events: usize) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let freed = self.freed.notified();
+            if self.queued.load(Ordering::Acquire) < self.limit
+                || self.closed.load(Ordering::Acquire)
+            {
+                break;
+            }
+            freed.await;
+        }
+        self.queued.fetch_add(events, Ordering::AcqRel);
+    }
+
+    /// The delivery loop has ended: nobody waits for room any more.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.freed.notify_waiters();
+    }
+
+    /// `events` left the queue (delivered, or dropped by the plugins).
+    pub fn release(&self, events: usize) {
+        self.queued
+            .fetch_sub(events, std::sync::atomic::Ordering::AcqRel);
+        self.freed.notify_waiters();
+    }
+}
+
 /// What the plugin chain returned for a batch.
 #[derive(Debug, Default)]
 pub struct Processed {
@@ -78,6 +132,56 @@ impl Delivery {
             dead_letter,
             options,
             metrics,
+            budget: None,
         }
+    }
+
+    /// Releases delivered events from `budget` (the reader acquires them).
+    pub fn with_budget(mut self, budget: Arc<QueueBudget>) -> Delivery {
+        self.budget = Some(budget);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::QueueBudget;
+
+    #[tokio::test]
+    async fn the_budget_holds_the_reader_until_events_are_delivered() {
+        let budget = std::sync::Arc::new(QueueBudget::new(10));
+        budget.acquire(25).await; // a unit larger than the budget passes an empty queue
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.acquire(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "acquired while the queue was over its limit"
+        );
+        budget.release(20);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("released room wakes the reader")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn closing_the_budget_frees_a_waiting_reader() {
+        let budget = std::sync::Arc::new(QueueBudget::new(1));
+        budget.acquire(1).await;
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.acquire(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        budget.close();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("close wakes the reader")
+            .unwrap();
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
 use super::source;
-use super::{Delivery, DeliveryOptions, Passthrough, Processor, Unit};
+use super::{Delivery, DeliveryOptions, Passthrough, Processor, QueueBudget, Unit};
 use crate::config::{Config, OnError};
 use crate::encode::{EncodeOptions, Encoder};
 use crate::metrics::Metrics;
@@ -43,6 +43,9 @@ pub struct RunSummary {
 
 /// Channel capacity between the reader and the delivery loop, in transactions.
 const UNIT_QUEUE: usize = 64;
+
+/// Most events waiting between the reader and the delivery loop (see [`QueueBudget`]).
+const QUEUED_EVENTS: usize = 16_384;
 
 /// Runs the pipeline `config` describes until stopped.
 pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSummary> {
@@ -90,10 +93,12 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         }
         on_stop.stop();
     });
+    let budget = Arc::new(QueueBudget::new(QUEUED_EVENTS));
     let reader = tokio::spawn(source::read(
         opened.stream,
         selector,
         unit_tx,
+        budget.clone(),
         metrics.clone(),
     ));
     let acknowledger = tokio::spawn(source::acknowledge(
@@ -114,8 +119,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
             ..DeliveryOptions::default()
         },
         metrics.clone(),
-    );
+    )
+    .with_budget(budget.clone());
     let delivered = delivery.run(unit_rx, ack_tx, stop_tx.subscribe()).await;
+    budget.close();
     // Whatever happened, stop reading; the acknowledger ends once delivery dropped its sender.
     let _ = stop_tx.send(true);
     control.stop();

@@ -46,6 +46,7 @@ pub async fn read(
     mut stream: ReplicationStream,
     selector: TableSelector,
     units: mpsc::Sender<Unit>,
+    budget: Arc<super::QueueBudget>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<ReplicationStream> {
     loop {
@@ -64,6 +65,7 @@ pub async fn read(
             StreamItem::Idle(lsn) => idle_unit(lsn),
             StreamItem::End => break,
         };
+        budget.acquire(unit.events.len()).await;
         if units.send(unit).await.is_err() {
             break;
         }
