@@ -9,6 +9,7 @@
 //! `walflow-bench pipeline [CHANGES]` — `walflow run` (three plugins, JSON to a file sink) vs
 //! `pg_recvlogical` on the same backlog, fresh slots, same run (default 1,000,000 changes).
 
+mod backlog;
 mod pipeline;
 mod plugin_chain;
 mod process;

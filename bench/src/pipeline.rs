@@ -11,76 +11,30 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use walflow_tests::{Cluster, ClusterOptions};
 
+use crate::backlog::{Backlog, PUBLICATION, WALFLOW_SLOT};
 use crate::process::measure;
-
-/// Rows per inserting transaction.
-const ROWS_PER_TXN: u64 = 5_000;
 
 /// Runs the benchmark over `changes` inserted rows.
 pub async fn run(changes: u64) -> anyhow::Result<()> {
     let plugins = build_plugins()?;
-    let cluster = tokio::task::spawn_blocking(|| {
-        Cluster::start(
-            ClusterOptions::default()
-                .without_tls()
-                .setting("logical_decoding_work_mem", "'256MB'"),
-        )
-    })
-    .await??;
-    let db = cluster.new_database().await;
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE bench (id int8 PRIMARY KEY, name text, amount numeric, payload bytea, at timestamptz);
-             CREATE PUBLICATION bench_pub FOR ALL TABLES;",
-        )
-        .await?;
-    for slot in ["bench_recvlogical", "bench_walflow"] {
-        client
-            .execute(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&slot],
-            )
-            .await?;
-    }
-    eprintln!("writing a backlog of {changes} changes…");
-    let mut start = 0;
-    while start < changes {
-        let end = (start + ROWS_PER_TXN).min(changes);
-        client
-            .batch_execute(&format!(
-                "INSERT INTO bench SELECT g, 'name ' || g, g * 1.25, decode(md5(g::text), 'hex'), now() \
-                 FROM generate_series({}, {}) g",
-                start + 1,
-                end
-            ))
-            .await?;
-        start = end;
-    }
-    let marker: String = client
+    let backlog = Backlog::write(
+        changes,
+        "id int8 PRIMARY KEY, name text, amount numeric, payload bytea, at timestamptz",
+        "g, 'name ' || g, g * 1.25, decode(md5(g::text), 'hex'), now()",
+    )
+    .await?;
+    let marker: String = backlog
+        .db
+        .client()
+        .await
         .query_one(
             "SELECT pg_logical_emit_message(true, 'bench', 'end')::text",
             &[],
         )
         .await?
         .get(0);
-
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user=postgres dbname={}",
-        cluster.port(),
-        db.name()
-    );
-    let recvlogical = cluster.bin_dir().join("pg_recvlogical");
-    let mut peer = Command::new(if recvlogical.exists() {
-        recvlogical
-    } else {
-        "pg_recvlogical".into()
-    });
-    peer.args(["-d", &conninfo, "-S", "bench_recvlogical", "--start"])
-        .args(["-E", &marker, "--no-loop", "-f", "/dev/null"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"]);
+    let peer = backlog.recvlogical(&marker);
     let peer_run = measure(peer).context("pg_recvlogical")?;
 
     let dir = tempfile::tempdir()?;
@@ -90,10 +44,10 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
         &config,
         format!(
             r#"[source]
-url = "postgres://postgres@127.0.0.1:{port}/{db}"
+url = "{url}"
 sslmode = "disable"
-slot = "bench_walflow"
-publication = "bench_pub"
+slot = "{WALFLOW_SLOT}"
+publication = "{PUBLICATION}"
 publication_autocreate = "disabled"
 snapshot = "never"
 
@@ -113,8 +67,7 @@ config = {{ prefix = "bench", database_prefix = true }}
 type = "file"
 path = "out/events.jsonl"
 "#,
-            port = cluster.port(),
-            db = db.name(),
+            url = backlog.url(),
             filter = p("table_filter.wasm"),
             binary = p("binary_repr.wasm"),
             topic = p("topic_name.wasm"),
@@ -132,11 +85,7 @@ path = "out/events.jsonl"
 
     let peer_eps = changes as f64 / peer_run.elapsed.as_secs_f64();
     let ours_eps = changes as f64 / ours_run.elapsed.as_secs_f64();
-    println!(
-        "pipeline benchmark: {changes} changes in {} transactions, PostgreSQL {}",
-        changes.div_ceil(ROWS_PER_TXN),
-        cluster.version()
-    );
+    println!("pipeline benchmark: {}", backlog.describe());
     println!(
         "  pg_recvlogical (pgoutput bytes to /dev/null):        {}",
         peer_run.describe(peer_eps)
