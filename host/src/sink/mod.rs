@@ -25,7 +25,6 @@ mod redis;
 mod settings;
 mod stdout;
 
-use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -135,6 +134,3 @@ pub(crate) fn check_keys(
     }
     Ok(())
 }
-
-/// Shared handle so several tasks can report into one place.
-pub type SharedSink = Arc<tokio::sync::Mutex<Box<dyn Sink>>>;
