@@ -25,7 +25,6 @@ mod redis;
 mod settings;
 mod stdout;
 
-
 use async_trait::async_trait;
 
 use crate::config::SinkConfig;
