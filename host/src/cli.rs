@@ -139,9 +139,18 @@ pub struct SnapshotArgs {
     /// The configuration file.
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// `schema.table` to snapshot; repeatable.
-    #[arg(long = "table", required = true)]
+    /// `schema.table` to snapshot (or, with --stop, to stop); repeatable.
+    #[arg(long = "table", required_unless_present_any = ["stop", "pause", "resume"])]
     pub tables: Vec<String>,
+    /// Stop the running incremental snapshot (of the --table tables, or all).
+    #[arg(long, conflicts_with_all = ["pause", "resume"])]
+    pub stop: bool,
+    /// Pause the running incremental snapshot: no more chunks until resumed.
+    #[arg(long, conflicts_with_all = ["stop", "resume"])]
+    pub pause: bool,
+    /// Resume a paused incremental snapshot.
+    #[arg(long, conflicts_with_all = ["stop", "pause"])]
+    pub resume: bool,
 }
 
 /// The whole program: parse arguments, set up logging, run, and turn a failure into one line on
@@ -196,8 +205,29 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check(args) => crate::preflight::run(&args.config).await,
         Command::SetupSql(args) => setup_sql(&args),
-        Command::Snapshot(_) => anyhow::bail!("`walflow snapshot` is not available yet"),
+        Command::Snapshot(args) => snapshot(args).await,
     }
+}
+
+async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    use crate::snapshot::request::Request;
+    let config = crate::config::Config::load(&args.config.config)?;
+    let request = if args.stop {
+        Request::StopSnapshot {
+            tables: args.tables,
+        }
+    } else if args.pause {
+        Request::PauseSnapshot
+    } else if args.resume {
+        Request::ResumeSnapshot
+    } else {
+        Request::ExecuteSnapshot {
+            tables: args.tables,
+        }
+    };
+    let message = crate::snapshot::request::send(&config, request).await?;
+    println!("{message}");
+    Ok(())
 }
 
 fn setup_sql(args: &SetupSqlArgs) -> anyhow::Result<()> {

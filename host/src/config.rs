@@ -126,6 +126,9 @@ pub struct SourceConfig {
     /// Parallel connections for snapshots.
     #[serde(default = "default_parallelism")]
     pub snapshot_parallelism: usize,
+    /// Rows per chunk of an incremental snapshot.
+    #[serde(default = "default_chunk_size")]
+    pub snapshot_chunk_size: usize,
     /// Signal table for incremental snapshots.
     #[serde(default)]
     pub signal_table: Option<String>,
@@ -148,6 +151,9 @@ fn default_publication() -> String {
 }
 fn default_parallelism() -> usize {
     2
+}
+fn default_chunk_size() -> usize {
+    1024
 }
 
 /// `[state]`
@@ -323,6 +329,9 @@ impl Config {
         }
         if self.source.snapshot_parallelism == 0 {
             return Err("[source] snapshot_parallelism must be at least 1".into());
+        }
+        if self.source.snapshot_chunk_size == 0 {
+            return Err("[source] snapshot_chunk_size must be at least 1".into());
         }
         Ok(())
     }

@@ -34,6 +34,7 @@ pub struct Metrics {
     plugin_reloads: AtomicU64,
     plugin_reload_failures: AtomicU64,
     healthy: AtomicBool,
+    snapshot_rows: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl Metrics {
@@ -112,9 +113,42 @@ impl Metrics {
             .store(rejected, Ordering::Relaxed);
     }
 
+    /// Snapshot progress of `table`: rows read so far and the estimated total.
+    pub fn set_snapshot_rows(&self, table: &str, done: u64, estimated: u64) {
+        let mut map = self.snapshot_rows.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(table.to_string(), (done, estimated));
+    }
+
+    fn render_snapshot(&self, out: &mut String) {
+        let map = self.snapshot_rows.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP walflow_snapshot_rows Rows read by the current snapshot of a table.\n# TYPE walflow_snapshot_rows gauge"
+        );
+        for (table, (done, _)) in map.iter() {
+            let _ = writeln!(
+                out,
+                "walflow_snapshot_rows{{table=\"{}\"}} {done}",
+                escape(table)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP walflow_snapshot_rows_estimated Estimated rows of a table being snapshotted.\n# TYPE walflow_snapshot_rows_estimated gauge"
+        );
+        for (table, (_, estimated)) in map.iter() {
+            let _ = writeln!(
+                out,
+                "walflow_snapshot_rows_estimated{{table=\"{}\"}} {estimated}",
+                escape(table)
+            );
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_snapshot(&mut out);
         let per_table =
             |out: &mut String, name: &str, help: &str, map: &Mutex<BTreeMap<String, u64>>| {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

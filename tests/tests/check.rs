@@ -409,6 +409,7 @@ async fn slot_history_gaps_against_the_checkpoint_are_found() {
                 created_lsn: 1,
             },
             written_at_ms: 0,
+            snapshot: Default::default(),
         })
         .unwrap();
     let out = check(&path).await;

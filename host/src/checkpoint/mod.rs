@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::snapshot::SnapshotProgress;
+
 /// Which slot a checkpoint's LSN belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotIdentity {
@@ -46,6 +48,21 @@ pub struct Checkpoint {
     pub identity: SlotIdentity,
     /// Unix milliseconds when this was written.
     pub written_at_ms: i64,
+    /// Snapshots in progress, valid at `lsn`: what a restart resumes instead of starting over.
+    #[serde(default, skip_serializing_if = "SnapshotProgress::is_empty")]
+    pub snapshot: SnapshotProgress,
+}
+
+impl Checkpoint {
+    /// A checkpoint at `lsn` of the slot `identity`, written now, with no snapshot in progress.
+    pub fn new(lsn: u64, identity: SlotIdentity) -> Checkpoint {
+        Checkpoint {
+            lsn,
+            identity,
+            written_at_ms: now_ms(),
+            snapshot: SnapshotProgress::default(),
+        }
+    }
 }
 
 /// Why a checkpoint could not be read or written.
@@ -192,6 +209,7 @@ mod tests {
                 created_lsn: 0x1_0000,
             },
             written_at_ms: 1,
+            snapshot: SnapshotProgress::default(),
         }
     }
 

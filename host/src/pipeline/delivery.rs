@@ -83,9 +83,22 @@ struct Pending {
 
 impl Delivery {
     /// Runs until the input ends or `stop` is set; every acknowledged LSN is sent on `acks`.
-    /// Returns the last acknowledged LSN.
+    /// Returns the last acknowledged LSN. Closes the sinks at the end.
     pub async fn run(
         mut self,
+        input: mpsc::Receiver<Unit>,
+        acks: watch::Sender<u64>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Option<u64>, DeliveryError> {
+        let result = self.drive(input, acks, stop).await;
+        self.close().await;
+        result
+    }
+
+    /// Like [`run`](Self::run), but leaves the sinks open for another input (a snapshot's rows,
+    /// then the stream). A unit's `end_lsn` is whatever position its producer acknowledges by.
+    pub async fn drive(
+        &mut self,
         mut input: mpsc::Receiver<Unit>,
         acks: watch::Sender<u64>,
         mut stop: watch::Receiver<bool>,
@@ -134,12 +147,16 @@ impl Delivery {
             self.metrics.set_acked_lsn(lsn);
             let _ = acks.send(lsn);
         }
+        Ok(acked)
+    }
+
+    /// Closes every sink (after the last [`drive`](Self::drive)).
+    pub async fn close(&mut self) {
         for sink in self.sinks.iter_mut().chain(self.dead_letter.iter_mut()) {
             if let Err(e) = sink.close().await {
                 tracing::warn!(sink = sink.name(), error = %e, "closing sink failed");
             }
         }
-        Ok(acked)
     }
 
     /// Chain, encode, and write one batch to every sink (retrying retryable failures).

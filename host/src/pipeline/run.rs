@@ -13,10 +13,14 @@ use tokio::sync::{mpsc, watch};
 
 use super::source;
 use super::{Delivery, DeliveryOptions, Passthrough, Processor, QueueBudget, Unit};
-use crate::config::{Config, OnError};
+use crate::checkpoint::CheckpointStore;
+use crate::config::{Config, OnError, SnapshotMode};
 use crate::encode::{EncodeOptions, Encoder};
 use crate::metrics::Metrics;
 use crate::sink::Sink;
+use crate::snapshot::control;
+use crate::snapshot::incremental::{Incremental, Marks, Setup};
+use crate::snapshot::initial::{self, Delivering, Outcome};
 use crate::tables::TableSelector;
 
 /// How a run ends, besides SIGINT/SIGTERM.
@@ -70,45 +74,8 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         },
     );
     let accept_gap = options.accept_gap || config.source.accept_gap;
-    let opened = source::open(&config, accept_gap).await?;
-    let control = opened.stream.control();
-    let identity = opened.stream.identity().clone();
-    metrics.set_healthy(true);
-
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let (ack_tx, ack_rx) = watch::channel(0u64);
-    let (unit_tx, unit_rx) = mpsc::channel::<Unit>(UNIT_QUEUE);
-    spawn_stop_triggers(
-        stop_tx.clone(),
-        ack_rx.clone(),
-        options.until_lsn,
-        options.stop,
-    );
-    let on_stop = control.clone();
-    tokio::spawn(async move {
-        while !*stop_rx.borrow_and_update() {
-            if stop_rx.changed().await.is_err() {
-                return;
-            }
-        }
-        on_stop.stop();
-    });
     let budget = Arc::new(QueueBudget::new(QUEUED_EVENTS));
-    let reader = tokio::spawn(source::read(
-        opened.stream,
-        selector,
-        unit_tx,
-        budget.clone(),
-        metrics.clone(),
-    ));
-    let acknowledger = tokio::spawn(source::acknowledge(
-        ack_rx,
-        opened.store,
-        identity,
-        control.clone(),
-    ));
-
-    let delivery = Delivery::new(
+    let mut delivery = Delivery::new(
         processor,
         encoder,
         sinks,
@@ -121,6 +88,80 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         metrics.clone(),
     )
     .with_budget(budget.clone());
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (ack_tx, ack_rx) = watch::channel(0u64);
+    spawn_stop_triggers(
+        stop_tx.clone(),
+        ack_rx.clone(),
+        options.until_lsn,
+        options.stop,
+    );
+
+    let store = CheckpointStore::new(&config.state.dir, &config.source.slot);
+    let snapshot = initial::take_if_needed(
+        &config,
+        &store,
+        accept_gap,
+        Delivering {
+            delivery: &mut delivery,
+            budget: budget.clone(),
+            metrics: metrics.clone(),
+            stop: stop_rx.clone(),
+        },
+    )
+    .await;
+    let stop_now = match &snapshot {
+        Ok(Outcome::Stopped) | Err(_) => true,
+        Ok(_) => config.source.snapshot == SnapshotMode::InitialOnly,
+    };
+    if stop_now {
+        delivery.close().await;
+        let acked_lsn = match snapshot? {
+            Outcome::Done(cp) => Some(cp.lsn),
+            _ => None,
+        };
+        return Ok(RunSummary {
+            events_out: metrics.events_out_total(),
+            acked_lsn,
+        });
+    }
+
+    let opened = source::open(&config, accept_gap).await?;
+    let control = opened.stream.control();
+    let identity = opened.stream.identity().clone();
+    let progress = store.load()?.map(|c| c.snapshot).unwrap_or_default();
+    let (incremental, marks, _listening) =
+        start_incremental(&config, &opened.stream, &progress, &metrics).await?;
+    metrics.set_healthy(true);
+
+    let (unit_tx, unit_rx) = mpsc::channel::<Unit>(UNIT_QUEUE);
+    let on_stop = control.clone();
+    tokio::spawn(async move {
+        while !*stop_rx.borrow_and_update() {
+            if stop_rx.changed().await.is_err() {
+                return;
+            }
+        }
+        on_stop.stop();
+    });
+    let reader = tokio::spawn(source::read(
+        opened.stream,
+        selector,
+        source::Output {
+            units: unit_tx,
+            budget: budget.clone(),
+            metrics: metrics.clone(),
+        },
+        incremental,
+    ));
+    let acknowledger = tokio::spawn(source::acknowledge(
+        ack_rx,
+        opened.store,
+        identity,
+        control.clone(),
+        progress,
+        marks,
+    ));
     let delivered = delivery.run(unit_rx, ack_tx, stop_tx.subscribe()).await;
     budget.close();
     // Whatever happened, stop reading; the acknowledger ends once delivery dropped its sender.
@@ -140,6 +181,42 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         events_out: metrics.events_out_total(),
         acked_lsn: acked_lsn.or(acked),
     })
+}
+
+/// The incremental snapshot engine, when the source can take requests (a signal table, or the
+/// control socket of a read-only source) or a checkpoint holds one in progress.
+async fn start_incremental(
+    config: &Config,
+    stream: &crate::replication::ReplicationStream,
+    progress: &crate::snapshot::SnapshotProgress,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(
+    Option<Incremental>,
+    Option<Marks>,
+    Option<control::Listening>,
+)> {
+    let source = &config.source;
+    let wanted =
+        source.signal_table.is_some() || source.read_only || progress.incremental.is_some();
+    if !wanted {
+        return Ok((None, None, None));
+    }
+    let (command_tx, command_rx) = mpsc::channel(8);
+    let listening = if source.read_only {
+        let wake = stream.control();
+        Some(control::serve(config, command_tx, move || wake.interrupt()).await?)
+    } else {
+        None
+    };
+    let (engine, marks) = Incremental::start(Setup {
+        source: source.clone(),
+        control: stream.control(),
+        start_lsn: stream.confirmed_lsn(),
+        progress: progress.incremental.clone().unwrap_or_default(),
+        metrics: metrics.clone(),
+        commands: command_rx,
+    })?;
+    Ok((Some(engine), Some(marks), listening))
 }
 
 async fn build_sinks(config: &Config, has_extra: bool) -> anyhow::Result<Vec<Box<dyn Sink>>> {

@@ -19,6 +19,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::replication::stream::StreamControl;
 use crate::replication::{ReplicationStream, StreamItem, StreamOptions};
+use crate::snapshot::SnapshotProgress;
+use crate::snapshot::incremental::{Incremental, Marks};
 use crate::tables::TableSelector;
 
 /// An open slot and the checkpoint it resumed from.
@@ -40,37 +42,85 @@ pub async fn open(config: &Config, accept_gap: bool) -> anyhow::Result<Source> {
     Ok(Source { stream, store })
 }
 
+/// Where the reader sends units.
+pub struct Output {
+    /// The delivery loop's input.
+    pub units: mpsc::Sender<Unit>,
+    /// Bounds the events queued for it.
+    pub budget: Arc<super::QueueBudget>,
+    /// Counts what comes in.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Output {
+    /// `false` once the delivery loop is gone.
+    async fn send(&self, unit: Unit) -> bool {
+        self.metrics.record_in(&unit.events);
+        self.budget.acquire(unit.events.len()).await;
+        self.units.send(unit).await.is_ok()
+    }
+}
+
 /// Reads units until the stream ends (on a stop through `control`, or the server's end) and
-/// hands the stream back for the final confirmation and a clean stop.
+/// hands the stream back for the final confirmation and a clean stop. With an incremental
+/// snapshot engine, its chunks are merged into the stream where they belong.
 pub async fn read(
     mut stream: ReplicationStream,
     selector: TableSelector,
-    units: mpsc::Sender<Unit>,
-    budget: Arc<super::QueueBudget>,
-    metrics: Arc<Metrics>,
+    out: Output,
+    mut incremental: Option<Incremental>,
 ) -> anyhow::Result<ReplicationStream> {
     loop {
+        let ready = incremental
+            .as_mut()
+            .map(Incremental::poll)
+            .unwrap_or_default();
+        for unit in ready {
+            if !out.send(unit).await {
+                return Ok(stream);
+            }
+        }
         let item = stream.next_item().await?;
-        metrics.set_server_lsn(stream.server_lsn());
+        let mut ahead = Vec::new();
+        out.metrics.set_server_lsn(stream.server_lsn());
         let unit = match item {
             StreamItem::Transaction(mut unit) => {
+                if let Some(engine) = incremental.as_mut() {
+                    ahead.extend(engine.on_transaction(&mut unit));
+                }
                 unit.events.retain(|e| {
                     is_message(e) || selector.matches(&e.relation.schema, &e.relation.table)
                 });
-                metrics.record_in(&unit.events);
-                unit
+                Some(unit)
             }
             // Nothing pending: an empty unit lets the slot follow the server once everything
             // before it is acknowledged, so an idle slot does not pin WAL.
-            StreamItem::Idle(lsn) => idle_unit(lsn),
+            StreamItem::Idle(lsn) => {
+                if let Some(engine) = incremental.as_mut() {
+                    ahead.extend(engine.on_idle(lsn));
+                }
+                Some(idle_unit(lsn))
+            }
+            StreamItem::Interrupted => None,
             StreamItem::End => break,
         };
-        budget.acquire(unit.events.len()).await;
-        if units.send(unit).await.is_err() {
-            break;
+        for unit in ahead.into_iter().chain(unit) {
+            if !out.send(unit).await {
+                return Ok(stream);
+            }
         }
     }
     Ok(stream)
+}
+
+fn apply_marks(marks: &Marks, lsn: u64, snapshot: &mut SnapshotProgress) {
+    let mut marks = marks.lock().unwrap_or_else(|p| p.into_inner());
+    while marks.front().is_some_and(|(at, _)| *at <= lsn) {
+        if let Some((_, progress)) = marks.pop_front() {
+            let active = !progress.tables.is_empty() || progress.paused;
+            snapshot.incremental = active.then_some(progress);
+        }
+    }
 }
 
 fn is_message(e: &crate::event::Event) -> bool {
@@ -89,11 +139,14 @@ fn idle_unit(lsn: u64) -> Unit {
 }
 
 /// Writes a checkpoint for every acknowledged LSN, then confirms it. Returns the last one.
+/// Incremental snapshot progress is recorded once the position after it is acknowledged.
 pub async fn acknowledge(
     mut acks: watch::Receiver<u64>,
     store: CheckpointStore,
     identity: crate::checkpoint::SlotIdentity,
     control: StreamControl,
+    mut snapshot: SnapshotProgress,
+    marks: Option<Marks>,
 ) -> anyhow::Result<Option<u64>> {
     let mut last = None;
     while acks.changed().await.is_ok() {
@@ -101,10 +154,14 @@ pub async fn acknowledge(
         if lsn == 0 || Some(lsn) <= last {
             continue;
         }
+        if let Some(marks) = &marks {
+            apply_marks(marks, lsn, &mut snapshot);
+        }
         let checkpoint = Checkpoint {
             lsn,
             identity: identity.clone(),
             written_at_ms: now_ms(),
+            snapshot: snapshot.clone(),
         };
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.save(&checkpoint))

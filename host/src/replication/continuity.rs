@@ -189,6 +189,9 @@ pub struct Verified {
     pub created: bool,
     /// A gap that was accepted, in bytes, if any (already logged).
     pub accepted_gap: Option<u64>,
+    /// The snapshot exported when the slot was created now with [`SlotSnapshot::Export`]:
+    /// valid until the next command on the connection.
+    pub exported_snapshot: Option<String>,
 }
 
 /// Checks the server and slot against `checkpoint`, creating the slot when there is no history
@@ -198,6 +201,17 @@ pub async fn check(
     slot: &str,
     checkpoint: Option<&Checkpoint>,
     accept_gap: bool,
+) -> Result<Verified, ContinuityError> {
+    check_creating(conn, slot, checkpoint, accept_gap, SlotSnapshot::Nothing).await
+}
+
+/// Like [`check`], creating a missing slot with `snapshot` (an initial snapshot exports it).
+pub async fn check_creating(
+    conn: &mut Connection,
+    slot: &str,
+    checkpoint: Option<&Checkpoint>,
+    accept_gap: bool,
+    snapshot: SlotSnapshot,
 ) -> Result<Verified, ContinuityError> {
     let version_num = server_fitness(conn).await?;
     let system = conn.identify_system().await?;
@@ -225,15 +239,13 @@ pub async fn check(
     if lost && accepted_gap.is_some() {
         conn.drop_slot(slot).await?;
     }
-    let (info, created) = match info {
-        Some(i) if !lost || accepted_gap.is_none() => (i, false),
+    let (info, created, exported_snapshot) = match info {
+        Some(i) if !lost || accepted_gap.is_none() => (i, false, None),
         _ => {
-            let made = conn.create_slot(slot, SlotSnapshot::Nothing).await?;
+            let made = conn.create_slot(slot, snapshot).await?;
             tracing::info!(slot, lsn = %format_lsn(made.consistent_point), "created replication slot");
-            let info = conn.slot_info(slot).await?.ok_or_else(|| {
-                ConnectError::Protocol(format!("slot {slot} vanished right after its creation"))
-            })?;
-            (info, true)
+            let info = created_slot_info(slot, &made, &db);
+            (info, true, made.snapshot_name)
         }
     };
     let start_lsn = match checkpoint {
@@ -260,7 +272,23 @@ pub async fn check(
         start_lsn,
         created,
         accepted_gap,
+        exported_snapshot,
     })
+}
+
+/// What `pg_replication_slots` would say of a slot just created — without asking, because any
+/// command on the connection would end the snapshot it exported.
+fn created_slot_info(slot: &str, made: &super::commands::CreatedSlot, db: &str) -> SlotInfo {
+    SlotInfo {
+        name: slot.to_string(),
+        plugin: "pgoutput".to_string(),
+        slot_type: "logical".to_string(),
+        database: Some(db.to_string()),
+        active: false,
+        restart_lsn: Some(made.consistent_point),
+        confirmed_flush_lsn: Some(made.consistent_point),
+        wal_status: None,
+    }
 }
 
 /// Version, role (primary or replica) and wal_level.
@@ -398,6 +426,7 @@ mod tests {
                 timeline: 1,
                 created_lsn: 100,
             },
+            snapshot: Default::default(),
             written_at_ms: 0,
         }
     }

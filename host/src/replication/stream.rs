@@ -81,6 +81,9 @@ pub enum StreamItem {
     Idle(u64),
     /// The server ended the stream.
     End,
+    /// Another task asked the reader to look at something ([`StreamControl::interrupt`]);
+    /// nothing was in flight.
+    Interrupted,
 }
 
 /// Knobs of the stream.
@@ -121,6 +124,8 @@ impl StreamOptions {
 pub struct StreamControl {
     confirmed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    position: std::sync::Arc<std::sync::atomic::AtomicBool>,
     wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
@@ -130,6 +135,25 @@ impl StreamControl {
         self.confirmed
             .fetch_max(lsn, std::sync::atomic::Ordering::AcqRel);
         self.wake.notify_one();
+    }
+
+    /// Makes a waiting `next_item` return [`StreamItem::Interrupted`] as soon as no
+    /// transaction is in flight, so its caller can act on news from another task.
+    pub fn interrupt(&self) {
+        self.interrupt
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Asks the server to report its position now (a status update requesting a reply), so an
+    /// idle stream yields [`StreamItem::Idle`] without waiting for the next keepalive.
+    pub fn request_position(&self) {
+        if !self
+            .position
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.wake.notify_one();
+        }
     }
 
     /// Ends the stream: `next_item` returns [`StreamItem::End`]; then call
@@ -143,6 +167,9 @@ impl StreamControl {
         self.stop.load(std::sync::atomic::Ordering::Acquire)
     }
 }
+
+/// Least time between two status updates that ask the server for its position.
+const ASK_POSITION_EVERY: Duration = Duration::from_millis(200);
 
 /// Committed transactions from a replication slot. See the module docs for the protocol.
 pub struct ReplicationStream {
@@ -167,6 +194,8 @@ pub struct ReplicationStream {
     open_streams: HashSet<u32>,
     last_status: Instant,
     status_due_reply: bool,
+    /// Ask the server to answer the next status update with its position.
+    ask_reply: bool,
     refreshed_types: HashSet<u32>,
     sql: Option<tokio_postgres::Client>,
     ended: bool,
@@ -218,6 +247,7 @@ impl ReplicationStream {
             open_streams: HashSet::new(),
             last_status: Instant::now(),
             status_due_reply: false,
+            ask_reply: false,
             refreshed_types: HashSet::new(),
             sql: None,
             ended: false,
@@ -338,7 +368,7 @@ impl ReplicationStream {
         loop {
             match self.next_item().await? {
                 StreamItem::Transaction(t) => return Ok(Some(t)),
-                StreamItem::Idle(_) => {}
+                StreamItem::Idle(_) | StreamItem::Interrupted => {}
                 StreamItem::End => return Ok(None),
             }
         }
@@ -392,6 +422,7 @@ impl ReplicationStream {
             lsn: self.confirmed,
             identity: self.verified.identity.clone(),
             written_at_ms: 0,
+            snapshot: Default::default(),
         };
         let had_checkpoint = self.confirmed > 0;
         let verified = continuity::check(
@@ -412,7 +443,9 @@ impl ReplicationStream {
 
     async fn next_once(&mut self) -> Result<StreamItem, StreamError> {
         loop {
-            let msg = self.read_copy().await?;
+            let Some(msg) = self.read_copy().await? else {
+                return Ok(StreamItem::Interrupted);
+            };
             match msg {
                 CopyMessage::XLogData { start, end, data } => {
                     if let Some(txn) = self.on_data(start, end, data).await? {
@@ -440,14 +473,26 @@ impl ReplicationStream {
         }
     }
 
-    /// The next CopyBoth message, sending status updates when due.
-    async fn read_copy(&mut self) -> Result<CopyMessage, StreamError> {
+    /// The next CopyBoth message, sending status updates when due; `None` when interrupted
+    /// (see [`StreamControl::interrupt`]) between transactions.
+    async fn read_copy(&mut self) -> Result<Option<CopyMessage>, StreamError> {
+        use std::sync::atomic::Ordering;
         loop {
             self.apply_control();
             if self.control.stop_requested() {
-                return Ok(CopyMessage::Done);
+                return Ok(Some(CopyMessage::Done));
             }
-            if self.status_due_reply || self.last_status.elapsed() >= self.options.status_interval {
+            if !self.in_flight() && self.control.interrupt.swap(false, Ordering::AcqRel) {
+                return Ok(None);
+            }
+            if self.control.position.swap(false, Ordering::AcqRel) {
+                self.ask_reply = true;
+            }
+            let ask_due = self.ask_reply && self.last_status.elapsed() >= ASK_POSITION_EVERY;
+            if self.status_due_reply
+                || ask_due
+                || self.last_status.elapsed() >= self.options.status_interval
+            {
                 self.send_status().await?;
             }
             let conn = self.conn.as_mut().ok_or_else(|| ConnectError::Broken {
@@ -455,12 +500,15 @@ impl ReplicationStream {
                 source: std::io::Error::other("not connected"),
             })?;
             if let Some(m) = conn.try_copy()? {
-                return Ok(m);
+                return Ok(Some(m));
             }
-            let wait = self
+            let mut wait = self
                 .options
                 .status_interval
                 .saturating_sub(self.last_status.elapsed());
+            if self.ask_reply {
+                wait = wait.min(ASK_POSITION_EVERY.saturating_sub(self.last_status.elapsed()));
+            }
             let wake = self.control.wake.clone();
             tokio::select! {
                 r = conn.fill() => r?,
@@ -472,8 +520,9 @@ impl ReplicationStream {
 
     async fn send_status(&mut self) -> Result<(), StreamError> {
         let reply = std::mem::take(&mut self.status_due_reply);
+        let ask = std::mem::take(&mut self.ask_reply);
         if let Some(conn) = self.conn.as_mut() {
-            conn.queue_status(self.confirmed, false);
+            conn.queue_status(self.confirmed, ask);
             conn.flush().await?;
             if self.confirmed != self.reported {
                 tracing::debug!(lsn = %format_lsn(self.confirmed), reply, "confirmed flush position");
@@ -627,9 +676,9 @@ async fn load_primary_keys(
     Ok(())
 }
 
-const TYPE_QUERY: &str = "SELECT t.oid, t.typname, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM pg_catalog.pg_type t";
+pub(crate) const TYPE_QUERY: &str = "SELECT t.oid, t.typname, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM pg_catalog.pg_type t";
 
-fn type_info(cells: &[Option<String>]) -> Option<TypeInfo> {
+pub(crate) fn type_info(cells: &[Option<String>]) -> Option<TypeInfo> {
     let get = |i: usize| cells.get(i).and_then(|c| c.as_deref());
     let char_at = |i: usize| get(i).and_then(|s| s.chars().next()).unwrap_or(' ');
     Some(TypeInfo::from_catalog(

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 
 use super::options::parse_sslmode;
 use super::stream::{ReplicationStream, StreamItem, StreamOptions};
-use crate::checkpoint::{Checkpoint, CheckpointStore, now_ms};
+use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::cli::TailArgs;
 use crate::config::{Config, SourceConfig};
 use crate::encode::{EncodeOptions, Encoder};
@@ -87,6 +87,7 @@ pub async fn run(args: &TailArgs) -> anyhow::Result<()> {
                 }
                 until.is_some_and(|u| lsn >= u)
             }
+            StreamItem::Interrupted => false,
             StreamItem::End => break,
         };
         let quiet = !stream.has_buffered();
@@ -115,11 +116,7 @@ pub async fn run(args: &TailArgs) -> anyhow::Result<()> {
 }
 
 fn save(store: &CheckpointStore, stream: &ReplicationStream, lsn: u64) -> anyhow::Result<()> {
-    store.save(&Checkpoint {
-        lsn,
-        identity: stream.identity().clone(),
-        written_at_ms: now_ms(),
-    })?;
+    store.save(&Checkpoint::new(lsn, stream.identity().clone()))?;
     Ok(())
 }
 
