@@ -738,6 +738,15 @@ async fn read_chunk(
     let (snapshot, max_key, texts, high) = result?;
     let last_key = texts.last().map(|r| key_texts(r, &info.primary_key));
     let complete = texts.len() < chunk_size || last_key.is_none() || last_key == max_key;
+    tracing::debug!(
+        table = %info.qualified_name(),
+        rows = texts.len(),
+        ?last_key,
+        ?max_key,
+        complete,
+        high = %crate::event::format_lsn(high),
+        "read a snapshot chunk"
+    );
     let meta = Source {
         db: String::new(),
         lsn: 0,
@@ -798,16 +807,8 @@ fn key_tuple(info: &TableInfo, key: &[String]) -> String {
 }
 
 async fn max_key(client: &Client, info: &TableInfo) -> anyhow::Result<Option<Vec<String>>> {
-    let casts: Vec<String> = info
-        .primary_key
-        .iter()
-        .map(|&i| {
-            format!(
-                "{}::text",
-                catalog::quote_ident(&info.relation.columns[i].name)
-            )
-        })
-        .collect();
+    // The simple query protocol returns text, so the key columns are selected as they are (a
+    // `::text` cast here would make ORDER BY sort the text).
     let descending: Vec<String> = info
         .primary_key
         .iter()
@@ -820,7 +821,7 @@ async fn max_key(client: &Client, info: &TableInfo) -> anyhow::Result<Option<Vec
         .collect();
     let sql = format!(
         "SELECT {} FROM {} ORDER BY {} LIMIT 1",
-        casts.join(", "),
+        info.key_list(),
         info.sql_name(),
         descending.join(", ")
     );
