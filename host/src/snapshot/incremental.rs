@@ -210,6 +210,7 @@ impl Incremental {
                 .then(|| setup.source.signal_table.clone())
                 .flatten(),
             chunk_size: setup.source.snapshot_chunk_size.max(1),
+            database: crate::replication::ConnectOptions::from_source(&setup.source)?.dbname,
             session: None,
         };
         tokio::spawn(reader.run(ask_rx, answer_tx, setup.control.clone()));
@@ -509,9 +510,8 @@ impl Incremental {
             return Vec::new();
         }
         let rows = chunk.rows.len() as u64;
-        if current.rows == 0 {
-            self.bars.table(&name, chunk.table.rows_estimate, 0);
-        }
+        self.bars
+            .table(&name, chunk.table.rows_estimate, current.rows);
         current.rows += rows;
         current.last_key = chunk.last_key.clone();
         current.max_key = chunk.max_key.clone();
@@ -603,6 +603,8 @@ struct Reader {
     /// The signal table to write watermarks to (`None` when read-only).
     signal_table: Option<String>,
     chunk_size: usize,
+    /// The database name events carry.
+    database: String,
     session: Option<Session>,
 }
 
@@ -656,6 +658,7 @@ impl Reader {
     async fn read(&mut self, ask: &Ask) -> anyhow::Result<Answer> {
         let (source, selector) = (self.source.clone(), self.selector.clone());
         let (chunk_size, signal_table) = (self.chunk_size, self.signal_table.clone());
+        let database = self.database.clone();
         let session = self.session().await?;
         let name = ask.table.qualified_name();
         let invalid = |message: String| Answer::Invalid {
@@ -686,7 +689,7 @@ impl Reader {
             let data = serde_json::json!({"window": ask.window, "table": name}).to_string();
             request::write_signal(&session.client, signal, WINDOW_OPEN, &data).await?;
         }
-        let chunk = read_chunk(session, &info, ask, chunk_size).await?;
+        let chunk = read_chunk(session, &info, ask, chunk_size, &database).await?;
         if let Some(signal) = &signal_table {
             let data = serde_json::json!({"window": ask.window, "table": name}).to_string();
             request::write_signal(&session.client, signal, WINDOW_CLOSE, &data).await?;
@@ -701,6 +704,7 @@ async fn read_chunk(
     info: &Arc<TableInfo>,
     ask: &Ask,
     chunk_size: usize,
+    database: &str,
 ) -> anyhow::Result<Chunk> {
     let client = &session.client;
     let snapshot_fn = if session.version >= 130000 {
@@ -748,7 +752,7 @@ async fn read_chunk(
         "read a snapshot chunk"
     );
     let meta = Source {
-        db: String::new(),
+        db: database.to_string(),
         lsn: 0,
         xid: None,
         commit_time_us: crate::checkpoint::now_ms() * 1000,
