@@ -230,7 +230,7 @@ pub async fn check_creating(
             return Err(e);
         }
         let bytes = gap_bytes(&e);
-        tracing::warn!(error = %e, bytes, "continuing past a gap in the slot's history because accept_gap is set");
+        tracing::warn!(error = %e, bytes, "continuing past a gap in the slot's history (accept_gap, or snapshot = \"when_needed\" re-snapshots)");
         accepted_gap = Some(bytes);
     }
     let lost = info
