@@ -392,9 +392,8 @@ fn heartbeat_table(out: &mut String, p: &Plan) {
     };
     let role = quote_ident(&p.role);
     out.push_str(
-        "-- The heartbeat table: a row to update every heartbeat_interval (e.g. from a scheduled job:\n\
-         -- INSERT … ON CONFLICT (id) DO UPDATE SET ts = now()), so a quiet database still writes\n\
-         -- WAL and the slot keeps advancing (the seed's WAL-growth warning).\n",
+        "-- The heartbeat table: walflow updates its row every heartbeat_interval, so a quiet\n\
+         -- database still writes WAL and the slot keeps advancing (the seed's WAL-growth warning).\n",
     );
     let _ = writeln!(
         out,

@@ -12,6 +12,7 @@
 //! sink has flushed it: delivery is at-least-once.
 
 mod delivery;
+pub mod heartbeat;
 mod plugins;
 mod run;
 pub mod source;

@@ -134,6 +134,12 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         start_incremental(&config, &opened.stream, &progress, &metrics).await?;
     metrics.set_healthy(true);
 
+    let _heartbeat = config.source.heartbeat_interval.map(|every| {
+        AbortOnDrop(tokio::spawn(super::heartbeat::run(
+            config.source.clone(),
+            every,
+        )))
+    });
     let (unit_tx, unit_rx) = mpsc::channel::<Unit>(UNIT_QUEUE);
     let on_stop = control.clone();
     tokio::spawn(async move {
@@ -181,6 +187,15 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         events_out: metrics.events_out_total(),
         acked_lsn: acked_lsn.or(acked),
     })
+}
+
+/// Aborts a background task when the run ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The incremental snapshot engine, when the source can take requests (a signal table, or the

@@ -70,6 +70,7 @@ pub async fn read(
     out: Output,
     mut incremental: Option<Incremental>,
 ) -> anyhow::Result<ReplicationStream> {
+    let heartbeat = stream_heartbeat(&stream);
     loop {
         let ready = incremental
             .as_mut()
@@ -89,7 +90,9 @@ pub async fn read(
                     ahead.extend(engine.on_transaction(&mut unit));
                 }
                 unit.events.retain(|e| {
-                    is_message(e) || selector.matches(&e.relation.schema, &e.relation.table)
+                    is_message(e)
+                        || (selector.matches(&e.relation.schema, &e.relation.table)
+                            && !is_heartbeat(e, heartbeat.as_ref()))
                 });
                 Some(unit)
             }
@@ -121,6 +124,14 @@ fn apply_marks(marks: &Marks, lsn: u64, snapshot: &mut SnapshotProgress) {
             snapshot.incremental = active.then_some(progress);
         }
     }
+}
+
+fn stream_heartbeat(stream: &ReplicationStream) -> Option<(String, String)> {
+    super::heartbeat::table(stream.source())
+}
+
+fn is_heartbeat(e: &crate::event::Event, table: Option<&(String, String)>) -> bool {
+    table.is_some_and(|(s, t)| e.relation.schema == *s && e.relation.table == *t)
 }
 
 fn is_message(e: &crate::event::Event) -> bool {

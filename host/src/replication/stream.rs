@@ -280,6 +280,11 @@ impl ReplicationStream {
         Ok(())
     }
 
+    /// The source this stream reads.
+    pub fn source(&self) -> &SourceConfig {
+        &self.source
+    }
+
     /// A handle to confirm and stop this stream from another task.
     pub fn control(&self) -> StreamControl {
         self.control.clone()
