@@ -101,7 +101,7 @@ pub async fn collect_until(stream: &mut ReplicationStream, lsn: u64) -> Vec<Tran
                     }
                 }
                 StreamItem::Idle(at) if at >= lsn => break,
-                StreamItem::Idle(_) => {}
+                StreamItem::Idle(_) | StreamItem::Interrupted => {}
                 StreamItem::End => panic!("the server ended the stream"),
             }
         }
