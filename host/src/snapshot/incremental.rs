@@ -36,6 +36,9 @@ use crate::replication::stream::StreamControl;
 use crate::tables::TableSelector;
 use crate::value::TypeRegistry;
 
+/// Consecutive failures to read a table's chunk before its snapshot is given up (logged).
+const GIVE_UP_AFTER: u32 = 5;
+
 /// Most remembered transactions (see the module docs); beyond it the oldest are forgotten.
 const RING_LIMIT: usize = 200_000;
 
@@ -621,12 +624,27 @@ impl Reader {
         answers: mpsc::Sender<Answer>,
         control: StreamControl,
     ) {
+        let mut failures = 0u32;
         while let Some(ask) = asks.recv().await {
             let answer = match self.read(&ask).await {
-                Ok(a) => a,
+                Ok(a) => {
+                    failures = 0;
+                    a
+                }
+                Err(e) if failures + 1 >= GIVE_UP_AFTER => {
+                    failures = 0;
+                    Answer::Invalid {
+                        window: ask.window,
+                        message: format!(
+                            "reading {} failed {GIVE_UP_AFTER} times in a row, last with: {e:#}",
+                            ask.table.qualified_name()
+                        ),
+                    }
+                }
                 Err(e) => {
+                    failures += 1;
                     self.session = None;
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(u64::from(failures))).await;
                     Answer::Failed {
                         window: ask.window,
                         message: format!("{e:#}"),
