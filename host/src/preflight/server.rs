@@ -17,6 +17,32 @@ pub(super) fn version(report: &mut Report, version_num: u32, version: &str) -> b
     true
 }
 
+/// `read_only = true` takes incremental snapshots with `pg_current_snapshot()` (13+).
+pub(super) fn read_only_snapshots(
+    report: &mut Report,
+    source: &crate::config::SourceConfig,
+    version_num: u32,
+    version: &str,
+) {
+    if !source.read_only {
+        return;
+    }
+    if version_num < 130000 {
+        report.warn(
+            "read-only snapshots",
+            format!(
+                "read_only = true, but read-only incremental snapshots need PostgreSQL 13 or newer and this is {version}"
+            ),
+            "set read_only = false and a signal_table, or upgrade to PostgreSQL 13+",
+        );
+    } else {
+        report.ok(
+            "read-only snapshots",
+            "incremental snapshots need no writes (pg_current_snapshot)",
+        );
+    }
+}
+
 async fn setting(ctx: &Context<'_>, name: &str) -> Result<String, QueryError> {
     Ok(ctx
         .client
