@@ -270,9 +270,24 @@ pub struct SinkConfig {
     /// `file`, `stdout`, `kafka`, `nats`, `redis`, `http`, `postgres` or `plugin`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// What to do with events the destination rejects.
+    #[serde(default)]
+    pub on_error: SinkOnError,
     /// The sink's settings.
     #[serde(flatten)]
     pub settings: toml::Table,
+}
+
+/// `on_error` of a `[[sinks]]` entry: what happens to events the destination rejects (an HTTP
+/// 400, say — data that retrying cannot get accepted). Transient failures are always retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkOnError {
+    /// Stop the pipeline without confirming the batch.
+    #[default]
+    Stop,
+    /// Send the rejected batch, with the error, to the `[dead_letter]` sink and go on.
+    DeadLetter,
 }
 
 /// A configuration problem, with where it is.

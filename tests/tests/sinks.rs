@@ -42,6 +42,7 @@ fn fatal_message(result: Result<Box<dyn Sink>, SinkError>) -> String {
         Ok(_) => panic!("expected the sink to be refused"),
         Err(SinkError::Fatal(m)) => m,
         Err(SinkError::Retryable(m)) => panic!("expected a fatal error, got a retryable one: {m}"),
+        Err(SinkError::Rejected(m)) => panic!("expected a fatal error, got a rejection: {m}"),
     }
 }
 
@@ -352,6 +353,69 @@ async fn http_400_stops_the_pipeline_without_confirming() {
         1,
         "no retry after a 400"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_400_dead_letters_the_batch_under_on_error_dead_letter() {
+    let endpoint = Endpoint::start(vec![(400, None)]).await;
+    let dead_endpoint = Endpoint::start(vec![]).await;
+    let workload = workload::random(11, 40, false);
+    let main = sink(&format!("type = \"http\"\nurl = \"{}\"", endpoint.url()))
+        .await
+        .unwrap();
+    let dead = sink(&format!(
+        "type = \"http\"\nurl = \"{}\"",
+        dead_endpoint.url()
+    ))
+    .await
+    .unwrap();
+    let delivery = Delivery::new(
+        Box::new(walflow::pipeline::Passthrough),
+        workload::encoder(),
+        vec![main],
+        Some(dead),
+        DeliveryOptions {
+            max_events: 16,
+            max_wait: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(300),
+            ..DeliveryOptions::default()
+        },
+        Default::default(),
+    )
+    .with_rejections_dead_lettered(vec![true]);
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let (ack_tx, acks) = tokio::sync::watch::channel(0);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = workload::spawn(delivery, rx, ack_tx, stop_rx);
+    for u in &workload.units {
+        tx.send(u.clone()).await.unwrap();
+    }
+    drop(tx);
+    let result = tokio::task::spawn_blocking(move || task.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        result.unwrap(),
+        Some(workload.last_lsn()),
+        "the pipeline went on"
+    );
+    assert_eq!(*acks.borrow(), workload.last_lsn());
+
+    let dead_records = http_records(&dead_endpoint);
+    assert!(
+        !dead_records.is_empty() && dead_records.len() <= 16,
+        "one batch dead-lettered, got {}",
+        dead_records.len()
+    );
+    assert!(
+        dead_records
+            .iter()
+            .all(|r| r["error"].as_str().is_some_and(|e| e.contains("400"))),
+        "each dead letter carries the rejection"
+    );
+    let main_records = http_records(&endpoint);
+    let delivered: Vec<Json> = main_records.into_iter().chain(dead_records).collect();
+    assert_exactly(&delivered, &workload);
 }
 
 // ---------------------------------------------------------------- dead letters, several sinks

@@ -72,6 +72,8 @@ pub struct Delivery {
     pub(super) options: DeliveryOptions,
     pub(super) metrics: Arc<Metrics>,
     pub(super) budget: Option<Arc<super::QueueBudget>>,
+    /// Per sink (index for index): whether rejected batches are dead-lettered.
+    pub(super) dead_letter_rejected: Vec<bool>,
 }
 
 /// A batch on its way: events of whole transactions (and the tail of a large one).
@@ -182,15 +184,37 @@ impl Delivery {
             events: &output.events,
         };
         for i in 0..self.sinks.len() {
-            write_with_retry(
-                self.sinks[i].as_mut(),
-                batch,
-                self.options.max_backoff,
-                &self.metrics,
-            )
-            .await?;
+            match self.write_to(i, batch).await {
+                Err(SinkError::Rejected(why)) if self.dead_letters_rejected(i) => {
+                    tracing::warn!(sink = self.sinks[i].name(), error = %why, events = output.events.len(), "sink rejected a batch; dead-lettering it");
+                    let failed = output.events.iter().map(|e| (e.clone(), why.clone()));
+                    self.dead_letter(failed.collect()).await?;
+                }
+                Err(e) => return Err(sink_failed(self.sinks[i].as_ref(), e)),
+                Ok(()) => {}
+            }
         }
         self.metrics.record_out(&output.events, &records);
+        Ok(())
+    }
+
+    fn dead_letters_rejected(&self, sink: usize) -> bool {
+        self.dead_letter_rejected
+            .get(sink)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Writes to sink `i`, retrying transient failures. A sink that dead-letters rejected data
+    /// is flushed right away, so that a rejection names exactly this batch.
+    async fn write_to(&mut self, i: usize, batch: SinkBatch<'_>) -> Result<(), SinkError> {
+        let max_backoff = self.options.max_backoff;
+        let flush = self.dead_letters_rejected(i);
+        let sink = self.sinks[i].as_mut();
+        write_with_retry(sink, batch, max_backoff, &self.metrics).await?;
+        if flush {
+            flush_with_retry(sink, max_backoff, &self.metrics).await?;
+        }
         Ok(())
     }
 
@@ -238,20 +262,21 @@ impl Delivery {
             records: &records,
             events: &events,
         };
-        write_with_retry(
-            sink.as_mut(),
-            batch,
-            self.options.max_backoff,
-            &self.metrics,
-        )
-        .await?;
-        flush_with_retry(sink.as_mut(), self.options.max_backoff, &self.metrics).await
+        let max_backoff = self.options.max_backoff;
+        write_with_retry(sink.as_mut(), batch, max_backoff, &self.metrics)
+            .await
+            .map_err(|e| sink_failed(sink.as_ref(), e))?;
+        flush_with_retry(sink.as_mut(), max_backoff, &self.metrics)
+            .await
+            .map_err(|e| sink_failed(sink.as_ref(), e))
     }
 
     async fn flush_all(&mut self) -> Result<(), DeliveryError> {
         let backoff = self.options.max_backoff;
         for sink in self.sinks.iter_mut() {
-            flush_with_retry(sink.as_mut(), backoff, &self.metrics).await?;
+            flush_with_retry(sink.as_mut(), backoff, &self.metrics)
+                .await
+                .map_err(|e| sink_failed(sink.as_ref(), e))?;
         }
         self.metrics.record_flush();
         Ok(())
@@ -318,7 +343,7 @@ async fn write_with_retry(
     batch: SinkBatch<'_>,
     max_backoff: Duration,
     metrics: &Metrics,
-) -> Result<(), DeliveryError> {
+) -> Result<(), SinkError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         match sink.write(batch).await {
@@ -334,7 +359,7 @@ async fn flush_with_retry(
     sink: &mut dyn Sink,
     max_backoff: Duration,
     metrics: &Metrics,
-) -> Result<(), DeliveryError> {
+) -> Result<(), SinkError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         match sink.flush().await {
@@ -346,19 +371,23 @@ async fn flush_with_retry(
     }
 }
 
+fn sink_failed(sink: &dyn Sink, e: SinkError) -> DeliveryError {
+    DeliveryError::Sink {
+        sink: sink.name().to_owned(),
+        message: e.to_string(),
+    }
+}
+
 async fn retry_or_fail(
     name: &str,
     e: SinkError,
     backoff: Duration,
     max_backoff: Duration,
     metrics: &Metrics,
-) -> Result<Duration, DeliveryError> {
+) -> Result<Duration, SinkError> {
     metrics.record_sink_error(name);
     if !e.is_retryable() {
-        return Err(DeliveryError::Sink {
-            sink: name.to_owned(),
-            message: e.to_string(),
-        });
+        return Err(e);
     }
     tracing::warn!(sink = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink failed; retrying");
     tokio::time::sleep(backoff).await;

@@ -134,7 +134,15 @@ impl Delivery {
             options,
             metrics,
             budget: None,
+            dead_letter_rejected: Vec::new(),
         }
+    }
+
+    /// Per sink, index for index: whether a batch it rejects goes to the dead-letter sink
+    /// (instead of stopping the pipeline).
+    pub fn with_rejections_dead_lettered(mut self, per_sink: Vec<bool>) -> Delivery {
+        self.dead_letter_rejected = per_sink;
+        self
     }
 
     /// Releases delivered events from `budget` (the reader acquires them).

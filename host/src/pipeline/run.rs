@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::source;
 use super::{Delivery, DeliveryOptions, Passthrough, Processor, QueueBudget, Unit};
 use crate::checkpoint::CheckpointStore;
-use crate::config::{Config, OnError, SnapshotMode};
+use crate::config::{Config, OnError, SinkOnError, SnapshotMode};
 use crate::encode::{EncodeOptions, Encoder};
 use crate::metrics::Metrics;
 use crate::sink::Sink;
@@ -87,7 +87,14 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         },
         metrics.clone(),
     )
-    .with_budget(budget.clone());
+    .with_budget(budget.clone())
+    .with_rejections_dead_lettered(
+        config
+            .sinks
+            .iter()
+            .map(|s| s.on_error == SinkOnError::DeadLetter)
+            .collect(),
+    );
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (ack_tx, ack_rx) = watch::channel(0u64);
     spawn_stop_triggers(
@@ -253,7 +260,11 @@ async fn build_dead_letter(config: &Config) -> anyhow::Result<Option<Box<dyn Sin
     let wanted = config
         .plugins
         .iter()
-        .any(|p| p.on_error == OnError::DeadLetter);
+        .any(|p| p.on_error == OnError::DeadLetter)
+        || config
+            .sinks
+            .iter()
+            .any(|s| s.on_error == SinkOnError::DeadLetter);
     if !wanted {
         return Ok(None);
     }

@@ -3,7 +3,9 @@
 //! A request that the endpoint answers with 2xx is the acknowledgement of the records in it, so
 //! records stay pending until then and a failed flush sends them again. 5xx answers, timeouts and
 //! connection failures are retryable; 429 is retryable after the `Retry-After` the endpoint asks
-//! for; any other 4xx means the endpoint rejects the data, which retrying cannot fix.
+//! for; any other 4xx means the endpoint rejects the data, which retrying cannot fix: the
+//! records written since the last flush are dropped and reported as
+//! [`SinkError::Rejected`], for the pipeline to stop or dead-letter them per `on_error`.
 
 use std::time::Duration;
 
@@ -150,8 +152,8 @@ impl HttpSink {
                 self.url
             )));
         }
-        Err(SinkError::Fatal(format!(
-            "http endpoint {} rejected a batch with {status}{detail}; fix the endpoint or the data (retrying cannot help)",
+        Err(SinkError::Rejected(format!(
+            "http endpoint {} rejected a batch with {status}{detail}; fix the endpoint or the data (retrying cannot help), or set on_error = \"dead-letter\"",
             self.url
         )))
     }
@@ -220,8 +222,15 @@ impl Sink for HttpSink {
     async fn flush(&mut self) -> Result<(), SinkError> {
         while !self.pending.is_empty() {
             let n = self.pending.len().min(self.max_records);
-            self.post(&self.pending[..n]).await?;
-            self.pending.drain(..n);
+            match self.post(&self.pending[..n]).await {
+                Ok(()) => drop(self.pending.drain(..n)),
+                Err(e @ SinkError::Rejected(_)) => {
+                    // Everything written since the last flush is reported rejected together.
+                    self.pending.clear();
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

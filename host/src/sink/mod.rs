@@ -66,9 +66,13 @@ pub enum SinkError {
     /// A transient failure (destination down, timeout): the same batch may be written again.
     #[error("{0}")]
     Retryable(String),
-    /// A failure that retrying cannot fix (bad configuration, rejected data).
+    /// A failure that retrying cannot fix (bad configuration, an unusable destination).
     #[error("{0}")]
     Fatal(String),
+    /// The destination refused the data written since the last flush (e.g. HTTP 400); the sink
+    /// has dropped it. Depending on the sink's `on_error`, the pipeline stops or dead-letters it.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl SinkError {

@@ -88,7 +88,9 @@ impl PostgresSink {
             queue: Vec::new(),
         };
         sink.connect().await.map_err(|e| match e {
-            SinkError::Retryable(m) | SinkError::Fatal(m) => SinkError::Fatal(m),
+            SinkError::Retryable(m) | SinkError::Fatal(m) | SinkError::Rejected(m) => {
+                SinkError::Fatal(m)
+            }
         })?;
         Ok(sink)
     }
