@@ -458,6 +458,18 @@ mod tests {
     }
 
     #[test]
+    fn a_sink_on_error_is_not_one_of_its_settings() {
+        let sink: SinkConfig =
+            toml::from_str("type = \"http\"\nurl = \"http://x\"\non_error = \"dead-letter\"")
+                .unwrap();
+        assert_eq!(sink.on_error, SinkOnError::DeadLetter);
+        assert!(!sink.settings.contains_key("on_error"));
+        assert!(sink.settings.contains_key("url"));
+        let sink: SinkConfig = toml::from_str("type = \"stdout\"").unwrap();
+        assert_eq!(sink.on_error, SinkOnError::Stop);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
