@@ -24,6 +24,7 @@ pub mod child_process;
 pub mod cluster;
 pub mod config_file;
 pub mod installs;
+pub mod replay;
 pub mod slot;
 pub mod wait;
 pub mod walflow_command;

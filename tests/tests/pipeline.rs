@@ -2,16 +2,15 @@
 //! restarted; afterwards the file sink's records, replayed with de-duplication by LSN, rebuild
 //! exactly the source tables (compared by PostgreSQL itself).
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use walflow::sink::{Sink, SinkBatch, SinkError};
-use walflow_tests::{Cluster, wait_for_async, walflow};
+use walflow_tests::{Cluster, replay, wait_for_async, walflow};
 
 const TABLES_SQL: &str = "
     CREATE TABLE orders (
@@ -69,107 +68,6 @@ async fn random_transaction(client: &tokio_postgres::Client, rng: &mut rand::rng
         .batch_execute(&sql)
         .await
         .expect("workload transaction");
-}
-
-/// The file sink's records, oldest first, with rotated files before the current one.
-fn read_records(path: &Path) -> Vec<Json> {
-    walflow::sink::written_files(path)
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(|l| serde_json::from_str(l).expect("every line is a JSON record"))
-                .collect::<Vec<Json>>()
-        })
-        .collect()
-}
-
-/// Applies records in order, skipping repeats of a (lsn, table, op) already applied.
-fn replay(records: &[Json]) -> BTreeMap<String, BTreeMap<String, Map<String, Json>>> {
-    let mut tables: BTreeMap<String, BTreeMap<String, Map<String, Json>>> = BTreeMap::new();
-    let mut seen = HashSet::new();
-    for r in records {
-        let v = &r["value"];
-        let table = v["source"]["table"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let id = (
-            v["source"]["lsn"].as_u64(),
-            table.clone(),
-            v["op"].as_str().map(str::to_owned),
-        );
-        if !seen.insert(id) {
-            continue;
-        }
-        let state = tables.entry(table).or_default();
-        let key_of = |row: &Json| row["id"].to_string();
-        match v["op"].as_str() {
-            Some("c") | Some("r") => {
-                let after = v["after"].as_object().unwrap().clone();
-                state.insert(key_of(&v["after"]), after);
-            }
-            Some("u") => {
-                let mut after = v["after"].as_object().unwrap().clone();
-                let old_key = if v["before"].is_object() {
-                    key_of(&v["before"])
-                } else {
-                    key_of(&r["key"])
-                };
-                let previous = state.remove(&old_key);
-                for (col, val) in after.iter_mut() {
-                    if val == "__walflow_unavailable_value" {
-                        *val = previous
-                            .as_ref()
-                            .and_then(|p| p.get(col))
-                            .cloned()
-                            .unwrap_or(Json::Null);
-                    }
-                }
-                state.insert(key_of(&v["after"]), after);
-            }
-            Some("d") => {
-                state.remove(&key_of(&r["key"]));
-            }
-            Some("t") => state.clear(),
-            _ => {}
-        }
-    }
-    tables
-}
-
-/// bytea arrives as base64; `jsonb_populate_recordset` wants PostgreSQL's hex form.
-fn to_pg_json(row: &Map<String, Json>) -> Json {
-    use base64::Engine as _;
-    let mut row = row.clone();
-    if let Some(Json::String(b64)) = row.get("payload") {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap();
-        row.insert(
-            "payload".into(),
-            Json::String(format!("\\x{}", hex::encode(bytes))),
-        );
-    }
-    Json::Object(row)
-}
-
-/// Rows in one relation and not in the other, computed by PostgreSQL (with the rows, for the
-/// failure message).
-async fn differences(client: &tokio_postgres::Client, table: &str, rows: &[Json]) -> (i64, String) {
-    let rows = Json::Array(rows.to_vec()).to_string();
-    let sql = format!(
-        "WITH replayed AS (SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb)),
-              missing AS (SELECT * FROM {table} EXCEPT ALL SELECT * FROM replayed),
-              extra AS (SELECT * FROM replayed EXCEPT ALL SELECT * FROM {table})
-         SELECT (SELECT count(*) FROM missing) + (SELECT count(*) FROM extra),
-                coalesce((SELECT string_agg(m::text, E'\\n') FROM missing m), '') || E'\\n--- replayed only:\\n' ||
-                coalesce((SELECT string_agg(e::text, E'\\n') FROM extra e), '')"
-    );
-    let row = client.query_one(&sql, &[&rows]).await.expect("compare");
-    (row.get(0), row.get(1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +148,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         output.describe()
     );
 
-    let records = read_records(&out);
+    let records = replay::read_records(&out);
     assert!(!records.is_empty());
     assert!(
         records
@@ -258,7 +156,7 @@ async fn sigkill_at_random_points_loses_nothing() {
             .all(|r| r["value"]["source"]["table"] != "ignored"),
         "a table outside `tables` reached the sink"
     );
-    let state = replay(&records);
+    let state = replay::replay(&records);
     eprintln!(
         "{} records, {} rows replayed",
         records.len(),
@@ -267,9 +165,9 @@ async fn sigkill_at_random_points_loses_nothing() {
     for table in ["orders", "items"] {
         let rows: Vec<Json> = state
             .get(table)
-            .map(|m| m.values().map(to_pg_json).collect())
+            .map(|m| m.values().map(|r| replay::to_pg_json(r, &["payload"])).collect())
             .unwrap_or_default();
-        let (diff, detail) = differences(&client, table, &rows).await;
+        let (diff, detail) = replay::differences(&client, table, &rows).await;
         if diff != 0 {
             let keep = std::env::temp_dir().join(format!("walflow-failed-{seed}"));
             let _ = std::process::Command::new("cp")
@@ -609,7 +507,7 @@ async fn a_plugin_replaced_mid_stream_takes_over_without_losing_or_repeating_eve
     .unwrap();
     let out_path = config.dir().join("out.jsonl");
     let version_of = |id: i32| {
-        read_records(&out_path)
+        replay::read_records(&out_path)
             .iter()
             .find(|r| r["value"]["after"]["id"] == id)
             .and_then(|r| r["value"]["after"]["version"].as_str().map(str::to_owned))
@@ -651,7 +549,7 @@ async fn a_plugin_replaced_mid_stream_takes_over_without_losing_or_repeating_eve
     child.terminate();
     let out = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(out.status.success(), "{}", out.describe());
-    let records = read_records(&config.dir().join("out.jsonl"));
+    let records = replay::read_records(&config.dir().join("out.jsonl"));
     let rows: Vec<(i64, String)> = records
         .iter()
         .filter(|r| r["value"]["source"]["table"] == "hr")

@@ -40,6 +40,16 @@ use crate::tables::TableSelector;
 /// readers and to resume without much repetition, large enough that a chunk is one cheap scan.
 const CHUNK_PAGES: u64 = 2048;
 
+/// Pages per chunk: [`CHUNK_PAGES`], or `WALFLOW_SNAPSHOT_CHUNK_PAGES` (a knob for tests and
+/// benchmarks that need many chunks from a small table).
+fn chunk_pages() -> u64 {
+    std::env::var("WALFLOW_SNAPSHOT_CHUNK_PAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(CHUNK_PAGES)
+}
+
 /// Rows per unit handed to the delivery loop.
 const ROWS_PER_UNIT: usize = 1024;
 
@@ -185,7 +195,7 @@ async fn run(
     let version = catalog::server_version(leader).await?;
     let tables = catalog::captured_tables(leader, source, &selector, &registry).await?;
     if plan.chunks.is_empty() {
-        plan.chunks = split(&tables, version);
+        plan.chunks = split(&tables, version, chunk_pages());
     }
     let tables: HashMap<String, Arc<TableInfo>> = tables
         .into_iter()
@@ -276,7 +286,7 @@ pub(super) async fn prepare_session(client: &Client) -> anyhow::Result<()> {
 }
 
 /// Splits each table into page ranges where the server can scan a range directly.
-fn split(tables: &[TableInfo], server_version: u32) -> Vec<ChunkSpec> {
+fn split(tables: &[TableInfo], server_version: u32, chunk_pages: u64) -> Vec<ChunkSpec> {
     let mut chunks = Vec::new();
     for t in tables {
         let whole = ChunkSpec {
@@ -285,13 +295,13 @@ fn split(tables: &[TableInfo], server_version: u32) -> Vec<ChunkSpec> {
             first_page: None,
             end_page: None,
         };
-        if t.kind != 'r' || server_version < 140000 || t.pages <= CHUNK_PAGES {
+        if t.kind != 'r' || server_version < 140000 || t.pages <= chunk_pages {
             chunks.push(whole);
             continue;
         }
         let mut first = 0;
         while first < t.pages {
-            let end = first + CHUNK_PAGES;
+            let end = first + chunk_pages;
             chunks.push(ChunkSpec {
                 first_page: Some(first),
                 // The last range is open: pages added since the size was read are included.
@@ -638,7 +648,7 @@ mod tests {
 
     #[test]
     fn large_tables_split_into_page_ranges_with_an_open_end() {
-        let chunks = split(&[table(CHUNK_PAGES * 2 + 1, 'r')], 160000);
+        let chunks = split(&[table(CHUNK_PAGES * 2 + 1, 'r')], 160000, CHUNK_PAGES);
         let ranges: Vec<_> = chunks.iter().map(|c| (c.first_page, c.end_page)).collect();
         assert_eq!(
             ranges,
@@ -652,14 +662,14 @@ mod tests {
 
     #[test]
     fn old_servers_and_partitioned_tables_read_whole() {
-        assert_eq!(split(&[table(CHUNK_PAGES * 4, 'r')], 130000).len(), 1);
-        assert_eq!(split(&[table(CHUNK_PAGES * 4, 'p')], 170000).len(), 1);
+        assert_eq!(split(&[table(CHUNK_PAGES * 4, 'r')], 130000, CHUNK_PAGES).len(), 1);
+        assert_eq!(split(&[table(CHUNK_PAGES * 4, 'p')], 170000, CHUNK_PAGES).len(), 1);
     }
 
     #[test]
     fn copy_statements_quote_names_and_bound_ranges() {
         let t = table(10, 'r');
-        let whole = split(&[t], 170000).remove(0);
+        let whole = split(&[t], 170000, CHUNK_PAGES).remove(0);
         let t = table(10, 'r');
         assert_eq!(
             copy_statement(&whole, &t),
