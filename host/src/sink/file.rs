@@ -57,6 +57,7 @@ impl FileSink {
     }
 
     fn reopen(&mut self) -> Result<(), SinkError> {
+        trim_torn_tail(&self.path).map_err(|e| cannot_write(&self.path, e))?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -188,5 +189,64 @@ impl Sink for FileSink {
         tokio::task::block_in_place(|| self.sync())?;
         self.writer = None;
         Ok(())
+    }
+}
+
+/// Cuts a record that a crash left half written at the end of the file: it was never flushed,
+/// so never acknowledged, and it will be written again whole. Appending after it would glue
+/// the next record onto it.
+fn trim_torn_tail(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                tracing::warn!(path = %path.display(), bytes = len - keep, "cutting a record a crash left half written");
+                file.set_len(keep)?;
+                file.sync_data()?;
+            }
+            return Ok(());
+        }
+        if start == 0 {
+            tracing::warn!(path = %path.display(), bytes = len, "cutting a record a crash left half written");
+            file.set_len(0)?;
+            return file.sync_data();
+        }
+        end = start;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_whole_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        trim_torn_tail(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
+        trim_torn_tail(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
+        std::fs::write(&path, b"no newline at all").unwrap();
+        trim_torn_tail(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        trim_torn_tail(&dir.path().join("missing")).unwrap();
     }
 }
