@@ -107,18 +107,23 @@ pub async fn take_if_needed(
         return Ok(Outcome::NotNeeded);
     }
     let plan = match checkpoint.as_ref().map(|c| (c, &c.snapshot.initial)) {
-        Some((cp, Some(initial))) => {
-            tracing::info!(
-                chunks = initial.pending.len(),
-                "resuming the initial snapshot where the last run left it"
-            );
-            Plan {
-                lsn: cp.lsn,
-                identity: cp.identity.clone(),
-                chunks: initial.pending.clone(),
-                source: SnapshotSource::Fresh,
+        // Resume only what still continues the slot's history; a broken one is reported (or,
+        // when accepted, snapshotted afresh) like at any start.
+        Some((cp, Some(initial))) => match begin(config, Some(cp), accept_gap).await? {
+            Some(fresh) => fresh,
+            None => {
+                tracing::info!(
+                    chunks = initial.pending.len(),
+                    "resuming the initial snapshot where the last run left it"
+                );
+                Plan {
+                    lsn: cp.lsn,
+                    identity: cp.identity.clone(),
+                    chunks: initial.pending.clone(),
+                    source: SnapshotSource::Fresh,
+                }
             }
-        }
+        },
         Some(_) if source.snapshot != SnapshotMode::WhenNeeded => {
             return Ok(Outcome::NotNeeded);
         }
@@ -662,8 +667,14 @@ mod tests {
 
     #[test]
     fn old_servers_and_partitioned_tables_read_whole() {
-        assert_eq!(split(&[table(CHUNK_PAGES * 4, 'r')], 130000, CHUNK_PAGES).len(), 1);
-        assert_eq!(split(&[table(CHUNK_PAGES * 4, 'p')], 170000, CHUNK_PAGES).len(), 1);
+        assert_eq!(
+            split(&[table(CHUNK_PAGES * 4, 'r')], 130000, CHUNK_PAGES).len(),
+            1
+        );
+        assert_eq!(
+            split(&[table(CHUNK_PAGES * 4, 'p')], 170000, CHUNK_PAGES).len(),
+            1
+        );
     }
 
     #[test]

@@ -98,11 +98,6 @@ pub async fn check_table(
     table: &str,
 ) -> anyhow::Result<Option<String>> {
     let (schema, name) = split_name(table);
-    if !selector.matches(&schema, &name) {
-        return Ok(Some(format!(
-            "table {schema}.{name} is not captured by this pipeline; add it to [source] tables first"
-        )));
-    }
     let registry = crate::value::TypeRegistry::new();
     let version = catalog::server_version(client).await?;
     let Some(info) = catalog::table_info(client, &registry, version, &schema, &name).await? else {
@@ -110,6 +105,11 @@ pub async fn check_table(
             "table {schema}.{name} does not exist; check the name (schema.table)"
         )));
     };
+    if !selector.matches(&schema, &name) {
+        return Ok(Some(format!(
+            "table {schema}.{name} is not captured by this pipeline; add it to [source] tables first"
+        )));
+    }
     if info.primary_key.is_empty() {
         return Ok(Some(format!(
             "table {schema}.{name} has no primary key, which incremental snapshots chunk by; add one (ALTER TABLE {} ADD PRIMARY KEY (…))",
