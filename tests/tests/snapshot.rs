@@ -1,0 +1,790 @@
+//! Snapshots against real clusters: the initial snapshot consistent with the slot, incremental
+//! snapshots by signal table and read-only, their modes, kill -9 in the middle of each, and the
+//! requests that must be refused. Correctness is always the same question, answered by
+//! PostgreSQL: do the file sink's records, replayed in order, rebuild the source tables?
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value as Json;
+use walflow_tests::{
+    Cluster, ClusterOptions, ConfigFile, TEST_PASSWORD, TestDb, WalflowChild, pg_installs, replay,
+    wait_for_async, walflow,
+};
+
+/// A table with most of the types the decoder knows, and the seed's signal table.
+const TABLES_SQL: &str = "
+    CREATE TABLE orders (
+        id int PRIMARY KEY,
+        amount numeric(14,3),
+        payload bytea,
+        doc jsonb,
+        at timestamptz,
+        note text,
+        tags text[],
+        price float8,
+        flag bool,
+        u uuid
+    );
+    CREATE TABLE walflow_signal (id varchar PRIMARY KEY, type varchar NOT NULL, data varchar NULL);
+";
+
+const BYTEA: &[&str] = &["payload"];
+
+async fn fill(client: &tokio_postgres::Client, from: i32, to: i32) {
+    client
+        .batch_execute(&format!(
+            "INSERT INTO orders SELECT g, g * 1.5, decode(md5(g::text), 'hex'),
+                 jsonb_build_object('n', g, 'tags', jsonb_build_array('a', NULL)),
+                 now() - g * interval '1 second', repeat('x', g % 20), ARRAY['a', g::text, NULL],
+                 g / 3.0, g % 2 = 0, md5(g::text)::uuid
+             FROM generate_series({from}, {to}) g"
+        ))
+        .await
+        .expect("fill orders");
+}
+
+/// Random small transactions on `orders` until `stop` is set: updates, deletes, inserts of new
+/// and of deleted ids. Returns how many ran.
+async fn churn(db: &TestDb, seed: u64, max_id: i32, stop: Arc<AtomicBool>) -> usize {
+    let client = db.client().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let id = rng.random_range(1..max_id + 200);
+        let sql = match rng.random_range(0..10) {
+            0..5 => format!("UPDATE orders SET amount = amount + 1, note = note || 'u' WHERE id = {id}"),
+            5..7 => format!("DELETE FROM orders WHERE id = {id}"),
+            _ => format!(
+                "INSERT INTO orders (id, amount, note, payload) VALUES ({id}, {id}, 'new', '\\x00ff')
+                 ON CONFLICT (id) DO UPDATE SET note = 'again'"
+            ),
+        };
+        client.batch_execute(&sql).await.expect("churn");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..4))).await;
+    }
+    n
+}
+
+/// Churn in the background; stop it with the returned flag and join the handle.
+fn start_churn(
+    db: &Arc<TestDb>,
+    seed: u64,
+    max_id: i32,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<usize>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let (db, stop) = (db.clone(), stop.clone());
+        async move { churn(&db, seed, max_id, stop).await }
+    });
+    (stop, task)
+}
+
+async fn stop_churn(stop: Arc<AtomicBool>, task: tokio::task::JoinHandle<usize>) {
+    stop.store(true, Ordering::Relaxed);
+    let n = task.await.expect("churn task");
+    assert!(n > 0, "the concurrent load ran");
+}
+
+fn file_sink(db: &TestDb, source: &[&str]) -> ConfigFile {
+    let mut config = db.config();
+    for line in source {
+        config = config.source(line);
+    }
+    config
+        .append("[batch]\nmax_events = 256\nmax_wait = \"20ms\"\n\n[[sinks]]\ntype = \"file\"\npath = \"out/events.jsonl\"")
+        .write()
+        .unwrap()
+}
+
+fn records(config: &ConfigFile) -> Vec<Json> {
+    replay::read_records(&config.dir().join("out/events.jsonl"))
+}
+
+/// Records with this `source.snapshot` while walflow is still writing (the last line may be
+/// half written, so lines are matched, not parsed).
+fn count_live(config: &ConfigFile, snapshot: &str) -> usize {
+    let needle = format!("\"snapshot\":\"{snapshot}\"");
+    walflow::sink::written_files(&config.dir().join("out/events.jsonl"))
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.ends_with('}') && l.contains(&needle))
+                .count()
+        })
+        .sum()
+}
+
+fn count(records: &[Json], snapshot: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| r["value"]["source"]["snapshot"] == snapshot)
+        .count()
+}
+
+fn start(config: &ConfigFile) -> WalflowChild {
+    walflow!("run", "-c", &config.path)
+        .env("WALFLOW_LOG", "walflow=debug")
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until walflow streams (any snapshot delivered) and everything committed so far is
+/// confirmed, then stops it with SIGTERM.
+async fn finish(db: &TestDb, config: &ConfigFile, mut child: WalflowChild) {
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(120)).await;
+    let slot = db.config().slot_name().to_string();
+    let marker = db.emit_marker().await;
+    wait_for_async(
+        "walflow to confirm everything",
+        Duration::from_secs(90),
+        || async { db.slot_reached(&slot, &marker).await.then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    assert!(
+        child.is_running(),
+        "walflow exited early:\n{}",
+        child.stderr()
+    );
+    child.terminate();
+    let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(output.status.success(), "{}", output.describe());
+    let _ = config;
+}
+
+async fn wait_for_log(child: &mut WalflowChild, text: &str, timeout: Duration) {
+    let found = wait_for_async(text, timeout, || async {
+        child.stderr().contains(text).then_some(())
+    })
+    .await;
+    if let Err(e) = found {
+        panic!("{e}\n{}", child.stderr());
+    }
+}
+
+async fn request(config: &ConfigFile, args: &[&str]) -> walflow_tests::WalflowOutput {
+    walflow!("snapshot", "-c", &config.path)
+        .args(args.iter().copied())
+        .output_async(Duration::from_secs(60))
+        .await
+        .unwrap()
+}
+
+async fn new_db() -> Arc<TestDb> {
+    let db = Arc::new(Cluster::shared().new_database().await);
+    db.client().await.batch_execute(TABLES_SQL).await.unwrap();
+    db
+}
+
+// ---------------------------------------------------------------- initial snapshots
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_snapshot_under_concurrent_writes_rebuilds_the_source() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 20_000).await;
+    let config = file_sink(&db, &["snapshot_parallelism = 2"]);
+    let (stop, churning) = start_churn(&db, 1, 20_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Small page ranges, so both readers share the table.
+    let child = walflow!("run", "-c", &config.path)
+        .env("WALFLOW_LOG", "walflow=debug")
+        .env("WALFLOW_SNAPSHOT_CHUNK_PAGES", "16")
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    wait_for_log(
+        &mut child,
+        "initial snapshot delivered",
+        Duration::from_secs(90),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_churn(stop, churning).await;
+    let log = child.stderr();
+    finish(&db, &config, child).await;
+
+    let records = records(&config);
+    assert_eq!(count(&records, "first"), 1, "one first snapshot record");
+    assert_eq!(count(&records, "last"), 1, "one last snapshot record");
+    let first = records
+        .iter()
+        .position(|r| r["value"]["source"]["snapshot"] == "first");
+    let last = records
+        .iter()
+        .position(|r| r["value"]["source"]["snapshot"] == "last");
+    assert_eq!(first, Some(0), "the snapshot comes first");
+    let last = last.unwrap();
+    assert!(
+        records[..=last].iter().all(|r| r["value"]["op"] == "r"),
+        "only snapshot rows before the last one"
+    );
+    assert!(
+        records[last + 1..].iter().any(|r| r["value"]["op"] != "r"),
+        "changes made during the snapshot stream after it"
+    );
+    let chunks = log.matches("initial snapshot started").count();
+    assert_eq!(chunks, 1);
+    assert!(log.contains("readers=2"), "{log}");
+    replay::assert_rebuilds(&client, &records, &[("orders", BYTEA)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_rows_and_streamed_rows_look_the_same() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 5).await;
+    let config = file_sink(&db, &["snapshot_parallelism = 1"]);
+    let mut child = start(&config);
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    client
+        .batch_execute("UPDATE orders SET id = id WHERE id = 3")
+        .await
+        .unwrap();
+    finish(&db, &config, child).await;
+    let records = records(&config);
+    let after = |op: &str| {
+        records
+            .iter()
+            .find(|r| r["value"]["op"] == op && r["key"]["id"] == 3)
+            .map(|r| r["value"]["after"].clone())
+            .unwrap_or_else(|| panic!("no {op} record of id 3"))
+    };
+    assert_eq!(after("r"), after("u"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modes_initial_only_never_and_a_second_start() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 300).await;
+
+    let once = file_sink(&db, &["snapshot = \"initial_only\""]);
+    let output = walflow!("run", "-c", &once.path)
+        .output_async(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", output.describe());
+    assert_eq!(count(&records(&once), "true") + 2, 300, "every row once");
+    assert!(records(&once).iter().all(|r| r["value"]["op"] == "r"));
+
+    // The same state directory with `initial`: a checkpoint exists, so no second snapshot.
+    client
+        .batch_execute("UPDATE orders SET note = 'later' WHERE id = 7")
+        .await
+        .unwrap();
+    let text = once
+        .text()
+        .replace("snapshot = \"initial_only\"", "snapshot = \"initial\"");
+    std::fs::write(&once.path, text).unwrap();
+    let child = start(&once);
+    finish(&db, &once, child).await;
+    let after = records(&once);
+    assert_eq!(
+        after.iter().filter(|r| r["value"]["op"] == "r").count(),
+        300
+    );
+    assert!(
+        after
+            .iter()
+            .any(|r| r["value"]["op"] == "u" && r["value"]["after"]["note"] == "later"),
+        "the change since the snapshot streams"
+    );
+
+    let never = db
+        .config()
+        .slot("never_slot")
+        .source("snapshot = \"never\"")
+        .append("[[sinks]]\ntype = \"file\"\npath = \"out/events.jsonl\"")
+        .write()
+        .unwrap();
+    let mut child = start(&never);
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    client
+        .batch_execute("UPDATE orders SET note = 'never' WHERE id = 8")
+        .await
+        .unwrap();
+    let marker = db.emit_marker().await;
+    wait_for_async("never to confirm", Duration::from_secs(60), || async {
+        db.slot_reached("never_slot", &marker).await.then_some(())
+    })
+    .await
+    .unwrap();
+    child.terminate();
+    child.wait_async(Duration::from_secs(30)).await.unwrap();
+    let never_records: Vec<Json> = records(&never)
+        .into_iter()
+        .filter(|r| r["value"]["op"] != "m")
+        .collect();
+    assert!(never_records.iter().all(|r| r["value"]["op"] != "r"));
+    assert_eq!(never_records.len(), 1, "only the update");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_needed_resnapshots_a_broken_slot_history() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 200).await;
+    let config = file_sink(&db, &[]);
+    let child = start(&config);
+    finish(&db, &config, child).await;
+    let slot = db.config().slot_name().to_string();
+    client
+        .query("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "DELETE FROM orders WHERE id <= 10; UPDATE orders SET note = 'gap' WHERE id = 50",
+        )
+        .await
+        .unwrap();
+
+    let output = walflow!("run", "-c", &config.path)
+        .output_async(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "a gap stops `initial`");
+    assert!(
+        output.stderr.contains("no longer exists"),
+        "{}",
+        output.describe()
+    );
+
+    let text = config
+        .text()
+        .replace("[state]", "snapshot = \"when_needed\"\n\n[state]");
+    std::fs::write(&config.path, text).unwrap();
+    let child = start(&config);
+    finish(&db, &config, child).await;
+    let records = records(&config);
+    let firsts: Vec<_> = records
+        .iter()
+        .filter(|r| r["value"]["source"]["snapshot"] == "first")
+        .map(|r| (r["value"]["source"]["lsn"].clone(), r["key"].clone()))
+        .collect();
+    assert_eq!(firsts.len(), 2, "a second full snapshot: {firsts:?}");
+    // A new snapshot restarts the table's history (deletes in the gap cannot be replayed), so
+    // the consumer rebuilds from it.
+    let second = records
+        .iter()
+        .rposition(|r| r["value"]["source"]["snapshot"] == "first")
+        .unwrap();
+    replay::assert_rebuilds(&client, &records[second..], &[("orders", BYTEA)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_the_initial_snapshot_resumes_it() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 120_000).await;
+    let config = file_sink(&db, &["snapshot_parallelism = 2"]);
+    let (stop, churning) = start_churn(&db, 2, 120_000);
+    let spawn = || {
+        walflow!("run", "-c", &config.path)
+            .env("WALFLOW_LOG", "walflow=debug")
+            .env("WALFLOW_SNAPSHOT_CHUNK_PAGES", "32")
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    wait_for_async("some snapshot rows", Duration::from_secs(60), || async {
+        (count_live(&config, "true") > 3_000).then_some(())
+    })
+    .await
+    .unwrap();
+    child.kill9();
+    let first_log = child.stderr();
+    assert!(
+        !first_log.contains("initial snapshot delivered"),
+        "killed too late to test a resume"
+    );
+    let mut child = spawn();
+    wait_for_log(
+        &mut child,
+        "initial snapshot delivered",
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(child.stderr().contains("resuming the initial snapshot"));
+    stop_churn(stop, churning).await;
+    finish(&db, &config, child).await;
+    replay::assert_rebuilds(&client, &records(&config), &[("orders", BYTEA)]).await;
+}
+
+// ---------------------------------------------------------------- incremental snapshots
+
+const SIGNAL: &str = "signal_table = \"public.walflow_signal\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_by_signal_table_under_load_rebuilds_the_source() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 6_000).await;
+    let config = file_sink(
+        &db,
+        &["snapshot = \"never\"", SIGNAL, "snapshot_chunk_size = 300"],
+    );
+    let mut child = start(&config);
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    let (stop, churning) = start_churn(&db, 3, 6_000);
+    let output = request(&config, &["--table", "public.orders"]).await;
+    assert!(output.status.success(), "{}", output.describe());
+    wait_for_log(
+        &mut child,
+        "incremental snapshot of table done",
+        Duration::from_secs(90),
+    )
+    .await;
+    stop_churn(stop, churning).await;
+    finish(&db, &config, child).await;
+
+    let records = records(&config);
+    assert!(count(&records, "incremental") > 5_000);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["value"]["source"]["table"] != "walflow_signal"),
+        "signal rows never reach the sinks"
+    );
+    let watermarks: i64 = client
+        .query_one(
+            "SELECT count(*) FROM walflow_signal WHERE type LIKE 'snapshot-window-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        watermarks >= 2 * 20,
+        "watermarks around every chunk: {watermarks}"
+    );
+    replay::assert_rebuilds(&client, &records, &[("orders", BYTEA)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_read_only_under_a_role_that_cannot_write() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 4_000).await;
+    let role = format!("ro_{}", db.name());
+    let publication = db.config().publication_name().to_string();
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{TEST_PASSWORD}';
+             GRANT SELECT ON orders TO {role};
+             ALTER ROLE {role} SET default_transaction_read_only = on;
+             CREATE PUBLICATION {publication} FOR TABLE orders;"
+        ))
+        .await
+        .unwrap();
+    let config = db
+        .config()
+        .login(&role)
+        .source("snapshot = \"never\"")
+        .source("read_only = true")
+        .source("publication_autocreate = \"disabled\"")
+        .source("snapshot_chunk_size = 250")
+        .append("[[sinks]]\ntype = \"file\"\npath = \"out/events.jsonl\"")
+        .write()
+        .unwrap();
+    let mut child = start(&config);
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    let (stop, churning) = start_churn(&db, 4, 4_000);
+    let output = request(&config, &["--table", "public.orders"]).await;
+    assert!(output.status.success(), "{}", output.describe());
+    wait_for_log(
+        &mut child,
+        "incremental snapshot of table done",
+        Duration::from_secs(90),
+    )
+    .await;
+    stop_churn(stop, churning).await;
+    finish(&db, &config, child).await;
+    let records = records(&config);
+    assert!(count(&records, "incremental") > 3_000);
+    replay::assert_rebuilds(&client, &records, &[("orders", BYTEA)]).await;
+
+    // Without a running walflow the request has nowhere to go.
+    let output = request(&config, &["--table", "public.orders"]).await;
+    assert!(!output.status.success());
+    assert!(
+        output.stderr.contains("start `walflow run"),
+        "{}",
+        output.describe()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_an_incremental_snapshot_resumes_at_the_next_chunk() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 60_000).await;
+    let config = file_sink(
+        &db,
+        &["snapshot = \"never\"", SIGNAL, "snapshot_chunk_size = 500"],
+    );
+    let mut child = start(&config);
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    let (stop, churning) = start_churn(&db, 5, 60_000);
+    let output = request(&config, &["--table", "public.orders"]).await;
+    assert!(output.status.success(), "{}", output.describe());
+    wait_for_async("some chunks", Duration::from_secs(60), || async {
+        (count_live(&config, "incremental") > 5_000).then_some(())
+    })
+    .await
+    .unwrap();
+    // Let an acknowledgement record the progress, then kill.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.kill9();
+    assert!(
+        !child
+            .stderr()
+            .contains("incremental snapshot of table done"),
+        "killed too late"
+    );
+    let mut child = start(&config);
+    wait_for_log(
+        &mut child,
+        "resuming the incremental snapshot",
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for_log(
+        &mut child,
+        "incremental snapshot of table done",
+        Duration::from_secs(120),
+    )
+    .await;
+    stop_churn(stop, churning).await;
+    finish(&db, &config, child).await;
+    let records = records(&config);
+    assert!(
+        count(&records, "incremental") < 60_000 + 20_000,
+        "resumed, not started over"
+    );
+    replay::assert_rebuilds(&client, &records, &[("orders", BYTEA)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_added_later_is_backfilled_by_request() {
+    let db = new_db().await;
+    let client = db.client().await;
+    let publication = db.config().publication_name().to_string();
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {publication} FOR TABLE orders, walflow_signal;"
+        ))
+        .await
+        .unwrap();
+    let config = file_sink(
+        &db,
+        &[
+            "snapshot = \"never\"",
+            SIGNAL,
+            "publication_autocreate = \"disabled\"",
+        ],
+    );
+    let mut child = start(&config);
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE late (id int PRIMARY KEY, v text);
+             INSERT INTO late SELECT g, 'v' || g FROM generate_series(1, 700) g;
+             ALTER PUBLICATION {publication} ADD TABLE late;"
+        ))
+        .await
+        .unwrap();
+    let output = request(&config, &["--table", "public.late"]).await;
+    assert!(output.status.success(), "{}", output.describe());
+    wait_for_log(
+        &mut child,
+        "incremental snapshot of table done",
+        Duration::from_secs(60),
+    )
+    .await;
+    client
+        .batch_execute("UPDATE late SET v = 'changed' WHERE id = 5")
+        .await
+        .unwrap();
+    finish(&db, &config, child).await;
+    let records = records(&config);
+    let late: Vec<&Json> = records
+        .iter()
+        .filter(|r| r["value"]["source"]["table"] == "late")
+        .collect();
+    assert_eq!(
+        late.iter()
+            .filter(|r| r["value"]["source"]["snapshot"] == "incremental")
+            .count(),
+        700
+    );
+    replay::assert_rebuilds(&client, &records, &[("late", &[])]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_stop() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 20_000).await;
+    let config = file_sink(
+        &db,
+        &["snapshot = \"never\"", SIGNAL, "snapshot_chunk_size = 100"],
+    );
+    let mut child = start(&config);
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    assert!(
+        request(&config, &["--table", "public.orders"])
+            .await
+            .status
+            .success()
+    );
+    assert!(request(&config, &["--pause"]).await.status.success());
+    wait_for_log(
+        &mut child,
+        "incremental snapshot paused",
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let paused_at = count_live(&config, "incremental");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        count_live(&config, "incremental"),
+        paused_at,
+        "no chunks while paused"
+    );
+    assert!(paused_at < 20_000, "paused before the end");
+    assert!(request(&config, &["--resume"]).await.status.success());
+    wait_for_log(
+        &mut child,
+        "incremental snapshot of table done",
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(
+        request(&config, &["--table", "public.orders"])
+            .await
+            .status
+            .success()
+    );
+    assert!(request(&config, &["--stop"]).await.status.success());
+    wait_for_log(
+        &mut child,
+        "incremental snapshot stopped",
+        Duration::from_secs(30),
+    )
+    .await;
+    finish(&db, &config, child).await;
+    let incremental = count(&records(&config), "incremental");
+    assert!(
+        (20_000..40_000).contains(&incremental),
+        "the second, stopped snapshot did not complete: {incremental}"
+    );
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signal_rows_are_skipped_and_bad_requests_refused() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 500).await;
+    client
+        .batch_execute("CREATE TABLE nopk (v text); CREATE TABLE other (id int PRIMARY KEY);")
+        .await
+        .unwrap();
+    let config = file_sink(
+        &db,
+        &[
+            "snapshot = \"never\"",
+            SIGNAL,
+            "tables = [\"public.orders\", \"public.nopk\"]",
+        ],
+    );
+    let mut child = start(&config);
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    client
+        .batch_execute(
+            "INSERT INTO walflow_signal VALUES ('a', 'launch-rockets', NULL);
+             INSERT INTO walflow_signal VALUES ('b', 'execute-snapshot', '{oops');
+             INSERT INTO walflow_signal VALUES ('c', 'execute-snapshot', '{\"data-collections\": [\"public.nope\"]}');
+             INSERT INTO walflow_signal VALUES ('d', 'execute-snapshot', '{\"data-collections\": [\"public.orders\"], \"type\": \"incremental\"}');",
+        )
+        .await
+        .unwrap();
+    wait_for_log(
+        &mut child,
+        "incremental snapshot of table done",
+        Duration::from_secs(60),
+    )
+    .await;
+    let log = child.stderr();
+    assert!(
+        log.contains("signal type \"launch-rockets\" is unknown"),
+        "{log}"
+    );
+    assert!(log.contains("not JSON"), "{log}");
+    assert!(log.contains("public.nope"), "{log}");
+
+    for (table, expected) in [
+        ("public.nope", "does not exist"),
+        ("public.nopk", "primary key"),
+        ("public.other", "not captured"),
+    ] {
+        let output = request(&config, &["--table", table]).await;
+        assert!(!output.status.success(), "{table}: {}", output.describe());
+        let line = output
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        assert!(
+            line.contains(expected) && line.contains(table.split('.').nth(1).unwrap()),
+            "{table}: {line}"
+        );
+    }
+    finish(&db, &config, child).await;
+    assert_eq!(count(&records(&config), "incremental"), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_snapshots_are_refused_before_postgresql_13() {
+    let Some(install) = pg_installs().into_iter().find(|i| i.major < 13) else {
+        eprintln!("skipped: no PostgreSQL older than 13 installed");
+        return;
+    };
+    let bin = install.bin_dir.clone();
+    let cluster = tokio::task::spawn_blocking(move || {
+        Cluster::start(ClusterOptions::default().without_tls().bin_dir(bin))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let db = cluster.new_database().await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let config = db
+        .config()
+        .source("read_only = true")
+        .append("[[sinks]]\ntype = \"stdout\"")
+        .write()
+        .unwrap();
+    let output = request(&config, &["--table", "public.t"]).await;
+    assert!(!output.status.success());
+    assert!(
+        output.stderr.contains("PostgreSQL 13 or newer"),
+        "PostgreSQL {}: {}",
+        install.version,
+        output.describe()
+    );
+}
