@@ -8,12 +8,15 @@
 //! changes, fresh slots, same run (default 1,000,000 changes).
 //! `walflow-bench pipeline [CHANGES]` — `walflow run` (three plugins, JSON to a file sink) vs
 //! `pg_recvlogical` on the same backlog, fresh slots, same run (default 1,000,000 changes).
+//! `walflow-bench snapshot [ROWS]` — the initial snapshot (three plugins, JSON to a file) at
+//! parallelism 1 and 2 vs `psql -c "COPY … TO STDOUT"` on the same table (default 5,000,000 rows).
 
 mod backlog;
 mod pipeline;
 mod plugin_chain;
 mod process;
 mod sinks;
+mod snapshot;
 mod tail;
 
 #[tokio::main]
@@ -58,9 +61,19 @@ async fn main() -> anyhow::Result<()> {
             pipeline::run(changes).await
         }
         Some("__walflow-run") => pipeline::child(&args[1..]).await,
+        Some("snapshot") => {
+            let rows = match args.get(1) {
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("ROWS must be a number, not `{n}`"))?,
+                None => 5_000_000,
+            };
+            snapshot::run(rows).await
+        }
+        Some("__walflow-snapshot") => snapshot::child(&args[1..]).await,
         Some(other) => {
             anyhow::bail!(
-                "unknown benchmark `{other}`; available: sinks, plugin-chain, tail, pipeline"
+                "unknown benchmark `{other}`; available: sinks, plugin-chain, tail, pipeline, snapshot"
             )
         }
     }

@@ -122,7 +122,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Builds the plugins with `scripts/build-plugins`; their directory.
-fn build_plugins() -> anyhow::Result<std::path::PathBuf> {
+pub fn build_plugins() -> anyhow::Result<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace root")?;
