@@ -33,12 +33,14 @@ pub fn replay(records: &[Json]) -> BTreeMap<String, Rows> {
     let mut seen = HashSet::new();
     for r in records {
         let v = &r["value"];
-        let table = v["source"]["table"].as_str().unwrap_or_default().to_string();
+        let table = v["source"]["table"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let op = v["op"].as_str().unwrap_or_default();
         // Snapshot rows share an LSN: they are told apart by key, and a repeated one is an
         // idempotent upsert anyway.
-        if op != "r" && !seen.insert((v["source"]["lsn"].as_u64(), table.clone(), op.to_owned()))
-        {
+        if op != "r" && !seen.insert((v["source"]["lsn"].as_u64(), table.clone(), op.to_owned())) {
             continue;
         }
         let state = tables.entry(table).or_default();
@@ -135,7 +137,8 @@ pub async fn assert_rebuilds(
             .unwrap_or_default();
         let (diff, detail) = differences(client, table, &rows).await;
         assert_eq!(
-            diff, 0,
+            diff,
+            0,
             "table {table}: {} replayed rows differ from the source in {diff} rows; source only:\n{detail}",
             rows.len()
         );

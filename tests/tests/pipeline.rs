@@ -165,7 +165,11 @@ async fn sigkill_at_random_points_loses_nothing() {
     for table in ["orders", "items"] {
         let rows: Vec<Json> = state
             .get(table)
-            .map(|m| m.values().map(|r| replay::to_pg_json(r, &["payload"])).collect())
+            .map(|m| {
+                m.values()
+                    .map(|r| replay::to_pg_json(r, &["payload"]))
+                    .collect()
+            })
             .unwrap_or_default();
         let (diff, detail) = replay::differences(&client, table, &rows).await;
         if diff != 0 {

@@ -80,7 +80,7 @@ pub struct Delivering<'a> {
 enum SnapshotSource {
     /// The slot's exported snapshot (the replication connection holding it stays open until
     /// every reader imported it).
-    Exported(String, Connection),
+    Exported(String, Box<Connection>),
     /// A new snapshot, exported by the first reader for the others.
     Fresh,
 }
@@ -168,7 +168,7 @@ async fn begin(
         );
     }
     let snapshot = match verified.exported_snapshot.clone() {
-        Some(name) => SnapshotSource::Exported(name, conn),
+        Some(name) => SnapshotSource::Exported(name, Box::new(conn)),
         None => {
             tracing::warn!(
                 slot = %source.slot,
