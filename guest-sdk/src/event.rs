@@ -312,6 +312,20 @@ pub fn run_topic_namer(
         .collect())
 }
 
+/// Runs a sink function over a batch: every event, with its topic.
+pub fn run_sink(
+    batch: Batch,
+    topics: &[String],
+    write: impl Fn(&[Event], &[String]) -> Result<(), String>,
+) -> Result<(), String> {
+    let Batch { relations, events } = batch;
+    let events: Vec<Event> = events
+        .into_iter()
+        .map(|raw| Event::new(raw, &relations))
+        .collect();
+    write(&events, topics)
+}
+
 /// Runs a transform function over a batch; an `Err` from the function fails only its event.
 pub fn run_transform(
     batch: Batch,

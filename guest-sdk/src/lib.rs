@@ -36,7 +36,7 @@ mod event;
 mod value;
 
 pub use event::{Event, Row, RowMut};
-pub use walflow_sdk_macros::{filter, init, topic_namer, transform};
+pub use walflow_sdk_macros::{filter, init, sink, topic_namer, transform};
 
 /// The generated bindings of each world. Plugin crates use these only through the macros; the
 /// data types are re-exported at the crate root.
@@ -102,6 +102,26 @@ pub fn without_rows() {
     ROWS_NOT_NEEDED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Outbound HTTP for sink plugins: the host sends the request only to the hosts the sink's
+/// `allow_hosts` lists; anything else is an `Err`, never a connection.
+pub mod http {
+    pub use crate::bindings::sink::walflow::plugin::outbound_http::{Request, Response, send};
+
+    /// POSTs `body` to `url` with `headers`; the response whatever its status.
+    pub fn post(
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<Response, String> {
+        send(&Request {
+            method: "POST".to_string(),
+            url: url.to_string(),
+            headers: headers.to_vec(),
+            body,
+        })
+    }
+}
+
 /// A plugin's configuration hook; implemented by `#[walflow_sdk::init]`.
 pub trait Init {
     /// Receives the plugin's JSON configuration (`{}` when none) once, before the first batch.
@@ -113,7 +133,7 @@ pub trait Init {
 pub mod __private {
     use std::marker::PhantomData;
 
-    pub use crate::event::{run_filter, run_topic_namer, run_transform};
+    pub use crate::event::{run_filter, run_sink, run_topic_namer, run_transform};
 
     /// What `init` answers: rows unless the plugin called [`crate::without_rows`].
     pub fn needs() -> crate::Needs {

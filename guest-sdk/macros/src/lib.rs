@@ -74,6 +74,30 @@ pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
     )
 }
 
+/// `#[walflow_sdk::sink] fn write(events: &[Event], topics: &[String]) -> Result<(), String>`:
+/// deliver a batch; `Ok` means the destination has it. Start an error with `rejected:` when the
+/// destination refused the data (retrying cannot help); other errors are retried.
+#[proc_macro_attribute]
+pub fn sink(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let function = parse_macro_input!(item as ItemFn);
+    let name = &function.sig.ident;
+    plugin(
+        &function,
+        quote! {
+            impl ::walflow_sdk::bindings::sink::exports::walflow::plugin::sink_api::Guest for __WalflowPlugin {
+                fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
+                    __walflow_init(&config)?;
+                    ::std::result::Result::Ok(::walflow_sdk::__private::needs())
+                }
+                fn write(batch: ::walflow_sdk::Batch, topics: ::std::vec::Vec<::std::string::String>) -> ::std::result::Result<(), ::std::string::String> {
+                    ::walflow_sdk::__private::run_sink(batch, &topics, #name)
+                }
+            }
+            ::walflow_sdk::bindings::sink::export!(__WalflowPlugin with_types_in ::walflow_sdk::bindings::sink);
+        },
+    )
+}
+
 /// `#[walflow_sdk::init] fn setup(config: &str) -> Result<(), String>`: receives the plugin's
 /// JSON configuration once before the first batch. Put it in the same module as the role
 /// attribute.

@@ -93,6 +93,8 @@ pub struct PluginSpec {
     pub limits: Limits,
     /// Failure policy.
     pub on_error: OnError,
+    /// Outbound HTTP this plugin may use (sink plugins only).
+    pub http: Option<Arc<super::outbound_http::HttpGrant>>,
 }
 
 impl PluginSpec {
@@ -105,6 +107,7 @@ impl PluginSpec {
             config_json: config_json.into(),
             limits: Limits::default(),
             on_error: OnError::Stop,
+            http: None,
         }
     }
 
@@ -131,6 +134,7 @@ impl PluginSpec {
                 fuel: config.fuel,
             },
             on_error: config.on_error,
+            http: None,
         })
     }
 }
@@ -193,6 +197,8 @@ impl LoadedPlugin {
         let role = recognise_role(&wasm_engine, &component, path)?;
         let mut linker: Linker<StoreState> = Linker::new(&wasm_engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| LoadError::Engine(one_line(&e)))?;
+        super::outbound_http::add_to_linker(&mut linker)
             .map_err(|e| LoadError::Engine(one_line(&e)))?;
         let link = |e: wasmtime::Error| LoadError::Link {
             path: path.clone(),
@@ -303,7 +309,10 @@ impl PluginInstance {
         let spec = &plugin.spec;
         let memory = usize::try_from(spec.limits.memory_mb.saturating_mul(1024 * 1024))
             .unwrap_or(usize::MAX);
-        let mut store = Store::new(&plugin.engine, StoreState::new(&spec.name, memory));
+        let mut store = Store::new(
+            &plugin.engine,
+            StoreState::new(&spec.name, memory, spec.http.clone()),
+        );
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         let init_error = |error: PluginError| LoadError::Init {

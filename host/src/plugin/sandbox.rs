@@ -18,11 +18,17 @@ pub struct StoreState {
     table: ResourceTable,
     /// The memory cap, and whether the guest ran into it.
     pub limiter: MemoryLimiter,
+    /// Outbound HTTP, when granted (sink plugins with `allow_hosts`).
+    pub http: Option<std::sync::Arc<super::outbound_http::HttpGrant>>,
 }
 
 impl StoreState {
     /// Fresh state for the plugin `name` with a memory cap of `memory_bytes`.
-    pub fn new(name: &Arc<str>, memory_bytes: usize) -> StoreState {
+    pub fn new(
+        name: &Arc<str>,
+        memory_bytes: usize,
+        http: Option<Arc<super::outbound_http::HttpGrant>>,
+    ) -> StoreState {
         StoreState {
             wasi: empty_wasi(name),
             table: ResourceTable::new(),
@@ -30,6 +36,7 @@ impl StoreState {
                 cap: memory_bytes,
                 hit: false,
             },
+            http,
         }
     }
 }

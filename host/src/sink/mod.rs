@@ -20,6 +20,7 @@ mod http;
 mod kafka;
 mod key;
 mod nats;
+mod plugin;
 mod postgres;
 mod redis;
 mod settings;
@@ -34,6 +35,7 @@ pub use file::{FileSink, written_files};
 pub use http::HttpSink;
 pub use kafka::KafkaSink;
 pub use nats::NatsSink;
+pub use plugin::PluginSink;
 pub use postgres::PostgresSink;
 pub use redis::RedisSink;
 pub use stdout::StdoutSink;
@@ -115,8 +117,11 @@ pub async fn build(
         "postgres" => Ok(Box::new(
             PostgresSink::from_settings(&config.settings).await?,
         )),
+        "plugin" => Ok(Box::new(
+            PluginSink::from_settings(&config.settings, base).await?,
+        )),
         other => Err(SinkError::Fatal(format!(
-            "unknown sink type `{other}` in [[sinks]]; available: file, stdout, kafka, nats, redis, http, postgres"
+            "unknown sink type `{other}` in [[sinks]]; available: file, stdout, kafka, nats, redis, http, postgres, plugin"
         ))),
     }
 }
