@@ -99,34 +99,180 @@ impl Delivery {
 
     /// Like [`run`](Self::run), but leaves the sinks open for another input (a snapshot's rows,
     /// then the stream). A unit's `end_lsn` is whatever position its producer acknowledges by.
+    ///
+    /// Two stages run at once: one collects batches and runs the plugin chain and the encoder,
+    /// the other writes to the sinks, flushes and acknowledges — so the chain of one batch
+    /// overlaps the sink writes of the one before, in order, a batch or two apart.
     pub async fn drive(
         &mut self,
-        mut input: mpsc::Receiver<Unit>,
+        input: mpsc::Receiver<Unit>,
         acks: watch::Sender<u64>,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) -> Result<Option<u64>, DeliveryError> {
-        let mut carry: Option<Unit> = None;
+        let (tx, rx) = mpsc::channel::<Prepared>(PIPELINE_DEPTH);
+        let Delivery {
+            processor,
+            encoder,
+            sinks,
+            dead_letter,
+            options,
+            metrics,
+            budget,
+            dead_letter_rejected,
+        } = self;
+        let mut writer = Writer {
+            sinks,
+            dead_letter,
+            encoder: encoder.clone(),
+            options,
+            metrics,
+            budget: budget.as_deref(),
+            dead_letter_rejected,
+        };
+        let prepare = prepare(
+            processor.as_mut(),
+            encoder,
+            options,
+            metrics,
+            input,
+            stop,
+            tx,
+        );
+        let (prepared, written) = tokio::join!(prepare, writer.write_all(rx, acks));
+        let acked = written?;
+        prepared?;
+        Ok(acked)
+    }
+
+    /// Closes every sink (after the last [`drive`](Self::drive)).
+    pub async fn close(&mut self) {
+        for sink in self.sinks.iter_mut().chain(self.dead_letter.iter_mut()) {
+            if let Err(e) = sink.close().await {
+                tracing::warn!(sink = sink.name(), error = %e, "closing sink failed");
+            }
+        }
+    }
+}
+
+/// Batches between the two stages of [`Delivery::drive`].
+const PIPELINE_DEPTH: usize = 2;
+
+/// A batch through the chain and the encoder, on its way to the sinks.
+struct Prepared {
+    /// Events for the sinks, and their records, index for index.
+    events: Vec<Event>,
+    records: Vec<EncodedRecord>,
+    /// Events a plugin failed on under `on_error = "dead-letter"`.
+    dead_letters: Vec<(Event, String)>,
+    /// Events taken from the input (for the queue budget).
+    taken: usize,
+    /// The last position all of whose events are in this or earlier batches.
+    complete_lsn: Option<u64>,
+    /// Nothing more was waiting in the input when this batch was cut: a good moment to flush.
+    input_idle: bool,
+}
+
+/// The first stage: collect, chain, encode.
+async fn prepare(
+    processor: &mut dyn Processor,
+    encoder: &Encoder,
+    options: &DeliveryOptions,
+    metrics: &Metrics,
+    mut input: mpsc::Receiver<Unit>,
+    mut stop: watch::Receiver<bool>,
+    out: mpsc::Sender<Prepared>,
+) -> Result<(), DeliveryError> {
+    let mut carry: Option<Unit> = None;
+    while let Some(batch) = collect(options, &mut input, &mut carry, &mut stop).await {
+        let taken = batch.events.len();
+        let (events, records, dead_letters) = if taken == 0 {
+            (Vec::new(), Vec::new(), Vec::new())
+        } else {
+            let started = Instant::now();
+            let output = processor
+                .process(batch.events)
+                .await
+                .map_err(DeliveryError::Plugin)?;
+            metrics.record_chain(taken, output.events.len(), started.elapsed());
+            let encoder = encoder.clone();
+            let events = output.events;
+            let (events, records) = tokio::task::spawn_blocking(move || {
+                let records = encode(&encoder, &events);
+                (events, records)
+            })
+            .await
+            .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?;
+            (events, records?, output.dead_letters)
+        };
+        let prepared = Prepared {
+            events,
+            records,
+            dead_letters,
+            taken,
+            complete_lsn: batch.complete_lsn,
+            input_idle: carry.is_none() && input.is_empty(),
+        };
+        if out.send(prepared).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn encode(encoder: &Encoder, events: &[Event]) -> Result<Vec<EncodedRecord>, DeliveryError> {
+    events
+        .iter()
+        .map(|e| {
+            let mut payload = Vec::with_capacity(512);
+            encoder
+                .encode_into(e, &mut payload)
+                .map_err(|err| DeliveryError::Encode(err.to_string()))?;
+            Ok(EncodedRecord {
+                topic: encoder.topic(e),
+                key: None,
+                payload,
+                lsn: e.source.lsn,
+            })
+        })
+        .collect()
+}
+
+/// The second stage: sinks, flushes and acknowledgements.
+struct Writer<'a> {
+    sinks: &'a mut Vec<Box<dyn Sink>>,
+    dead_letter: &'a mut Option<Box<dyn Sink>>,
+    encoder: Encoder,
+    options: &'a DeliveryOptions,
+    metrics: &'a Metrics,
+    budget: Option<&'a super::QueueBudget>,
+    dead_letter_rejected: &'a [bool],
+}
+
+impl Writer<'_> {
+    /// Writes every prepared batch; flushes (group commit) when the input is momentarily
+    /// empty or `flush_interval` passed, then acknowledges. Returns the last acknowledged LSN.
+    async fn write_all(
+        &mut self,
+        mut batches: mpsc::Receiver<Prepared>,
+        acks: watch::Sender<u64>,
+    ) -> Result<Option<u64>, DeliveryError> {
         let mut unflushed: Option<u64> = None;
         let mut dirty = false;
         let mut last_flush = Instant::now();
         let mut acked = None;
-        loop {
-            let Some(batch) = collect(&self.options, &mut input, &mut carry, &mut stop).await
-            else {
-                break;
-            };
-            if !batch.events.is_empty() {
-                let count = batch.events.len();
-                self.deliver(batch.events).await?;
-                if let Some(budget) = &self.budget {
-                    budget.release(count);
+        while let Some(batch) = batches.recv().await {
+            if batch.taken > 0 {
+                self.deliver(batch.events, batch.records, batch.dead_letters)
+                    .await?;
+                if let Some(budget) = self.budget {
+                    budget.release(batch.taken);
                 }
                 dirty = true;
             }
             if let Some(lsn) = batch.complete_lsn {
                 unflushed = Some(lsn);
             }
-            let idle = carry.is_none() && input.is_empty();
+            let idle = batch.input_idle && batches.is_empty();
             if (idle || last_flush.elapsed() >= self.options.flush_interval) && unflushed.is_some()
             {
                 if dirty {
@@ -152,49 +298,35 @@ impl Delivery {
         Ok(acked)
     }
 
-    /// Closes every sink (after the last [`drive`](Self::drive)).
-    pub async fn close(&mut self) {
-        for sink in self.sinks.iter_mut().chain(self.dead_letter.iter_mut()) {
-            if let Err(e) = sink.close().await {
-                tracing::warn!(sink = sink.name(), error = %e, "closing sink failed");
-            }
+    /// Writes one batch to every sink (retrying retryable failures), and its dead letters.
+    async fn deliver(
+        &mut self,
+        events: Vec<Event>,
+        records: Vec<EncodedRecord>,
+        dead_letters: Vec<(Event, String)>,
+    ) -> Result<(), DeliveryError> {
+        if !dead_letters.is_empty() {
+            self.dead_letter(dead_letters).await?;
         }
-    }
-
-    /// Chain, encode, and write one batch to every sink (retrying retryable failures).
-    async fn deliver(&mut self, events: Vec<Event>) -> Result<(), DeliveryError> {
-        let count_in = events.len();
-        let started = Instant::now();
-        let output = self
-            .processor
-            .process(events)
-            .await
-            .map_err(DeliveryError::Plugin)?;
-        self.metrics
-            .record_chain(count_in, output.events.len(), started.elapsed());
-        if !output.dead_letters.is_empty() {
-            self.dead_letter(output.dead_letters).await?;
-        }
-        if output.events.is_empty() {
+        if events.is_empty() {
             return Ok(());
         }
-        let records = self.encode(&output.events)?;
         let batch = SinkBatch {
             records: &records,
-            events: &output.events,
+            events: &events,
         };
         for i in 0..self.sinks.len() {
             match self.write_to(i, batch).await {
                 Err(SinkError::Rejected(why)) if self.dead_letters_rejected(i) => {
-                    tracing::warn!(sink = self.sinks[i].name(), error = %why, events = output.events.len(), "sink rejected a batch; dead-lettering it");
-                    let failed = output.events.iter().map(|e| (e.clone(), why.clone()));
+                    tracing::warn!(sink = self.sinks[i].name(), error = %why, events = events.len(), "sink rejected a batch; dead-lettering it");
+                    let failed = events.iter().map(|e| (e.clone(), why.clone()));
                     self.dead_letter(failed.collect()).await?;
                 }
                 Err(e) => return Err(sink_failed(self.sinks[i].as_ref(), e)),
                 Ok(()) => {}
             }
         }
-        self.metrics.record_out(&output.events, &records);
+        self.metrics.record_out(&events, &records);
         Ok(())
     }
 
@@ -211,29 +343,11 @@ impl Delivery {
         let max_backoff = self.options.max_backoff;
         let flush = self.dead_letters_rejected(i);
         let sink = self.sinks[i].as_mut();
-        write_with_retry(sink, batch, max_backoff, &self.metrics).await?;
+        write_with_retry(sink, batch, max_backoff, self.metrics).await?;
         if flush {
-            flush_with_retry(sink, max_backoff, &self.metrics).await?;
+            flush_with_retry(sink, max_backoff, self.metrics).await?;
         }
         Ok(())
-    }
-
-    fn encode(&self, events: &[Event]) -> Result<Vec<EncodedRecord>, DeliveryError> {
-        events
-            .iter()
-            .map(|e| {
-                let mut payload = Vec::with_capacity(512);
-                self.encoder
-                    .encode_into(e, &mut payload)
-                    .map_err(|err| DeliveryError::Encode(err.to_string()))?;
-                Ok(EncodedRecord {
-                    topic: self.encoder.topic(e),
-                    key: None,
-                    payload,
-                    lsn: e.source.lsn,
-                })
-            })
-            .collect()
     }
 
     async fn dead_letter(&mut self, failed: Vec<(Event, String)>) -> Result<(), DeliveryError> {
@@ -263,10 +377,10 @@ impl Delivery {
             events: &events,
         };
         let max_backoff = self.options.max_backoff;
-        write_with_retry(sink.as_mut(), batch, max_backoff, &self.metrics)
+        write_with_retry(sink.as_mut(), batch, max_backoff, self.metrics)
             .await
             .map_err(|e| sink_failed(sink.as_ref(), e))?;
-        flush_with_retry(sink.as_mut(), max_backoff, &self.metrics)
+        flush_with_retry(sink.as_mut(), max_backoff, self.metrics)
             .await
             .map_err(|e| sink_failed(sink.as_ref(), e))
     }
@@ -274,7 +388,7 @@ impl Delivery {
     async fn flush_all(&mut self) -> Result<(), DeliveryError> {
         let backoff = self.options.max_backoff;
         for sink in self.sinks.iter_mut() {
-            flush_with_retry(sink.as_mut(), backoff, &self.metrics)
+            flush_with_retry(sink.as_mut(), backoff, self.metrics)
                 .await
                 .map_err(|e| sink_failed(sink.as_ref(), e))?;
         }
