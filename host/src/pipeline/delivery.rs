@@ -120,15 +120,21 @@ impl Delivery {
             budget,
             dead_letter_rejected,
         } = self;
+        // The writer runs as a task of its own (it owns the sinks meanwhile), so sink I/O
+        // never waits behind collecting and chaining, and both get a core.
         let mut writer = Writer {
-            sinks,
-            dead_letter,
+            sinks: std::mem::take(sinks),
+            dead_letter: dead_letter.take(),
             encoder: encoder.clone(),
-            options,
-            metrics,
-            budget: budget.as_deref(),
-            dead_letter_rejected,
+            options: options.clone(),
+            metrics: metrics.clone(),
+            budget: budget.clone(),
+            dead_letter_rejected: dead_letter_rejected.clone(),
         };
+        let writing = tokio::spawn(async move {
+            let result = writer.write_all(rx, acks).await;
+            (writer, result)
+        });
         let prepare = prepare(
             processor.as_mut(),
             encoder,
@@ -138,7 +144,12 @@ impl Delivery {
             stop,
             tx,
         );
-        let (prepared, written) = tokio::join!(prepare, writer.write_all(rx, acks));
+        let prepared = prepare.await;
+        let (writer, written) = writing
+            .await
+            .map_err(|e| DeliveryError::Encode(format!("the sink writer panicked: {e}")))?;
+        *sinks = writer.sinks;
+        *dead_letter = writer.dead_letter;
         let acked = written?;
         prepared?;
         Ok(acked)
@@ -172,7 +183,8 @@ struct Prepared {
     input_idle: bool,
 }
 
-/// The first stage: collect, chain, encode.
+/// The first stage: collect, chain, encode. While the input holds more, up to the
+/// processor's parallelism batches are collected and run through the chain at once.
 async fn prepare(
     processor: &mut dyn Processor,
     encoder: &Encoder,
@@ -183,40 +195,71 @@ async fn prepare(
     out: mpsc::Sender<Prepared>,
 ) -> Result<(), DeliveryError> {
     let mut carry: Option<Unit> = None;
-    while let Some(batch) = collect(options, &mut input, &mut carry, &mut stop).await {
-        let taken = batch.events.len();
-        let (events, records, dead_letters) = if taken == 0 {
-            (Vec::new(), Vec::new(), Vec::new())
-        } else {
-            let started = Instant::now();
-            let output = processor
-                .process(batch.events)
-                .await
-                .map_err(DeliveryError::Plugin)?;
-            metrics.record_chain(taken, output.events.len(), started.elapsed());
-            let encoder = encoder.clone();
-            let events = output.events;
-            let (events, records) = tokio::task::spawn_blocking(move || {
-                let records = encode(&encoder, &events);
-                (events, records)
-            })
-            .await
-            .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?;
-            (events, records?, output.dead_letters)
+    let parallel = processor.parallelism().max(1);
+    loop {
+        // A writer that failed ends this stage at once (what was collected is not confirmed).
+        let first = tokio::select! {
+            b = collect(options, &mut input, &mut carry, &mut stop) => b,
+            _ = out.closed() => None,
         };
-        let prepared = Prepared {
-            events,
-            records,
-            dead_letters,
-            taken,
-            complete_lsn: batch.complete_lsn,
-            input_idle: carry.is_none() && input.is_empty(),
-        };
-        if out.send(prepared).await.is_err() {
-            break;
+        let Some(first) = first else { break };
+        let mut batches = vec![first];
+        while batches.len() < parallel && (carry.is_some() || !input.is_empty()) {
+            match collect(options, &mut input, &mut carry, &mut stop).await {
+                Some(b) => batches.push(b),
+                None => break,
+            }
+        }
+        let input_idle = carry.is_none() && input.is_empty();
+        let taken: Vec<usize> = batches.iter().map(|b| b.events.len()).collect();
+        let work: Vec<Vec<Event>> = batches
+            .iter_mut()
+            .filter(|b| !b.events.is_empty())
+            .map(|b| std::mem::take(&mut b.events))
+            .collect();
+        let started = Instant::now();
+        let mut answers = processor.process_many(work).await.into_iter();
+        let count = batches.len();
+        for (k, (batch, taken)) in batches.into_iter().zip(taken).enumerate() {
+            let (events, records, dead_letters) = if taken == 0 {
+                (Vec::new(), Vec::new(), Vec::new())
+            } else {
+                let output = answers
+                    .next()
+                    .unwrap_or_else(|| Err("the plugin chain stopped".into()))
+                    .map_err(DeliveryError::Plugin)?;
+                metrics.record_chain(taken, output.events.len(), started.elapsed());
+                let (events, records) = encode_off_runtime(encoder, output.events).await?;
+                (events, records, output.dead_letters)
+            };
+            let prepared = Prepared {
+                events,
+                records,
+                dead_letters,
+                taken,
+                complete_lsn: batch.complete_lsn,
+                input_idle: input_idle && k + 1 == count,
+            };
+            if out.send(prepared).await.is_err() {
+                return Ok(());
+            }
         }
     }
     Ok(())
+}
+
+async fn encode_off_runtime(
+    encoder: &Encoder,
+    events: Vec<Event>,
+) -> Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError> {
+    let encoder = encoder.clone();
+    let (events, records) = tokio::task::spawn_blocking(move || {
+        let records = encode(&encoder, &events);
+        (events, records)
+    })
+    .await
+    .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?;
+    Ok((events, records?))
 }
 
 fn encode(encoder: &Encoder, events: &[Event]) -> Result<Vec<EncodedRecord>, DeliveryError> {
@@ -238,17 +281,17 @@ fn encode(encoder: &Encoder, events: &[Event]) -> Result<Vec<EncodedRecord>, Del
 }
 
 /// The second stage: sinks, flushes and acknowledgements.
-struct Writer<'a> {
-    sinks: &'a mut Vec<Box<dyn Sink>>,
-    dead_letter: &'a mut Option<Box<dyn Sink>>,
+struct Writer {
+    sinks: Vec<Box<dyn Sink>>,
+    dead_letter: Option<Box<dyn Sink>>,
     encoder: Encoder,
-    options: &'a DeliveryOptions,
-    metrics: &'a Metrics,
-    budget: Option<&'a super::QueueBudget>,
-    dead_letter_rejected: &'a [bool],
+    options: DeliveryOptions,
+    metrics: Arc<Metrics>,
+    budget: Option<Arc<super::QueueBudget>>,
+    dead_letter_rejected: Vec<bool>,
 }
 
-impl Writer<'_> {
+impl Writer {
     /// Writes every prepared batch; flushes (group commit) when the input is momentarily
     /// empty or `flush_interval` passed, then acknowledges. Returns the last acknowledged LSN.
     async fn write_all(
@@ -264,7 +307,7 @@ impl Writer<'_> {
             if batch.taken > 0 {
                 self.deliver(batch.events, batch.records, batch.dead_letters)
                     .await?;
-                if let Some(budget) = self.budget {
+                if let Some(budget) = &self.budget {
                     budget.release(batch.taken);
                 }
                 dirty = true;
@@ -343,9 +386,9 @@ impl Writer<'_> {
         let max_backoff = self.options.max_backoff;
         let flush = self.dead_letters_rejected(i);
         let sink = self.sinks[i].as_mut();
-        write_with_retry(sink, batch, max_backoff, self.metrics).await?;
+        write_with_retry(sink, batch, max_backoff, &self.metrics).await?;
         if flush {
-            flush_with_retry(sink, max_backoff, self.metrics).await?;
+            flush_with_retry(sink, max_backoff, &self.metrics).await?;
         }
         Ok(())
     }
@@ -377,10 +420,10 @@ impl Writer<'_> {
             events: &events,
         };
         let max_backoff = self.options.max_backoff;
-        write_with_retry(sink.as_mut(), batch, max_backoff, self.metrics)
+        write_with_retry(sink.as_mut(), batch, max_backoff, &self.metrics)
             .await
             .map_err(|e| sink_failed(sink.as_ref(), e))?;
-        flush_with_retry(sink.as_mut(), max_backoff, self.metrics)
+        flush_with_retry(sink.as_mut(), max_backoff, &self.metrics)
             .await
             .map_err(|e| sink_failed(sink.as_ref(), e))
     }
@@ -388,7 +431,7 @@ impl Writer<'_> {
     async fn flush_all(&mut self) -> Result<(), DeliveryError> {
         let backoff = self.options.max_backoff;
         for sink in self.sinks.iter_mut() {
-            flush_with_retry(sink.as_mut(), backoff, self.metrics)
+            flush_with_retry(sink.as_mut(), backoff, &self.metrics)
                 .await
                 .map_err(|e| sink_failed(sink.as_ref(), e))?;
         }

@@ -101,6 +101,26 @@ pub struct Processed {
 pub trait Processor: Send {
     /// Processes one batch.
     async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String>;
+
+    /// How many batches [`process_many`](Self::process_many) can work on at once.
+    fn parallelism(&self) -> usize {
+        1
+    }
+
+    /// Processes several batches, answering in order; stops at the first error (the batches
+    /// after it are not answered).
+    async fn process_many(&mut self, batches: Vec<Vec<Event>>) -> Vec<Result<Processed, String>> {
+        let mut out = Vec::with_capacity(batches.len());
+        for events in batches {
+            let result = self.process(events).await;
+            let failed = result.is_err();
+            out.push(result);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
 }
 
 /// The processor of a pipeline without plugins.

@@ -174,9 +174,26 @@ impl Chain {
         self.stages.iter().map(|s| s.slot.clone()).collect()
     }
 
-    /// Runs the chain over one batch. Synchronous: call it from `spawn_blocking`.
-    pub fn run(&mut self, events: Vec<Event>) -> Result<ChainOutput, ChainError> {
-        // The batch boundary: every stage picks the version it runs this whole batch on.
+    /// Another chain over the same plugin slots (so hot reloads reach both), with instances of
+    /// its own, created at its first batch: for running batches in parallel.
+    pub fn sibling(&self) -> Chain {
+        Chain {
+            stages: self
+                .stages
+                .iter()
+                .map(|s| Stage {
+                    slot: s.slot.clone(),
+                    plugin: s.slot.current(),
+                    instance: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The batch boundary: every stage picks the version it runs the next whole batch on.
+    /// [`run`](Self::run) does it; call it yourself, in batch order, when several chains run
+    /// batches at once, so that a later batch never runs an older version.
+    pub fn pick_versions(&mut self) {
         for stage in &mut self.stages {
             let current = stage.slot.current();
             if !Arc::ptr_eq(&current, &stage.plugin) {
@@ -184,6 +201,17 @@ impl Chain {
                 stage.instance = None;
             }
         }
+    }
+
+    /// Runs the chain over one batch. Synchronous: call it from `spawn_blocking`.
+    pub fn run(&mut self, events: Vec<Event>) -> Result<ChainOutput, ChainError> {
+        self.pick_versions();
+        self.run_picked(events)
+    }
+
+    /// Runs the chain over one batch on the versions [`pick_versions`](Self::pick_versions)
+    /// chose.
+    pub fn run_picked(&mut self, events: Vec<Event>) -> Result<ChainOutput, ChainError> {
         let mut output = ChainOutput::default();
         if self.stages.is_empty() || events.is_empty() {
             output.events = events;
