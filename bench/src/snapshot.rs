@@ -9,12 +9,13 @@
 //! JSON envelope and writes a file sink with fsync. Printed: rows/s of each, walflow's ratio to
 //! COPY (issue 5's target: ≥ 0.8 at parallelism 2), CPU time and peak resident memory.
 //!
-//! Measured 2026-11-24 (release, 2-core VM, 1,000,000 rows, PostgreSQL 15): COPY 823k rows/s;
-//! walflow 171k rows/s at parallelism 1 and 164k at 2 — a ratio of 0.20, far from the target.
-//! A second reader does not help because the readers are not the bottleneck: every row passes
-//! one sequential delivery loop at ~6.8 µs of CPU (the three plugins' ABI about 2.3 µs, then
-//! JSON encoding and the file sink). Reaching 0.8 needs the plugin ABI work of issue 2 and
-//! chains run in parallel over independent snapshot batches. Peak RSS stays ~66 MiB.
+//! Measured 2026-11-24 (release, 2-core VM, 1,000,000 rows, PostgreSQL 15): COPY ~820k rows/s;
+//! walflow ~180k rows/s at parallelism 1 and 2 — a ratio of 0.21, far from the target. A second
+//! reader does not help because the readers are not the bottleneck: every row costs ~7.4 µs of
+//! CPU after it is read (decoding, the three plugins' ABI — about 2.3 µs in `plugin-chain` —
+//! JSON encoding, the file sink), and the process uses ~1.3 of the 2 cores even with sibling
+//! plugin chains and a separate writer task. Reaching 0.8 needs the plugin ABI work of issue 2
+//! (rows lowered as one buffer instead of a string per value) and cheaper encoding.
 
 use std::path::Path;
 use std::process::Command;
