@@ -37,6 +37,22 @@ pub struct Metrics {
     snapshot_rows: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
+/// Adds events to per-table counts. Consecutive events of one table (the usual case: a
+/// transaction or a snapshot chunk) cost one name and one map update, not one per event.
+fn count_per_table(map: &Mutex<BTreeMap<String, u64>>, events: &[Event]) {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let mut runs = events.chunk_by(|a, b| std::sync::Arc::ptr_eq(&a.relation, &b.relation));
+    for run in &mut runs {
+        let name = run[0].relation.qualified_name();
+        match map.get_mut(&name) {
+            Some(n) => *n += run.len() as u64,
+            None => {
+                map.insert(name, run.len() as u64);
+            }
+        }
+    }
+}
+
 impl Metrics {
     /// Marks the pipeline as streaming (or not) for `/health`.
     pub fn set_healthy(&self, healthy: bool) {
@@ -51,22 +67,16 @@ impl Metrics {
 
     /// Counts events read from the source, per table.
     pub fn record_in(&self, events: &[Event]) {
-        let mut map = self.events_in.lock().unwrap_or_else(|p| p.into_inner());
-        for e in events {
-            *map.entry(e.relation.qualified_name()).or_default() += 1;
-            if e.source.commit_time_us != 0 {
-                self.last_commit_us
-                    .store(e.source.commit_time_us, Ordering::Relaxed);
-            }
+        if let Some(t) = events.iter().rev().find(|e| e.source.commit_time_us != 0) {
+            self.last_commit_us
+                .store(t.source.commit_time_us, Ordering::Relaxed);
         }
+        count_per_table(&self.events_in, events);
     }
 
     /// Counts events and bytes written to the sinks, per table.
     pub fn record_out(&self, events: &[Event], records: &[EncodedRecord]) {
-        let mut map = self.events_out.lock().unwrap_or_else(|p| p.into_inner());
-        for e in events {
-            *map.entry(e.relation.qualified_name()).or_default() += 1;
-        }
+        count_per_table(&self.events_out, events);
         let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
     }
@@ -325,4 +335,50 @@ async fn read_request_head(conn: &mut tokio::net::TcpStream) -> String {
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{Op, Relation, Source};
+
+    fn event(relation: &Arc<Relation>) -> Event {
+        Event {
+            op: Op::Create,
+            relation: relation.clone(),
+            source: Source::default(),
+            before: None,
+            after: None,
+            topic: None,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn runs_of_one_table_are_counted_together_and_tables_apart() {
+        let rel = |t: &str| {
+            Arc::new(Relation {
+                oid: 1,
+                schema: "public".into(),
+                table: t.into(),
+                columns: Vec::new(),
+            })
+        };
+        let (a, b, a_again) = (rel("a"), rel("b"), rel("a"));
+        let events = vec![event(&a), event(&a), event(&b), event(&a_again), event(&a)];
+        let metrics = Metrics::default();
+        metrics.record_in(&events);
+        metrics.record_in(&events[..1]);
+        let text = metrics.render();
+        assert!(
+            text.contains("walflow_events_in_total{table=\"public.a\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walflow_events_in_total{table=\"public.b\"} 1"),
+            "{text}"
+        );
+    }
 }
