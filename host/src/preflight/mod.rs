@@ -95,7 +95,7 @@ async fn run_checks(
     if !server::version(report, version_num, &version) {
         return Ok(());
     }
-    server::read_only_snapshots(report, source, version_num, &version);
+    server::read_only_snapshots(report, source, version_num);
     let selector = match TableSelector::from_source(source) {
         Ok(s) => s,
         Err(e) => {

@@ -22,24 +22,20 @@ pub(super) fn read_only_snapshots(
     report: &mut Report,
     source: &crate::config::SourceConfig,
     version_num: u32,
-    version: &str,
 ) {
     if !source.read_only {
         return;
     }
-    if version_num < 130000 {
-        report.warn(
+    match crate::snapshot::request::read_only_unsupported(version_num) {
+        Some(why) => report.warn(
             "read-only snapshots",
-            format!(
-                "read_only = true, but read-only incremental snapshots need PostgreSQL 13 or newer and this is {version}"
-            ),
+            why,
             "set read_only = false and a signal_table, or upgrade to PostgreSQL 13+",
-        );
-    } else {
-        report.ok(
+        ),
+        None => report.ok(
             "read-only snapshots",
             "incremental snapshots need no writes (pg_current_snapshot)",
-        );
+        ),
     }
 }
 

@@ -684,33 +684,29 @@ impl Reader {
             message,
         };
         if source.read_only
-            && let Some(why) = request::check_read_only_support(&session.client).await?
+            && let Some(why) = request::read_only_unsupported(session.version)
         {
             return Ok(invalid(why));
         }
-        if let Some(why) = request::check_table(&session.client, &source, &selector, &name).await? {
-            return Ok(invalid(why));
-        }
-        let Some(info) = catalog::table_info(
+        let checked = request::check_table(
             &session.client,
-            &session.registry,
-            session.version,
-            &ask.table.schema,
-            &ask.table.table,
+            &source,
+            &selector,
+            (&session.registry, session.version),
+            &name,
         )
-        .await?
-        else {
-            return Ok(invalid(format!("table {name} does not exist")));
+        .await?;
+        let info = match checked {
+            Ok(info) => Arc::new(info),
+            Err(why) => return Ok(invalid(why)),
         };
-        let info = Arc::new(info);
+        let watermark = serde_json::json!({"window": ask.window, "table": name}).to_string();
         if let Some(signal) = &signal_table {
-            let data = serde_json::json!({"window": ask.window, "table": name}).to_string();
-            request::write_signal(&session.client, signal, WINDOW_OPEN, &data).await?;
+            request::write_signal(&session.client, signal, WINDOW_OPEN, &watermark).await?;
         }
         let chunk = read_chunk(session, &info, ask, chunk_size, &database).await?;
         if let Some(signal) = &signal_table {
-            let data = serde_json::json!({"window": ask.window, "table": name}).to_string();
-            request::write_signal(&session.client, signal, WINDOW_CLOSE, &data).await?;
+            request::write_signal(&session.client, signal, WINDOW_CLOSE, &watermark).await?;
         }
         Ok(Answer::Chunk(chunk))
     }

@@ -10,9 +10,10 @@
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use super::catalog::{self, literal, quote_ident, split_name};
+use super::catalog::{self, TableInfo, literal, quote_ident, split_name};
 use crate::config::{Config, SourceConfig};
 use crate::tables::TableSelector;
+use crate::value::TypeRegistry;
 
 /// Watermark row type written before a chunk is read.
 pub const WINDOW_OPEN: &str = "snapshot-window-open";
@@ -90,28 +91,28 @@ pub fn parse_signal(kind: &str, data: Option<&str>) -> Result<Signal, String> {
     }
 }
 
-/// Why a table cannot be snapshotted incrementally; `None` when it can.
+/// The table, when it can be snapshotted incrementally; else (inner `Err`) why not.
 pub async fn check_table(
     client: &Client,
     source: &SourceConfig,
     selector: &TableSelector,
+    (registry, server_version): (&TypeRegistry, u32),
     table: &str,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Result<TableInfo, String>> {
     let (schema, name) = split_name(table);
-    let registry = crate::value::TypeRegistry::new();
-    let version = catalog::server_version(client).await?;
-    let Some(info) = catalog::table_info(client, &registry, version, &schema, &name).await? else {
-        return Ok(Some(format!(
+    let Some(info) = catalog::table_info(client, registry, server_version, &schema, &name).await?
+    else {
+        return Ok(Err(format!(
             "table {schema}.{name} does not exist; check the name (schema.table)"
         )));
     };
     if !selector.matches(&schema, &name) {
-        return Ok(Some(format!(
+        return Ok(Err(format!(
             "table {schema}.{name} is not captured by this pipeline; add it to [source] tables first"
         )));
     }
     if info.primary_key.is_empty() {
-        return Ok(Some(format!(
+        return Ok(Err(format!(
             "table {schema}.{name} has no primary key, which incremental snapshots chunk by; add one (ALTER TABLE {} ADD PRIMARY KEY (…))",
             info.sql_name()
         )));
@@ -125,40 +126,45 @@ pub async fn check_table(
         .await
         .map_err(catalog::sql_error)?;
     if published.is_none() {
-        return Ok(Some(format!(
+        return Ok(Err(format!(
             "table {schema}.{name} is not in publication {}; add it (ALTER PUBLICATION {} ADD TABLE {}) so its changes are streamed too",
             source.publication,
             quote_ident(&source.publication),
             info.sql_name()
         )));
     }
-    Ok(None)
+    Ok(Ok(info))
 }
 
-/// The server refuses read-only incremental snapshots before 13 (no `pg_current_snapshot`).
-pub async fn check_read_only_support(client: &Client) -> anyhow::Result<Option<String>> {
-    let version = catalog::server_version(client).await?;
-    Ok((version < 130000).then(|| {
+/// Why read-only incremental snapshots cannot work on a server of `version` (they need
+/// `pg_current_snapshot`, PostgreSQL 13+); `None` when they can.
+pub fn read_only_unsupported(version: u32) -> Option<String> {
+    (version < 130000).then(|| {
         format!(
             "read-only incremental snapshots need PostgreSQL 13 or newer (pg_current_snapshot), and this server is {}.{}; set read_only = false and a signal_table instead",
             version / 10000,
             version % 10000 / 100
         )
-    }))
+    })
 }
 
 /// Checks a request against the database: every table it names must be snapshottable.
 pub async fn validate(client: &Client, config: &Config, request: &Request) -> anyhow::Result<()> {
     let source = &config.source;
+    let version = catalog::server_version(client).await?;
     if source.read_only
-        && let Some(why) = check_read_only_support(client).await?
+        && let Some(why) = read_only_unsupported(version)
     {
         anyhow::bail!("{why}");
     }
     if let Request::ExecuteSnapshot { tables } = request {
         let selector = TableSelector::from_source(source)?;
+        // Only the key and names matter here, not how values decode.
+        let registry = TypeRegistry::new();
         for t in tables {
-            if let Some(why) = check_table(client, source, &selector, t).await? {
+            if let Err(why) =
+                check_table(client, source, &selector, (&registry, version), t).await?
+            {
                 anyhow::bail!("{why}");
             }
         }
