@@ -168,6 +168,19 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// [`save`](Self::save) on tokio's blocking pool, for async callers.
+    pub async fn save_async(&self, checkpoint: Checkpoint) -> Result<(), CheckpointError> {
+        let store = self.clone();
+        let path = self.path();
+        tokio::task::spawn_blocking(move || store.save(&checkpoint))
+            .await
+            .map_err(|e| CheckpointError::Io {
+                action: "write",
+                path,
+                source: std::io::Error::other(format!("the writing task failed: {e}")),
+            })?
+    }
+
     /// Removes the checkpoint (after an explicit re-snapshot or an accepted gap).
     pub fn remove(&self) -> Result<(), CheckpointError> {
         match fs::remove_file(self.path()) {

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
 use super::Unit;
@@ -174,10 +173,7 @@ pub async fn acknowledge(
             written_at_ms: now_ms(),
             snapshot: snapshot.clone(),
         };
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.save(&checkpoint))
-            .await
-            .context("writing the checkpoint panicked")??;
+        store.save_async(checkpoint).await?;
         control.confirm(lsn);
         last = Some(lsn);
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::bindings::walflow::plugin::outbound_http::{self, Request, Response};
 use super::sandbox::StoreState;
+use crate::sink::error_chain;
 
 /// Largest response body handed to a plugin.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -166,17 +167,6 @@ fn parse_entry(entry: &str) -> Result<AllowedHost, String> {
         host: host.to_ascii_lowercase(),
         port,
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 impl outbound_http::Host for StoreState {

@@ -191,7 +191,7 @@ fn snippet(body: &str) -> String {
 }
 
 /// The error with its causes, which reqwest keeps in `source()`.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

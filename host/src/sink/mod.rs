@@ -33,6 +33,7 @@ use crate::event::Event;
 
 pub use file::{FileSink, written_files};
 pub use http::HttpSink;
+pub(crate) use http::error_chain;
 pub use kafka::KafkaSink;
 pub use nats::NatsSink;
 pub use plugin::PluginSink;

@@ -98,18 +98,14 @@ fn load(spec: PluginSpec) -> Result<PluginInstance, SinkError> {
 
 fn classify(e: PluginError) -> SinkError {
     match &e {
-        PluginError::Failed { message, .. } => match message.strip_prefix("rejected:") {
-            Some(why) => SinkError::Rejected(format!("{}: {}", e_plugin(&e), why.trim())),
+        PluginError::Failed { plugin, message } => match message.strip_prefix("rejected:") {
+            Some(why) => SinkError::Rejected(format!(
+                "sink plugin {plugin} rejected the batch: {}",
+                why.trim()
+            )),
             None => SinkError::Retryable(e.to_string()),
         },
         _ => SinkError::Fatal(e.to_string()),
-    }
-}
-
-fn e_plugin(e: &PluginError) -> String {
-    match e {
-        PluginError::Failed { plugin, .. } => format!("sink plugin {plugin} rejected the batch"),
-        other => other.to_string(),
     }
 }
 

@@ -216,20 +216,20 @@ async fn run(
         }),
         incremental: store.load()?.and_then(|c| c.snapshot.incremental),
     };
-    save(store, &checkpoint).await?;
+    store.save_async(checkpoint.clone()).await?;
     tracing::info!(
         tables = tables.len(),
         chunks = plan.chunks.len(),
         readers = readers.len(),
         "initial snapshot started"
     );
-    let delivered = copy_all(source, readers, &tables, &plan, store, &checkpoint, out).await?;
+    let delivered = copy_all(readers, &tables, &plan, store, &checkpoint, out).await?;
     if !delivered {
         return Ok(Outcome::Stopped);
     }
     checkpoint.snapshot.initial = None;
     checkpoint.written_at_ms = crate::checkpoint::now_ms();
-    save(store, &checkpoint).await?;
+    store.save_async(checkpoint.clone()).await?;
     tracing::info!("initial snapshot delivered");
     Ok(Outcome::Done(checkpoint))
 }
@@ -329,7 +329,6 @@ enum Read {
 
 /// Reads every chunk and delivers the rows; `Ok(false)` when stopped before the end.
 async fn copy_all(
-    source: &SourceConfig,
     readers: Vec<Client>,
     tables: &HashMap<String, Arc<TableInfo>>,
     plan: &Plan,
@@ -378,7 +377,6 @@ async fn copy_all(
     let acknowledge = acknowledge(ack_rx, done_at, store, checkpoint, &plan.chunks);
     let deliver = out.delivery.drive(unit_rx, ack_tx, out.stop.clone());
     let (read, delivered, acked) = tokio::join!(coordinate, deliver, acknowledge);
-    let _ = source;
     delivered?;
     acked?;
     let complete = read?;
@@ -609,17 +607,8 @@ async fn acknowledge(
             initial.pending = pending;
         }
         checkpoint.written_at_ms = crate::checkpoint::now_ms();
-        save(store, &checkpoint).await?;
+        store.save_async(checkpoint.clone()).await?;
     }
-    Ok(())
-}
-
-async fn save(store: &CheckpointStore, checkpoint: &Checkpoint) -> anyhow::Result<()> {
-    let store = store.clone();
-    let checkpoint = checkpoint.clone();
-    tokio::task::spawn_blocking(move || store.save(&checkpoint))
-        .await
-        .context("writing the checkpoint panicked")??;
     Ok(())
 }
 
