@@ -39,7 +39,6 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("walflow.toml");
-    let p = |name: &str| plugins.join(name).display().to_string();
     std::fs::write(
         &config,
         format!(
@@ -50,27 +49,9 @@ slot = "{WALFLOW_SLOT}"
 publication = "{PUBLICATION}"
 publication_autocreate = "disabled"
 snapshot = "never"
-
-[[plugins]]
-path = "{filter}"
-config = {{ include = ["public.*"] }}
-
-[[plugins]]
-path = "{binary}"
-config = {{ mode = "hex" }}
-
-[[plugins]]
-path = "{topic}"
-config = {{ prefix = "bench", database_prefix = true }}
-
-[[sinks]]
-type = "file"
-path = "out/events.jsonl"
-"#,
+{chain}"#,
             url = backlog.url(),
-            filter = p("table_filter.wasm"),
-            binary = p("binary_repr.wasm"),
-            topic = p("topic_name.wasm"),
+            chain = plugin_chain_to_file(&plugins),
         ),
     )?;
     let mut ours = Command::new(std::env::current_exe()?);
@@ -134,4 +115,32 @@ pub fn build_plugins() -> anyhow::Result<std::path::PathBuf> {
         bail!("scripts/build-plugins failed");
     }
     Ok(root.join("plugins/target/dist"))
+}
+
+/// The `[[plugins]]` and `[[sinks]]` part of a benchmark config: the three built-in plugins
+/// (table-filter → binary-repr → topic-name) and a file sink at `out/events.jsonl`.
+pub fn plugin_chain_to_file(plugins: &Path) -> String {
+    let p = |name: &str| plugins.join(name).display().to_string();
+    format!(
+        r#"
+[[plugins]]
+path = "{filter}"
+config = {{ include = ["public.*"] }}
+
+[[plugins]]
+path = "{binary}"
+config = {{ mode = "hex" }}
+
+[[plugins]]
+path = "{topic}"
+config = {{ prefix = "bench", database_prefix = true }}
+
+[[sinks]]
+type = "file"
+path = "out/events.jsonl"
+"#,
+        filter = p("table_filter.wasm"),
+        binary = p("binary_repr.wasm"),
+        topic = p("topic_name.wasm"),
+    )
 }

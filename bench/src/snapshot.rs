@@ -39,35 +39,13 @@ pub async fn run(rows: u64) -> anyhow::Result<()> {
     client.batch_execute("VACUUM ANALYZE bench").await?;
 
     // One COPY first: checks psql is there and warms the cache for both sides alike.
-    let copy = |cmd: &mut Command| {
-        cmd.args(["-X", "-q", "-h", "127.0.0.1", "-p"])
-            .arg(backlog.cluster.port().to_string())
-            .args([
-                "-U",
-                "postgres",
-                "-d",
-                backlog.db.name(),
-                "-c",
-                "COPY bench TO STDOUT",
-            ]);
-    };
-    let mut warm = Command::new("psql");
-    copy(&mut warm);
-    let warmed = warm.stdout(std::process::Stdio::null()).status();
+    let warmed = copy_command(&backlog)
+        .stdout(std::process::Stdio::null())
+        .status();
     if !warmed.is_ok_and(|s| s.success()) {
         bail!("psql COPY failed (is postgresql-client installed?)");
     }
-    let mut peer = Command::new("psql");
-    peer.args(["-X", "-q", "-h", "127.0.0.1", "-p"])
-        .arg(backlog.cluster.port().to_string())
-        .args([
-            "-U",
-            "postgres",
-            "-d",
-            backlog.db.name(),
-            "-c",
-            "COPY bench TO STDOUT",
-        ]);
+    let peer = copy_command(&backlog);
     let peer_run = measure(peer).context("psql COPY")?;
     let peer_rps = rows as f64 / peer_run.elapsed.as_secs_f64();
     println!(
@@ -120,8 +98,17 @@ fn count_lines(path: &Path) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// `psql -c "COPY bench TO STDOUT"` against the backlog's database.
+fn copy_command(backlog: &Backlog) -> Command {
+    let mut psql = Command::new("psql");
+    psql.args(["-X", "-q", "-h", "127.0.0.1", "-p"])
+        .arg(backlog.cluster.port().to_string())
+        .args(["-U", "postgres", "-d", backlog.db.name()])
+        .args(["-c", "COPY bench TO STDOUT"]);
+    psql
+}
+
 fn config_text(backlog: &Backlog, plugins: &Path, parallelism: usize) -> String {
-    let p = |name: &str| plugins.join(name).display().to_string();
     format!(
         r#"[source]
 url = "{url}"
@@ -131,28 +118,10 @@ publication = "{publication}"
 publication_autocreate = "disabled"
 snapshot = "initial_only"
 snapshot_parallelism = {parallelism}
-
-[[plugins]]
-path = "{filter}"
-config = {{ include = ["public.*"] }}
-
-[[plugins]]
-path = "{binary}"
-config = {{ mode = "hex" }}
-
-[[plugins]]
-path = "{topic}"
-config = {{ prefix = "bench", database_prefix = true }}
-
-[[sinks]]
-type = "file"
-path = "out/events.jsonl"
-"#,
+{chain}"#,
         url = backlog.url(),
         publication = crate::backlog::PUBLICATION,
-        filter = p("table_filter.wasm"),
-        binary = p("binary_repr.wasm"),
-        topic = p("topic_name.wasm"),
+        chain = crate::pipeline::plugin_chain_to_file(plugins),
     )
 }
 
