@@ -9,14 +9,17 @@
 //! (the calling thread's CPU time, which is where the chain runs). Issue 2's target: (c) at most
 //! 1 µs of CPU per event at batch ≥ 256.
 //!
-//! Measured 2026-11-23 (release, 2-core VM, other builds running): at batch 1024, (a) 0.29,
-//! (b) 1.15, (c) 2.27 CPU µs/event; at batch 1, (b) 4.3 and (c) 11.8. The target is not met yet.
-//! Leaving rows out for plugins that do not read them (the namer, a table-only filter) already
-//! took (c) from about three passthroughs to two. A profile of the rest: host malloc/free for the
-//! owned WIT batch (~20%), wasmtime's per-field memory lookup while lowering
-//! (`options_memory_mut`, ~10%), one guest `realloc` call per string or list, and the guest's
-//! frees. Next steps: lower from borrowed host data (custom `Lower` types instead of the
-//! bindgen-owned batch) and pack each row's text and bytes into one buffer per batch.
+//! After (c), each of its plugins alone at the largest batch, to show where the time goes.
+//!
+//! Measured 2026-11-24 (release, 2-core VM): at batch 1024, (a) 0.30, (b) 0.89, (c) 1.94 CPU
+//! µs/event; alone, table-filter 0.42, binary-repr 1.30, topic-name 0.63 (each including the
+//! shared cost of dropping the batch). At batch 1, (b) 3.6 and (c) 11.5. The target is not met.
+//! Lowering straight from borrowed host events (`plugin/view.rs`) instead of an owned WIT copy
+//! took (c) from 2.27 and (b) from 1.15. What is left is the canonical ABI itself: wasmtime
+//! looks memory up again for every field it stores (`options_memory_mut`, ~12%), every string
+//! and list is a guest `realloc` call, and the guest frees them again. Reaching 1 µs needs an
+//! ABI with fewer, larger values per event (e.g. a batch's text and bytes in one buffer, and
+//! `source.db` once per batch): a new package version, not an edit of 0.1.0.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +66,31 @@ pub fn run(events: usize) -> anyhow::Result<()> {
         let mut chain = three()?;
         let three = measure(events, batch, |b| chain_output(&mut chain, b))?;
         print_row("(c) filter → binary-repr → topic", batch, &three, &native);
+    }
+    // Where (c)'s time goes: each of its plugins alone at the largest batch.
+    let batch = BATCH_SIZES[BATCH_SIZES.len() - 1];
+    let native = measure(events, batch, native_chain)?;
+    for (name, plugin, config) in [
+        (
+            "(c1) table-filter alone",
+            "table_filter.wasm",
+            r#"{"include": ["public.*"]}"#,
+        ),
+        (
+            "(c2) binary-repr alone",
+            "binary_repr.wasm",
+            r#"{"mode": "hex"}"#,
+        ),
+        (
+            "(c3) topic-name alone",
+            "topic_name.wasm",
+            r#"{"prefix": "app"}"#,
+        ),
+    ] {
+        let mut chain =
+            Chain::from_specs(&engine, vec![PluginSpec::new(dist.join(plugin), config)])?;
+        let alone = measure(events, batch, |b| chain_output(&mut chain, b))?;
+        print_row(name, batch, &alone, &native);
     }
     Ok(())
 }

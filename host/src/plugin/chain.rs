@@ -10,7 +10,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::bindings::types as wit;
 use super::convert::WorkBatch;
 use super::engine::PluginEngine;
 use super::error::{LoadError, PluginError};
@@ -229,29 +228,6 @@ impl Chain {
     }
 }
 
-/// Calls the plugin with the batch, leaving the rows out when the plugin said it does not need
-/// them: they are moved aside for the call and back afterwards, so this costs no copies.
-fn with_rows_if_needed<R>(
-    instance: &mut PluginInstance,
-    batch: &mut wit::Batch,
-    call: impl FnOnce(&mut PluginInstance, &wit::Batch) -> Result<R, PluginError>,
-) -> Result<R, PluginError> {
-    if instance.needs_rows() {
-        return call(instance, batch);
-    }
-    let rows: Vec<_> = batch
-        .events
-        .iter_mut()
-        .map(|e| (e.before.take(), e.after.take()))
-        .collect();
-    let result = call(instance, batch);
-    for (event, (before, after)) in batch.events.iter_mut().zip(rows) {
-        event.before = before;
-        event.after = after;
-    }
-    result
-}
-
 impl Stage {
     fn run(
         &mut self,
@@ -280,7 +256,6 @@ impl Stage {
                     for event in batch.host.drain(..) {
                         self.settle(event, error.clone(), output)?;
                     }
-                    batch.wit.events.clear();
                     return Ok(batch);
                 }
                 let tail = batch.split_off(batch.len() / 2);
@@ -304,7 +279,7 @@ impl Stage {
         };
         match role {
             Role::Filter => {
-                let keep = with_rows_if_needed(instance, &mut batch.wit, |i, b| i.filter(b))?;
+                let keep = instance.filter(&batch.host)?;
                 if keep.len() != batch.len() {
                     return Err(bad(format!(
                         "{} answers for {} events",
@@ -316,12 +291,11 @@ impl Stage {
                 Ok(Vec::new())
             }
             Role::Transform => {
-                let edits = with_rows_if_needed(instance, &mut batch.wit, |i, b| i.transform(b))?;
+                let edits = instance.transform(&batch.host)?;
                 batch.apply_edits(edits, &name)
             }
             Role::TopicNamer => {
-                let topics =
-                    with_rows_if_needed(instance, &mut batch.wit, |i, b| i.name_topics(b))?;
+                let topics = instance.name_topics(&batch.host)?;
                 if topics.len() != batch.len() {
                     return Err(bad(format!(
                         "{} topics for {} events",

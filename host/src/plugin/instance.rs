@@ -5,14 +5,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentNamedList, ComponentType, Func, InstancePre, Lift,
+    Linker, Lower, TypedFunc,
+};
 use wasmtime::{Store, Trap};
 
-use super::bindings::{filter_api, sink_api, topic_namer_api, transform_api, types as wit};
+use super::bindings::types as wit;
 use super::engine::{EPOCH_TICK, PluginEngine, one_line};
 use super::error::{LoadError, PluginError};
 use super::sandbox::{MemoryCapExceeded, StoreState};
+use super::view::{self, BatchView};
 use crate::config::{OnError, PluginConfig};
+use crate::event::Event;
 
 /// The ABI version this host implements.
 pub const ABI_VERSION: &str = "0.1.0";
@@ -41,6 +46,16 @@ impl Role {
             Role::Transform => "transform",
             Role::TopicNamer => "topic-namer",
             Role::Sink => "sink",
+        }
+    }
+
+    /// The interface's batch function.
+    fn batch_function(self) -> &'static str {
+        match self {
+            Role::Filter => "filter",
+            Role::Transform => "transform",
+            Role::TopicNamer => "name-topics",
+            Role::Sink => "write",
         }
     }
 
@@ -148,11 +163,28 @@ fn default_name(path: &Path) -> Arc<str> {
     )
 }
 
-enum RoleIndices {
-    Filter(filter_api::GuestIndices),
-    Transform(transform_api::GuestIndices),
-    TopicNamer(topic_namer_api::GuestIndices),
-    Sink(sink_api::GuestIndices),
+/// Where the role interface's two functions are in the component.
+struct Exports {
+    init: ComponentExportIndex,
+    batch: ComponentExportIndex,
+}
+
+impl Exports {
+    fn find(component: &Component, role: Role) -> wasmtime::Result<Exports> {
+        let interface = role.export_name();
+        let iface = component
+            .get_export_index(None, &interface)
+            .ok_or_else(|| wasmtime::format_err!("no exported instance named `{interface}`"))?;
+        let lookup = |name: &str| {
+            component
+                .get_export_index(Some(&iface), name)
+                .ok_or_else(|| wasmtime::format_err!("`{interface}` does not export `{name}`"))
+        };
+        Ok(Exports {
+            init: lookup("init")?,
+            batch: lookup(role.batch_function())?,
+        })
+    }
 }
 
 /// One compiled, linked and role-checked version of a plugin file. Immutable: hot reload
@@ -163,7 +195,7 @@ pub struct LoadedPlugin {
     digest: [u8; 32],
     engine: wasmtime::Engine,
     pre: InstancePre<StoreState>,
-    indices: RoleIndices,
+    exports: Exports,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -205,23 +237,14 @@ impl LoadedPlugin {
             detail: one_line(&e),
         };
         let pre = linker.instantiate_pre(&component).map_err(link)?;
-        let indices = match role {
-            Role::Filter => RoleIndices::Filter(filter_api::GuestIndices::new(&pre).map_err(link)?),
-            Role::Transform => {
-                RoleIndices::Transform(transform_api::GuestIndices::new(&pre).map_err(link)?)
-            }
-            Role::TopicNamer => {
-                RoleIndices::TopicNamer(topic_namer_api::GuestIndices::new(&pre).map_err(link)?)
-            }
-            Role::Sink => RoleIndices::Sink(sink_api::GuestIndices::new(&pre).map_err(link)?),
-        };
+        let exports = Exports::find(&component, role).map_err(link)?;
         Ok(LoadedPlugin {
             spec: spec.clone(),
             role,
             digest: Sha256::digest(&bytes).into(),
             engine: wasm_engine,
             pre,
-            indices,
+            exports,
         })
     }
 
@@ -286,19 +309,18 @@ fn recognise_role(
     })
 }
 
-enum Guest {
-    Filter(filter_api::Guest),
-    Transform(transform_api::Guest),
-    TopicNamer(topic_namer_api::Guest),
-    Sink(sink_api::Guest),
-}
+/// What `init` answers.
+type Init = (Result<wit::Needs, String>,);
 
 /// A live instance of a plugin: its own store, memory cap, deadline and fuel. After a call
 /// fails with an error that [poisons](PluginError::poisons_instance) it, throw it away.
 pub struct PluginInstance {
     plugin: Arc<LoadedPlugin>,
     store: Store<StoreState>,
-    guest: Guest,
+    /// `init`, checked against its signature.
+    init: Func,
+    /// The role's batch function, checked against the signature of [`Role`]'s call.
+    batch: Func,
     /// Whether the plugin asked for rows (its `init` answer).
     needs_rows: bool,
 }
@@ -324,23 +346,26 @@ impl PluginInstance {
             Ok(instance) => instance,
             Err(e) => return Err(init_error(classify(&store, spec, e))),
         };
-        let loaded = match &plugin.indices {
-            RoleIndices::Filter(i) => i.load(&mut store, &instance).map(Guest::Filter),
-            RoleIndices::Transform(i) => i.load(&mut store, &instance).map(Guest::Transform),
-            RoleIndices::TopicNamer(i) => i.load(&mut store, &instance).map(Guest::TopicNamer),
-            RoleIndices::Sink(i) => i.load(&mut store, &instance).map(Guest::Sink),
-        };
-        let guest = loaded.map_err(|e| LoadError::Link {
+        let link = |e: wasmtime::Error| LoadError::Link {
             path: spec.path.clone(),
             detail: one_line(&e),
-        })?;
+        };
+        let init = *instance
+            .get_typed_func::<(&str,), Init>(&mut store, plugin.exports.init)
+            .map_err(link)?
+            .func();
+        let batch = instance
+            .get_func(&mut store, plugin.exports.batch)
+            .ok_or_else(|| link(wasmtime::format_err!("the batch function is missing")))?;
+        check_batch_signature(&store, &batch, plugin.role).map_err(link)?;
         let mut this = PluginInstance {
             plugin: plugin.clone(),
             store,
-            guest,
+            init,
+            batch,
             needs_rows: true,
         };
-        let needs = this.init().map_err(init_error)?;
+        let needs = this.call_init().map_err(init_error)?;
         // Sinks always get whole events.
         this.needs_rows = needs.rows || this.plugin.role == Role::Sink;
         Ok(this)
@@ -356,72 +381,93 @@ impl PluginInstance {
         self.needs_rows
     }
 
-    fn init(&mut self) -> Result<wit::Needs, PluginError> {
+    fn call_init(&mut self) -> Result<wit::Needs, PluginError> {
         let config = self.plugin.spec.config_json.clone();
-        self.call(|guest, store| match guest {
-            Guest::Filter(g) => g.call_init(store, &config),
-            Guest::Transform(g) => g.call_init(store, &config),
-            Guest::TopicNamer(g) => g.call_init(store, &config),
-            Guest::Sink(g) => g.call_init(store, &config),
+        // SAFETY: the signature was checked when `init` was looked up.
+        let init = unsafe { TypedFunc::<(&str,), Init>::new_unchecked(self.init) };
+        self.call(|store| init.call(store, (&config,)).map(|(r,)| r))
+    }
+
+    /// Runs a filter over `events`: one flag per event, `true` keeps it.
+    pub fn filter(&mut self, events: &[Event]) -> Result<Vec<bool>, PluginError> {
+        self.expect(Role::Filter)?;
+        view::with_batch(events, self.needs_rows, |batch| {
+            // SAFETY: a filter's batch function was checked to take `(batch)` and answer
+            // `result<list<bool>, string>` (`check_batch_signature`).
+            unsafe { self.call_batch((batch,)) }
         })
     }
 
-    /// Runs a filter over `batch`: one flag per event, `true` keeps it.
-    pub fn filter(&mut self, batch: &wit::Batch) -> Result<Vec<bool>, PluginError> {
-        self.call(|guest, store| match guest {
-            Guest::Filter(g) => g.call_filter(store, batch),
-            _ => Err(wrong_role("filter")),
+    /// Runs a transform over `events`: the edits it made.
+    pub fn transform(&mut self, events: &[Event]) -> Result<Vec<wit::Edit>, PluginError> {
+        self.expect(Role::Transform)?;
+        view::with_batch(events, self.needs_rows, |batch| {
+            // SAFETY: checked to take `(batch)` and answer `result<list<edit>, string>`.
+            unsafe { self.call_batch((batch,)) }
         })
     }
 
-    /// Runs a transform over `batch`: the edits it made.
-    pub fn transform(&mut self, batch: &wit::Batch) -> Result<Vec<wit::Edit>, PluginError> {
-        self.call(|guest, store| match guest {
-            Guest::Transform(g) => g.call_transform(store, batch),
-            _ => Err(wrong_role("transform")),
+    /// Runs a topic namer over `events`: one topic per event.
+    pub fn name_topics(&mut self, events: &[Event]) -> Result<Vec<String>, PluginError> {
+        self.expect(Role::TopicNamer)?;
+        view::with_batch(events, self.needs_rows, |batch| {
+            // SAFETY: checked to take `(batch)` and answer `result<list<string>, string>`.
+            unsafe { self.call_batch((batch,)) }
         })
     }
 
-    /// Runs a topic namer over `batch`: one topic per event.
-    pub fn name_topics(&mut self, batch: &wit::Batch) -> Result<Vec<String>, PluginError> {
-        self.call(|guest, store| match guest {
-            Guest::TopicNamer(g) => g.call_name_topics(store, batch),
-            _ => Err(wrong_role("topic namer")),
-        })
-    }
-
-    /// Hands `batch` to a sink plugin.
-    pub fn write(&mut self, batch: &wit::Batch, topics: &[String]) -> Result<(), PluginError> {
-        self.call(|guest, store| match guest {
-            Guest::Sink(g) => g.call_write(store, batch, topics),
-            _ => Err(wrong_role("sink")),
-        })
-    }
-
-    /// Hands host events to a sink plugin; `topics` holds one topic per event.
-    pub fn write_events(
-        &mut self,
-        events: &[crate::event::Event],
-        topics: &[String],
-    ) -> Result<(), PluginError> {
+    /// Hands events to a sink plugin; `topics` holds one topic per event.
+    pub fn write_events(&mut self, events: &[Event], topics: &[String]) -> Result<(), PluginError> {
+        self.expect(Role::Sink)?;
         if topics.len() != events.len() {
             return Err(PluginError::BadOutput {
                 plugin: self.plugin.spec.name.to_string(),
                 message: format!("{} topics for {} events", topics.len(), events.len()),
             });
         }
-        let (batch, _) = super::convert::batch_to_wit(events);
-        self.write(&batch, topics)
+        view::with_batch(events, true, |batch| {
+            // SAFETY: checked to take `(batch, list<string>)` and answer `result<_, string>`.
+            unsafe { self.call_batch((batch, topics)) }
+        })
+    }
+
+    fn expect(&self, role: Role) -> Result<(), PluginError> {
+        if self.plugin.role == role {
+            return Ok(());
+        }
+        Err(PluginError::Failed {
+            plugin: self.plugin.spec.name.to_string(),
+            message: format!(
+                "this plugin is a {}, not a {}",
+                self.plugin.role.world(),
+                role.world()
+            ),
+        })
+    }
+
+    /// Calls the batch function with `params`.
+    ///
+    /// # Safety
+    /// `P` and `R` must be the types `check_batch_signature` checked for this plugin's role,
+    /// up to lifetimes (which the canonical ABI does not see).
+    unsafe fn call_batch<P, R>(&mut self, params: P) -> Result<R, PluginError>
+    where
+        P: ComponentNamedList + Lower,
+        R: ComponentType + Lift + Send + Sync + 'static,
+    {
+        // SAFETY: the caller guarantees the signature.
+        let func = unsafe { TypedFunc::<P, (Result<R, String>,)>::new_unchecked(self.batch) };
+        self.call(|store| func.call(store, params).map(|(r,)| r))
     }
 
     /// Runs one call under the plugin's limits and sorts its failure into a [`PluginError`].
     fn call<R>(
         &mut self,
-        f: impl FnOnce(&Guest, &mut Store<StoreState>) -> wasmtime::Result<Result<R, String>>,
+        f: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, PluginError> {
         let spec = &self.plugin.spec;
         prepare_call(&mut self.store, &spec.limits);
-        match f(&self.guest, &mut self.store) {
+        match f(&mut self.store) {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(message)) => Err(PluginError::Failed {
                 plugin: spec.name.to_string(),
@@ -432,8 +478,28 @@ impl PluginInstance {
     }
 }
 
-fn wrong_role(what: &str) -> wasmtime::Error {
-    wasmtime::format_err!("this plugin is not a {what}")
+/// Checks that the batch function has the signature of `role`'s call, with the exact types
+/// the calls lower and lift.
+fn check_batch_signature(
+    store: &Store<StoreState>,
+    func: &Func,
+    role: Role,
+) -> wasmtime::Result<()> {
+    type Answer<T> = (Result<T, String>,);
+    match role {
+        Role::Filter => func
+            .typed::<(&BatchView<'static>,), Answer<Vec<bool>>>(store)
+            .map(drop),
+        Role::Transform => func
+            .typed::<(&BatchView<'static>,), Answer<Vec<wit::Edit>>>(store)
+            .map(drop),
+        Role::TopicNamer => func
+            .typed::<(&BatchView<'static>,), Answer<Vec<String>>>(store)
+            .map(drop),
+        Role::Sink => func
+            .typed::<(&BatchView<'static>, &[String]), Answer<()>>(store)
+            .map(drop),
+    }
 }
 
 /// Arms the deadline (and fuel) for the next call.

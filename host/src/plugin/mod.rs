@@ -19,6 +19,7 @@ pub mod outbound_http;
 pub mod reload;
 pub mod run_command;
 mod sandbox;
+mod view;
 
 pub use chain::{Chain, ChainError, ChainOutput, DeadLetter, PluginSlot};
 pub use engine::PluginEngine;

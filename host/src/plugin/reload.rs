@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
-use super::bindings::types as wit;
 use super::chain::PluginSlot;
 use super::engine::PluginEngine;
 use super::error::LoadError;
@@ -205,15 +204,11 @@ fn prepare(
     }
     let loaded = Arc::new(loaded);
     let mut instance = PluginInstance::new(loaded.clone())?;
-    let empty = wit::Batch {
-        relations: Vec::new(),
-        events: Vec::new(),
-    };
     let smoke = match loaded.role() {
-        Role::Filter => instance.filter(&empty).map(drop),
-        Role::Transform => instance.transform(&empty).map(drop),
-        Role::TopicNamer => instance.name_topics(&empty).map(drop),
-        Role::Sink => instance.write(&empty, &[]),
+        Role::Filter => instance.filter(&[]).map(drop),
+        Role::Transform => instance.transform(&[]).map(drop),
+        Role::TopicNamer => instance.name_topics(&[]).map(drop),
+        Role::Sink => instance.write_events(&[], &[]),
     };
     smoke.map_err(|error| LoadError::Smoke {
         path: spec.path.clone(),
