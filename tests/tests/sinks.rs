@@ -11,6 +11,8 @@
 mod brokers;
 #[path = "sinks/http_server.rs"]
 mod http_server;
+#[path = "sinks/kafka_proxy.rs"]
+mod kafka_proxy;
 #[path = "sinks/workload.rs"]
 mod workload;
 
@@ -574,6 +576,42 @@ async fn kafka_records(brokers: &str, topics: &[&str]) -> Vec<(i32, Json, Option
     out
 }
 
+/// The partition Kafka's Java client (DefaultPartitioner) picks for `key`: murmur2 with Kafka's
+/// seed, made positive, modulo the partition count.
+fn java_partition(key: &[u8], partitions: u32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions) as i32
+}
+
+/// `org.apache.kafka.common.utils.Utils.murmur2`.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]).wrapping_mul(M);
+        k ^= k >> 24;
+        h = h.wrapping_mul(M) ^ k.wrapping_mul(M);
+    }
+    let rest = chunks.remainder();
+    for (i, byte) in rest.iter().enumerate().rev() {
+        h ^= u32::from(*byte) << (8 * i);
+    }
+    if !rest.is_empty() {
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+#[test]
+fn murmur2_matches_kafka() {
+    // Kafka's UtilsTest.testMurmur2.
+    assert_eq!(murmur2(b"21") as i32, -973932308);
+    assert_eq!(murmur2(b"foobar") as i32, -790332482);
+    assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+}
+
 fn kafka_entry(brokers: &str) -> String {
     format!(
         "type = \"kafka\"\nbrokers = [\"{brokers}\"]\ncreate_topics = true\npartitions = 3\ncompression = \"zstd\"\ntimeout = \"3s\""
@@ -592,6 +630,11 @@ async fn kafka_gets_every_event_keyed_and_partitioned_by_key() {
         let key = key.as_ref().expect("every record has a key");
         let key_json: Json = serde_json::from_slice(key).unwrap();
         assert_eq!(key_json, record["key"], "the Kafka key is the event key");
+        assert_eq!(
+            *partition,
+            java_partition(key, 3),
+            "placed where Kafka's Java client would place the key"
+        );
         partitions_by_key
             .entry(format!("{}{}", record["topic"], key_json))
             .or_default()
@@ -642,6 +685,34 @@ async fn kafka_down_mid_stream_confirms_nothing_early_and_redelivers_the_rest() 
     let present: BTreeSet<&String> = unique.iter().collect();
     let missing: Vec<&String> = expected.iter().filter(|id| !present.contains(id)).collect();
     assert!(missing.is_empty(), "unconfirmed events lost: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_writes_a_produce_once_when_its_answer_is_lost() {
+    let (proxy, listener) = kafka_proxy::KafkaProxy::bind().await;
+    let tansu = Broker::start_tansu_behind(proxy.port());
+    proxy.forward_to(listener, tansu.port());
+    let workload = workload::random(13, 60, false);
+    let entry = format!(
+        "type = \"kafka\"\nbrokers = \"{}\"\ncreate_topics = true\npartitions = 3\ntimeout = \"20s\"",
+        proxy.address()
+    );
+    let s = sink(&entry).await.unwrap();
+    proxy.lose_next_produce_answer();
+    workload::deliver_all(vec![s], &workload).await;
+    assert_eq!(
+        proxy.answers_lost(),
+        1,
+        "the proxy lost one produce answer, so the producer had to retry"
+    );
+    let records: Vec<Json> = kafka_records(&tansu.url(), &STREAMS)
+        .await
+        .into_iter()
+        .map(|(_, r, _)| r)
+        .collect();
+    // The retried produce reached the broker twice; the idempotent producer's sequence numbers
+    // let the broker keep one copy.
+    assert_exactly(&records, &workload);
 }
 
 // ---------------------------------------------------------------- postgres

@@ -1,33 +1,33 @@
-//! The `kafka` sink: records produced to Kafka (or any Kafka-protocol broker) with `acks=all`.
+//! The `kafka` sink: records produced to Kafka (or any Kafka-protocol broker) by an idempotent
+//! producer with `acks=all`.
 //!
-//! The client is rskafka (pure Rust, rustls). Each record goes to the topic its event was named
-//! for, keyed by the event key and partitioned by the murmur2 hash of that key exactly as Kafka's
-//! default partitioner does, so a row's changes stay in one partition, in order, and Java
-//! consumers agree on the placement. Records without a key go to partition 0 so their order is
-//! kept too. Records stay pending until the broker acknowledged the produce request that carried
-//! them, written by every in-sync replica (`acks=all`); a failed flush sends the rest again.
-//!
-//! rskafka has no idempotent producer, so a produce that reached the broker but whose
-//! acknowledgement was lost is repeated: Kafka may hold a bounded tail twice after such a
-//! failure, and every record carries its LSN (the `walflow.lsn` header) for de-duplication.
+//! The client is rdkafka over its bundled librdkafka. The producer is idempotent: the broker
+//! assigns it a producer id and numbers its batches per partition, so a produce that reached the
+//! broker but whose acknowledgement was lost is retried without being written twice, and the
+//! order within a partition survives retries. Each record goes to the topic its event was named
+//! for, keyed by the event key and partitioned by the murmur2 hash of that key as Kafka's Java
+//! client does (`murmur2_random`), so a row's changes stay in one partition, in order. Records
+//! without a key go to partition 0 so their order is kept too. A record is acknowledged once
+//! every in-sync replica has it (`acks=all`); until then it stays pending, and a failed flush
+//! sends what is still pending again. A new producer (after a restart of walflow, or after
+//! librdkafka's own delivery timeout) gets a new producer id, so only a tail that was written
+//! but never confirmed to PostgreSQL can appear twice; every record carries its LSN (the
+//! `walflow.lsn` header) to recognise it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rskafka::client::error::{Error as KafkaError, ProtocolError};
-use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
-use rskafka::record::Record;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::settings::Settings;
 use super::{Sink, SinkBatch, SinkError};
-
-/// Most records in one produce request.
-const MAX_RECORDS_PER_REQUEST: usize = 2000;
-/// Most payload bytes in one produce request (brokers default to 1 MiB per batch).
-const MAX_BYTES_PER_REQUEST: usize = 900 * 1024;
 
 /// A record waiting for its acknowledgement.
 struct Pending {
@@ -35,24 +35,27 @@ struct Pending {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     lsn: u64,
+    /// Its delivery, once handed to the producer.
+    delivery: Option<DeliveryFuture>,
 }
 
 /// How missing topics are handled.
 #[derive(Debug, Clone, Copy)]
 struct TopicCreation {
     partitions: i32,
-    replication_factor: i16,
+    replication_factor: i32,
 }
 
 /// Produces records to Kafka.
 pub struct KafkaSink {
     name: String,
     brokers: String,
-    client: Client,
-    compression: Compression,
+    config: ClientConfig,
+    producer: FutureProducer<KafkaLog>,
     create: Option<TopicCreation>,
     timeout: Duration,
-    partitions: HashMap<String, Vec<Arc<PartitionClient>>>,
+    /// Topics known to exist.
+    topics: HashSet<String>,
     pending: Vec<Pending>,
 }
 
@@ -93,124 +96,121 @@ impl KafkaSink {
                 "a kafka sink needs `brokers = [\"host:9092\"]`".into(),
             ));
         }
-        let compression = compression(&s)?;
+        let joined = brokers.join(",");
         let timeout = s.duration("timeout")?.unwrap_or(Duration::from_secs(30));
         let create = match s.bool("create_topics")?.unwrap_or(false) {
             false => None,
             true => Some(TopicCreation {
                 partitions: s.uint("partitions")?.unwrap_or(1).clamp(1, 100_000) as i32,
-                replication_factor: s.uint("replication_factor")?.unwrap_or(1).clamp(1, 100) as i16,
+                replication_factor: s.uint("replication_factor")?.unwrap_or(1).clamp(1, 100) as i32,
             }),
         };
-        let mut builder = ClientBuilder::new(brokers.clone())
-            .client_id(s.str("client_id")?.unwrap_or("walflow"))
-            .backoff_config(rskafka::BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(2),
-                base: 2.0,
-                deadline: Some(timeout),
-            });
-        if let Some(tls) = tls_config(&s)? {
-            builder = builder.tls_config(tls);
-        }
-        if let Some(sasl) = sasl_config(&s)? {
-            builder = builder.sasl_config(sasl);
-        }
-        let joined = brokers.join(",");
-        let client = tokio::time::timeout(timeout + Duration::from_secs(1), builder.build())
-            .await
-            .map_err(|_| unreachable_error(&joined, "timed out"))?
-            .map_err(|e| unreachable_error(&joined, &e.to_string()))?;
-        Ok(KafkaSink {
+        let config = client_config(&s, &joined, timeout)?;
+        let producer = config
+            .create_with_context(KafkaLog)
+            .map_err(|e| SinkError::Fatal(format!("cannot set up the kafka producer: {e}")))?;
+        let sink = KafkaSink {
             name: format!("kafka:{joined}"),
             brokers: joined,
-            client,
-            compression,
+            config,
+            producer,
             create,
             timeout,
-            partitions: HashMap::new(),
+            topics: HashSet::new(),
             pending: Vec::new(),
-        })
+        };
+        sink.list_topics()
+            .await
+            .map_err(|e| unreachable_error(&sink.brokers, &e.to_string()))?;
+        Ok(sink)
     }
 
-    /// The partition clients of `topic`, creating the topic first when allowed.
-    async fn topic(&mut self, topic: &str) -> Result<Vec<Arc<PartitionClient>>, SinkError> {
-        if let Some(p) = self.partitions.get(topic) {
-            return Ok(p.clone());
-        }
-        let mut count = self.partition_count(topic).await?;
-        if count.is_none() {
-            let Some(create) = self.create else {
-                return Err(SinkError::Fatal(format!(
-                    "kafka topic `{topic}` does not exist at {}; create it, or set `create_topics = true`",
-                    self.brokers
-                )));
-            };
-            self.create_topic(topic, create).await?;
-            count = self.wait_for_topic(topic).await?;
-        }
-        let count = count.unwrap_or(0);
-        let mut clients = Vec::with_capacity(count);
-        for partition in 0..count as i32 {
-            let client = self
-                .client
-                .partition_client(topic, partition, UnknownTopicHandling::Retry)
+    /// The names of the topics the cluster has (asking for all of them, so that no broker
+    /// creates one just because it was asked about).
+    async fn list_topics(&self) -> Result<Vec<String>, KafkaError> {
+        let producer = self.producer.clone();
+        let timeout = self.timeout;
+        let metadata =
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
                 .await
-                .map_err(|e| self.classify(topic, e))?;
-            clients.push(Arc::new(client));
-        }
-        self.partitions.insert(topic.to_owned(), clients.clone());
-        Ok(clients)
+                .map_err(|_| KafkaError::Canceled)??;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.name().to_owned())
+            .collect())
     }
 
-    async fn partition_count(&self, topic: &str) -> Result<Option<usize>, SinkError> {
-        let topics = self
-            .client
+    /// Makes sure `topic` exists, creating it when allowed.
+    async fn ensure_topic(&mut self, topic: &str) -> Result<(), SinkError> {
+        if self.topics.contains(topic) {
+            return Ok(());
+        }
+        let listed = self
             .list_topics()
             .await
             .map_err(|e| self.classify(topic, e))?;
-        Ok(topics
-            .into_iter()
-            .find(|t| t.name == topic)
-            .map(|t| t.partitions.len())
-            .filter(|n| *n > 0))
+        self.topics.extend(listed);
+        if self.topics.contains(topic) {
+            return Ok(());
+        }
+        let Some(create) = self.create else {
+            return Err(SinkError::Fatal(format!(
+                "kafka topic `{topic}` does not exist at {}; create it, or set `create_topics = true`",
+                self.brokers
+            )));
+        };
+        self.create_topic(topic, create).await?;
+        self.wait_for_topic(topic).await
     }
 
     async fn create_topic(&self, topic: &str, create: TopicCreation) -> Result<(), SinkError> {
-        let controller = self
-            .client
-            .controller_client()
+        let admin: AdminClient<KafkaLog> = self
+            .config
+            .create_with_context(KafkaLog)
+            .map_err(|e| SinkError::Fatal(format!("cannot set up the kafka admin client: {e}")))?;
+        let new = NewTopic::new(
+            topic,
+            create.partitions,
+            TopicReplication::Fixed(create.replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let results = admin
+            .create_topics([&new], &options)
+            .await
             .map_err(|e| self.classify(topic, e))?;
-        let result = controller
-            .create_topic(
-                topic,
-                create.partitions,
-                create.replication_factor,
-                self.timeout.as_millis() as i32,
-            )
-            .await;
-        match result {
-            Ok(()) => {
+        match results.into_iter().next() {
+            Some(Ok(_)) => {
                 tracing::info!(topic, partitions = create.partitions, "created kafka topic");
                 Ok(())
             }
-            Err(KafkaError::ServerError {
-                protocol_error: ProtocolError::TopicAlreadyExists,
-                ..
-            }) => Ok(()),
-            Err(e @ KafkaError::ServerError { .. }) => Err(SinkError::Fatal(format!(
-                "cannot create kafka topic `{topic}` at {}: {e}; create it yourself or fix `partitions`/`replication_factor`",
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(()),
+            Some(Err((_, code))) if is_transient(code) => Err(SinkError::Retryable(format!(
+                "cannot create kafka topic `{topic}` at {} yet: {code}",
                 self.brokers
             ))),
-            Err(e) => Err(self.classify(topic, e)),
+            Some(Err((_, code))) => Err(SinkError::Fatal(format!(
+                "cannot create kafka topic `{topic}` at {}: {code}; create it yourself or fix `partitions`/`replication_factor`",
+                self.brokers
+            ))),
+            None => Err(SinkError::Retryable(format!(
+                "kafka at {} did not answer the creation of topic `{topic}`",
+                self.brokers
+            ))),
         }
     }
 
-    async fn wait_for_topic(&self, topic: &str) -> Result<Option<usize>, SinkError> {
+    async fn wait_for_topic(&mut self, topic: &str) -> Result<(), SinkError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            if let Some(n) = self.partition_count(topic).await? {
-                return Ok(Some(n));
+            let listed = self
+                .list_topics()
+                .await
+                .map_err(|e| self.classify(topic, e))?;
+            if listed.iter().any(|t| t == topic) {
+                self.topics.extend(listed);
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(SinkError::Retryable(format!(
@@ -223,64 +223,126 @@ impl KafkaSink {
     }
 
     fn classify(&self, topic: &str, e: KafkaError) -> SinkError {
-        let fatal = matches!(
-            &e,
-            KafkaError::ServerError {
-                protocol_error: ProtocolError::MessageTooLarge
-                    | ProtocolError::RecordListTooLarge
-                    | ProtocolError::InvalidRecord
-                    | ProtocolError::InvalidTopicException
-                    | ProtocolError::TopicAuthorizationFailed
-                    | ProtocolError::ClusterAuthorizationFailed
-                    | ProtocolError::SaslAuthenticationFailed,
-                ..
-            }
-        );
         let message = format!("kafka at {} failed for topic `{topic}`: {e}", self.brokers);
-        if fatal {
-            SinkError::Fatal(message)
-        } else {
-            SinkError::Retryable(message)
+        match e.rdkafka_error_code() {
+            Some(code) if is_permanent(code) => SinkError::Fatal(message),
+            _ => SinkError::Retryable(message),
         }
     }
 
-    /// Groups pending records by partition, keeping their order within each.
-    async fn plan(&mut self) -> Result<BTreeMap<(String, i32), Vec<usize>>, SinkError> {
-        let mut groups: BTreeMap<(String, i32), Vec<usize>> = BTreeMap::new();
+    /// Hands every pending record without a delivery to the producer, in order.
+    async fn send_pending(&mut self) -> Result<(), SinkError> {
         for i in 0..self.pending.len() {
-            let topic = self.pending[i].topic.clone();
-            let count = self.topic(&topic).await?.len();
-            let partition = partition_for(self.pending[i].key.as_deref(), count);
-            groups.entry((topic, partition)).or_default().push(i);
-        }
-        Ok(groups)
-    }
-
-    /// Produces one partition's records in order, request by request.
-    async fn produce(
-        client: Arc<PartitionClient>,
-        records: Vec<Record>,
-        compression: Compression,
-    ) -> Result<(), KafkaError> {
-        let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < records.len()
-                && end - start < MAX_RECORDS_PER_REQUEST
-                && (end == start
-                    || bytes + records[end].approximate_size() <= MAX_BYTES_PER_REQUEST)
-            {
-                bytes += records[end].approximate_size();
-                end += 1;
+            if self.pending[i].delivery.is_some() {
+                continue;
             }
-            client
-                .produce(records[start..end].to_vec(), compression)
-                .await?;
-            start = end;
+            let topic = self.pending[i].topic.clone();
+            self.ensure_topic(&topic).await?;
+            let delivery = self.send(i).await?;
+            self.pending[i].delivery = Some(delivery);
         }
         Ok(())
     }
+
+    /// Enqueues one record, waiting while the producer's queue is full.
+    async fn send(&self, i: usize) -> Result<DeliveryFuture, SinkError> {
+        let p = &self.pending[i];
+        let lsn = crate::event::format_lsn(p.lsn);
+        loop {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "walflow.lsn",
+                value: Some(lsn.as_str()),
+            });
+            let mut record = FutureRecord::to(&p.topic)
+                .payload(p.payload.as_slice())
+                .headers(headers);
+            record = match &p.key {
+                Some(key) => record.key(key.as_slice()),
+                None => record.partition(0),
+            };
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(self.classify(&p.topic, e)),
+            }
+        }
+    }
+
+    /// Starts a new producer after a delivery failed. librdkafka had retried within the
+    /// delivery timeout already; what failed has an unknown outcome and is sent again, and a
+    /// producer whose broker-side state is broken (fenced, a broker that lost its producer ids)
+    /// would not recover by itself. The new one gets a new producer id.
+    fn renew_producer(&mut self) {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::warn!(sink = %self.name, %code, reason, "kafka producer failed fatally");
+        }
+        match self.config.create_with_context(KafkaLog) {
+            Ok(producer) => self.producer = producer,
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e, "cannot start a new kafka producer")
+            }
+        }
+    }
+}
+
+/// librdkafka's log lines and global errors, into tracing. Its global errors repeat what its
+/// log lines and the sink's own errors already say, so they go to debug.
+#[derive(Clone, Copy)]
+struct KafkaLog;
+
+impl ClientContext for KafkaLog {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility, "{message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, reason, "kafka client error");
+    }
+}
+
+/// librdkafka's configuration for these settings.
+fn client_config(
+    s: &Settings<'_>,
+    brokers: &str,
+    timeout: Duration,
+) -> Result<ClientConfig, SinkError> {
+    let timeout_ms = timeout
+        .as_millis()
+        .clamp(1000, i32::MAX as u128)
+        .to_string();
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", s.str("client_id")?.unwrap_or("walflow"))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", compression(s)?)
+        .set("partitioner", "murmur2_random")
+        .set("allow.auto.create.topics", "false")
+        .set("message.timeout.ms", &timeout_ms)
+        .set("socket.timeout.ms", &timeout_ms)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576");
+    // librdkafka's own debug contexts (e.g. `eos,msg,topic`), for diagnosing a cluster.
+    if let Ok(contexts) = std::env::var("WALFLOW_KAFKA_DEBUG") {
+        config.set("debug", contexts);
+    }
+    security(s, &mut config)?;
+    Ok(config)
 }
 
 fn unreachable_error(brokers: &str, why: &str) -> SinkError {
@@ -289,13 +351,13 @@ fn unreachable_error(brokers: &str, why: &str) -> SinkError {
     ))
 }
 
-fn compression(s: &Settings<'_>) -> Result<Compression, SinkError> {
+fn compression(s: &Settings<'_>) -> Result<&'static str, SinkError> {
     Ok(match s.str("compression")?.unwrap_or("none") {
-        "none" => Compression::NoCompression,
-        "gzip" => Compression::Gzip,
-        "lz4" => Compression::Lz4,
-        "snappy" => Compression::Snappy,
-        "zstd" => Compression::Zstd,
+        "none" => "none",
+        "gzip" => "gzip",
+        "lz4" => "lz4",
+        "snappy" => "snappy",
+        "zstd" => "zstd",
         _ => {
             return Err(s.invalid(
                 "compression",
@@ -305,106 +367,83 @@ fn compression(s: &Settings<'_>) -> Result<Compression, SinkError> {
     })
 }
 
-fn tls_config(s: &Settings<'_>) -> Result<Option<Arc<rustls::ClientConfig>>, SinkError> {
+/// `security.protocol` and the TLS and SASL settings behind it.
+fn security(s: &Settings<'_>, config: &mut ClientConfig) -> Result<(), SinkError> {
     let ca = s.str("tls_ca")?;
-    if !s.bool("tls")?.unwrap_or(false) && ca.is_none() {
-        return Ok(None);
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                SinkError::Fatal(format!("cannot read the kafka sink's tls_ca {path}: {e}"))
-            })?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| {
-                    SinkError::Fatal(format!("the kafka sink's tls_ca {path} is not PEM: {e}"))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    SinkError::Fatal(format!(
-                        "bad certificate in the kafka sink's tls_ca {path}: {e}"
-                    ))
-                })?;
-            }
+    let tls = s.bool("tls")?.unwrap_or(false) || ca.is_some();
+    if let Some(path) = ca {
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(SinkError::Fatal(format!(
+                "cannot read the kafka sink's tls_ca {path}: {e}"
+            )));
         }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
+        config.set("ssl.ca.location", path);
+    } else if tls {
+        config.set("ssl.ca.location", "probe");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SinkError::Fatal(format!("cannot set up TLS for kafka: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Some(Arc::new(config)))
-}
-
-fn sasl_config(s: &Settings<'_>) -> Result<Option<SaslConfig>, SinkError> {
-    let Some(mechanism) = s.str("sasl_mechanism")? else {
-        return Ok(None);
+    let sasl = match s.str("sasl_mechanism")? {
+        None => false,
+        Some(mechanism) => {
+            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism) {
+                return Err(s.invalid(
+                    "sasl_mechanism",
+                    "one of \"PLAIN\", \"SCRAM-SHA-256\", \"SCRAM-SHA-512\"",
+                ));
+            }
+            let username = s
+                .str("sasl_username")?
+                .ok_or_else(|| s.invalid("sasl_username", "set when `sasl_mechanism` is"))?;
+            let password = s
+                .secret_env("sasl_password_env")?
+                .ok_or_else(|| s.invalid("sasl_password_env", "set when `sasl_mechanism` is"))?;
+            config
+                .set("sasl.mechanism", mechanism)
+                .set("sasl.username", username)
+                .set("sasl.password", password);
+            true
+        }
     };
-    let username = s
-        .str("sasl_username")?
-        .ok_or_else(|| s.invalid("sasl_username", "set when `sasl_mechanism` is"))?;
-    let password = s
-        .secret_env("sasl_password_env")?
-        .ok_or_else(|| s.invalid("sasl_password_env", "set when `sasl_mechanism` is"))?;
-    let credentials = Credentials::new(username.to_owned(), password);
-    Ok(Some(match mechanism {
-        "PLAIN" => SaslConfig::Plain(credentials),
-        "SCRAM-SHA-256" => SaslConfig::ScramSha256(credentials),
-        "SCRAM-SHA-512" => SaslConfig::ScramSha512(credentials),
-        _ => {
-            return Err(s.invalid(
-                "sasl_mechanism",
-                "one of \"PLAIN\", \"SCRAM-SHA-256\", \"SCRAM-SHA-512\"",
-            ));
-        }
-    }))
+    let protocol = match (tls, sasl) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    config.set("security.protocol", protocol);
+    Ok(())
 }
 
-/// Kafka's default partitioner: murmur2 of the key, made positive, modulo the partition count.
-pub fn partition_for(key: Option<&[u8]>, partitions: usize) -> i32 {
-    match key {
-        Some(key) if partitions > 0 => ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32,
-        _ => 0,
-    }
+/// Errors that no retry fixes: the data or the credentials are wrong.
+fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::UnsupportedSASLMechanism
+            | RDKafkaErrorCode::InvalidReplicationFactor
+            | RDKafkaErrorCode::InvalidPartitions
+            | RDKafkaErrorCode::PolicyViolation
+    )
 }
 
-/// The 32-bit murmur2 hash with Kafka's seed, as `org.apache.kafka.common.utils.Utils.murmur2`.
-pub fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let len = data.len();
-    let mut h = SEED ^ len as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
+/// Errors of a cluster that is starting or electing leaders.
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+    )
 }
 
 #[async_trait]
@@ -421,47 +460,28 @@ impl Sink for KafkaSink {
                 key: super::key::record_key(r, batch.events.get(i)),
                 payload: r.payload.clone(),
                 lsn: r.lsn,
+                delivery: None,
             });
         }
-        Ok(())
+        // Start producing now; `flush` waits for the acknowledgements.
+        self.send_pending().await
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let groups = self.plan().await?;
-        let now = chrono::Utc::now();
-        let mut tasks = Vec::with_capacity(groups.len());
-        for ((topic, partition), indices) in &groups {
-            let client = self.partitions[topic][*partition as usize].clone();
-            let records = indices
-                .iter()
-                .map(|&i| {
-                    let p = &self.pending[i];
-                    Record {
-                        key: p.key.clone(),
-                        value: Some(p.payload.clone()),
-                        headers: BTreeMap::from([(
-                            "walflow.lsn".to_owned(),
-                            crate::event::format_lsn(p.lsn).into_bytes(),
-                        )]),
-                        timestamp: now,
-                    }
-                })
-                .collect();
-            tasks.push(KafkaSink::produce(client, records, self.compression));
-        }
-        let results = futures::future::join_all(tasks).await;
-        let mut done = vec![false; self.pending.len()];
+        self.send_pending().await?;
         let mut first_error = None;
-        for (((topic, _), indices), result) in groups.iter().zip(results) {
-            match result {
-                Ok(()) => indices.iter().for_each(|&i| done[i] = true),
-                Err(e) => {
-                    // A partition's leader may have moved: look the topic up again next time.
-                    self.partitions.remove(topic);
-                    first_error.get_or_insert_with(|| self.classify(topic, e));
+        let mut done = vec![false; self.pending.len()];
+        for (i, pending) in self.pending.iter_mut().enumerate() {
+            let Some(delivery) = pending.delivery.take() else {
+                continue;
+            };
+            match delivery.await {
+                Ok(Ok(_)) => done[i] = true,
+                Ok(Err((e, _))) => {
+                    first_error.get_or_insert((pending.topic.clone(), e));
+                }
+                Err(_) => {
+                    first_error.get_or_insert((pending.topic.clone(), KafkaError::Canceled));
                 }
             }
         }
@@ -471,34 +491,13 @@ impl Sink for KafkaSink {
             !done[i - 1]
         });
         match first_error {
-            Some(e) => Err(e),
+            Some((topic, e)) => {
+                // The topic may have gone (a cluster that lost its data): look again next time.
+                self.topics.remove(&topic);
+                self.renew_producer();
+                Err(self.classify(&topic, e))
+            }
             None => Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_kafka() {
-        // Values from Kafka's UtilsTest.testMurmur2.
-        let cases: [(&[u8], i32); 3] = [
-            (b"21", -973932308),
-            (b"foobar", -790332482),
-            (b"a-little-bit-long-string", -985981536),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(murmur2(input) as i32, expected, "{:?}", input);
-        }
-    }
-
-    #[test]
-    fn keyless_records_keep_one_partition() {
-        assert_eq!(partition_for(None, 12), 0);
-        let p = partition_for(Some(b"{\"id\":1}"), 12);
-        assert!((0..12).contains(&p));
-        assert_eq!(p, partition_for(Some(b"{\"id\":1}"), 12));
     }
 }

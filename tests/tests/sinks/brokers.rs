@@ -26,6 +26,8 @@ pub enum Kind {
 pub struct Broker {
     kind: Kind,
     port: u16,
+    /// The port tansu tells clients to use (a proxy in front of it), when not its own.
+    advertised: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -62,11 +64,32 @@ impl Broker {
         let mut broker = Broker {
             kind,
             port: free_port(),
+            advertised: None,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
         };
         broker.restart();
         broker
+    }
+
+    /// Starts tansu telling its clients to connect to `port` (where a proxy forwards to it).
+    #[allow(dead_code)] // the sink benchmark shares this file and uses no proxy
+    pub fn start_tansu_behind(port: u16) -> Broker {
+        let mut broker = Broker {
+            kind: Kind::Tansu,
+            port: free_port(),
+            advertised: Some(port),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// The port it listens on.
+    #[allow(dead_code)] // as above
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The client URL.
@@ -140,7 +163,7 @@ impl Broker {
                     "--listener-url",
                     &format!("tcp://127.0.0.1:{port}"),
                     "--advertised-listener-url",
-                    &format!("tcp://127.0.0.1:{port}"),
+                    &format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port)),
                     "--storage-engine",
                     "memory://tansu/",
                 ]);
