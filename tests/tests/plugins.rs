@@ -232,6 +232,28 @@ fn mask_columns_hashes_or_redacts_configured_columns_in_both_rows() {
 
 #[test]
 fn python_filter_drops_configured_ops_and_tables() {
+    example_filter_drops_configured_ops_and_tables("python_filter");
+}
+
+#[test]
+fn javascript_filter_drops_configured_ops_and_tables() {
+    example_filter_drops_configured_ops_and_tables("js_filter");
+}
+
+#[test]
+fn javascript_filter_refuses_a_bad_config_by_throwing() {
+    let spec = spec("js_filter", r#"{"drop_everything": true}"#, OnError::Stop);
+    let Err(err) = Chain::from_specs(&engine(), vec![spec]) else {
+        panic!("the config was accepted");
+    };
+    assert!(
+        err.to_string().contains("unknown keys drop_everything"),
+        "{err}"
+    );
+}
+
+/// The Python and JavaScript examples implement the same filter.
+fn example_filter_drops_configured_ops_and_tables(plugin: &str) {
     let audit = relation(
         "public",
         "audit_log",
@@ -256,11 +278,11 @@ fn python_filter_drops_configured_ops_and_tables() {
         order(4, "d"),
     ];
     let mut c = chain(vec![spec(
-        "python_filter",
+        plugin,
         r#"{"drop_ops": ["d"], "drop_tables": ["public.audit_log"]}"#,
         OnError::Stop,
     )]);
-    let out = c.run(events).expect("python filter runs");
+    let out = c.run(events).expect("the example filter runs");
     let ids: Vec<_> = out.events.iter().map(|e| after(e, "id").clone()).collect();
     assert_eq!(ids, [Value::Int(1), Value::Int(4)]);
 }
