@@ -6,6 +6,11 @@
 //! (table-filter → binary-repr → topic-name), encodes the JSON envelope and writes it to a file
 //! sink with fsync on flush — everything a user's pipeline does. Printed: events/s of each, the
 //! ratio (target ≥ 0.9), and each process's CPU time and peak resident memory.
+//!
+//! Measured 2026-11-24 (release, 2-core VM, 1,000,000 changes in 200 transactions, PostgreSQL
+//! 15): 0.909 and 0.932 in two runs (walflow ~220,000 events/s using ~5.2 s of CPU over two
+//! cores; pg_recvlogical ~238,000 events/s). Before plugins were lowered from borrowed host
+//! events (`host/src/plugin/view.rs`) it was 0.84–0.87.
 
 use std::path::Path;
 use std::process::Command;

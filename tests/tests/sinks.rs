@@ -941,6 +941,36 @@ async fn malformed_settings_name_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_topic_that_cannot_be_created_is_fatal_and_named() {
+    let tansu = Broker::start(Kind::Tansu);
+    let entry = format!(
+        "type = \"kafka\"\nbrokers = \"{}\"\ncreate_topics = true\ntimeout = \"2s\"",
+        tansu.url()
+    );
+    let mut s = sink(&entry).await.unwrap();
+    let record = walflow::sink::EncodedRecord {
+        topic: "app.public.order items".into(),
+        key: None,
+        payload: b"{}".to_vec(),
+        lsn: 1,
+    };
+    let batch = walflow::sink::SinkBatch {
+        records: std::slice::from_ref(&record),
+        events: &[],
+    };
+    let err = match s.write(batch).await {
+        Err(e) => e,
+        Ok(()) => s.flush().await.expect_err("an illegal topic is refused"),
+    };
+    assert!(!err.is_retryable(), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("`app.public.order items`") && message.contains("topic-namer"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_kafka_topic_without_auto_creation_is_fatal() {
     let tansu = Broker::start(Kind::Tansu);
     let workload = workload::random(15, 5, false);

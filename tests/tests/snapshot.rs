@@ -136,7 +136,7 @@ fn start(config: &ConfigFile) -> WalflowChild {
 
 /// Waits until walflow streams (any snapshot delivered) and everything committed so far is
 /// confirmed, then stops it with SIGTERM.
-async fn finish(db: &TestDb, config: &ConfigFile, mut child: WalflowChild) {
+async fn finish(db: &TestDb, mut child: WalflowChild) {
     wait_for_log(&mut child, "streaming started", Duration::from_secs(120)).await;
     let slot = db.config().slot_name().to_string();
     let marker = db.emit_marker().await;
@@ -155,7 +155,6 @@ async fn finish(db: &TestDb, config: &ConfigFile, mut child: WalflowChild) {
     child.terminate();
     let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(output.status.success(), "{}", output.describe());
-    let _ = config;
 }
 
 async fn wait_for_log(child: &mut WalflowChild, text: &str, timeout: Duration) {
@@ -208,7 +207,7 @@ async fn initial_snapshot_under_concurrent_writes_rebuilds_the_source() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop_churn(stop, churning).await;
     let log = child.stderr();
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
 
     let records = records(&config);
     assert_eq!(count(&records, "first"), 1, "one first snapshot record");
@@ -247,7 +246,7 @@ async fn snapshot_rows_and_streamed_rows_look_the_same() {
         .batch_execute("UPDATE orders SET id = id WHERE id = 3")
         .await
         .unwrap();
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
     let records = records(&config);
     let after = |op: &str| {
         records
@@ -284,7 +283,7 @@ async fn modes_initial_only_never_and_a_second_start() {
         .replace("snapshot = \"initial_only\"", "snapshot = \"initial\"");
     std::fs::write(&once.path, text).unwrap();
     let child = start(&once);
-    finish(&db, &once, child).await;
+    finish(&db, child).await;
     let after = records(&once);
     assert_eq!(
         after.iter().filter(|r| r["value"]["op"] == "r").count(),
@@ -333,7 +332,7 @@ async fn when_needed_resnapshots_a_broken_slot_history() {
     fill(&client, 1, 200).await;
     let config = file_sink(&db, &[]);
     let child = start(&config);
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
     let slot = db.config().slot_name().to_string();
     client
         .query("SELECT pg_drop_replication_slot($1)", &[&slot])
@@ -362,7 +361,7 @@ async fn when_needed_resnapshots_a_broken_slot_history() {
         .replace("[state]", "snapshot = \"when_needed\"\n\n[state]");
     std::fs::write(&config.path, text).unwrap();
     let child = start(&config);
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
     let records = records(&config);
     let firsts: Vec<_> = records
         .iter()
@@ -414,7 +413,7 @@ async fn kill9_during_the_initial_snapshot_resumes_it() {
     .await;
     assert!(child.stderr().contains("resuming the initial snapshot"));
     stop_churn(stop, churning).await;
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
     replay::assert_rebuilds(&client, &records(&config), &[("orders", BYTEA)]).await;
 }
 
@@ -443,7 +442,7 @@ async fn incremental_by_signal_table_under_load_rebuilds_the_source() {
     )
     .await;
     stop_churn(stop, churning).await;
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
 
     let records = records(&config);
     assert!(count(&records, "incremental") > 5_000);
@@ -506,7 +505,7 @@ async fn incremental_read_only_under_a_role_that_cannot_write() {
     )
     .await;
     stop_churn(stop, churning).await;
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
     let records = records(&config);
     assert!(count(&records, "incremental") > 3_000);
     replay::assert_rebuilds(&client, &records, &[("orders", BYTEA)]).await;
@@ -563,7 +562,7 @@ async fn kill9_during_an_incremental_snapshot_resumes_at_the_next_chunk() {
     )
     .await;
     stop_churn(stop, churning).await;
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
     let records = records(&config);
     assert!(
         count(&records, "incremental") < 60_000 + 20_000,
@@ -613,7 +612,7 @@ async fn a_table_added_later_is_backfilled_by_request() {
         .batch_execute("UPDATE late SET v = 'changed' WHERE id = 5")
         .await
         .unwrap();
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
     let records = records(&config);
     let late: Vec<&Json> = records
         .iter()
@@ -681,7 +680,7 @@ async fn pause_resume_and_stop() {
         Duration::from_secs(30),
     )
     .await;
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
     let incremental = count(&records(&config), "incremental");
     assert!(
         (20_000..40_000).contains(&incremental),
@@ -750,7 +749,7 @@ async fn bad_signal_rows_are_skipped_and_bad_requests_refused() {
             "{table}: {line}"
         );
     }
-    finish(&db, &config, child).await;
+    finish(&db, child).await;
     assert_eq!(count(&records(&config), "incremental"), 500);
 }
 

@@ -155,6 +155,11 @@ impl KafkaSink {
         if self.topics.contains(topic) {
             return Ok(());
         }
+        if let Err(why) = legal_topic(topic) {
+            return Err(SinkError::Fatal(format!(
+                "cannot create kafka topic `{topic}`: {why}; name topics with a topic-namer plugin or `topic_prefix`"
+            )));
+        }
         let Some(create) = self.create else {
             return Err(SinkError::Fatal(format!(
                 "kafka topic `{topic}` does not exist at {}; create it, or set `create_topics = true`",
@@ -413,6 +418,23 @@ fn security(s: &Settings<'_>, config: &mut ClientConfig) -> Result<(), SinkError
     Ok(())
 }
 
+/// Kafka's rule for topic names (`org.apache.kafka.common.internals.Topic.validate`).
+fn legal_topic(topic: &str) -> Result<(), &'static str> {
+    if topic.is_empty() || topic == "." || topic == ".." {
+        return Err("not a legal kafka topic name");
+    }
+    if topic.len() > 249 {
+        return Err("kafka topic names are at most 249 characters");
+    }
+    if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("kafka topic names may only hold ASCII letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
 /// Errors that no retry fixes: the data or the credentials are wrong.
 fn is_permanent(code: RDKafkaErrorCode) -> bool {
     matches!(
@@ -499,5 +521,20 @@ impl Sink for KafkaSink {
             }
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::legal_topic;
+
+    #[test]
+    fn topic_names_follow_kafkas_rule() {
+        assert!(legal_topic("app.public.orders").is_ok());
+        assert!(legal_topic("App_1-x").is_ok());
+        for bad in ["", ".", "..", "app.public.order items", "app.public.zähler"] {
+            assert!(legal_topic(bad).is_err(), "{bad:?}");
+        }
+        assert!(legal_topic(&"a".repeat(250)).is_err());
     }
 }
