@@ -180,6 +180,32 @@ fn topic_name_follows_prefix_database_prefix_and_template() {
 }
 
 #[test]
+fn topic_name_sends_logical_messages_to_the_message_topic() {
+    let mut message = event(&relation("", "", &[]), Op::Message, vec![]);
+    message.after = None;
+    message.message = Some(walflow::event::LogicalMessage {
+        transactional: true,
+        prefix: "audit".into(),
+        content: b"hello".to_vec(),
+    });
+    for (config, topic) in [
+        ("{}", "message"),
+        (
+            r#"{"prefix": "app", "database_prefix": true}"#,
+            "app_app.message",
+        ),
+    ] {
+        let mut c = chain(vec![spec("topic_name", config, OnError::Stop)]);
+        let out = c.run(vec![message.clone()]).expect("namer runs");
+        assert_eq!(
+            out.events[0].topic.as_deref(),
+            Some(topic),
+            "config {config}"
+        );
+    }
+}
+
+#[test]
 fn mask_columns_hashes_or_redacts_configured_columns_in_both_rows() {
     let users = relation(
         "public",

@@ -27,12 +27,17 @@ pub struct EncodeOptions {
 }
 
 /// The default topic of an event: `{prefix}.{schema}.{table}`, or `{schema}.{table}` without a
-/// prefix. A topic-namer plugin overrides it by setting `Event::topic`.
+/// prefix; logical decoding messages, which have no table, go to `{prefix}.message` (Debezium's
+/// name). A topic-namer plugin overrides it by setting `Event::topic`.
 pub fn default_topic(event: &Event, prefix: Option<&str>) -> String {
     let r = &event.relation;
-    match prefix {
-        Some(p) if !p.is_empty() => format!("{p}.{}.{}", r.schema, r.table),
+    let name = match event.op {
+        crate::event::Op::Message => "message".to_string(),
         _ => format!("{}.{}", r.schema, r.table),
+    };
+    match prefix {
+        Some(p) if !p.is_empty() => format!("{p}.{name}"),
+        _ => name,
     }
 }
 
@@ -98,4 +103,43 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::default_topic;
+    use crate::event::{Event, LogicalMessage, Op, Relation, Source};
+
+    fn event(op: Op, schema: &str, table: &str) -> Event {
+        Event {
+            op,
+            relation: Arc::new(Relation {
+                oid: 0,
+                schema: schema.into(),
+                table: table.into(),
+                columns: Vec::new(),
+            }),
+            source: Source::default(),
+            before: None,
+            after: None,
+            topic: None,
+            message: (op == Op::Message).then(|| LogicalMessage {
+                transactional: false,
+                prefix: "p".into(),
+                content: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn tables_name_their_topic_and_messages_go_to_the_message_topic() {
+        let insert = event(Op::Create, "public", "orders");
+        assert_eq!(default_topic(&insert, Some("app")), "app.public.orders");
+        assert_eq!(default_topic(&insert, None), "public.orders");
+        let message = event(Op::Message, "", "");
+        assert_eq!(default_topic(&message, Some("app")), "app.message");
+        assert_eq!(default_topic(&message, Some("")), "message");
+    }
 }

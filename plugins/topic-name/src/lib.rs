@@ -2,7 +2,8 @@
 //!
 //! Config: `{"prefix": "app", "database_prefix": false, "template": "…"}` (all optional).
 //! Default topic `{prefix}.{schema}.{table}` (`{schema}.{table}` without a prefix); with
-//! `database_prefix` the seed's `DatabaseName_TopicName`, i.e. `{database}_` before it. A
+//! `database_prefix` the seed's `DatabaseName_TopicName`, i.e. `{database}_` before it. Logical
+//! decoding messages (no table) go to `{prefix}.message`, as in Debezium. A
 //! template replaces the default and may use `{prefix}`, `{database}`, `{schema}`, `{table}`
 //! and `{op}` (Debezium's letter).
 
@@ -52,6 +53,9 @@ fn name(event: &Event) -> String {
             .replace("{schema}", event.schema())
             .replace("{table}", event.table())
             .replace("{op}", op_code(event.op())),
+        // A logical decoding message has no table: Debezium's `{prefix}.message`.
+        None if event.op() == Op::Message && prefix.is_empty() => "message".to_string(),
+        None if event.op() == Op::Message => format!("{prefix}.message"),
         None if prefix.is_empty() => format!("{}.{}", event.schema(), event.table()),
         None => format!("{prefix}.{}.{}", event.schema(), event.table()),
     };
