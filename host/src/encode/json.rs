@@ -486,6 +486,30 @@ mod tests {
     }
 
     #[test]
+    fn json_values_keep_their_digits_and_stay_on_one_line() {
+        let line_with = |doc: &str| {
+            let mut e = event();
+            e.after.as_mut().unwrap()[4] = Value::Json(doc.into());
+            let options = EncodeOptions {
+                name: None,
+                include_types: false,
+            };
+            serde_json::to_string(&Record::new(&e, &options, 0)).unwrap()
+        };
+        let exact = line_with(r#"{"n": 123456789012345678901234567890.5}"#);
+        assert!(
+            exact.contains("123456789012345678901234567890.5"),
+            "{exact}"
+        );
+        let typed = line_with("{\n  \"a\": 1\n}");
+        assert!(!typed.contains('\n'), "{typed}");
+        let j: Json = serde_json::from_str(&typed).unwrap();
+        assert_eq!(j["value"]["after"]["doc"], serde_json::json!({"a": 1}));
+        let j: Json = serde_json::from_str(&line_with("not json")).unwrap();
+        assert_eq!(j["value"]["after"]["doc"], "not json");
+    }
+
+    #[test]
     fn round_trips_with_types() {
         let original = event();
         let j = record_with(

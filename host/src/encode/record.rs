@@ -269,7 +269,18 @@ fn serialize_float<S: Serializer>(f: f64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Embeds JSON text as JSON; text that is not valid JSON is written as a string.
+/// A `json`/`jsonb` value as JSON, not as a string. The JSON encoder (the human-readable one)
+/// embeds the text as it is once it is checked to be JSON: numbers keep every digit (a parsed
+/// value would round them to f64) and no tree is built. Text that spans lines is parsed and
+/// written again, so that a `json` value typed with newlines cannot break JSON lines; so is
+/// everything for MessagePack, which needs the structure.
 fn serialize_json<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    if s.is_human_readable()
+        && !text.contains(['\n', '\r'])
+        && let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(text)
+    {
+        return raw.serialize(s);
+    }
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(v) => v.serialize(s),
         Err(_) => s.serialize_str(text),
