@@ -9,15 +9,15 @@
 //! JSON envelope and writes a file sink with fsync. Printed: rows/s of each, walflow's ratio to
 //! COPY (issue 5's target: ≥ 0.8 at parallelism 2), CPU time and peak resident memory.
 //!
-//! Measured 2026-11-24 (release, 2-core VM, PostgreSQL 15), after plugins were lowered from
-//! borrowed host events: 5,000,000 rows, COPY ~800k rows/s, walflow ~162k rows/s at parallelism
-//! 1 and ~166k at 2 — ratios 0.20 and 0.21, far from the target (1,000,000 rows: 0.23). A
+//! Measured 2026-11-24 (release, 2-core VM, PostgreSQL 15, 5,000,000 rows): COPY ~837k rows/s;
+//! walflow ~178k rows/s at parallelism 1 and ~181k at 2 — ratios 0.21 and 0.22, far from the
+//! target. (Before this session's changes — plugins lowered from borrowed host events, json
+//! embedded instead of parsed and rewritten — it was 0.20/0.21 with ~8.5 µs of CPU per row.) A
 //! second reader does not help because the readers are not the bottleneck: every row costs
-//! ~8.5 µs of CPU after it is read, spread thin over decoding, the three plugins' ABI (~1.9 µs
-//! in `plugin-chain`), JSON encoding (jsonb parsed into a value and written out again, string
-//! escaping), allocation and the file sink; the process uses ~1.4 of the 2 cores. Reaching
-//! 0.8 needs a cheaper plugin ABI (issue 2) and an encoder that writes values without
-//! intermediate allocations.
+//! ~7.8 µs of CPU after it is read, spread thin over decoding, the three plugins' ABI (~1.9 µs
+//! in `plugin-chain`), JSON encoding and string escaping, allocation and the file sink; the
+//! process uses ~1.4 of the 2 cores. Reaching 0.8 needs a cheaper plugin ABI (issue 2) and an
+//! encoder that writes values without intermediate allocations.
 
 use std::path::Path;
 use std::process::Command;
