@@ -694,7 +694,8 @@ async fn kafka_writes_a_produce_once_when_its_answer_is_lost() {
     proxy.forward_to(listener, tansu.port());
     let workload = workload::random(13, 60, false);
     let entry = format!(
-        "type = \"kafka\"\nbrokers = \"{}\"\ncreate_topics = true\npartitions = 3\ntimeout = \"20s\"",
+        "type = \"kafka\"\nbrokers = \"{}\"\ncreate_topics = true\npartitions = 3\ntimeout = \"20s\"\n\
+         librdkafka_options = {{ \"linger.ms\" = \"20\" }}",
         proxy.address()
     );
     let s = sink(&entry).await.unwrap();
@@ -923,6 +924,14 @@ async fn malformed_settings_name_the_key() {
         (
             "type = \"kafka\"\nbrokers = \"b:9092\"\nsasl_mechanism = \"PLAIN\"",
             "`sasl_username`",
+        ),
+        (
+            "type = \"kafka\"\nbrokers = \"b:9092\"\nlibrdkafka_options = { \"no.such.property\" = \"1\" }",
+            "no.such.property",
+        ),
+        (
+            "type = \"kafka\"\nbrokers = \"b:9092\"\nlibrdkafka_options = { \"enable.idempotence\" = \"false\" }",
+            "delivery guarantee depends on them",
         ),
         (
             "type = \"nats\"\nurl = \"nats://x\"\nsubjects = [\"a\"]",

@@ -62,7 +62,7 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Connects using its settings: `brokers` (required), `create_topics`, `partitions`,
     /// `replication_factor`, `compression`, `timeout`, `client_id`, `tls`, `tls_ca`,
-    /// `sasl_mechanism`, `sasl_username`, `sasl_password_env`.
+    /// `sasl_mechanism`, `sasl_username`, `sasl_password_env`, `librdkafka_options`.
     pub async fn from_settings(settings: &toml::Table) -> Result<KafkaSink, SinkError> {
         let s = Settings::new(
             "kafka",
@@ -80,6 +80,7 @@ impl KafkaSink {
                 "sasl_mechanism",
                 "sasl_username",
                 "sasl_password_env",
+                "librdkafka_options",
             ],
         )?;
         let brokers: Vec<String> = match s.str_list("brokers")? {
@@ -106,9 +107,11 @@ impl KafkaSink {
             }),
         };
         let config = client_config(&s, &joined, timeout)?;
-        let producer = config
-            .create_with_context(KafkaLog)
-            .map_err(|e| SinkError::Fatal(format!("cannot set up the kafka producer: {e}")))?;
+        let producer = config.create_with_context(KafkaLog).map_err(|e| {
+            SinkError::Fatal(format!(
+                "cannot set up the kafka producer: {e}; check the sink's settings and `librdkafka_options`"
+            ))
+        })?;
         let sink = KafkaSink {
             name: format!("kafka:{joined}"),
             brokers: joined,
@@ -347,6 +350,12 @@ fn client_config(
         config.set("debug", contexts);
     }
     security(s, &mut config)?;
+    for (key, value) in s.str_table("librdkafka_options")? {
+        if let Some(why) = protected_option(&key) {
+            return Err(s.invalid("librdkafka_options", why));
+        }
+        config.set(key, value);
+    }
     Ok(config)
 }
 
@@ -416,6 +425,17 @@ fn security(s: &Settings<'_>, config: &mut ClientConfig) -> Result<(), SinkError
     };
     config.set("security.protocol", protocol);
     Ok(())
+}
+
+/// Why a librdkafka property may not be set through `librdkafka_options`, if it may not.
+fn protected_option(key: &str) -> Option<&'static str> {
+    match key {
+        "enable.idempotence" | "acks" | "enable.gapless.guarantee" | "transactional.id" => Some(
+            "free of `enable.idempotence`, `acks` and transactions: walflow's delivery guarantee depends on them",
+        ),
+        "bootstrap.servers" | "metadata.broker.list" => Some("free of the brokers: use `brokers`"),
+        _ => None,
+    }
 }
 
 /// Kafka's rule for topic names (`org.apache.kafka.common.internals.Topic.validate`).
