@@ -385,23 +385,13 @@ async fn http_400_dead_letters_the_batch_under_on_error_dead_letter() {
         Default::default(),
     )
     .with_rejections_dead_lettered(vec![true]);
-    let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    let (ack_tx, acks) = tokio::sync::watch::channel(0);
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = workload::spawn(delivery, rx, ack_tx, stop_rx);
-    for u in &workload.units {
-        tx.send(u.clone()).await.unwrap();
-    }
-    drop(tx);
-    let result = tokio::task::spawn_blocking(move || task.join().unwrap())
-        .await
-        .unwrap();
+    let (result, acked) = workload::run_to_end(delivery, &workload).await;
     assert_eq!(
         result.unwrap(),
         Some(workload.last_lsn()),
         "the pipeline went on"
     );
-    assert_eq!(*acks.borrow(), workload.last_lsn());
+    assert_eq!(acked, workload.last_lsn());
 
     let dead_records = http_records(&dead_endpoint);
     assert!(
@@ -463,19 +453,9 @@ async fn dead_letters_go_to_a_broker_sink_with_their_error() {
         },
         Default::default(),
     );
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let (ack_tx, acks) = tokio::sync::watch::channel(0);
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = workload::spawn(delivery, rx, ack_tx, stop_rx);
-    for u in &workload.units {
-        tx.send(u.clone()).await.unwrap();
-    }
-    drop(tx);
-    let result = tokio::task::spawn_blocking(move || task.join().unwrap())
-        .await
-        .unwrap();
+    let (result, acked) = workload::run_to_end(delivery, &workload).await;
     assert_eq!(result.unwrap(), Some(workload.last_lsn()));
-    assert_eq!(*acks.borrow(), workload.last_lsn());
+    assert_eq!(acked, workload.last_lsn());
 
     let dead_records = http_records(&endpoint);
     let expected_dead: Vec<String> = workload

@@ -344,6 +344,29 @@ pub fn spawn(
     })
 }
 
+/// Feeds all of `workload` to `delivery`, closes its input and waits for it to end: what the
+/// loop returned, and the last LSN it acknowledged.
+pub async fn run_to_end(
+    delivery: Delivery,
+    workload: &Workload,
+) -> (Result<Option<u64>, DeliveryError>, u64) {
+    let (tx, rx) = mpsc::channel(64);
+    let (ack_tx, acks) = watch::channel(0);
+    let (_stop, stop_rx) = watch::channel(false);
+    let task = spawn(delivery, rx, ack_tx, stop_rx);
+    for unit in &workload.units {
+        tx.send(unit.clone())
+            .await
+            .expect("delivery loop ended early");
+    }
+    drop(tx);
+    let result = tokio::task::spawn_blocking(move || task.join().expect("delivery loop panicked"))
+        .await
+        .expect("join");
+    let acked = *acks.borrow();
+    (result, acked)
+}
+
 /// Runs `workload` through `sinks` to the end and checks everything was acknowledged.
 pub async fn deliver_all(sinks: Vec<Box<dyn Sink>>, workload: &Workload) {
     let running = Running::start(sinks, None);
