@@ -668,6 +668,28 @@ async fn kafka_down_mid_stream_confirms_nothing_early_and_redelivers_the_rest() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_before_a_new_topic_takes_each_batch_once() {
+    let mut tansu = Broker::start(Kind::Tansu);
+    let workload = workload::random(14, 20, false);
+    let s = sink(&kafka_entry(&tansu.url())).await.unwrap();
+    // Down before the first record: looking its topic up fails, and the loop retries.
+    tansu.stop();
+    let mut running = Running::start(vec![s], None);
+    running.feed(&workload.units).await;
+    assert_stuck_at(&running, 0, Duration::from_secs(3)).await;
+    tansu.restart();
+    running.wait_acked(workload.last_lsn(), LONG).await;
+    running.finish().await.unwrap();
+    let records: Vec<Json> = kafka_records(&tansu.url(), &STREAMS)
+        .await
+        .into_iter()
+        .map(|(_, r, _)| r)
+        .collect();
+    // A write that failed must not have kept its batch: the retried write would add it again.
+    assert_exactly(&records, &workload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_writes_a_produce_once_when_its_answer_is_lost() {
     let (proxy, listener) = kafka_proxy::KafkaProxy::bind().await;
     let tansu = Broker::start_tansu_behind(proxy.port());

@@ -505,8 +505,16 @@ impl Sink for KafkaSink {
                 delivery: None,
             });
         }
-        // Start producing now; `flush` waits for the acknowledgements.
-        self.send_pending().await
+        // Start producing now; `flush` waits for the acknowledgements and sends again what
+        // could not be sent. The records are taken either way, so a transient failure here is
+        // left to `flush`: failing `write` would make the caller hand the batch over twice.
+        match self.send_pending().await {
+            Err(SinkError::Retryable(e)) => {
+                tracing::debug!(sink = %self.name, error = %e, "kafka send deferred to flush");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
