@@ -19,62 +19,41 @@ mod sinks;
 mod snapshot;
 mod tail;
 
+const USAGE: &str = "usage: walflow-bench BENCHMARK [COUNT]
+  sinks [EVENTS]          events/s into each sink, as a ratio to the file sink (1,000,000)
+  plugin-chain [EVENTS]   native Rust vs a passthrough plugin vs the three built-in plugins,
+                          at batch sizes 1, 64, 1024 (200,000 per measurement)
+  tail [CHANGES]          walflow tail vs pg_recvlogical on the same backlog (1,000,000)
+  pipeline [CHANGES]      walflow run (three plugins, JSON file) vs pg_recvlogical (1,000,000)
+  snapshot [ROWS]         initial snapshot at parallelism 1 and 2 vs psql COPY (5,000,000)";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None | Some("sinks") => {
-            let events = match args.get(1) {
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("EVENTS must be a number, not `{n}`"))?,
-                None => 1_000_000,
-            };
-            sinks::run(events).await
+    let count = |name: &str, default: u64| -> anyhow::Result<u64> {
+        match args.get(1) {
+            Some(n) => n
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{name} must be a number, not `{n}`\n{USAGE}")),
+            None => Ok(default),
         }
+    };
+    match args.first().map(String::as_str) {
+        None | Some("sinks") => sinks::run(count("EVENTS", 1_000_000)? as usize).await,
         Some("plugin-chain") => {
-            let events = match args.get(1) {
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("EVENTS must be a number, not `{n}`"))?,
-                None => 200_000,
-            };
+            let events = count("EVENTS", 200_000)? as usize;
             tokio::task::spawn_blocking(move || plugin_chain::run(events)).await?
         }
-        Some("tail") => {
-            let changes = match args.get(1) {
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("CHANGES must be a number, not `{n}`"))?,
-                None => 1_000_000,
-            };
-            tail::run(changes).await
-        }
+        Some("tail") => tail::run(count("CHANGES", 1_000_000)?).await,
         Some("__walflow-tail") => tail::child(&args[1..]).await,
-        Some("pipeline") => {
-            let changes = match args.get(1) {
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("CHANGES must be a number, not `{n}`"))?,
-                None => 1_000_000,
-            };
-            pipeline::run(changes).await
-        }
+        Some("pipeline") => pipeline::run(count("CHANGES", 1_000_000)?).await,
         Some("__walflow-run") => pipeline::child(&args[1..]).await,
-        Some("snapshot") => {
-            let rows = match args.get(1) {
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("ROWS must be a number, not `{n}`"))?,
-                None => 5_000_000,
-            };
-            snapshot::run(rows).await
-        }
+        Some("snapshot") => snapshot::run(count("ROWS", 5_000_000)?).await,
         Some("__walflow-snapshot") => snapshot::child(&args[1..]).await,
-        Some(other) => {
-            anyhow::bail!(
-                "unknown benchmark `{other}`; available: sinks, plugin-chain, tail, pipeline, snapshot"
-            )
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
         }
+        Some(other) => anyhow::bail!("unknown benchmark `{other}`\n{USAGE}"),
     }
 }
