@@ -1,7 +1,8 @@
 //! The host side of the plugin ABI: one `bindgen!` over the `host` world of
-//! `wit/walflow-plugin.wit`, which exports every role's interface. Each plugin binds only the
-//! interface of its own role (through that interface's `GuestIndices`), so one set of generated
-//! types serves all worlds.
+//! `wit/walflow-plugin.wit`, which exports every role's interface, so one set of generated types
+//! serves all worlds. They type what plugins answer (needs, edits, topics) and the imports the
+//! host provides (`outbound-http`); batches go in through the borrowed views of `view.rs`, which
+//! have the same shapes, and `instance.rs` checks each plugin's functions against both.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -9,4 +10,3 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::walflow::plugin::types;
-pub use exports::walflow::plugin::{filter_api, sink_api, topic_namer_api, transform_api};

@@ -5,6 +5,7 @@
 //! - `sandbox`: each plugin's store: WASI with an empty context, stdout/stderr into `tracing`,
 //!   a memory cap.
 //! - [`bindings`]: the one `bindgen!` of `wit/walflow-plugin.wit`.
+//! - `view`: batches lowered into a plugin straight from the host events, without a copy.
 //! - [`Chain`]: filter → transforms → topic namer over a batch, with the `on_error` policy.
 //! - [`reload`]: hot reload of changed plugin files at batch boundaries.
 //! - [`run_command`]: `walflow plugin run`, the plugin author's inner loop.
