@@ -592,6 +592,15 @@ fn murmur2_matches_kafka() {
     assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
 }
 
+/// The records in the workload's topics, without partitions and keys.
+async fn kafka_values(brokers: &str) -> Vec<Json> {
+    kafka_records(brokers, &STREAMS)
+        .await
+        .into_iter()
+        .map(|(_, r, _)| r)
+        .collect()
+}
+
 fn kafka_entry(brokers: &str) -> String {
     format!(
         "type = \"kafka\"\nbrokers = [\"{brokers}\"]\ncreate_topics = true\npartitions = 3\ncompression = \"zstd\"\ntimeout = \"3s\""
@@ -650,11 +659,7 @@ async fn kafka_down_mid_stream_confirms_nothing_early_and_redelivers_the_rest() 
     tansu.restart();
     running.wait_acked(workload.last_lsn(), LONG).await;
     running.finish().await.unwrap();
-    let records: Vec<Json> = kafka_records(&tansu.url(), &STREAMS)
-        .await
-        .into_iter()
-        .map(|(_, r, _)| r)
-        .collect();
+    let records = kafka_values(&tansu.url()).await;
     let tail = Workload {
         units: second.to_vec(),
         orders: Default::default(),
@@ -680,11 +685,7 @@ async fn kafka_down_before_a_new_topic_takes_each_batch_once() {
     tansu.restart();
     running.wait_acked(workload.last_lsn(), LONG).await;
     running.finish().await.unwrap();
-    let records: Vec<Json> = kafka_records(&tansu.url(), &STREAMS)
-        .await
-        .into_iter()
-        .map(|(_, r, _)| r)
-        .collect();
+    let records = kafka_values(&tansu.url()).await;
     // A write that failed must not have kept its batch: the retried write would add it again.
     assert_exactly(&records, &workload);
 }
@@ -708,11 +709,7 @@ async fn kafka_writes_a_produce_once_when_its_answer_is_lost() {
         1,
         "the proxy lost one produce answer, so the producer had to retry"
     );
-    let records: Vec<Json> = kafka_records(&tansu.url(), &STREAMS)
-        .await
-        .into_iter()
-        .map(|(_, r, _)| r)
-        .collect();
+    let records = kafka_values(&tansu.url()).await;
     // The retried produce reached the broker twice; the idempotent producer's sequence numbers
     // let the broker keep one copy.
     assert_exactly(&records, &workload);
