@@ -134,6 +134,13 @@ fn start(config: &ConfigFile) -> WalflowChild {
         .unwrap()
 }
 
+/// Starts walflow and waits until it streams.
+async fn start_streaming(config: &ConfigFile) -> WalflowChild {
+    let mut child = start(config);
+    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    child
+}
+
 /// Waits until walflow streams (any snapshot delivered) and everything committed so far is
 /// confirmed, then stops it with SIGTERM.
 async fn finish(db: &TestDb, mut child: WalflowChild) {
@@ -240,8 +247,7 @@ async fn snapshot_rows_and_streamed_rows_look_the_same() {
     let client = db.client().await;
     fill(&client, 1, 5).await;
     let config = file_sink(&db, &["snapshot_parallelism = 1"]);
-    let mut child = start(&config);
-    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    let child = start_streaming(&config).await;
     client
         .batch_execute("UPDATE orders SET id = id WHERE id = 3")
         .await
@@ -419,6 +425,28 @@ async fn kill9_during_the_initial_snapshot_resumes_it() {
 
 // ---------------------------------------------------------------- incremental snapshots
 
+/// Starts walflow, requests an incremental snapshot of `public.orders` while a churn of ids up
+/// to `max_id` runs, waits until the snapshot is done and stops walflow once all is confirmed.
+async fn snapshot_orders_under_churn(
+    db: &Arc<TestDb>,
+    config: &ConfigFile,
+    seed: u64,
+    max_id: i32,
+) {
+    let mut child = start_streaming(config).await;
+    let (stop, churning) = start_churn(db, seed, max_id);
+    let output = request(config, &["--table", "public.orders"]).await;
+    assert!(output.status.success(), "{}", output.describe());
+    wait_for_log(
+        &mut child,
+        "incremental snapshot of table done",
+        Duration::from_secs(90),
+    )
+    .await;
+    stop_churn(stop, churning).await;
+    finish(db, child).await;
+}
+
 const SIGNAL: &str = "signal_table = \"public.walflow_signal\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,19 +458,7 @@ async fn incremental_by_signal_table_under_load_rebuilds_the_source() {
         &db,
         &["snapshot = \"never\"", SIGNAL, "snapshot_chunk_size = 300"],
     );
-    let mut child = start(&config);
-    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
-    let (stop, churning) = start_churn(&db, 3, 6_000);
-    let output = request(&config, &["--table", "public.orders"]).await;
-    assert!(output.status.success(), "{}", output.describe());
-    wait_for_log(
-        &mut child,
-        "incremental snapshot of table done",
-        Duration::from_secs(90),
-    )
-    .await;
-    stop_churn(stop, churning).await;
-    finish(&db, child).await;
+    snapshot_orders_under_churn(&db, &config, 3, 6_000).await;
 
     let records = records(&config);
     assert!(count(&records, "incremental") > 5_000);
@@ -493,19 +509,7 @@ async fn incremental_read_only_under_a_role_that_cannot_write() {
         .append("[[sinks]]\ntype = \"file\"\npath = \"out/events.jsonl\"")
         .write()
         .unwrap();
-    let mut child = start(&config);
-    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
-    let (stop, churning) = start_churn(&db, 4, 4_000);
-    let output = request(&config, &["--table", "public.orders"]).await;
-    assert!(output.status.success(), "{}", output.describe());
-    wait_for_log(
-        &mut child,
-        "incremental snapshot of table done",
-        Duration::from_secs(90),
-    )
-    .await;
-    stop_churn(stop, churning).await;
-    finish(&db, child).await;
+    snapshot_orders_under_churn(&db, &config, 4, 4_000).await;
     let records = records(&config);
     assert!(count(&records, "incremental") > 3_000);
     replay::assert_rebuilds(&client, &records, &[("orders", BYTEA)]).await;
@@ -529,8 +533,7 @@ async fn kill9_during_an_incremental_snapshot_resumes_at_the_next_chunk() {
         &db,
         &["snapshot = \"never\"", SIGNAL, "snapshot_chunk_size = 500"],
     );
-    let mut child = start(&config);
-    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    let mut child = start_streaming(&config).await;
     let (stop, churning) = start_churn(&db, 5, 60_000);
     let output = request(&config, &["--table", "public.orders"]).await;
     assert!(output.status.success(), "{}", output.describe());
@@ -590,8 +593,7 @@ async fn a_table_added_later_is_backfilled_by_request() {
             "publication_autocreate = \"disabled\"",
         ],
     );
-    let mut child = start(&config);
-    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    let mut child = start_streaming(&config).await;
     client
         .batch_execute(&format!(
             "CREATE TABLE late (id int PRIMARY KEY, v text);
@@ -636,8 +638,7 @@ async fn pause_resume_and_stop() {
         &db,
         &["snapshot = \"never\"", SIGNAL, "snapshot_chunk_size = 100"],
     );
-    let mut child = start(&config);
-    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    let mut child = start_streaming(&config).await;
     assert!(
         request(&config, &["--table", "public.orders"])
             .await
@@ -707,8 +708,7 @@ async fn bad_signal_rows_are_skipped_and_bad_requests_refused() {
             "tables = [\"public.orders\", \"public.nopk\"]",
         ],
     );
-    let mut child = start(&config);
-    wait_for_log(&mut child, "streaming started", Duration::from_secs(60)).await;
+    let mut child = start_streaming(&config).await;
     client
         .batch_execute(
             "INSERT INTO walflow_signal VALUES ('a', 'launch-rockets', NULL);
