@@ -133,13 +133,9 @@ async fn sigkill_at_random_points_loses_nothing() {
         .await
         .unwrap()
         .get(0);
-    wait_for_async(
-        "walflow to confirm the last transaction",
-        Duration::from_secs(60),
-        || async { db.slot_reached(&slot, &marker).await.then_some(()) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    db.wait_for_confirmed(&slot, &marker, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
     child.terminate();
     let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(
@@ -330,13 +326,9 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
 
     insert_big(&client, 0, 50).await;
     let first = db.emit_marker().await;
-    wait_for_async(
-        "the first rows to be confirmed",
-        Duration::from_secs(30),
-        || async { db.slot_reached(&slot, &first).await.then_some(()) },
-    )
-    .await
-    .unwrap();
+    db.wait_for_confirmed(&slot, &first, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(accepted.lock().unwrap().len(), 50);
 
     down.store(true, Ordering::SeqCst);
@@ -382,13 +374,9 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
 
     down.store(false, Ordering::SeqCst);
     let last = db.emit_marker().await;
-    wait_for_async(
-        "everything to be confirmed after recovery",
-        Duration::from_secs(120),
-        || async { db.slot_reached(&slot, &last).await.then_some(()) },
-    )
-    .await
-    .unwrap();
+    db.wait_for_confirmed(&slot, &last, Duration::from_secs(120))
+        .await
+        .unwrap();
     let mut lsns = accepted.lock().unwrap().clone();
     lsns.sort_unstable();
     lsns.dedup();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use walflow_tests::{Cluster, TestDb, wait_for_async, walflow};
+use walflow_tests::{Cluster, TestDb, walflow};
 
 #[allow(dead_code)]
 #[path = "sinks/http_server.rs"]
@@ -86,13 +86,9 @@ async fn the_webhook_example_delivers_a_workload_and_nothing_is_confirmed_before
         !db.slot_reached(&slot, &marker).await,
         "confirmed while the webhook was failing"
     );
-    wait_for_async(
-        "the webhook to have it all",
-        Duration::from_secs(60),
-        || async { db.slot_reached(&slot, &marker).await.then_some(()) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    db.wait_for_confirmed(&slot, &marker, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
     child.terminate();
     let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(output.status.success(), "{}", output.describe());

@@ -147,13 +147,9 @@ async fn finish(db: &TestDb, mut child: WalflowChild) {
     wait_for_log(&mut child, "streaming started", Duration::from_secs(120)).await;
     let slot = db.config().slot_name().to_string();
     let marker = db.emit_marker().await;
-    wait_for_async(
-        "walflow to confirm everything",
-        Duration::from_secs(90),
-        || async { db.slot_reached(&slot, &marker).await.then_some(()) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    db.wait_for_confirmed(&slot, &marker, Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
     assert!(
         child.is_running(),
         "walflow exited early:\n{}",

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use walflow_tests::{Cluster, ClusterOptions, wait_for_async, walflow};
+use walflow_tests::{Cluster, ClusterOptions, walflow};
 
 use super::brokers::{Broker, Kind};
 
@@ -116,13 +116,10 @@ async fn postgres_replica_equals_the_source_after_a_random_workload_and_sigkill(
         random_transaction(&client, &mut rng).await;
     }
     let end = source.emit_marker().await;
-    wait_for_async(
-        "the replica to be confirmed",
-        Duration::from_secs(90),
-        || async { source.slot_reached(&slot, &end).await.then_some(()) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    source
+        .wait_for_confirmed(&slot, &end, Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
     child.terminate();
     let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(output.status.success(), "{}", output.describe());
@@ -174,13 +171,10 @@ async fn a_stopped_redis_holds_back_the_slot_until_it_is_back() {
     };
     client.batch_execute(&insert(1, 200)).await.unwrap();
     let first = source.emit_marker().await;
-    wait_for_async(
-        "the first rows to be confirmed",
-        Duration::from_secs(60),
-        || async { source.slot_reached(&slot, &first).await.then_some(()) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    source
+        .wait_for_confirmed(&slot, &first, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
 
     redis.stop();
     for n in 0..10 {
@@ -205,13 +199,10 @@ async fn a_stopped_redis_holds_back_the_slot_until_it_is_back() {
     );
 
     redis.restart();
-    wait_for_async(
-        "the rest to be confirmed",
-        Duration::from_secs(60),
-        || async { source.slot_reached(&slot, &second).await.then_some(()) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    source
+        .wait_for_confirmed(&slot, &second, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
     child.terminate();
     child.wait_async(Duration::from_secs(30)).await.unwrap();
 
