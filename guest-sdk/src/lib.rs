@@ -93,6 +93,20 @@ pub use types::{
     SnapshotMarker, Source, Temporal, TemporalKind, Value,
 };
 
+impl Op {
+    /// Debezium's one-letter code: `c`, `u`, `d`, `r`, `t`, or `m` for a logical message.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+            Op::Message => "m",
+        }
+    }
+}
+
 static ROWS_NOT_NEEDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Declares that this plugin never reads the events' rows (only table, op, source metadata and

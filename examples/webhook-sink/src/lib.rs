@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-use walflow_sdk::{Event, Op, Row, Value};
+use walflow_sdk::{Event, Row, Value};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,13 +29,19 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 fn setup(config: &str) -> Result<(), String> {
     let parsed: Config =
         serde_json::from_str(config).map_err(|e| format!("webhook-sink config: {e}"))?;
-    CONFIG.set(parsed).map_err(|_| "init called twice".to_string())
+    CONFIG
+        .set(parsed)
+        .map_err(|_| "init called twice".to_string())
 }
 
 #[walflow_sdk::sink]
 fn write(events: &[Event], topics: &[String]) -> Result<(), String> {
     let config = CONFIG.get().ok_or("webhook-sink was not initialised")?;
-    let body: Vec<Json> = events.iter().zip(topics).map(|(e, t)| record(e, t)).collect();
+    let body: Vec<Json> = events
+        .iter()
+        .zip(topics)
+        .map(|(e, t)| record(e, t))
+        .collect();
     let mut headers: Vec<(String, String)> = config
         .headers
         .iter()
@@ -63,13 +69,17 @@ fn record(e: &Event, topic: &str) -> Json {
         .zip(0..)
         .filter(|(c, _)| c.key)
         .filter_map(|(c, i)| {
-            let row = if e.after().exists() { e.after() } else { e.before() };
+            let row = if e.after().exists() {
+                e.after()
+            } else {
+                e.before()
+            };
             row.get_index(i).map(|v| (c.name.clone(), value(v)))
         })
         .collect();
     json!({
         "topic": topic,
-        "op": op_letter(e.op()),
+        "op": e.op().code(),
         "schema": e.schema(),
         "table": e.table(),
         "lsn": e.source().lsn,
@@ -77,18 +87,6 @@ fn record(e: &Event, topic: &str) -> Json {
         "before": row(e.before()),
         "after": row(e.after()),
     })
-}
-
-/// Debezium's op letters (`m` for a logical message).
-fn op_letter(op: Op) -> &'static str {
-    match op {
-        Op::Create => "c",
-        Op::Update => "u",
-        Op::Delete => "d",
-        Op::Read => "r",
-        Op::Truncate => "t",
-        Op::Message => "m",
-    }
 }
 
 fn row(r: Row<'_>) -> Json {

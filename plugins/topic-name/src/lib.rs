@@ -52,7 +52,7 @@ fn name(event: &Event) -> String {
             .replace("{database}", db)
             .replace("{schema}", event.schema())
             .replace("{table}", event.table())
-            .replace("{op}", op_code(event.op())),
+            .replace("{op}", event.op().code()),
         // A logical decoding message has no table: Debezium's `{prefix}.message`.
         None if event.op() == Op::Message && prefix.is_empty() => "message".to_string(),
         None if event.op() == Op::Message => format!("{prefix}.message"),
@@ -63,16 +63,5 @@ fn name(event: &Event) -> String {
         format!("{db}_{topic}")
     } else {
         topic
-    }
-}
-
-fn op_code(op: Op) -> &'static str {
-    match op {
-        Op::Create => "c",
-        Op::Update => "u",
-        Op::Delete => "d",
-        Op::Read => "r",
-        Op::Truncate => "t",
-        Op::Message => "m",
     }
 }
