@@ -244,8 +244,10 @@ impl KafkaSink {
             if self.pending[i].delivery.is_some() {
                 continue;
             }
-            let topic = self.pending[i].topic.clone();
-            self.ensure_topic(&topic).await?;
+            if !self.topics.contains(&self.pending[i].topic) {
+                let topic = self.pending[i].topic.clone();
+                self.ensure_topic(&topic).await?;
+            }
             let delivery = self.send(i).await?;
             self.pending[i].delivery = Some(delivery);
         }
