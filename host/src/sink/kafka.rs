@@ -508,8 +508,8 @@ impl Sink for KafkaSink {
             });
         }
         // Start producing now; `flush` waits for the acknowledgements and sends again what
-        // could not be sent. The records are taken either way, so a transient failure here is
-        // left to `flush`: failing `write` would make the caller hand the batch over twice.
+        // could not be sent. The batch is kept either way, so a transient failure is left to
+        // `flush` (see the contract in `sink/mod.rs`).
         match self.send_pending().await {
             Err(SinkError::Retryable(e)) => {
                 tracing::debug!(sink = %self.name, error = %e, "kafka send deferred to flush");

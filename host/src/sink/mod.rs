@@ -13,7 +13,9 @@
 //!
 //! Errors say whether trying again can help ([`SinkError::Retryable`]) or not
 //! ([`SinkError::Fatal`]); the pipeline retries the former with capped backoff and stops on the
-//! latter without confirming.
+//! latter without confirming. A retried `write` gets the same batch again, so a sink that keeps
+//! a batch (to send it at `flush`) must not fail `write` retryably after keeping it: it takes
+//! the batch and leaves the sending to `flush`.
 
 mod file;
 mod http;
