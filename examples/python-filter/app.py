@@ -3,7 +3,7 @@
 Config: {"drop_ops": ["d"], "drop_tables": ["public.audit_log"]} (both optional).
 Drops events whose op letter is in `drop_ops` or whose `schema.table` is in `drop_tables`.
 
-Build: componentize-py -d ../../wit -w walflow:plugin/filter@0.1.0 componentize app -o python_filter.wasm
+Build: componentize-py -d ../../wit -w walflow:plugin/filter@0.2.0 componentize app -o python_filter.wasm
 (scripts/build-plugins does this).
 """
 

@@ -1,13 +1,18 @@
 //! The per-event view a plugin function gets, and the batch loops the macros call.
 //!
-//! A transform's changes are recorded as they happen (which values were set, which columns
-//! removed, whether the event was dropped or changed wholesale) and sent back as edits, so an
-//! event the transform leaves alone costs nothing on the way back.
+//! An event reads its values out of the batch's buffers, a row at a time when the plugin
+//! first looks at it (text borrows the buffer; nothing is copied). A transform's changes are recorded as they happen (which values were
+//! set, which columns removed, whether the event was dropped or changed wholesale) and sent
+//! back as edits, so an event the transform leaves alone costs nothing on the way back.
+
+use std::cell::OnceCell;
+use std::collections::HashMap;
 
 use crate::types::{
-    Batch, Column, Edit, EventFailure, Op, Relation, RemoveColumn, ReplaceEvent, RowSide, SetValue,
-    Source, Value,
+    self, Batch, Column, Edit, EventFailure, Op, Relation, RemoveColumn, ReplaceEvent, RowSide,
+    SetValue, SnapshotMarker, Topics,
 };
+use crate::value::{Answer, Buffers, Value};
 
 static NO_RELATION: Relation = Relation {
     oid: 0,
@@ -18,20 +23,39 @@ static NO_RELATION: Relation = Relation {
 
 /// One change event, with its table's columns at hand.
 pub struct Event<'a> {
-    raw: crate::types::Event,
+    raw: &'a types::Event,
     relation: &'a Relation,
+    buffers: Buffers<'a>,
+    op: Op,
+    /// The decoded `before` and `after` rows, once asked for.
+    rows: [OnceCell<Option<Vec<Value<'a>>>>; 2],
+    /// The values a transform set, to send back.
     set: Vec<(RowSide, u32)>,
     removed: Vec<u32>,
     dropped: bool,
     replaced: bool,
 }
 
+/// A logical decoding message (`pg_logical_emit_message`).
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// Whether it was emitted transactionally.
+    pub transactional: bool,
+    /// The prefix.
+    pub prefix: &'a str,
+    /// The content.
+    pub content: &'a [u8],
+}
+
 impl<'a> Event<'a> {
-    fn new(raw: crate::types::Event, relations: &'a [Relation]) -> Event<'a> {
+    fn new(raw: &'a types::Event, relations: &'a [Relation], buffers: Buffers<'a>) -> Event<'a> {
         let relation = relations.get(raw.relation as usize).unwrap_or(&NO_RELATION);
         Event {
             raw,
             relation,
+            buffers,
+            op: raw.op,
+            rows: [OnceCell::new(), OnceCell::new()],
             set: Vec::new(),
             removed: Vec::new(),
             dropped: false,
@@ -41,64 +65,113 @@ impl<'a> Event<'a> {
 
     /// What happened to the row.
     pub fn op(&self) -> Op {
-        self.raw.op
+        self.op
     }
 
     /// Changes what happened (e.g. turn a delete into an update).
     pub fn set_op(&mut self, op: Op) {
-        self.raw.op = op;
+        self.op = op;
         self.replaced = true;
     }
 
     /// The schema name (empty for a logical message).
-    pub fn schema(&self) -> &str {
+    pub fn schema(&self) -> &'a str {
         &self.relation.schema
     }
 
     /// The table name (empty for a logical message).
-    pub fn table(&self) -> &str {
+    pub fn table(&self) -> &'a str {
         &self.relation.table
     }
 
     /// The table with its columns.
-    pub fn relation(&self) -> &Relation {
+    pub fn relation(&self) -> &'a Relation {
         self.relation
     }
 
     /// The table's columns, in row order.
-    pub fn columns(&self) -> &[Column] {
+    pub fn columns(&self) -> &'a [Column] {
         &self.relation.columns
     }
 
-    /// Source metadata: database, LSN, transaction, commit time, snapshot marker.
-    pub fn source(&self) -> &Source {
-        &self.raw.source
+    /// The database the change happened in.
+    pub fn db(&self) -> &'a str {
+        std::str::from_utf8(self.buffers.bytes(self.raw.source.db)).unwrap_or("")
+    }
+
+    /// The LSN of the change.
+    pub fn lsn(&self) -> u64 {
+        self.raw.source.lsn
+    }
+
+    /// The transaction id, when known.
+    pub fn xid(&self) -> Option<u32> {
+        self.raw.source.xid
+    }
+
+    /// Commit time in microseconds since the Unix epoch (0 when unknown).
+    pub fn commit_time_us(&self) -> i64 {
+        self.raw.source.commit_time_us
+    }
+
+    /// Where the event sits in a snapshot (`False` for a streamed change).
+    pub fn snapshot(&self) -> SnapshotMarker {
+        self.raw.source.snapshot
     }
 
     /// The topic a topic namer set earlier in the chain, if any.
-    pub fn topic(&self) -> Option<&str> {
-        self.raw.topic.as_deref()
+    pub fn topic(&self) -> Option<&'a str> {
+        let span = self.raw.topic?;
+        std::str::from_utf8(self.buffers.bytes(span)).ok()
     }
 
     /// The logical message of an `Op::Message` event.
-    pub fn message(&self) -> Option<&crate::types::LogicalMessage> {
-        self.raw.message.as_ref()
+    pub fn message(&self) -> Option<Message<'a>> {
+        let message = self.raw.message.as_ref()?;
+        Some(Message {
+            transactional: message.transactional,
+            prefix: std::str::from_utf8(self.buffers.bytes(message.prefix)).unwrap_or(""),
+            content: self.buffers.bytes(message.content),
+        })
     }
 
     /// The row after the change (empty view when there is none, e.g. for a delete).
-    pub fn after(&self) -> Row<'_> {
-        Row {
-            columns: &self.relation.columns,
-            values: self.raw.after.as_deref(),
-        }
+    pub fn after(&self) -> Row<'_, 'a> {
+        self.row(RowSide::After)
     }
 
     /// The row before the change (empty view when the source did not send one).
-    pub fn before(&self) -> Row<'_> {
+    pub fn before(&self) -> Row<'_, 'a> {
+        self.row(RowSide::Before)
+    }
+
+    fn row(&self, side: RowSide) -> Row<'_, 'a> {
         Row {
             columns: &self.relation.columns,
-            values: self.raw.before.as_deref(),
+            values: self.values(side),
         }
+    }
+
+    /// A row's values, decoded on first use.
+    fn values(&self, side: RowSide) -> Option<&[Value<'a>]> {
+        let (slot, raw) = match side {
+            RowSide::Before => (&self.rows[0], self.raw.before),
+            RowSide::After => (&self.rows[1], self.raw.after),
+        };
+        slot.get_or_init(|| {
+            let buffers = self.buffers;
+            raw.map(|r| buffers.row(r).iter().map(|v| buffers.value(v)).collect())
+        })
+        .as_deref()
+    }
+
+    fn values_mut(&mut self, side: RowSide) -> Option<&mut Vec<Value<'a>>> {
+        self.values(side);
+        let slot = match side {
+            RowSide::Before => &mut self.rows[0],
+            RowSide::After => &mut self.rows[1],
+        };
+        slot.get_mut().and_then(Option::as_mut)
     }
 
     /// The row after the change, for changing it.
@@ -130,7 +203,7 @@ impl<'a> Event<'a> {
     /// Removes a column from the event (its rows and its relation). Returns `false` when the
     /// table has no such column.
     pub fn remove(&mut self, column: &str) -> bool {
-        match self.relation.columns.iter().position(|c| c.name == column) {
+        match self.relation.column_index(column) {
             Some(i) => {
                 if !self.removed.contains(&(i as u32)) {
                     self.removed.push(i as u32);
@@ -141,38 +214,28 @@ impl<'a> Event<'a> {
         }
     }
 
-    fn row_mut(&mut self, side: RowSide) -> Option<&mut Vec<Value>> {
-        match side {
-            RowSide::Before => self.raw.before.as_mut(),
-            RowSide::After => self.raw.after.as_mut(),
-        }
-    }
-
-    /// The edits this event's changes amount to.
-    fn into_edits(mut self, index: u32, edits: &mut Vec<Edit>) {
+    /// Adds the edits this event's changes amount to.
+    fn into_edits(self, index: u32, answer: &mut Answer) {
         if self.dropped {
-            edits.push(Edit::Drop(index));
+            answer.edits.push(Edit::Drop(index));
             return;
         }
         if self.replaced {
-            edits.push(Edit::Replace(ReplaceEvent {
+            let replacement = self.replacement(answer);
+            answer.edits.push(Edit::Replace(ReplaceEvent {
                 event: index,
-                replacement: self.raw,
+                replacement,
             }));
         } else {
-            let set = std::mem::take(&mut self.set);
-            for (side, column) in set {
+            for &(side, column) in &self.set {
                 if self.removed.contains(&column) {
                     continue;
                 }
-                let Some(slot) = self
-                    .row_mut(side)
-                    .and_then(|row| row.get_mut(column as usize))
-                else {
+                let Some(value) = self.values(side).and_then(|r| r.get(column as usize)) else {
                     continue;
                 };
-                let value = std::mem::replace(slot, Value::Null);
-                edits.push(Edit::Set(SetValue {
+                let value = answer.value(value);
+                answer.edits.push(Edit::Set(SetValue {
                     event: index,
                     side,
                     column,
@@ -180,41 +243,76 @@ impl<'a> Event<'a> {
                 }));
             }
         }
-        for column in self.removed {
-            edits.push(Edit::Remove(RemoveColumn {
+        for &column in &self.removed {
+            answer.edits.push(Edit::Remove(RemoveColumn {
                 event: index,
                 column,
             }));
         }
     }
+
+    /// The event as it now is, in the answer's buffers.
+    fn replacement(&self, answer: &mut Answer) -> types::Event {
+        let mut row = |side: RowSide| -> Option<types::Row> {
+            let values = self.values(side)?;
+            let start = answer.values.len() as u32;
+            for value in values {
+                let value = answer.value(value);
+                answer.values.push(value);
+            }
+            Some(types::Row {
+                start,
+                len: answer.values.len() as u32 - start,
+            })
+        };
+        let before = row(RowSide::Before);
+        let after = row(RowSide::After);
+        let source = &self.raw.source;
+        types::Event {
+            op: self.op,
+            relation: self.raw.relation,
+            source: types::Source {
+                db: answer.span(self.db().as_bytes()),
+                ..*source
+            },
+            before,
+            after,
+            topic: self.topic().map(|t| answer.span(t.as_bytes())),
+            message: self.message().map(|m| types::LogicalMessage {
+                transactional: m.transactional,
+                prefix: answer.span(m.prefix.as_bytes()),
+                content: answer.span(m.content),
+            }),
+        }
+    }
 }
 
-/// A read-only view of one row.
+/// A read-only view of one row. `'e` is the event, `'a` the batch its text lives in.
 #[derive(Clone, Copy)]
-pub struct Row<'e> {
-    columns: &'e [Column],
-    values: Option<&'e [Value]>,
+pub struct Row<'e, 'a> {
+    columns: &'a [Column],
+    values: Option<&'e [Value<'a>]>,
 }
 
-impl<'e> Row<'e> {
+impl<'e, 'a> Row<'e, 'a> {
     /// Whether the event has this row at all.
     pub fn exists(&self) -> bool {
         self.values.is_some()
     }
 
     /// The value of a column by name.
-    pub fn get(&self, column: &str) -> Option<&'e Value> {
+    pub fn get(&self, column: &str) -> Option<&'e Value<'a>> {
         let i = self.columns.iter().position(|c| c.name == column)?;
         self.values?.get(i)
     }
 
     /// The value of a column by position.
-    pub fn get_index(&self, index: usize) -> Option<&'e Value> {
+    pub fn get_index(&self, index: usize) -> Option<&'e Value<'a>> {
         self.values?.get(index)
     }
 
     /// Columns and their values, in table order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'e Column, &'e Value)> + 'e {
+    pub fn iter(&self) -> impl Iterator<Item = (&'a Column, &'e Value<'a>)> + use<'e, 'a> {
         self.columns.iter().zip(self.values.unwrap_or(&[]))
     }
 }
@@ -225,34 +323,28 @@ pub struct RowMut<'r, 'a> {
     side: RowSide,
 }
 
-impl RowMut<'_, '_> {
-    /// The value of a column by name.
-    pub fn get(&self, column: &str) -> Option<&Value> {
+impl<'a> RowMut<'_, 'a> {
+    /// The value of a column by name, with the changes made so far.
+    pub fn get(&self, column: &str) -> Option<&Value<'a>> {
         let i = self.event.relation.column_index(column)?;
-        self.values()?.get(i)
-    }
-
-    fn values(&self) -> Option<&[Value]> {
-        match self.side {
-            RowSide::Before => self.event.raw.before.as_deref(),
-            RowSide::After => self.event.raw.after.as_deref(),
-        }
+        self.event.values(self.side)?.get(i)
     }
 
     /// Sets a column by name. Fails when the table has no such column or the event has no
     /// such row (e.g. the after row of a delete).
-    pub fn set(&mut self, column: &str, value: impl Into<Value>) -> Result<(), String> {
-        let index = self.event.relation.column_index(column).ok_or_else(|| {
+    pub fn set(&mut self, column: &str, value: impl Into<Value<'a>>) -> Result<(), String> {
+        let relation = self.event.relation;
+        let index = relation.column_index(column).ok_or_else(|| {
             format!(
                 "{}.{} has no column `{column}`",
-                self.event.relation.schema, self.event.relation.table
+                relation.schema, relation.table
             )
         })?;
         self.set_index(index, value)
     }
 
     /// Sets a column by position.
-    pub fn set_index(&mut self, index: usize, value: impl Into<Value>) -> Result<(), String> {
+    pub fn set_index(&mut self, index: usize, value: impl Into<Value<'a>>) -> Result<(), String> {
         let side = self.side;
         let name = match side {
             RowSide::Before => "before",
@@ -260,14 +352,14 @@ impl RowMut<'_, '_> {
         };
         let row = self
             .event
-            .row_mut(side)
+            .values_mut(side)
             .ok_or_else(|| format!("the event has no {name} row"))?;
         let slot = row
             .get_mut(index)
             .ok_or_else(|| format!("the {name} row has no column {index}"))?;
         *slot = value.into();
         let key = (side, index as u32);
-        if !self.event.set.iter().any(|s| s.0 == side && s.1 == key.1) {
+        if !self.event.set.contains(&key) {
             self.event.set.push(key);
         }
         Ok(())
@@ -291,58 +383,84 @@ impl Relation {
     }
 }
 
-/// Runs a filter function over a batch.
-pub fn run_filter(batch: Batch, keep: impl Fn(&Event) -> bool) -> Result<Vec<bool>, String> {
-    let Batch { relations, events } = batch;
-    Ok(events
-        .into_iter()
-        .map(|raw| keep(&Event::new(raw, &relations)))
-        .collect())
+/// Calls `f` with each event of a batch.
+fn each_event<'a>(batch: &'a Batch, mut f: impl FnMut(Event<'a>)) {
+    let buffers = Buffers {
+        values: &batch.values,
+        data: &batch.data,
+    };
+    for raw in &batch.events {
+        f(Event::new(raw, &batch.relations, buffers));
+    }
 }
 
-/// Runs a topic-namer function over a batch.
-pub fn run_topic_namer(
+/// Runs a filter function over a batch.
+pub fn run_filter(batch: Batch, keep: impl Fn(&Event) -> bool) -> Result<Vec<bool>, String> {
+    let mut answer = Vec::with_capacity(batch.events.len());
+    each_event(&batch, |event| answer.push(keep(&event)));
+    Ok(answer)
+}
+
+/// Runs a topic-namer function over a batch; each distinct topic is sent once.
+pub fn run_topic_namer<T: AsRef<str>>(
     batch: Batch,
-    name: impl Fn(&Event) -> String,
-) -> Result<Vec<String>, String> {
-    let Batch { relations, events } = batch;
-    Ok(events
-        .into_iter()
-        .map(|raw| name(&Event::new(raw, &relations)))
-        .collect())
+    name: impl Fn(&Event) -> T,
+) -> Result<Topics, String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut index: HashMap<String, u32> = HashMap::new();
+    let mut of_event = Vec::with_capacity(batch.events.len());
+    each_event(&batch, |event| {
+        let topic = name(&event);
+        let topic = topic.as_ref();
+        // Batches are mostly runs of one table: try the last topic first.
+        let i = match names.last() {
+            Some(last) if last == topic => (names.len() - 1) as u32,
+            _ => *index.entry(topic.to_string()).or_insert_with(|| {
+                names.push(topic.to_string());
+                (names.len() - 1) as u32
+            }),
+        };
+        of_event.push(i);
+    });
+    Ok(Topics { names, of_event })
 }
 
 /// Runs a sink function over a batch: every event, with its topic.
 pub fn run_sink(
     batch: Batch,
-    topics: &[String],
-    write: impl Fn(&[Event], &[String]) -> Result<(), String>,
+    topics: Topics,
+    write: impl Fn(&[Event], &[&str]) -> Result<(), String>,
 ) -> Result<(), String> {
-    let Batch { relations, events } = batch;
-    let events: Vec<Event> = events
-        .into_iter()
-        .map(|raw| Event::new(raw, &relations))
+    let mut events = Vec::with_capacity(batch.events.len());
+    each_event(&batch, |event| events.push(event));
+    let topics: Vec<&str> = topics
+        .of_event
+        .iter()
+        .map(|&i| topics.names.get(i as usize).map_or("", String::as_str))
         .collect();
-    write(&events, topics)
+    write(&events, &topics)
 }
 
 /// Runs a transform function over a batch; an `Err` from the function fails only its event.
 pub fn run_transform(
     batch: Batch,
     transform: impl Fn(&mut Event) -> Result<(), String>,
-) -> Result<Vec<Edit>, String> {
-    let Batch { relations, events } = batch;
-    let mut edits = Vec::new();
-    for (index, raw) in events.into_iter().enumerate() {
-        let index = index as u32;
-        let mut event = Event::new(raw, &relations);
+) -> Result<types::Edits, String> {
+    let mut answer = Answer::default();
+    let mut index = 0;
+    each_event(&batch, |mut event| {
         match transform(&mut event) {
-            Ok(()) => event.into_edits(index, &mut edits),
-            Err(message) => edits.push(Edit::Fail(EventFailure {
+            Ok(()) => event.into_edits(index, &mut answer),
+            Err(message) => answer.edits.push(Edit::Fail(EventFailure {
                 event: index,
                 message,
             })),
         }
-    }
-    Ok(edits)
+        index += 1;
+    });
+    Ok(types::Edits {
+        edits: answer.edits,
+        values: answer.values,
+        data: answer.data,
+    })
 }

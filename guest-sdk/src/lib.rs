@@ -9,33 +9,38 @@
 //!
 //! #[walflow_sdk::filter]
 //! fn keep(event: &Event) -> bool {
-//!     event.after().get("status") == Some(&Value::Text("shipped".into()))
+//!     event.after().get("status") == Some(Value::from("shipped"))
 //! }
 //! ```
 //!
 //! ```ignore
 //! #[walflow_sdk::transform]
 //! fn shout(event: &mut walflow_sdk::Event) -> Result<(), String> {
-//!     if let Some(walflow_sdk::Value::Text(name)) = event.after().get("name").cloned() {
+//!     if let Some(name) = event.after().get("name").as_ref().and_then(|v| v.as_str()) {
 //!         event.after_mut().set("name", name.to_uppercase())?;
 //!     }
 //!     Ok(())
 //! }
 //! ```
 //!
-//! A topic namer is `#[walflow_sdk::topic_namer] fn name(event: &Event) -> String`. An optional
-//! `#[walflow_sdk::init] fn setup(config: &str) -> Result<(), String>` in the same module
-//! receives the plugin's JSON configuration once, before the first batch.
+//! A topic namer is `#[walflow_sdk::topic_namer] fn name(event: &Event) -> String` (or any
+//! `AsRef<str>`). A sink is `#[walflow_sdk::sink] fn write(events: &[Event], topics: &[&str])
+//! -> Result<(), String>`. An optional `#[walflow_sdk::init] fn setup(config: &str) ->
+//! Result<(), String>` in the same module receives the plugin's JSON configuration once, before
+//! the first batch.
 //!
-//! Under the hood a transform answers with edits (the values it set, the columns it removed,
-//! the events it dropped), never a copy of the batch, which keeps the per-event cost low.
+//! Under the hood (ABI `walflow:plugin@0.2.0`) values are read straight out of the batch's
+//! buffers when asked for ([`Value`] borrows them), and a transform answers with edits (the
+//! values it set, the columns it removed, the events it dropped), never a copy of the batch,
+//! which keeps the per-event cost low.
 
 #![deny(missing_docs)]
 
 mod event;
 mod value;
 
-pub use event::{Event, Row, RowMut};
+pub use event::{Event, Message, Row, RowMut};
+pub use value::{Array, Value};
 pub use walflow_sdk_macros::{filter, init, sink, topic_namer, transform};
 
 /// The generated bindings of each world. Plugin crates use these only through the macros; the
@@ -59,7 +64,7 @@ pub mod bindings {
             world: "walflow:plugin/transform",
             pub_export_macro: true,
             default_bindings_module: "walflow_sdk::bindings::transform",
-            with: { "walflow:plugin/types@0.1.0": crate::bindings::filter::walflow::plugin::types },
+            with: { "walflow:plugin/types@0.2.0": crate::bindings::filter::walflow::plugin::types },
         });
     }
 
@@ -70,7 +75,7 @@ pub mod bindings {
             world: "walflow:plugin/topic-namer",
             pub_export_macro: true,
             default_bindings_module: "walflow_sdk::bindings::topic_namer",
-            with: { "walflow:plugin/types@0.1.0": crate::bindings::filter::walflow::plugin::types },
+            with: { "walflow:plugin/types@0.2.0": crate::bindings::filter::walflow::plugin::types },
         });
     }
 
@@ -81,17 +86,15 @@ pub mod bindings {
             world: "walflow:plugin/sink",
             pub_export_macro: true,
             default_bindings_module: "walflow_sdk::bindings::sink",
-            with: { "walflow:plugin/types@0.1.0": crate::bindings::filter::walflow::plugin::types },
+            with: { "walflow:plugin/types@0.2.0": crate::bindings::filter::walflow::plugin::types },
         });
     }
 }
 
-/// The ABI's data types (`walflow:plugin/types`).
+/// The ABI's data types (`walflow:plugin/types@0.2.0`), as they travel; plugins read them
+/// through [`Event`] and [`Value`].
 pub use bindings::filter::walflow::plugin::types;
-pub use types::{
-    Array, Batch, Column, Edit, LogicalMessage, Needs, Op, Raw, Relation, RowSide, Scalar,
-    SnapshotMarker, Source, Temporal, TemporalKind, Value,
-};
+pub use types::{Column, Needs, Op, Relation, SnapshotMarker, TemporalKind};
 
 impl Op {
     /// Debezium's one-letter code: `c`, `u`, `d`, `r`, `t`, or `m` for a logical message.
@@ -111,7 +114,7 @@ static ROWS_NOT_NEEDED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 
 /// Declares that this plugin never reads the events' rows (only table, op, source metadata and
 /// topic). Call it from `init`: the host then leaves `before`/`after` out of every call, which
-/// makes each call much cheaper; [`Event::after`] and [`Event::before`] are then empty views.
+/// makes each call cheaper; [`Event::after`] and [`Event::before`] are then empty views.
 pub fn without_rows() {
     ROWS_NOT_NEEDED.store(true, std::sync::atomic::Ordering::Relaxed);
 }

@@ -35,7 +35,7 @@ fn setup(config: &str) -> Result<(), String> {
 }
 
 #[walflow_sdk::sink]
-fn write(events: &[Event], topics: &[String]) -> Result<(), String> {
+fn write(events: &[Event], topics: &[&str]) -> Result<(), String> {
     let config = CONFIG.get().ok_or("webhook-sink was not initialised")?;
     let body: Vec<Json> = events
         .iter()
@@ -82,21 +82,21 @@ fn record(e: &Event, topic: &str) -> Json {
         "op": e.op().code(),
         "schema": e.schema(),
         "table": e.table(),
-        "lsn": e.source().lsn,
+        "lsn": e.lsn(),
         "key": key,
         "before": row(e.before()),
         "after": row(e.after()),
     })
 }
 
-fn row(r: Row<'_>) -> Json {
+fn row(r: Row<'_, '_>) -> Json {
     if !r.exists() {
         return Json::Null;
     }
     Json::Object(r.iter().map(|(c, v)| (c.name.clone(), value(v))).collect())
 }
 
-fn value(v: &Value) -> Json {
+fn value(v: &Value<'_>) -> Json {
     match v {
         Value::Null | Value::UnchangedToast => Json::Null,
         Value::Boolean(b) => json!(b),
@@ -105,8 +105,7 @@ fn value(v: &Value) -> Json {
         Value::Text(s) | Value::Numeric(s) | Value::Uuid(s) => json!(s),
         Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| json!(s)),
         Value::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
-        Value::Temporal(t) => json!(t.text),
-        Value::Raw(r) => json!(r.text),
-        Value::Array(a) => json!(format!("{a:?}")),
+        Value::Temporal(_, text) | Value::Raw { text, .. } => json!(text),
+        Value::Array(a) => Json::Array(a.elements.iter().map(value).collect()),
     }
 }

@@ -20,7 +20,7 @@ pub fn filter(_attr: TokenStream, item: TokenStream) -> TokenStream {
                     __walflow_init(&config)?;
                     ::std::result::Result::Ok(::walflow_sdk::__private::needs())
                 }
-                fn filter(batch: ::walflow_sdk::Batch) -> ::std::result::Result<::std::vec::Vec<bool>, ::std::string::String> {
+                fn filter(batch: ::walflow_sdk::types::Batch) -> ::std::result::Result<::std::vec::Vec<bool>, ::std::string::String> {
                     ::walflow_sdk::__private::run_filter(batch, #name)
                 }
             }
@@ -43,7 +43,7 @@ pub fn transform(_attr: TokenStream, item: TokenStream) -> TokenStream {
                     __walflow_init(&config)?;
                     ::std::result::Result::Ok(::walflow_sdk::__private::needs())
                 }
-                fn transform(batch: ::walflow_sdk::Batch) -> ::std::result::Result<::std::vec::Vec<::walflow_sdk::Edit>, ::std::string::String> {
+                fn transform(batch: ::walflow_sdk::types::Batch) -> ::std::result::Result<::walflow_sdk::types::Edits, ::std::string::String> {
                     ::walflow_sdk::__private::run_transform(batch, #name)
                 }
             }
@@ -52,7 +52,8 @@ pub fn transform(_attr: TokenStream, item: TokenStream) -> TokenStream {
     )
 }
 
-/// `#[walflow_sdk::topic_namer] fn name(event: &Event) -> String`: the event's topic.
+/// `#[walflow_sdk::topic_namer] fn name(event: &Event) -> String`: the event's topic (any
+/// `AsRef<str>` will do, e.g. an `Rc<str>` a namer caches per table).
 #[proc_macro_attribute]
 pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = parse_macro_input!(item as ItemFn);
@@ -65,7 +66,7 @@ pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
                     __walflow_init(&config)?;
                     ::std::result::Result::Ok(::walflow_sdk::__private::needs())
                 }
-                fn name_topics(batch: ::walflow_sdk::Batch) -> ::std::result::Result<::std::vec::Vec<::std::string::String>, ::std::string::String> {
+                fn name_topics(batch: ::walflow_sdk::types::Batch) -> ::std::result::Result<::walflow_sdk::types::Topics, ::std::string::String> {
                     ::walflow_sdk::__private::run_topic_namer(batch, #name)
                 }
             }
@@ -74,7 +75,7 @@ pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
     )
 }
 
-/// `#[walflow_sdk::sink] fn write(events: &[Event], topics: &[String]) -> Result<(), String>`:
+/// `#[walflow_sdk::sink] fn write(events: &[Event], topics: &[&str]) -> Result<(), String>`:
 /// deliver a batch; `Ok` means the destination has it. Start an error with `rejected:` when the
 /// destination refused the data (retrying cannot help); other errors are retried.
 #[proc_macro_attribute]
@@ -89,8 +90,8 @@ pub fn sink(_attr: TokenStream, item: TokenStream) -> TokenStream {
                     __walflow_init(&config)?;
                     ::std::result::Result::Ok(::walflow_sdk::__private::needs())
                 }
-                fn write(batch: ::walflow_sdk::Batch, topics: ::std::vec::Vec<::std::string::String>) -> ::std::result::Result<(), ::std::string::String> {
-                    ::walflow_sdk::__private::run_sink(batch, &topics, #name)
+                fn write(batch: ::walflow_sdk::types::Batch, topics: ::walflow_sdk::types::Topics) -> ::std::result::Result<(), ::std::string::String> {
+                    ::walflow_sdk::__private::run_sink(batch, topics, #name)
                 }
             }
             ::walflow_sdk::bindings::sink::export!(__WalflowPlugin with_types_in ::walflow_sdk::bindings::sink);

@@ -1,8 +1,9 @@
-//! The host side of the plugin ABI: one `bindgen!` over the `host` world of
-//! `wit/walflow-plugin.wit`, which exports every role's interface, so one set of generated types
-//! serves all worlds. They type what plugins answer (needs, edits, topics) and the imports the
-//! host provides (`outbound-http`); batches go in through the borrowed views of `view.rs`, which
-//! have the same shapes, and `instance.rs` checks each plugin's functions against both.
+//! The host side of the plugin ABI: one `bindgen!` per supported version of the WIT package,
+//! each over its `host` world (which exports every role's interface, so one set of generated
+//! types serves all worlds). They type what plugins answer (needs, edits, topics) and the
+//! imports the host provides (`outbound-http`); batches go in through the borrowed views of
+//! `abi_v0_2.rs` and `abi_v0_1.rs`, which have the same shapes, and `instance.rs` checks each
+//! plugin's functions against them.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -10,3 +11,13 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::walflow::plugin::types;
+
+/// `walflow:plugin@0.1.0`, which the host still runs.
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1.0",
+        world: "walflow:plugin/host",
+    });
+
+    pub use self::walflow::plugin::types;
+}

@@ -6,12 +6,69 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::bindings::types as wit;
+use super::abi::relations_of;
 use super::error::PluginError;
-use super::view::relations_of;
-use crate::event::{
-    Array, Event, LogicalMessage, Op, Relation, Row, SnapshotMarker, Source, TemporalKind, Value,
-};
+use crate::event::{Event, LogicalMessage, Op, Relation, Row, Source, Value};
+
+/// Which row of an event an edit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// `before`
+    Before,
+    /// `after`
+    After,
+}
+
+/// One change a transform made to its batch, in host terms whatever ABI version it came in.
+#[derive(Debug)]
+pub(crate) enum Edit {
+    /// Set one value.
+    Set {
+        event: u32,
+        side: Side,
+        column: u32,
+        value: Value,
+    },
+    /// Remove a column (index as sent, before any removal) from the event.
+    Remove { event: u32, column: u32 },
+    /// Drop the event.
+    Drop(u32),
+    /// Replace the event.
+    Replace {
+        event: u32,
+        replacement: Replacement,
+    },
+    /// The transform failed on this event.
+    Fail { event: u32, message: String },
+}
+
+/// A transform's replacement for an event; `relation` indexes the relations of the batch the
+/// plugin saw ([`relations_of`]).
+#[derive(Debug)]
+pub(crate) struct Replacement {
+    pub relation: u32,
+    pub op: Op,
+    pub source: Source,
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    pub topic: Option<String>,
+    pub message: Option<LogicalMessage>,
+}
+
+impl Replacement {
+    /// The host event, of `relation`.
+    fn into_event(self, relation: Arc<Relation>) -> Event {
+        Event {
+            op: self.op,
+            relation,
+            source: self.source,
+            before: self.before,
+            after: self.after,
+            topic: self.topic,
+            message: self.message,
+        }
+    }
+}
 
 /// A batch on its way through the chain.
 pub(crate) struct WorkBatch {
@@ -59,7 +116,7 @@ impl WorkBatch {
     /// returned with the plugin's message; a malformed edit fails the whole call.
     pub fn apply_edits(
         &mut self,
-        edits: Vec<wit::Edit>,
+        edits: Vec<Edit>,
         plugin: &str,
     ) -> Result<Vec<(Event, String)>, PluginError> {
         let bad = |message: String| PluginError::BadOutput {
@@ -67,7 +124,7 @@ impl WorkBatch {
             message,
         };
         // Replacements name their relation by its index in the batch the plugin saw.
-        let relations = if edits.iter().any(|e| matches!(e, wit::Edit::Replace(_))) {
+        let relations = if edits.iter().any(|e| matches!(e, Edit::Replace { .. })) {
             relations_of(&self.host)
         } else {
             Vec::new()
@@ -81,11 +138,16 @@ impl WorkBatch {
         let mut removals: HashMap<usize, Vec<usize>> = HashMap::new();
         for edit in edits {
             match edit {
-                wit::Edit::Set(set) => self.apply_set(set).map_err(bad)?,
-                wit::Edit::Remove(remove) => {
-                    let event = self.check_index(remove.event).map_err(bad)?;
+                Edit::Set {
+                    event,
+                    side,
+                    column,
+                    value,
+                } => self.apply_set(event, side, column, value).map_err(bad)?,
+                Edit::Remove { event, column } => {
+                    let event = self.check_index(event).map_err(bad)?;
                     let width = self.host[event].relation.columns.len();
-                    let column = remove.column as usize;
+                    let column = column as usize;
                     if column >= width {
                         return Err(bad(format!(
                             "edit removes column {column} of event {event}, which has {width} columns"
@@ -93,20 +155,19 @@ impl WorkBatch {
                     }
                     removals.entry(event).or_default().push(column);
                 }
-                wit::Edit::Drop(event) => {
+                Edit::Drop(event) => {
                     let event = self.check_index(event).map_err(bad)?;
                     keep[event] = false;
                 }
-                wit::Edit::Replace(replace) => {
-                    let event = self.check_index(replace.event).map_err(bad)?;
-                    let relation =
-                        replacement_relation(&replace.replacement, &relations).map_err(bad)?;
-                    self.host[event] = event_from_wit(replace.replacement, relation);
+                Edit::Replace { event, replacement } => {
+                    let event = self.check_index(event).map_err(bad)?;
+                    let relation = replacement_relation(&replacement, &relations).map_err(bad)?;
+                    self.host[event] = replacement.into_event(relation);
                 }
-                wit::Edit::Fail(failure) => {
-                    let event = self.check_index(failure.event).map_err(bad)?;
+                Edit::Fail { event, message } => {
+                    let event = self.check_index(event).map_err(bad)?;
                     keep[event] = false;
-                    failures.insert(event, failure.message);
+                    failures.insert(event, message);
                 }
             }
         }
@@ -119,45 +180,47 @@ impl WorkBatch {
     }
 
     /// Checks an edit against the batch, so that applying the edits never stops half way.
-    fn validate(&self, edit: &wit::Edit, relations: &[Arc<Relation>]) -> Result<(), String> {
+    fn validate(&self, edit: &Edit, relations: &[Arc<Relation>]) -> Result<(), String> {
         match edit {
-            wit::Edit::Set(set) => {
-                let event = self.check_index(set.event)?;
+            Edit::Set {
+                event,
+                side,
+                column,
+                ..
+            } => {
+                let event = self.check_index(*event)?;
                 let host = &self.host[event];
-                let (row, side) = match set.side {
-                    wit::RowSide::Before => (&host.before, "before"),
-                    wit::RowSide::After => (&host.after, "after"),
+                let (row, side) = match side {
+                    Side::Before => (&host.before, "before"),
+                    Side::After => (&host.after, "after"),
                 };
                 let Some(row) = row else {
                     return Err(format!(
                         "edit sets a value in event {event}, which has no {side} row"
                     ));
                 };
-                if set.column as usize >= row.len() {
+                if *column as usize >= row.len() {
                     return Err(format!(
-                        "edit sets column {} of event {event}, which has {} columns",
-                        set.column,
+                        "edit sets column {column} of event {event}, which has {} columns",
                         row.len()
                     ));
                 }
                 Ok(())
             }
-            wit::Edit::Remove(remove) => {
-                let event = self.check_index(remove.event)?;
+            Edit::Remove { event, column } => {
+                let event = self.check_index(*event)?;
                 let width = self.host[event].relation.columns.len();
-                if remove.column as usize >= width {
+                if *column as usize >= width {
                     return Err(format!(
-                        "edit removes column {} of event {event}, which has {width} columns",
-                        remove.column
+                        "edit removes column {column} of event {event}, which has {width} columns"
                     ));
                 }
                 Ok(())
             }
-            wit::Edit::Drop(event) => self.check_index(*event).map(drop),
-            wit::Edit::Fail(failure) => self.check_index(failure.event).map(drop),
-            wit::Edit::Replace(replace) => {
-                self.check_index(replace.event)?;
-                replacement_relation(&replace.replacement, relations).map(drop)
+            Edit::Drop(event) | Edit::Fail { event, .. } => self.check_index(*event).map(drop),
+            Edit::Replace { event, replacement } => {
+                self.check_index(*event)?;
+                replacement_relation(replacement, relations).map(drop)
             }
         }
     }
@@ -174,13 +237,19 @@ impl WorkBatch {
         }
     }
 
-    fn apply_set(&mut self, set: wit::SetValue) -> Result<(), String> {
-        let event = self.check_index(set.event)?;
-        let column = set.column as usize;
+    fn apply_set(
+        &mut self,
+        event: u32,
+        side: Side,
+        column: u32,
+        value: Value,
+    ) -> Result<(), String> {
+        let event = self.check_index(event)?;
+        let column = column as usize;
         let host = &mut self.host[event];
-        let (row, side) = match set.side {
-            wit::RowSide::Before => (&mut host.before, "before"),
-            wit::RowSide::After => (&mut host.after, "after"),
+        let (row, side) = match side {
+            Side::Before => (&mut host.before, "before"),
+            Side::After => (&mut host.after, "after"),
         };
         let Some(row) = row.as_mut() else {
             return Err(format!(
@@ -193,7 +262,7 @@ impl WorkBatch {
                 "edit sets column {column} of event {event}, which has {width} columns"
             ));
         };
-        *slot = value_from_wit(set.value);
+        *slot = value;
         Ok(())
     }
 
@@ -247,18 +316,23 @@ impl WorkBatch {
 
 /// The host relation a plugin's replacement event refers to, once its rows are checked to fit.
 fn replacement_relation(
-    event: &wit::Event,
+    replacement: &Replacement,
     relations: &[Arc<Relation>],
 ) -> Result<Arc<Relation>, String> {
-    let relation = relations.get(event.relation as usize).ok_or_else(|| {
-        format!(
-            "replacement refers to relation {} of {}",
-            event.relation,
-            relations.len()
-        )
-    })?;
+    let relation = relations
+        .get(replacement.relation as usize)
+        .ok_or_else(|| {
+            format!(
+                "replacement refers to relation {} of {}",
+                replacement.relation,
+                relations.len()
+            )
+        })?;
     let width = relation.columns.len();
-    for row in [&event.before, &event.after].into_iter().flatten() {
+    for row in [&replacement.before, &replacement.after]
+        .into_iter()
+        .flatten()
+    {
         if row.len() != width {
             return Err(format!(
                 "replacement row has {} values but {} has {width} columns",
@@ -268,111 +342,6 @@ fn replacement_relation(
         }
     }
     Ok(relation.clone())
-}
-
-/// A plugin's replacement event as a host event of `relation`.
-fn event_from_wit(event: wit::Event, relation: Arc<Relation>) -> Event {
-    let source = event.source;
-    Event {
-        op: op_from_wit(event.op),
-        relation,
-        source: Source {
-            db: source.db,
-            lsn: source.lsn,
-            xid: source.xid,
-            commit_time_us: source.commit_time_us,
-            snapshot: snapshot_from_wit(source.snapshot),
-        },
-        before: event.before.map(row_from_wit),
-        after: event.after.map(row_from_wit),
-        topic: event.topic,
-        message: event.message.map(|m| LogicalMessage {
-            transactional: m.transactional,
-            prefix: m.prefix,
-            content: m.content,
-        }),
-    }
-}
-
-fn row_from_wit(row: Vec<wit::Value>) -> Row {
-    row.into_iter().map(value_from_wit).collect()
-}
-
-fn op_from_wit(op: wit::Op) -> Op {
-    match op {
-        wit::Op::Create => Op::Create,
-        wit::Op::Update => Op::Update,
-        wit::Op::Delete => Op::Delete,
-        wit::Op::Read => Op::Read,
-        wit::Op::Truncate => Op::Truncate,
-        wit::Op::Message => Op::Message,
-    }
-}
-
-fn snapshot_from_wit(marker: wit::SnapshotMarker) -> SnapshotMarker {
-    match marker {
-        wit::SnapshotMarker::False => SnapshotMarker::False,
-        wit::SnapshotMarker::True => SnapshotMarker::True,
-        wit::SnapshotMarker::First => SnapshotMarker::First,
-        wit::SnapshotMarker::Last => SnapshotMarker::Last,
-        wit::SnapshotMarker::Incremental => SnapshotMarker::Incremental,
-    }
-}
-
-fn temporal_from_wit(kind: wit::TemporalKind) -> TemporalKind {
-    match kind {
-        wit::TemporalKind::Date => TemporalKind::Date,
-        wit::TemporalKind::Time => TemporalKind::Time,
-        wit::TemporalKind::TimeTz => TemporalKind::TimeTz,
-        wit::TemporalKind::Timestamp => TemporalKind::Timestamp,
-        wit::TemporalKind::TimestampTz => TemporalKind::TimestampTz,
-        wit::TemporalKind::Interval => TemporalKind::Interval,
-    }
-}
-
-/// A plugin's value as a host value.
-pub(crate) fn value_from_wit(value: wit::Value) -> Value {
-    match value {
-        wit::Value::Null => Value::Null,
-        wit::Value::Boolean(b) => Value::Bool(b),
-        wit::Value::Int(i) => Value::Int(i),
-        wit::Value::Float(f) => Value::Float(f),
-        wit::Value::Text(s) => Value::Text(s),
-        wit::Value::Bytes(b) => Value::Bytes(b),
-        wit::Value::Numeric(s) => Value::Numeric(s),
-        wit::Value::Temporal(t) => Value::Temporal(temporal_from_wit(t.kind), t.text),
-        wit::Value::Json(s) => Value::Json(s),
-        wit::Value::Uuid(s) => Value::Uuid(s),
-        wit::Value::Array(a) => Value::Array(Array {
-            dims: a.dims,
-            elements: a.elements.into_iter().map(scalar_from_wit).collect(),
-        }),
-        wit::Value::UnchangedToast => Value::UnchangedToast,
-        wit::Value::Raw(r) => Value::Raw {
-            type_name: r.type_name,
-            text: r.text,
-        },
-    }
-}
-
-fn scalar_from_wit(value: wit::Scalar) -> Value {
-    match value {
-        wit::Scalar::Null => Value::Null,
-        wit::Scalar::Boolean(b) => Value::Bool(b),
-        wit::Scalar::Int(i) => Value::Int(i),
-        wit::Scalar::Float(f) => Value::Float(f),
-        wit::Scalar::Text(s) => Value::Text(s),
-        wit::Scalar::Bytes(b) => Value::Bytes(b),
-        wit::Scalar::Numeric(s) => Value::Numeric(s),
-        wit::Scalar::Temporal(t) => Value::Temporal(temporal_from_wit(t.kind), t.text),
-        wit::Scalar::Json(s) => Value::Json(s),
-        wit::Scalar::Uuid(s) => Value::Uuid(s),
-        wit::Scalar::UnchangedToast => Value::UnchangedToast,
-        wit::Scalar::Raw(r) => Value::Raw {
-            type_name: r.type_name,
-            text: r.text,
-        },
-    }
 }
 
 #[cfg(test)]
@@ -415,9 +384,9 @@ mod tests {
     #[test]
     fn removing_a_column_shares_the_derived_relation() {
         let mut b = batch();
-        let remove = |event| wit::Edit::Remove(wit::RemoveColumn { event, column: 1 });
+        let remove = |event| Edit::Remove { event, column: 1 };
         let failed = b
-            .apply_edits(vec![remove(0), remove(2), wit::Edit::Drop(1)], "t")
+            .apply_edits(vec![remove(0), remove(2), Edit::Drop(1)], "t")
             .unwrap();
         assert!(failed.is_empty());
         assert_eq!(b.len(), 2);
@@ -438,18 +407,18 @@ mod tests {
     #[test]
     fn a_malformed_edit_changes_nothing() {
         let mut b = batch();
-        let set = wit::Edit::Set(wit::SetValue {
+        let set = Edit::Set {
             event: 0,
-            side: wit::RowSide::After,
+            side: Side::After,
             column: 1,
-            value: wit::Value::Text("masked".into()),
-        });
-        let bad = wit::Edit::Set(wit::SetValue {
+            value: Value::Text("masked".into()),
+        };
+        let bad = Edit::Set {
             event: 0,
-            side: wit::RowSide::Before,
+            side: Side::Before,
             column: 0,
-            value: wit::Value::Null,
-        });
+            value: Value::Null,
+        };
         let err = b.apply_edits(vec![set, bad], "t").unwrap_err();
         assert!(matches!(err, PluginError::BadOutput { .. }), "{err}");
         assert!(err.to_string().contains("no before row"), "{err}");
@@ -457,7 +426,7 @@ mod tests {
             b.host[0].after.as_ref().unwrap()[1],
             Value::Text("a@b".into())
         );
-        let out_of_range = wit::Edit::Drop(3);
+        let out_of_range = Edit::Drop(3);
         assert!(b.apply_edits(vec![out_of_range], "t").is_err());
         assert_eq!(b.len(), 3);
     }
@@ -467,10 +436,10 @@ mod tests {
         let mut b = batch();
         let failed = b
             .apply_edits(
-                vec![wit::Edit::Fail(wit::EventFailure {
+                vec![Edit::Fail {
                     event: 1,
                     message: "nope".into(),
-                })],
+                }],
                 "t",
             )
             .unwrap();
@@ -483,37 +452,30 @@ mod tests {
     #[test]
     fn a_replacement_must_fit_its_relation() {
         let mut b = batch();
-        let mut replacement = wit::Event {
-            op: wit::Op::Delete,
+        let replacement = |before: Vec<Value>| Replacement {
             relation: 0,
-            source: wit::Source {
+            op: Op::Delete,
+            source: Source {
                 db: "app".into(),
                 lsn: 7,
-                xid: None,
-                commit_time_us: 0,
-                snapshot: wit::SnapshotMarker::False,
+                ..Source::default()
             },
-            before: Some(vec![
-                wit::Value::Int(1),
-                wit::Value::Text("x".into()),
-                wit::Value::Null,
-            ]),
+            before: Some(before),
             after: None,
             topic: None,
             message: None,
         };
-        let ok = wit::Edit::Replace(wit::ReplaceEvent {
+        let ok = Edit::Replace {
             event: 0,
-            replacement: replacement.clone(),
-        });
+            replacement: replacement(vec![Value::Int(1), Value::Text("x".into()), Value::Null]),
+        };
         b.apply_edits(vec![ok], "t").unwrap();
         assert_eq!(b.host[0].op, Op::Delete);
         assert!(b.host[0].after.is_none());
-        replacement.before = Some(vec![wit::Value::Null]);
-        let short = wit::Edit::Replace(wit::ReplaceEvent {
+        let short = Edit::Replace {
             event: 1,
-            replacement,
-        });
+            replacement: replacement(vec![Value::Null]),
+        };
         assert!(b.apply_edits(vec![short], "t").is_err());
     }
 }

@@ -44,7 +44,7 @@ pub enum LoadError {
         path: PathBuf,
         /// The interface it exports.
         found: String,
-        /// The version this host implements.
+        /// The versions this host implements.
         expected: &'static str,
     },
     /// The component has a role's export but with the wrong shape, or imports something the

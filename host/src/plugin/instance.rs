@@ -11,16 +11,21 @@ use wasmtime::component::{
 };
 use wasmtime::{Store, Trap};
 
-use super::bindings::types as wit;
+use super::abi::{AbiVersion, v0_1, v0_2};
+use super::bindings::{types as wit, v0_1::types as wit_v0_1};
+use super::convert::Edit;
 use super::engine::{EPOCH_TICK, PluginEngine, one_line};
 use super::error::{LoadError, PluginError};
 use super::sandbox::{MemoryCapExceeded, StoreState};
-use super::view::{self, BatchView};
 use crate::config::{OnError, PluginConfig};
 use crate::event::Event;
 
-/// The ABI version this host implements.
-pub const ABI_VERSION: &str = "0.1.0";
+/// The ABI version this host implements and the guest SDK targets; plugins built against
+/// older versions still run (see [`AbiVersion`]).
+pub const ABI_VERSION: &str = "0.2.0";
+
+/// The versions a plugin may be built against, for messages.
+const ABI_VERSIONS: &str = "0.2.0 (or 0.1.0)";
 
 /// What a plugin does, recognised from the interface its component exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,8 +74,8 @@ impl Role {
     }
 
     /// The fully qualified name of the interface a component of this role exports.
-    pub fn export_name(self) -> String {
-        format!("walflow:plugin/{}@{ABI_VERSION}", self.interface())
+    pub fn export_name(self, abi: AbiVersion) -> String {
+        format!("walflow:plugin/{}@{}", self.interface(), abi.as_str())
     }
 }
 
@@ -170,8 +175,8 @@ struct Exports {
 }
 
 impl Exports {
-    fn find(component: &Component, role: Role) -> wasmtime::Result<Exports> {
-        let interface = role.export_name();
+    fn find(component: &Component, role: Role, abi: AbiVersion) -> wasmtime::Result<Exports> {
+        let interface = role.export_name(abi);
         let iface = component
             .get_export_index(None, &interface)
             .ok_or_else(|| wasmtime::format_err!("no exported instance named `{interface}`"))?;
@@ -192,6 +197,7 @@ impl Exports {
 pub struct LoadedPlugin {
     spec: PluginSpec,
     role: Role,
+    abi: AbiVersion,
     digest: [u8; 32],
     engine: wasmtime::Engine,
     pre: InstancePre<StoreState>,
@@ -204,6 +210,7 @@ impl std::fmt::Debug for LoadedPlugin {
             .field("name", &self.spec.name)
             .field("path", &self.spec.path)
             .field("role", &self.role)
+            .field("abi", &self.abi)
             .finish_non_exhaustive()
     }
 }
@@ -226,7 +233,7 @@ impl LoadedPlugin {
         let fuel = spec.limits.fuel.is_some();
         let component = engine.compile(path, &bytes, fuel)?;
         let wasm_engine = engine.engine(fuel)?.clone();
-        let role = recognise_role(&wasm_engine, &component, path)?;
+        let (role, abi) = recognise_role(&wasm_engine, &component, path)?;
         let mut linker: Linker<StoreState> = Linker::new(&wasm_engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| LoadError::Engine(one_line(&e)))?;
@@ -237,10 +244,11 @@ impl LoadedPlugin {
             detail: one_line(&e),
         };
         let pre = linker.instantiate_pre(&component).map_err(link)?;
-        let exports = Exports::find(&component, role).map_err(link)?;
+        let exports = Exports::find(&component, role, abi).map_err(link)?;
         Ok(LoadedPlugin {
             spec: spec.clone(),
             role,
+            abi,
             digest: Sha256::digest(&bytes).into(),
             engine: wasm_engine,
             pre,
@@ -251,6 +259,11 @@ impl LoadedPlugin {
     /// The plugin's role.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The ABI version it was built against.
+    pub fn abi(&self) -> AbiVersion {
+        self.abi
     }
 
     /// The spec it was loaded from.
@@ -264,20 +277,22 @@ impl LoadedPlugin {
     }
 }
 
-/// Finds the role interface the component exports, or says precisely why none fits.
+/// Finds the role interface the component exports and its version, or says precisely why none
+/// fits.
 fn recognise_role(
     engine: &wasmtime::Engine,
     component: &Component,
     path: &Path,
-) -> Result<Role, LoadError> {
+) -> Result<(Role, AbiVersion), LoadError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    let found: Vec<Role> = Role::ALL
+    let found: Vec<(Role, AbiVersion)> = Role::ALL
         .into_iter()
-        .filter(|role| exports.iter().any(|e| *e == role.export_name()))
+        .flat_map(|role| AbiVersion::ALL.map(|abi| (role, abi)))
+        .filter(|(role, abi)| exports.iter().any(|e| *e == role.export_name(*abi)))
         .collect();
     match found.as_slice() {
         [role] => return Ok(*role),
@@ -296,7 +311,7 @@ fn recognise_role(
         return Err(LoadError::WrongVersion {
             path: path.to_owned(),
             found: other.clone(),
-            expected: ABI_VERSION,
+            expected: ABI_VERSIONS,
         });
     }
     Err(LoadError::WrongWorld {
@@ -309,7 +324,7 @@ fn recognise_role(
     })
 }
 
-/// What `init` answers.
+/// What `init` answers (`needs` has the same shape in every version).
 type Init = (Result<wit::Needs, String>,);
 
 /// A live instance of a plugin: its own store, memory cap, deadline and fuel. After a call
@@ -323,6 +338,8 @@ pub struct PluginInstance {
     batch: Func,
     /// Whether the plugin asked for rows (its `init` answer).
     needs_rows: bool,
+    /// The buffers a 0.2.0 batch is laid out in, kept between calls.
+    flat: v0_2::FlatBatch,
 }
 
 impl PluginInstance {
@@ -357,13 +374,14 @@ impl PluginInstance {
         let batch = instance
             .get_func(&mut store, plugin.exports.batch)
             .ok_or_else(|| link(wasmtime::format_err!("the batch function is missing")))?;
-        check_batch_signature(&store, &batch, plugin.role).map_err(link)?;
+        check_batch_signature(&store, &batch, plugin.role, plugin.abi).map_err(link)?;
         let mut this = PluginInstance {
             plugin: plugin.clone(),
             store,
             init,
             batch,
             needs_rows: true,
+            flat: v0_2::FlatBatch::default(),
         };
         let needs = this.call_init().map_err(init_error)?;
         // Sinks always get whole events.
@@ -391,44 +409,104 @@ impl PluginInstance {
     /// Runs a filter over `events`: one flag per event, `true` keeps it.
     pub fn filter(&mut self, events: &[Event]) -> Result<Vec<bool>, PluginError> {
         self.expect(Role::Filter)?;
-        view::with_batch(events, self.needs_rows, |batch| {
-            // SAFETY: a filter's batch function was checked to take `(batch)` and answer
+        match self.plugin.abi {
+            // SAFETY (both): a filter's batch function was checked to take `(batch)` and answer
             // `result<list<bool>, string>` (`check_batch_signature`).
-            unsafe { self.call_batch((batch,)) }
-        })
+            AbiVersion::V0_2 => {
+                self.with_flat(events, |this, batch| unsafe { this.call_batch((batch,)) })
+            }
+            AbiVersion::V0_1 => v0_1::with_batch(events, self.needs_rows, |batch| unsafe {
+                self.call_batch((batch,))
+            }),
+        }
     }
 
     /// Runs a transform over `events`: the edits it made.
-    pub fn transform(&mut self, events: &[Event]) -> Result<Vec<wit::Edit>, PluginError> {
+    pub(crate) fn transform(&mut self, events: &[Event]) -> Result<Vec<Edit>, PluginError> {
         self.expect(Role::Transform)?;
-        view::with_batch(events, self.needs_rows, |batch| {
-            // SAFETY: checked to take `(batch)` and answer `result<list<edit>, string>`.
-            unsafe { self.call_batch((batch,)) }
-        })
+        match self.plugin.abi {
+            AbiVersion::V0_2 => {
+                // SAFETY: checked to take `(batch)` and answer `result<edits, string>`.
+                let answer: wit::Edits =
+                    self.with_flat(events, |this, batch| unsafe { this.call_batch((batch,)) })?;
+                v0_2::edits_from_wit(answer).map_err(|m| self.bad_output(m))
+            }
+            AbiVersion::V0_1 => {
+                // SAFETY: checked to take `(batch)` and answer `result<list<edit>, string>`.
+                let edits: Vec<wit_v0_1::Edit> =
+                    v0_1::with_batch(events, self.needs_rows, |batch| unsafe {
+                        self.call_batch((batch,))
+                    })?;
+                Ok(v0_1::edits_from_wit(edits))
+            }
+        }
     }
 
     /// Runs a topic namer over `events`: one topic per event.
     pub fn name_topics(&mut self, events: &[Event]) -> Result<Vec<String>, PluginError> {
         self.expect(Role::TopicNamer)?;
-        view::with_batch(events, self.needs_rows, |batch| {
+        match self.plugin.abi {
+            AbiVersion::V0_2 => {
+                // SAFETY: checked to take `(batch)` and answer `result<topics, string>`.
+                let topics: wit::Topics =
+                    self.with_flat(events, |this, batch| unsafe { this.call_batch((batch,)) })?;
+                v0_2::topics_from_wit(topics, events.len()).map_err(|m| self.bad_output(m))
+            }
             // SAFETY: checked to take `(batch)` and answer `result<list<string>, string>`.
-            unsafe { self.call_batch((batch,)) }
-        })
+            AbiVersion::V0_1 => v0_1::with_batch(events, self.needs_rows, |batch| unsafe {
+                self.call_batch((batch,))
+            }),
+        }
     }
 
     /// Hands events to a sink plugin; `topics` holds one topic per event.
     pub fn write_events(&mut self, events: &[Event], topics: &[String]) -> Result<(), PluginError> {
         self.expect(Role::Sink)?;
         if topics.len() != events.len() {
-            return Err(PluginError::BadOutput {
-                plugin: self.plugin.spec.name.to_string(),
-                message: format!("{} topics for {} events", topics.len(), events.len()),
-            });
+            return Err(self.bad_output(format!(
+                "{} topics for {} events",
+                topics.len(),
+                events.len()
+            )));
         }
-        view::with_batch(events, true, |batch| {
+        match self.plugin.abi {
+            AbiVersion::V0_2 => {
+                let topics = v0_2::TopicsView::new(topics);
+                // SAFETY: checked to take `(batch, topics)` and answer `result<_, string>`.
+                self.with_flat(events, |this, batch| unsafe {
+                    this.call_batch((batch, &topics))
+                })
+            }
             // SAFETY: checked to take `(batch, list<string>)` and answer `result<_, string>`.
-            unsafe { self.call_batch((batch, topics)) }
-        })
+            AbiVersion::V0_1 => v0_1::with_batch(events, true, |batch| unsafe {
+                self.call_batch((batch, topics))
+            }),
+        }
+    }
+
+    /// Lays `events` out in this instance's buffers and calls `f` with them as a 0.2.0 batch.
+    fn with_flat<R>(
+        &mut self,
+        events: &[Event],
+        f: impl FnOnce(&mut Self, &v0_2::BatchView<'_>) -> Result<R, PluginError>,
+    ) -> Result<R, PluginError> {
+        let mut flat = std::mem::take(&mut self.flat);
+        let result = match flat.fill(events, self.needs_rows) {
+            Ok(()) => f(self, &flat.view()),
+            Err(message) => Err(PluginError::Failed {
+                plugin: self.plugin.spec.name.to_string(),
+                message,
+            }),
+        };
+        self.flat = flat;
+        result
+    }
+
+    fn bad_output(&self, message: String) -> PluginError {
+        PluginError::BadOutput {
+            plugin: self.plugin.spec.name.to_string(),
+            message,
+        }
     }
 
     fn expect(&self, role: Role) -> Result<(), PluginError> {
@@ -484,20 +562,35 @@ fn check_batch_signature(
     store: &Store<StoreState>,
     func: &Func,
     role: Role,
+    abi: AbiVersion,
 ) -> wasmtime::Result<()> {
     type Answer<T> = (Result<T, String>,);
-    match role {
-        Role::Filter => func
-            .typed::<(&BatchView<'static>,), Answer<Vec<bool>>>(store)
+    type Batch = v0_2::BatchView<'static>;
+    type BatchV0_1 = v0_1::BatchView<'static>;
+    match (abi, role) {
+        (AbiVersion::V0_2, Role::Filter) => {
+            func.typed::<(&Batch,), Answer<Vec<bool>>>(store).map(drop)
+        }
+        (AbiVersion::V0_2, Role::Transform) => {
+            func.typed::<(&Batch,), Answer<wit::Edits>>(store).map(drop)
+        }
+        (AbiVersion::V0_2, Role::TopicNamer) => func
+            .typed::<(&Batch,), Answer<wit::Topics>>(store)
             .map(drop),
-        Role::Transform => func
-            .typed::<(&BatchView<'static>,), Answer<Vec<wit::Edit>>>(store)
+        (AbiVersion::V0_2, Role::Sink) => func
+            .typed::<(&Batch, &v0_2::TopicsView<'static>), Answer<()>>(store)
             .map(drop),
-        Role::TopicNamer => func
-            .typed::<(&BatchView<'static>,), Answer<Vec<String>>>(store)
+        (AbiVersion::V0_1, Role::Filter) => func
+            .typed::<(&BatchV0_1,), Answer<Vec<bool>>>(store)
             .map(drop),
-        Role::Sink => func
-            .typed::<(&BatchView<'static>, &[String]), Answer<()>>(store)
+        (AbiVersion::V0_1, Role::Transform) => func
+            .typed::<(&BatchV0_1,), Answer<Vec<wit_v0_1::Edit>>>(store)
+            .map(drop),
+        (AbiVersion::V0_1, Role::TopicNamer) => func
+            .typed::<(&BatchV0_1,), Answer<Vec<String>>>(store)
+            .map(drop),
+        (AbiVersion::V0_1, Role::Sink) => func
+            .typed::<(&BatchV0_1, &[String]), Answer<()>>(store)
             .map(drop),
     }
 }

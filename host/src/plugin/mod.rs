@@ -4,12 +4,15 @@
 //!   and an on-disk cache of compiled components keyed by content hash.
 //! - `sandbox`: each plugin's store: WASI with an empty context, stdout/stderr into `tracing`,
 //!   a memory cap.
-//! - [`bindings`]: the one `bindgen!` of `wit/walflow-plugin.wit`.
-//! - `view`: batches lowered into a plugin straight from the host events, without a copy.
+//! - [`bindings`]: one `bindgen!` per ABI version the host runs.
+//! - [`abi`]: each version's lowering of host events into a call and lifting of the answer
+//!   into host terms, so the rest never sees which version a plugin was built for.
+//! - `convert`: what plugins answer (keep flags, topics, edits), applied to the host batch.
 //! - [`Chain`]: filter → transforms → topic namer over a batch, with the `on_error` policy.
 //! - [`reload`]: hot reload of changed plugin files at batch boundaries.
 //! - [`run_command`]: `walflow plugin run`, the plugin author's inner loop.
 
+pub mod abi;
 pub mod bindings;
 mod chain;
 mod convert;
@@ -20,8 +23,8 @@ pub mod outbound_http;
 pub mod reload;
 pub mod run_command;
 mod sandbox;
-mod view;
 
+pub use abi::AbiVersion;
 pub use chain::{Chain, ChainError, ChainOutput, DeadLetter, PluginSlot};
 pub use engine::PluginEngine;
 pub use error::{LoadError, PluginError};

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::bindings::v0_1::walflow::plugin::outbound_http as outbound_http_v0_1;
 use super::bindings::walflow::plugin::outbound_http::{self, Request, Response};
 use super::sandbox::StoreState;
 use crate::sink::error_chain;
@@ -181,12 +182,31 @@ impl outbound_http::Host for StoreState {
     }
 }
 
-/// Adds the `outbound-http` import to a plugin linker.
+/// 0.1.0's `outbound-http`: the same records under another package version.
+impl outbound_http_v0_1::Host for StoreState {
+    fn send(
+        &mut self,
+        request: outbound_http_v0_1::Request,
+    ) -> Result<outbound_http_v0_1::Response, String> {
+        let request = Request {
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+        };
+        outbound_http::Host::send(self, request).map(|r| outbound_http_v0_1::Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        })
+    }
+}
+
+/// Adds the `outbound-http` import of every ABI version to a plugin linker.
 pub fn add_to_linker(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
-    outbound_http::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
-        linker,
-        |state| state,
-    )
+    use wasmtime::component::HasSelf;
+    outbound_http::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |state| state)?;
+    outbound_http_v0_1::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |state| state)
 }
 
 #[cfg(test)]

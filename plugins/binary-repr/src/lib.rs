@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use serde::Deserialize;
-use walflow_sdk::{Event, Scalar, Value};
+use walflow_sdk::{Array, Event, Value};
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
 #[serde(rename_all = "lowercase")]
@@ -42,7 +42,7 @@ fn represent(event: &mut Event) -> Result<(), String> {
         return Ok(());
     }
     for after in [true, false] {
-        let changes: Vec<(usize, Value)> = {
+        let changes: Vec<(usize, Value<'static>)> = {
             let row = if after { event.after() } else { event.before() };
             row.iter()
                 .enumerate()
@@ -61,17 +61,23 @@ fn represent(event: &mut Event) -> Result<(), String> {
     Ok(())
 }
 
-fn convert(value: &Value, mode: Mode) -> Option<Value> {
+fn convert(value: &Value<'_>, mode: Mode) -> Option<Value<'static>> {
+    let text = |b: &[u8]| Value::Text(encode(b, mode).into());
     match value {
-        Value::Bytes(b) => Some(Value::Text(encode(b, mode))),
-        Value::Array(a) if a.elements.iter().any(|e| matches!(e, Scalar::Bytes(_))) => {
-            let mut a = a.clone();
-            for e in &mut a.elements {
-                if let Scalar::Bytes(b) = e {
-                    *e = Scalar::Text(encode(b, mode));
-                }
-            }
-            Some(Value::Array(a))
+        Value::Bytes(b) => Some(text(b)),
+        Value::Array(a) if a.elements.iter().any(|e| matches!(e, Value::Bytes(_))) => {
+            let elements = a
+                .elements
+                .iter()
+                .map(|e| match e {
+                    Value::Bytes(b) => text(b),
+                    other => other.clone().into_owned(),
+                })
+                .collect();
+            Some(Value::Array(Array {
+                dims: a.dims.clone(),
+                elements,
+            }))
         }
         _ => None,
     }

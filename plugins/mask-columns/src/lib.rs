@@ -86,11 +86,11 @@ fn mask(event: &mut Event) -> Result<(), String> {
     Ok(())
 }
 
-fn masked(value: &Value, with: With) -> Option<Value> {
+fn masked(value: &Value<'_>, with: With) -> Option<Value<'static>> {
     if matches!(value, Value::Null | Value::UnchangedToast) {
         return None;
     }
-    Some(Value::Text(match with {
+    Some(Value::from(match with {
         With::Redact => "***".to_string(),
         With::Sha256 => {
             let digest = match value {
@@ -102,7 +102,7 @@ fn masked(value: &Value, with: With) -> Option<Value> {
     }))
 }
 
-fn text_of(value: &Value) -> String {
+fn text_of(value: &Value<'_>) -> String {
     match value {
         Value::Boolean(b) => b.to_string(),
         Value::Int(i) => i.to_string(),

@@ -93,7 +93,7 @@ fn keep(event: &Event) -> bool {
 }
 
 /// Whether a column value equals a JSON value from the config.
-fn equals(value: &Value, expected: &serde_json::Value) -> bool {
+fn equals(value: &Value<'_>, expected: &serde_json::Value) -> bool {
     use serde_json::Value as J;
     match (value, expected) {
         (Value::Null, J::Null) => true,

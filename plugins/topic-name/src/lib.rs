@@ -7,6 +7,8 @@
 //! template replaces the default and may use `{prefix}`, `{database}`, `{schema}`, `{table}`
 //! and `{op}` (Debezium's letter).
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -36,16 +38,57 @@ fn setup(config: &str) -> Result<(), String> {
         .map_err(|_| "init called twice".to_string())
 }
 
+/// The last topic named, with what it was named from: batches are runs of one table, so
+/// most events reuse it instead of formatting a new string.
+struct Last {
+    db: String,
+    schema: String,
+    table: String,
+    op: Option<Op>,
+    topic: Rc<str>,
+}
+
+thread_local! {
+    static LAST: RefCell<Option<Last>> = const { RefCell::new(None) };
+}
+
 #[walflow_sdk::topic_namer]
-fn name(event: &Event) -> String {
+fn name(event: &Event) -> Rc<str> {
     static DEFAULT: Config = Config {
         prefix: None,
         database_prefix: false,
         template: None,
     };
     let config = CONFIG.get().unwrap_or(&DEFAULT);
+    // The op matters to a template that uses it, and to a logical message's topic.
+    let op = match &config.template {
+        Some(t) if t.contains("{op}") => Some(event.op()),
+        _ => Some(event.op()).filter(|op| *op == Op::Message),
+    };
+    LAST.with_borrow_mut(|last| {
+        if let Some(last) = last.as_ref().filter(|l| {
+            l.op == op
+                && l.table == event.table()
+                && l.schema == event.schema()
+                && l.db == event.db()
+        }) {
+            return last.topic.clone();
+        }
+        let topic: Rc<str> = Rc::from(topic(config, event));
+        *last = Some(Last {
+            db: event.db().to_string(),
+            schema: event.schema().to_string(),
+            table: event.table().to_string(),
+            op,
+            topic: topic.clone(),
+        });
+        topic
+    })
+}
+
+fn topic(config: &Config, event: &Event) -> String {
     let prefix = config.prefix.as_deref().unwrap_or("");
-    let db = &event.source().db;
+    let db = event.db();
     let topic = match &config.template {
         Some(t) => t
             .replace("{prefix}", prefix)

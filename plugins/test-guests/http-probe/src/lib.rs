@@ -15,7 +15,7 @@ fn setup(config: &str) -> Result<(), String> {
 }
 
 #[walflow_sdk::sink]
-fn write(events: &[Event], _topics: &[String]) -> Result<(), String> {
+fn write(events: &[Event], _topics: &[&str]) -> Result<(), String> {
     let url = URL.get().ok_or("not initialised")?;
     let body = format!("{} events", events.len()).into_bytes();
     match walflow_sdk::http::post(url, &[], body) {

@@ -1,4 +1,4 @@
-//! A filter for a future `walflow:plugin@0.2.0`, to test the host's version check.
+//! A filter for a future `walflow:plugin@0.9.0`, to test the host's version check.
 
 wit_bindgen::generate!({ path: "wit", world: "filter" });
 

@@ -1,19 +1,20 @@
-//! Host events seen through the ABI's types, lowered straight into a plugin's memory.
+//! `walflow:plugin@0.1.0`: host events lowered into a plugin's memory through borrowed views,
+//! and its answers lifted into host edits.
 //!
-//! The generated WIT types own their strings, so handing a batch to a plugin through them
-//! meant copying every value into a second batch on the host first, then copying it again
-//! into the guest, then freeing the first copy. These views have the same component-model
-//! shapes as `wit/walflow-plugin.wit` but borrow the host events, so a call copies each value
-//! once, into the guest. Types are checked against the component once per instance (see
-//! `instance.rs`); the derives keep field and case order in step with the WIT file, which the
-//! check enforces.
-
-use std::sync::Arc;
+//! The views have the same component-model shapes as `wit/v0.1.0/walflow-plugin.wit` but borrow
+//! the host events, so a call copies each value once, into the guest (each string and row a
+//! guest allocation: the cost 0.2.0 was made to avoid). Types are checked against the
+//! component once per instance (see `instance.rs`); the derives keep field and case order in
+//! step with the WIT file, which the check enforces.
 
 use wasmtime::component::{ComponentType, Lower};
 
-use super::bindings::types as wit;
-use crate::event::{Event, Op, Relation, SnapshotMarker, TemporalKind, Value};
+use super::{RelationIndex, RelationView, relations_of};
+use crate::event::{Array, Event, LogicalMessage, Source, Value};
+use crate::plugin::bindings::v0_1::types as wit;
+use crate::plugin::convert::{Edit, Replacement, Side};
+
+super::enum_conversions!(wit);
 
 /// `types.batch`.
 #[derive(ComponentType, Lower)]
@@ -21,30 +22,6 @@ use crate::event::{Event, Op, Relation, SnapshotMarker, TemporalKind, Value};
 pub(crate) struct BatchView<'a> {
     relations: Vec<RelationView<'a>>,
     events: Vec<EventView<'a>>,
-}
-
-/// `types.relation`.
-#[derive(ComponentType, Lower)]
-#[component(record)]
-pub(crate) struct RelationView<'a> {
-    oid: u32,
-    schema: &'a str,
-    table: &'a str,
-    columns: Vec<ColumnView<'a>>,
-}
-
-/// `types.column`.
-#[derive(ComponentType, Lower)]
-#[component(record)]
-pub(crate) struct ColumnView<'a> {
-    name: &'a str,
-    #[component(name = "type-name")]
-    type_name: &'a str,
-    #[component(name = "type-oid")]
-    type_oid: u32,
-    #[component(name = "type-modifier")]
-    type_modifier: i32,
-    key: bool,
 }
 
 /// `types.event`.
@@ -224,67 +201,10 @@ pub(crate) fn with_batch<R>(
         })
         .collect();
     let batch = BatchView {
-        relations: relations.iter().map(|r| relation_view(r)).collect(),
+        relations: relations.iter().map(|r| RelationView::new(r)).collect(),
         events,
     };
     f(&batch)
-}
-
-/// The distinct relations of `events`, in order of first appearance.
-pub(crate) fn relations_of(events: &[Event]) -> Vec<Arc<Relation>> {
-    let mut relations: Vec<Arc<Relation>> = Vec::new();
-    let mut index = RelationIndex::default();
-    for event in events {
-        if index.find(&relations, &event.relation).is_none() {
-            relations.push(event.relation.clone());
-        }
-    }
-    relations
-}
-
-/// Finds an event's relation in a batch's short list, remembering the last hit: batches are
-/// usually runs of one table.
-#[derive(Default)]
-struct RelationIndex {
-    last: usize,
-}
-
-impl RelationIndex {
-    fn find(&mut self, relations: &[Arc<Relation>], relation: &Arc<Relation>) -> Option<u32> {
-        if relations
-            .get(self.last)
-            .is_some_and(|r| Arc::ptr_eq(r, relation))
-        {
-            return Some(self.last as u32);
-        }
-        let found = relations.iter().position(|r| Arc::ptr_eq(r, relation))?;
-        self.last = found;
-        Some(found as u32)
-    }
-
-    fn of(&mut self, relations: &[Arc<Relation>], relation: &Arc<Relation>) -> u32 {
-        // `relations` came from `relations_of` over the same events.
-        self.find(relations, relation).unwrap_or(u32::MAX)
-    }
-}
-
-fn relation_view(relation: &Relation) -> RelationView<'_> {
-    RelationView {
-        oid: relation.oid,
-        schema: &relation.schema,
-        table: &relation.table,
-        columns: relation
-            .columns
-            .iter()
-            .map(|c| ColumnView {
-                name: &c.name,
-                type_name: &c.type_name,
-                type_oid: c.type_oid,
-                type_modifier: c.type_modifier,
-                key: c.key,
-            })
-            .collect(),
-    }
 }
 
 fn value_view(value: &Value) -> ValueView<'_> {
@@ -336,42 +256,111 @@ fn scalar_view(value: &Value) -> ScalarView<'_> {
     }
 }
 
-pub(crate) fn op_to_wit(op: Op) -> wit::Op {
-    match op {
-        Op::Create => wit::Op::Create,
-        Op::Update => wit::Op::Update,
-        Op::Delete => wit::Op::Delete,
-        Op::Read => wit::Op::Read,
-        Op::Truncate => wit::Op::Truncate,
-        Op::Message => wit::Op::Message,
+/// A 0.1.0 transform's edits in host terms.
+pub(crate) fn edits_from_wit(edits: Vec<wit::Edit>) -> Vec<Edit> {
+    edits
+        .into_iter()
+        .map(|edit| match edit {
+            wit::Edit::Set(set) => Edit::Set {
+                event: set.event,
+                side: match set.side {
+                    wit::RowSide::Before => Side::Before,
+                    wit::RowSide::After => Side::After,
+                },
+                column: set.column,
+                value: value_from_wit(set.value),
+            },
+            wit::Edit::Remove(remove) => Edit::Remove {
+                event: remove.event,
+                column: remove.column,
+            },
+            wit::Edit::Drop(event) => Edit::Drop(event),
+            wit::Edit::Replace(replace) => Edit::Replace {
+                event: replace.event,
+                replacement: replacement_from_wit(replace.replacement),
+            },
+            wit::Edit::Fail(failure) => Edit::Fail {
+                event: failure.event,
+                message: failure.message,
+            },
+        })
+        .collect()
+}
+
+fn replacement_from_wit(event: wit::Event) -> Replacement {
+    let source = event.source;
+    let row = |row: Vec<wit::Value>| row.into_iter().map(value_from_wit).collect();
+    Replacement {
+        relation: event.relation,
+        op: op_from_wit(event.op),
+        source: Source {
+            db: source.db,
+            lsn: source.lsn,
+            xid: source.xid,
+            commit_time_us: source.commit_time_us,
+            snapshot: snapshot_from_wit(source.snapshot),
+        },
+        before: event.before.map(row),
+        after: event.after.map(row),
+        topic: event.topic,
+        message: event.message.map(|m| LogicalMessage {
+            transactional: m.transactional,
+            prefix: m.prefix,
+            content: m.content,
+        }),
     }
 }
 
-fn snapshot_to_wit(marker: SnapshotMarker) -> wit::SnapshotMarker {
-    match marker {
-        SnapshotMarker::False => wit::SnapshotMarker::False,
-        SnapshotMarker::True => wit::SnapshotMarker::True,
-        SnapshotMarker::First => wit::SnapshotMarker::First,
-        SnapshotMarker::Last => wit::SnapshotMarker::Last,
-        SnapshotMarker::Incremental => wit::SnapshotMarker::Incremental,
+fn value_from_wit(value: wit::Value) -> Value {
+    match value {
+        wit::Value::Null => Value::Null,
+        wit::Value::Boolean(b) => Value::Bool(b),
+        wit::Value::Int(i) => Value::Int(i),
+        wit::Value::Float(f) => Value::Float(f),
+        wit::Value::Text(s) => Value::Text(s),
+        wit::Value::Bytes(b) => Value::Bytes(b),
+        wit::Value::Numeric(s) => Value::Numeric(s),
+        wit::Value::Temporal(t) => Value::Temporal(temporal_from_wit(t.kind), t.text),
+        wit::Value::Json(s) => Value::Json(s),
+        wit::Value::Uuid(s) => Value::Uuid(s),
+        wit::Value::Array(a) => Value::Array(Array {
+            dims: a.dims,
+            elements: a.elements.into_iter().map(scalar_from_wit).collect(),
+        }),
+        wit::Value::UnchangedToast => Value::UnchangedToast,
+        wit::Value::Raw(r) => Value::Raw {
+            type_name: r.type_name,
+            text: r.text,
+        },
     }
 }
 
-fn temporal_to_wit(kind: TemporalKind) -> wit::TemporalKind {
-    match kind {
-        TemporalKind::Date => wit::TemporalKind::Date,
-        TemporalKind::Time => wit::TemporalKind::Time,
-        TemporalKind::TimeTz => wit::TemporalKind::TimeTz,
-        TemporalKind::Timestamp => wit::TemporalKind::Timestamp,
-        TemporalKind::TimestampTz => wit::TemporalKind::TimestampTz,
-        TemporalKind::Interval => wit::TemporalKind::Interval,
+fn scalar_from_wit(value: wit::Scalar) -> Value {
+    match value {
+        wit::Scalar::Null => Value::Null,
+        wit::Scalar::Boolean(b) => Value::Bool(b),
+        wit::Scalar::Int(i) => Value::Int(i),
+        wit::Scalar::Float(f) => Value::Float(f),
+        wit::Scalar::Text(s) => Value::Text(s),
+        wit::Scalar::Bytes(b) => Value::Bytes(b),
+        wit::Scalar::Numeric(s) => Value::Numeric(s),
+        wit::Scalar::Temporal(t) => Value::Temporal(temporal_from_wit(t.kind), t.text),
+        wit::Scalar::Json(s) => Value::Json(s),
+        wit::Scalar::Uuid(s) => Value::Uuid(s),
+        wit::Scalar::UnchangedToast => Value::UnchangedToast,
+        wit::Scalar::Raw(r) => Value::Raw {
+            type_name: r.type_name,
+            text: r.text,
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::event::{Column, Source};
+    use crate::event::{Column, Op, Relation};
 
     fn relation(table: &str) -> Arc<Relation> {
         Arc::new(Relation {
@@ -416,7 +405,7 @@ mod tests {
             event(&a, Some(4), None),
         ];
         with_batch(&events, true, |batch| {
-            let tables: Vec<_> = batch.relations.iter().map(|r| r.table).collect();
+            let tables: Vec<_> = batch.relations.iter().map(|r| r.table()).collect();
             assert_eq!(tables, ["a", "b"]);
             let seen: Vec<_> = batch
                 .events
