@@ -19,6 +19,10 @@ mod sinks;
 mod snapshot;
 mod tail;
 
+// The `walflow` binary's allocator (see host/src/main.rs), so in-process measurements match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: walflow-bench BENCHMARK [COUNT]
   sinks [EVENTS]          events/s into each sink, as a ratio to the file sink (1,000,000)
   plugin-chain [EVENTS]   native Rust vs a passthrough plugin vs the three built-in plugins,

@@ -11,15 +11,16 @@
 //!
 //! After (c), each of its plugins alone at the largest batch, to show where the time goes.
 //!
-//! Measured 2026-11-24 (release, 2-core VM): at batch 1024, (a) 0.30, (b) 0.89, (c) 1.94 CPU
-//! µs/event; alone, table-filter 0.42, binary-repr 1.30, topic-name 0.63 (each including the
-//! shared cost of dropping the batch). At batch 1, (b) 3.6 and (c) 11.5. The target is not met.
-//! Lowering straight from borrowed host events (`plugin/view.rs`) instead of an owned WIT copy
-//! took (c) from 2.27 and (b) from 1.15. What is left is the canonical ABI itself: wasmtime
-//! looks memory up again for every field it stores (`options_memory_mut`, ~12%), every string
-//! and list is a guest `realloc` call, and the guest frees them again. Reaching 1 µs needs an
-//! ABI with fewer, larger values per event (e.g. a batch's text and bytes in one buffer, and
-//! `source.db` once per batch): a new package version, not an edit of 0.1.0.
+//! Measured 2026-11-24 (release, 2-core VM), at batch 1024: (a) 0.11, (b) 0.32, (c) 1.12 CPU
+//! µs/event; alone, table-filter 0.22, binary-repr 0.68, topic-name 0.24 (each including the
+//! shared cost of dropping the batch). At batch 1, (b) 3.0 and (c) 10.4. The target (1 µs) is
+//! not met yet. History of (c): 2.27 with an owned WIT copy of each batch, 1.94 lowering
+//! borrowed host events (`plugin/abi/v0_1.rs`), 1.50 with ABI 0.2.0 (a batch's rows in one
+//! value list and its strings in one buffer, `plugin/abi/v0_2.rs`: a call allocates in the
+//! guest a handful of times instead of several times per event), 1.12 with mimalloc as the
+//! allocator (glibc's malloc and free were a third of the profile). What is left: binary-repr's
+//! answer path (a new string per changed value, lifted and copied into the host event) and
+//! wasmtime storing each field of each lowered event separately.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

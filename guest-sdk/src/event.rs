@@ -1,11 +1,12 @@
 //! The per-event view a plugin function gets, and the batch loops the macros call.
 //!
 //! An event reads its values out of the batch's buffers, a row at a time when the plugin
-//! first looks at it (text borrows the buffer; nothing is copied). A transform's changes are recorded as they happen (which values were
+//! first looks at it (text borrows the buffer; nothing is copied), into vectors the batch loop
+//! hands from one event to the next, so a batch allocates them once, not once per event. A transform's changes are recorded as they happen (which values were
 //! set, which columns removed, whether the event was dropped or changed wholesale) and sent
 //! back as edits, so an event the transform leaves alone costs nothing on the way back.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
 
 use crate::types::{
@@ -29,6 +30,8 @@ pub struct Event<'a> {
     op: Op,
     /// The decoded `before` and `after` rows, once asked for.
     rows: [OnceCell<Option<Vec<Value<'a>>>>; 2],
+    /// Empty vectors to decode the rows into (left over from the previous event).
+    spare: [Cell<Vec<Value<'a>>>; 2],
     /// The values a transform set, to send back.
     set: Vec<(RowSide, u32)>,
     removed: Vec<u32>,
@@ -48,16 +51,23 @@ pub struct Message<'a> {
 }
 
 impl<'a> Event<'a> {
-    fn new(raw: &'a types::Event, relations: &'a [Relation], buffers: Buffers<'a>) -> Event<'a> {
+    fn new(
+        raw: &'a types::Event,
+        relations: &'a [Relation],
+        buffers: Buffers<'a>,
+        spare: Spare<'a>,
+    ) -> Event<'a> {
         let relation = relations.get(raw.relation as usize).unwrap_or(&NO_RELATION);
+        let [before, after] = spare.rows;
         Event {
             raw,
             relation,
             buffers,
             op: raw.op,
             rows: [OnceCell::new(), OnceCell::new()],
-            set: Vec::new(),
-            removed: Vec::new(),
+            spare: [Cell::new(before), Cell::new(after)],
+            set: spare.set,
+            removed: spare.removed,
             dropped: false,
             replaced: false,
         }
@@ -154,15 +164,20 @@ impl<'a> Event<'a> {
 
     /// A row's values, decoded on first use.
     fn values(&self, side: RowSide) -> Option<&[Value<'a>]> {
-        let (slot, raw) = match side {
-            RowSide::Before => (&self.rows[0], self.raw.before),
-            RowSide::After => (&self.rows[1], self.raw.after),
+        let (i, raw) = match side {
+            RowSide::Before => (0, self.raw.before),
+            RowSide::After => (1, self.raw.after),
         };
-        slot.get_or_init(|| {
-            let buffers = self.buffers;
-            raw.map(|r| buffers.row(r).iter().map(|v| buffers.value(v)).collect())
-        })
-        .as_deref()
+        self.rows[i]
+            .get_or_init(|| {
+                let buffers = self.buffers;
+                raw.map(|r| {
+                    let mut values = self.spare[i].take();
+                    values.extend(buffers.row(r).iter().map(|v| buffers.value(v)));
+                    values
+                })
+            })
+            .as_deref()
     }
 
     fn values_mut(&mut self, side: RowSide) -> Option<&mut Vec<Value<'a>>> {
@@ -214,8 +229,27 @@ impl<'a> Event<'a> {
         }
     }
 
+    /// Hands the event's vectors on to the next event, emptied.
+    fn recycle(mut self) -> Spare<'a> {
+        let rows = [0, 1].map(|i| {
+            let mut values = self.rows[i]
+                .take()
+                .flatten()
+                .unwrap_or_else(|| self.spare[i].take());
+            values.clear();
+            values
+        });
+        self.set.clear();
+        self.removed.clear();
+        Spare {
+            rows,
+            set: self.set,
+            removed: self.removed,
+        }
+    }
+
     /// Adds the edits this event's changes amount to.
-    fn into_edits(self, index: u32, answer: &mut Answer) {
+    fn edits(&self, index: u32, answer: &mut Answer) {
         if self.dropped {
             answer.edits.push(Edit::Drop(index));
             return;
@@ -383,21 +417,36 @@ impl Relation {
     }
 }
 
-/// Calls `f` with each event of a batch.
-fn each_event<'a>(batch: &'a Batch, mut f: impl FnMut(Event<'a>)) {
-    let buffers = Buffers {
+/// Vectors an event needs, passed from one event of a batch to the next.
+#[derive(Default)]
+struct Spare<'a> {
+    rows: [Vec<Value<'a>>; 2],
+    set: Vec<(RowSide, u32)>,
+    removed: Vec<u32>,
+}
+
+fn buffers(batch: &Batch) -> Buffers<'_> {
+    Buffers {
         values: &batch.values,
         data: &batch.data,
-    };
+    }
+}
+
+/// Calls `f` with each event of a batch, one after the other.
+fn each_event<'a>(batch: &'a Batch, mut f: impl FnMut(&mut Event<'a>)) {
+    let buffers = buffers(batch);
+    let mut spare = Spare::default();
     for raw in &batch.events {
-        f(Event::new(raw, &batch.relations, buffers));
+        let mut event = Event::new(raw, &batch.relations, buffers, spare);
+        f(&mut event);
+        spare = event.recycle();
     }
 }
 
 /// Runs a filter function over a batch.
 pub fn run_filter(batch: Batch, keep: impl Fn(&Event) -> bool) -> Result<Vec<bool>, String> {
     let mut answer = Vec::with_capacity(batch.events.len());
-    each_event(&batch, |event| answer.push(keep(&event)));
+    each_event(&batch, |event| answer.push(keep(event)));
     Ok(answer)
 }
 
@@ -410,7 +459,7 @@ pub fn run_topic_namer<T: AsRef<str>>(
     let mut index: HashMap<String, u32> = HashMap::new();
     let mut of_event = Vec::with_capacity(batch.events.len());
     each_event(&batch, |event| {
-        let topic = name(&event);
+        let topic = name(event);
         let topic = topic.as_ref();
         // Batches are mostly runs of one table: try the last topic first.
         let i = match names.last() {
@@ -431,8 +480,12 @@ pub fn run_sink(
     topics: Topics,
     write: impl Fn(&[Event], &[&str]) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut events = Vec::with_capacity(batch.events.len());
-    each_event(&batch, |event| events.push(event));
+    let buffers = buffers(&batch);
+    let events: Vec<Event> = batch
+        .events
+        .iter()
+        .map(|raw| Event::new(raw, &batch.relations, buffers, Spare::default()))
+        .collect();
     let topics: Vec<&str> = topics
         .of_event
         .iter()
@@ -448,9 +501,9 @@ pub fn run_transform(
 ) -> Result<types::Edits, String> {
     let mut answer = Answer::default();
     let mut index = 0;
-    each_event(&batch, |mut event| {
-        match transform(&mut event) {
-            Ok(()) => event.into_edits(index, &mut answer),
+    each_event(&batch, |event| {
+        match transform(event) {
+            Ok(()) => event.edits(index, &mut answer),
             Err(message) => answer.edits.push(Edit::Fail(EventFailure {
                 event: index,
                 message,

@@ -42,14 +42,11 @@ fn represent(event: &mut Event) -> Result<(), String> {
         return Ok(());
     }
     for after in [true, false] {
-        let changes: Vec<(usize, Value<'static>)> = {
+        for i in 0..event.columns().len() {
             let row = if after { event.after() } else { event.before() };
-            row.iter()
-                .enumerate()
-                .filter_map(|(i, (_, v))| convert(v, mode).map(|v| (i, v)))
-                .collect()
-        };
-        for (i, value) in changes {
+            let Some(value) = row.get_index(i).and_then(|v| convert(v, mode)) else {
+                continue;
+            };
             let mut row = if after {
                 event.after_mut()
             } else {
