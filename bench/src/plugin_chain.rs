@@ -11,16 +11,17 @@
 //!
 //! After (c), each of its plugins alone at the largest batch, to show where the time goes.
 //!
-//! Measured 2026-11-24 (release, 2-core VM), at batch 1024: (a) 0.11, (b) 0.32, (c) 1.12 CPU
-//! µs/event; alone, table-filter 0.22, binary-repr 0.68, topic-name 0.24 (each including the
-//! shared cost of dropping the batch). At batch 1, (b) 3.0 and (c) 10.4. The target (1 µs) is
-//! not met yet. History of (c): 2.27 with an owned WIT copy of each batch, 1.94 lowering
-//! borrowed host events (`plugin/abi/v0_1.rs`), 1.50 with ABI 0.2.0 (a batch's rows in one
-//! value list and its strings in one buffer, `plugin/abi/v0_2.rs`: a call allocates in the
-//! guest a handful of times instead of several times per event), 1.12 with mimalloc as the
-//! allocator (glibc's malloc and free were a third of the profile). What is left: binary-repr's
-//! answer path (a new string per changed value, lifted and copied into the host event) and
-//! wasmtime storing each field of each lowered event separately.
+//! Measured 2026-11-24 (release, 2-core VM), at batch 1024 in two runs: (a) 0.11, (b) 0.18,
+//! (c) 0.80 and 0.81 CPU µs/event, so the target is met (0.88–0.91 at batch 64); alone,
+//! table-filter 0.14, binary-repr 0.54, topic-name 0.17 (each including the shared cost of
+//! dropping the batch). At batch 1, (b) 2.6 and (c) 9.8: a call has a fixed cost of a few µs.
+//! History of (c): 2.27 with an owned WIT copy of each batch; 1.94 lowering borrowed host
+//! events (`plugin/abi/v0_1.rs`); 1.50 with ABI 0.2.0 (a batch's rows in one value list and
+//! its strings in one buffer, `plugin/abi/v0_2.rs`, so a call allocates in the guest a handful
+//! of times instead of several times per event); 1.12 with mimalloc (glibc's malloc and free
+//! were a third of the profile); 0.80 writing events and values in the guest's memory layout
+//! on the host and copying each list at once (`plugin/abi/canonical.rs`) instead of letting
+//! wasmtime store them field by field.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -121,6 +121,28 @@ pub struct Relation {
 }
 
 impl Relation {
+    /// `public.{table}` with one key column, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn one_column(
+        table: &str,
+        column: &str,
+        type_name: &str,
+        type_oid: u32,
+    ) -> Arc<Relation> {
+        Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            table: table.into(),
+            columns: vec![Column {
+                name: column.into(),
+                type_oid,
+                type_name: type_name.into(),
+                type_modifier: -1,
+                key: true,
+            }],
+        })
+    }
+
     /// `schema.table`.
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.schema, self.table)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use walflow::config::OnError;
-use walflow::event::{Array, Op, Value};
+use walflow::event::{Array, Op, SnapshotMarker, Source, Value};
 use walflow::plugin::{
     AbiVersion, Chain, ChainError, LoadError, LoadedPlugin, PluginError, PluginSpec,
     reload::Reloader,
@@ -388,6 +388,20 @@ fn ids(events: &[walflow::event::Event]) -> Vec<i64> {
 #[test]
 fn plugins_of_both_abi_versions_edit_alike() {
     let actions = ["grüße", "drop", "delete", "strip", "fail", "keep"];
+    // The replaced event carries every source field and a topic back out of the guest.
+    let source = Source {
+        db: "shop".into(),
+        lsn: 0x16_B374_D848,
+        xid: Some(4242),
+        commit_time_us: 1_700_000_000_123_456,
+        snapshot: SnapshotMarker::Last,
+    };
+    let input = || {
+        let mut events = jobs(&actions);
+        events[2].source = source.clone();
+        events[2].topic = Some("app.public.jobs".into());
+        events
+    };
     let mut outputs = Vec::new();
     for (name, abi) in [
         ("reshape", AbiVersion::V0_2),
@@ -397,9 +411,7 @@ fn plugins_of_both_abi_versions_edit_alike() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(loaded.abi(), abi, "{name}");
         let mut c = chain(vec![spec(name, "{}", OnError::Skip)]);
-        let out = c
-            .run(jobs(&actions))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = c.run(input()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(out.skipped, 1, "{name}: the failing event is skipped");
         outputs.push(out.events);
     }
@@ -412,6 +424,8 @@ fn plugins_of_both_abi_versions_edit_alike() {
     );
     assert_eq!(after(&out[0], "action"), &text("GRÜSSE"));
     assert_eq!(out[1].op, Op::Delete, "replaced wholesale");
+    assert_eq!(out[1].source, source);
+    assert_eq!(out[1].topic.as_deref(), Some("app.public.jobs"));
     assert_eq!(after(&out[1], "action"), &text("delete"));
     let columns: Vec<_> = out[2].relation.columns.iter().map(|c| &c.name).collect();
     assert_eq!(columns, ["id"], "the action column is removed");

@@ -615,22 +615,11 @@ async fn acknowledge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Column, Relation};
+    use crate::event::Relation;
 
     fn table(pages: u64, kind: char) -> TableInfo {
         TableInfo {
-            relation: Arc::new(Relation {
-                oid: 1,
-                schema: "public".into(),
-                table: "t".into(),
-                columns: vec![Column {
-                    name: "id".into(),
-                    type_oid: 23,
-                    type_name: "int4".into(),
-                    type_modifier: -1,
-                    key: true,
-                }],
-            }),
+            relation: Relation::one_column("t", "id", "int4", 23),
             primary_key: vec![0],
             kind,
             pages,

@@ -92,6 +92,7 @@ macro_rules! enum_conversions {
 }
 use enum_conversions;
 
+mod canonical;
 pub(crate) mod v0_1;
 pub(crate) mod v0_2;
 

@@ -360,21 +360,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::event::{Column, Op, Relation};
+    use crate::event::{Op, Relation};
 
     fn relation(table: &str) -> Arc<Relation> {
-        Arc::new(Relation {
-            oid: 1,
-            schema: "public".into(),
-            table: table.into(),
-            columns: vec![Column {
-                name: "id".into(),
-                type_oid: 23,
-                type_name: "int4".into(),
-                type_modifier: -1,
-                key: true,
-            }],
-        })
+        Relation::one_column(table, "id", "int4", 23)
     }
 
     fn event(relation: &Arc<Relation>, before: Option<i64>, after: Option<i64>) -> Event {

@@ -5,7 +5,9 @@
 //! the same again, each. So the host lays a batch out flat first ([`FlatBatch`]): every row's
 //! values in one list, every string (database names, text, bytes, topics) in one buffer, and
 //! the events refer to them by position. A call then allocates in the guest a handful of
-//! times whatever the batch holds. The buffers live in the plugin's instance between calls.
+//! times whatever the batch holds. Events and values are written in the guest's memory layout
+//! as they are laid out (`canonical.rs`), so each list is one copy. The buffers live in the
+//! plugin's instance between calls.
 //!
 //! Answers are flat the same way (a transform's new strings in one buffer, a namer's distinct
 //! topics once) and are checked here: a span or row outside its buffer, or text that is not
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{ComponentType, Lower};
 
+use super::canonical::{EventBytes, ValueBytes};
 use super::{RelationIndex, RelationView, relations_of};
 use crate::event::{Array, Event, LogicalMessage, Relation, Source, Value};
 use crate::plugin::bindings::types as wit;
@@ -27,8 +30,8 @@ super::enum_conversions!(wit);
 #[component(record)]
 pub(crate) struct BatchView<'a> {
     relations: Vec<RelationView<'a>>,
-    events: &'a [wit::Event],
-    values: &'a [wit::Value],
+    events: &'a [EventBytes],
+    values: &'a [ValueBytes],
     data: &'a [u8],
 }
 
@@ -64,8 +67,8 @@ impl<'a> TopicsView<'a> {
 #[derive(Default)]
 pub(crate) struct FlatBatch {
     relations: Vec<Arc<Relation>>,
-    events: Vec<wit::Event>,
-    values: Vec<wit::Value>,
+    events: Vec<EventBytes>,
+    values: Vec<ValueBytes>,
     data: Vec<u8>,
 }
 
@@ -98,7 +101,7 @@ impl FlatBatch {
             } else {
                 (None, None)
             };
-            let flat = wit::Event {
+            let flat = EventBytes::new(&wit::Event {
                 op: op_to_wit(event.op),
                 relation: index.of(&self.relations, &event.relation),
                 source: wit::Source {
@@ -112,7 +115,7 @@ impl FlatBatch {
                 after,
                 topic: event.topic.as_deref().map(|t| self.span(t.as_bytes())),
                 message: event.message.as_ref().map(|m| self.message(m)),
-            };
+            });
             self.events.push(flat);
         }
         if u32::try_from(self.data.len()).is_err() || u32::try_from(self.values.len()).is_err() {
@@ -153,7 +156,7 @@ impl FlatBatch {
         let start = self.values.len() as u32;
         for value in row {
             let flat = self.value(value);
-            self.values.push(flat);
+            self.values.push(ValueBytes::new(flat));
         }
         wit::Row {
             start,
@@ -408,21 +411,10 @@ impl Answer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Column, Op};
+    use crate::event::Op;
 
     fn relation(table: &str) -> Arc<Relation> {
-        Arc::new(Relation {
-            oid: 1,
-            schema: "public".into(),
-            table: table.into(),
-            columns: vec![Column {
-                name: "name".into(),
-                type_oid: 25,
-                type_name: "text".into(),
-                type_modifier: -1,
-                key: true,
-            }],
-        })
+        Relation::one_column(table, "name", "text", 25)
     }
 
     fn event(relation: &Arc<Relation>, before: Option<&str>, after: Option<&str>) -> Event {
@@ -441,15 +433,28 @@ mod tests {
         }
     }
 
-    fn text_of(flat: &FlatBatch, row: Option<wit::Row>) -> Option<&str> {
-        let row = row?;
-        assert_eq!(row.len, 1);
-        match flat.values[row.start as usize] {
-            wit::Value::Text(s) => {
-                std::str::from_utf8(&flat.data[s.start as usize..][..s.len as usize]).ok()
-            }
-            _ => panic!("expected text"),
-        }
+    fn u32_at(bytes: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+    }
+
+    /// The event's relation and rows, read back from its laid-out bytes (see `canonical.rs`).
+    fn seen<'f>(
+        flat: &'f FlatBatch,
+        event: &EventBytes,
+    ) -> (u32, Option<&'f str>, Option<&'f str>) {
+        let bytes = event.bytes();
+        let row = |at: usize| (bytes[at] == 1).then(|| text_of(flat, u32_at(bytes, at + 4)));
+        (u32_at(bytes, 4), row(48), row(60))
+    }
+
+    /// The text of the value at `index`.
+    fn text_of(flat: &FlatBatch, index: u32) -> &str {
+        let ValueBytes::Laid(bytes) = &flat.values[index as usize] else {
+            panic!("expected a laid-out value");
+        };
+        assert_eq!(bytes[0], 4, "a text value");
+        let (start, len) = (u32_at(bytes, 8) as usize, u32_at(bytes, 12) as usize);
+        std::str::from_utf8(&flat.data[start..][..len]).unwrap()
     }
 
     #[test]
@@ -464,19 +469,9 @@ mod tests {
         flat.fill(&events, true).unwrap();
         let tables: Vec<_> = flat.relations.iter().map(|r| r.table.as_str()).collect();
         assert_eq!(tables, ["a", "b"]);
-        let seen: Vec<_> = flat
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.relation,
-                    text_of(&flat, e.before),
-                    text_of(&flat, e.after),
-                )
-            })
-            .collect();
+        let rows: Vec<_> = flat.events.iter().map(|e| seen(&flat, e)).collect();
         assert_eq!(
-            seen,
+            rows,
             [
                 (0, None, Some("one")),
                 (1, Some("two"), Some("three")),
@@ -484,17 +479,14 @@ mod tests {
             ]
         );
         // The database name goes once for the whole batch.
-        let dbs: Vec<_> = flat.events.iter().map(|e| e.source.db.start).collect();
+        let dbs: Vec<_> = flat.events.iter().map(|e| u32_at(e.bytes(), 8)).collect();
         assert_eq!(dbs, [0, 0, 0]);
         assert_eq!(flat.data.windows(3).filter(|w| w == b"app").count(), 1);
 
         flat.fill(&events, false).unwrap();
         assert!(flat.values.is_empty());
-        assert!(
-            flat.events
-                .iter()
-                .all(|e| e.before.is_none() && e.after.is_none())
-        );
+        assert!(flat.events.iter().all(|e| seen(&flat, e).1.is_none()));
+        assert!(flat.events.iter().all(|e| seen(&flat, e).2.is_none()));
     }
 
     #[test]

@@ -1,0 +1,381 @@
+//! 0.2.0 events and values written in the canonical ABI's memory layout by the host, so a call
+//! copies each list into the guest in one go.
+//!
+//! Lowering a `list<event>` field by field makes wasmtime look the guest's memory up again for
+//! every field it stores (a tenth of a call's cost once strings were out of the way). A flat
+//! event or value holds no pointers into the guest — its strings are spans of `batch.data`
+//! and its rows are ranges of `batch.values` — so its bytes can be written on the host while
+//! the batch is laid out and copied as they are. The one exception, an array value (whose
+//! dimensions and elements are lists of their own), is lowered by wasmtime as usual.
+//!
+//! This leans on wasmtime's hidden `ComponentType`/`Lower` items (pinned to wasmtime 48):
+//! typechecking is delegated to the generated types, and the tests check that the sizes below
+//! still match them, so a change of the WIT file or of wasmtime cannot go unnoticed.
+
+use std::mem::MaybeUninit;
+
+use wasmtime::component::__internal::{
+    CanonicalAbiInfo, InstanceType, InterfaceType, LowerContext,
+};
+use wasmtime::component::{ComponentType, Lower};
+
+use crate::plugin::bindings::types as wit;
+
+/// Size of `types.event` in linear memory.
+pub(crate) const EVENT_SIZE: usize = 112;
+/// Size of `types.value` in linear memory.
+pub(crate) const VALUE_SIZE: usize = 24;
+
+/// A `types.event`, already laid out.
+#[derive(Clone, Copy)]
+pub(crate) struct EventBytes([u8; EVENT_SIZE]);
+
+/// A `types.value`: laid out, or an array for wasmtime to lower.
+#[derive(Clone)]
+pub(crate) enum ValueBytes {
+    Laid([u8; VALUE_SIZE]),
+    Array(wit::Value),
+}
+
+// SAFETY: the ABI and flat representation are `wit::Event`'s, and the type is checked as one.
+unsafe impl ComponentType for EventBytes {
+    type Lower = <wit::Event as ComponentType>::Lower;
+    const ABI: CanonicalAbiInfo = <wit::Event as ComponentType>::ABI;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <wit::Event as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: stores exactly `EVENT_SIZE` bytes at the offset wasmtime allocated for the element.
+unsafe impl Lower for EventBytes {
+    fn linear_lower_to_flat<T>(
+        &self,
+        _cx: &mut LowerContext<'_, T>,
+        _ty: InterfaceType,
+        _dst: &mut MaybeUninit<Self::Lower>,
+    ) -> wasmtime::Result<()> {
+        wasmtime::bail!("an event is only lowered as an element of a list")
+    }
+
+    fn linear_lower_to_memory<T>(
+        &self,
+        cx: &mut LowerContext<'_, T>,
+        _ty: InterfaceType,
+        offset: usize,
+    ) -> wasmtime::Result<()> {
+        cx.as_slice_mut()[offset..][..EVENT_SIZE].copy_from_slice(&self.0);
+        Ok(())
+    }
+
+    fn linear_store_list_to_memory<T>(
+        cx: &mut LowerContext<'_, T>,
+        _ty: InterfaceType,
+        offset: usize,
+        items: &[Self],
+    ) -> wasmtime::Result<()> {
+        let memory = &mut cx.as_slice_mut()[offset..][..items.len() * EVENT_SIZE];
+        for (item, dst) in items.iter().zip(memory.chunks_exact_mut(EVENT_SIZE)) {
+            dst.copy_from_slice(&item.0);
+        }
+        Ok(())
+    }
+}
+
+// SAFETY: as for `EventBytes`, with `wit::Value`.
+unsafe impl ComponentType for ValueBytes {
+    type Lower = <wit::Value as ComponentType>::Lower;
+    const ABI: CanonicalAbiInfo = <wit::Value as ComponentType>::ABI;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <wit::Value as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: laid-out values store exactly `VALUE_SIZE` bytes at their element's offset; arrays
+// are lowered by `wit::Value`'s own implementation at the same offset.
+unsafe impl Lower for ValueBytes {
+    fn linear_lower_to_flat<T>(
+        &self,
+        _cx: &mut LowerContext<'_, T>,
+        _ty: InterfaceType,
+        _dst: &mut MaybeUninit<Self::Lower>,
+    ) -> wasmtime::Result<()> {
+        wasmtime::bail!("a value is only lowered as an element of a list")
+    }
+
+    fn linear_lower_to_memory<T>(
+        &self,
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        offset: usize,
+    ) -> wasmtime::Result<()> {
+        match self {
+            ValueBytes::Laid(bytes) => {
+                cx.as_slice_mut()[offset..][..VALUE_SIZE].copy_from_slice(bytes);
+                Ok(())
+            }
+            ValueBytes::Array(value) => value.linear_lower_to_memory(cx, ty, offset),
+        }
+    }
+
+    fn linear_store_list_to_memory<T>(
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        mut offset: usize,
+        items: &[Self],
+    ) -> wasmtime::Result<()> {
+        // Runs of laid-out values are copied under one look-up of the memory.
+        let mut rest = items;
+        while !rest.is_empty() {
+            let laid = rest
+                .iter()
+                .position(|v| matches!(v, ValueBytes::Array(_)))
+                .unwrap_or(rest.len());
+            let memory = &mut cx.as_slice_mut()[offset..][..laid * VALUE_SIZE];
+            for (item, dst) in rest[..laid].iter().zip(memory.chunks_exact_mut(VALUE_SIZE)) {
+                if let ValueBytes::Laid(bytes) = item {
+                    dst.copy_from_slice(bytes);
+                }
+            }
+            offset += laid * VALUE_SIZE;
+            rest = &rest[laid..];
+            if let Some((array, tail)) = rest.split_first() {
+                array.linear_lower_to_memory(cx, ty, offset)?;
+                offset += VALUE_SIZE;
+                rest = tail;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes little-endian fields into a laid-out record.
+struct Writer<'a>(&'a mut [u8]);
+
+impl Writer<'_> {
+    fn u8(&mut self, at: usize, v: u8) {
+        self.0[at] = v;
+    }
+
+    fn u32(&mut self, at: usize, v: u32) {
+        self.0[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn u64(&mut self, at: usize, v: u64) {
+        self.0[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn span(&mut self, at: usize, span: wit::Span) {
+        self.u32(at, span.start);
+        self.u32(at + 4, span.len);
+    }
+
+    /// `option<T>` whose payload has 4-byte alignment: the case at `at`, the payload at +4.
+    fn option<T>(
+        &mut self,
+        at: usize,
+        value: Option<T>,
+        payload: impl FnOnce(&mut Self, usize, T),
+    ) {
+        match value {
+            None => self.u8(at, 0),
+            Some(v) => {
+                self.u8(at, 1);
+                payload(self, at + 4, v);
+            }
+        }
+    }
+}
+
+impl EventBytes {
+    /// The laid-out bytes.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> &[u8; EVENT_SIZE] {
+        &self.0
+    }
+
+    /// `event` laid out: `op` at 0, `relation` at 4, `source` at 8 (`db` +0, `lsn` +8, `xid`
+    /// +16, `commit-time-us` +24, `snapshot` +32), `before` at 48, `after` at 60, `topic` at
+    /// 72, `message` at 84 (`transactional` +0, `prefix` +4, `content` +12).
+    pub(crate) fn new(event: &wit::Event) -> EventBytes {
+        let mut bytes = [0u8; EVENT_SIZE];
+        let mut w = Writer(&mut bytes);
+        w.u8(0, op_case(event.op));
+        w.u32(4, event.relation);
+        let source = &event.source;
+        w.span(8, source.db);
+        w.u64(16, source.lsn);
+        w.option(24, source.xid, |w, at, xid| w.u32(at, xid));
+        w.u64(32, source.commit_time_us as u64);
+        w.u8(40, snapshot_case(source.snapshot));
+        let row = |w: &mut Writer<'_>, at: usize, row: wit::Row| {
+            w.u32(at, row.start);
+            w.u32(at + 4, row.len);
+        };
+        w.option(48, event.before, row);
+        w.option(60, event.after, row);
+        w.option(72, event.topic, Writer::span);
+        w.option(84, event.message, |w, at, m| {
+            w.u8(at, u8::from(m.transactional));
+            w.span(at + 4, m.prefix);
+            w.span(at + 12, m.content);
+        });
+        EventBytes(bytes)
+    }
+}
+
+impl ValueBytes {
+    /// `value` laid out: the case at 0, the payload at 8.
+    pub(crate) fn new(value: wit::Value) -> ValueBytes {
+        let mut bytes = [0u8; VALUE_SIZE];
+        let mut w = Writer(&mut bytes);
+        let case = match value {
+            wit::Value::Null => 0,
+            wit::Value::Boolean(b) => {
+                w.u8(8, u8::from(b));
+                1
+            }
+            wit::Value::Int(i) => {
+                w.u64(8, i as u64);
+                2
+            }
+            wit::Value::Float(f) => {
+                w.u64(8, f.to_bits());
+                3
+            }
+            wit::Value::Text(s) => {
+                w.span(8, s);
+                4
+            }
+            wit::Value::Bytes(s) => {
+                w.span(8, s);
+                5
+            }
+            wit::Value::Numeric(s) => {
+                w.span(8, s);
+                6
+            }
+            wit::Value::Temporal(t) => {
+                w.u8(8, temporal_case(t.kind));
+                w.span(12, t.text);
+                7
+            }
+            wit::Value::Json(s) => {
+                w.span(8, s);
+                8
+            }
+            wit::Value::Uuid(s) => {
+                w.span(8, s);
+                9
+            }
+            array @ wit::Value::Array(_) => return ValueBytes::Array(array),
+            wit::Value::UnchangedToast => 11,
+            wit::Value::Raw(r) => {
+                w.span(8, r.type_name);
+                w.span(16, r.text);
+                12
+            }
+        };
+        w.u8(0, case);
+        ValueBytes::Laid(bytes)
+    }
+}
+
+/// The case index of an `op` (its position in the WIT enum).
+fn op_case(op: wit::Op) -> u8 {
+    match op {
+        wit::Op::Create => 0,
+        wit::Op::Update => 1,
+        wit::Op::Delete => 2,
+        wit::Op::Read => 3,
+        wit::Op::Truncate => 4,
+        wit::Op::Message => 5,
+    }
+}
+
+fn snapshot_case(marker: wit::SnapshotMarker) -> u8 {
+    match marker {
+        wit::SnapshotMarker::False => 0,
+        wit::SnapshotMarker::True => 1,
+        wit::SnapshotMarker::First => 2,
+        wit::SnapshotMarker::Last => 3,
+        wit::SnapshotMarker::Incremental => 4,
+    }
+}
+
+fn temporal_case(kind: wit::TemporalKind) -> u8 {
+    match kind {
+        wit::TemporalKind::Date => 0,
+        wit::TemporalKind::Time => 1,
+        wit::TemporalKind::TimeTz => 2,
+        wit::TemporalKind::Timestamp => 3,
+        wit::TemporalKind::TimestampTz => 4,
+        wit::TemporalKind::Interval => 5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_generated_types() {
+        assert_eq!(<wit::Event as ComponentType>::SIZE32, EVENT_SIZE);
+        assert_eq!(<wit::Event as ComponentType>::ALIGN32, 8);
+        assert_eq!(<wit::Value as ComponentType>::SIZE32, VALUE_SIZE);
+        assert_eq!(<wit::Value as ComponentType>::ALIGN32, 8);
+        assert_eq!(<wit::Source as ComponentType>::SIZE32, 40);
+        assert_eq!(<wit::LogicalMessage as ComponentType>::SIZE32, 20);
+    }
+
+    #[test]
+    fn an_event_is_laid_out_field_by_field() {
+        let event = wit::Event {
+            op: wit::Op::Delete,
+            relation: 7,
+            source: wit::Source {
+                db: wit::Span { start: 1, len: 3 },
+                lsn: 0x0102_0304_0506_0708,
+                xid: Some(99),
+                commit_time_us: -2,
+                snapshot: wit::SnapshotMarker::Last,
+            },
+            before: None,
+            after: Some(wit::Row { start: 5, len: 2 }),
+            topic: None,
+            message: None,
+        };
+        let EventBytes(b) = EventBytes::new(&event);
+        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        assert_eq!(b[0], 2);
+        assert_eq!(u32_at(4), 7);
+        assert_eq!((u32_at(8), u32_at(12)), (1, 3));
+        assert_eq!(&b[16..24], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!((b[24], u32_at(28)), (1, 99));
+        assert_eq!(&b[32..40], &(-2i64).to_le_bytes());
+        assert_eq!(b[40], 3);
+        assert_eq!(b[48], 0);
+        assert_eq!((b[60], u32_at(64), u32_at(68)), (1, 5, 2));
+        assert_eq!((b[72], b[84]), (0, 0));
+
+        let span = |start, len| wit::Span { start, len };
+        let message = wit::Event {
+            op: wit::Op::Message,
+            topic: Some(span(9, 4)),
+            message: Some(wit::LogicalMessage {
+                transactional: true,
+                prefix: span(20, 5),
+                content: span(30, 6),
+            }),
+            ..event
+        };
+        let EventBytes(b) = EventBytes::new(&message);
+        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        assert_eq!(b[0], 5);
+        assert_eq!((b[72], u32_at(76), u32_at(80)), (1, 9, 4));
+        assert_eq!((b[84], b[88]), (1, 1));
+        assert_eq!((u32_at(92), u32_at(96)), (20, 5));
+        assert_eq!((u32_at(100), u32_at(104)), (30, 6));
+    }
+}
