@@ -8,9 +8,9 @@
 //! ratio (target ≥ 0.9), and each process's CPU time and peak resident memory.
 //!
 //! Measured 2026-11-24 (release, 2-core VM, 1,000,000 changes in 200 transactions, PostgreSQL
-//! 15): 0.909 and 0.932 in two runs (walflow ~220,000 events/s using ~5.2 s of CPU over two
-//! cores; pg_recvlogical ~238,000 events/s). Before plugins were lowered from borrowed host
-//! events (`host/src/plugin/view.rs`) it was 0.84–0.87.
+//! 15): 1.186 (walflow ~340,000 events/s using ~3.1 s of CPU; pg_recvlogical ~286,000
+//! events/s). Earlier the same day: 0.84–0.87 lowering an owned copy of each batch, 0.909 and
+//! 0.932 lowering borrowed host events; plugin ABI 0.2.0 and mimalloc took it past the peer.
 
 use std::path::Path;
 use std::process::Command;

@@ -9,15 +9,16 @@
 //! JSON envelope and writes a file sink with fsync. Printed: rows/s of each, walflow's ratio to
 //! COPY (issue 5's target: ≥ 0.8 at parallelism 2), CPU time and peak resident memory.
 //!
-//! Measured 2026-11-24 (release, 2-core VM, PostgreSQL 15, 5,000,000 rows): COPY ~837k rows/s;
-//! walflow ~178k rows/s at parallelism 1 and ~181k at 2 — ratios 0.21 and 0.22, far from the
-//! target. (Before this session's changes — plugins lowered from borrowed host events, json
-//! embedded instead of parsed and rewritten — it was 0.20/0.21 with ~8.5 µs of CPU per row.) A
-//! second reader does not help because the readers are not the bottleneck: every row costs
-//! ~7.8 µs of CPU after it is read, spread thin over decoding, the three plugins' ABI (~1.9 µs
-//! in `plugin-chain`), JSON encoding and string escaping, allocation and the file sink; the
-//! process uses ~1.4 of the 2 cores. Reaching 0.8 needs a cheaper plugin ABI (issue 2) and an
-//! encoder that writes values without intermediate allocations.
+//! Measured 2026-11-24 (release, 2-core VM, PostgreSQL 15, 5,000,000 rows): COPY ~945k rows/s;
+//! walflow ~331k rows/s at parallelism 1 and ~338k at 2 — ratios 0.35 and 0.36, short of the
+//! target (they were 0.21/0.22 earlier the same day, before plugin ABI 0.2.0 and mimalloc).
+//! A second reader barely helps because the machine is CPU-bound: walflow spends ~3.8 µs of
+//! CPU per row (19 s for 5M rows, ~1.3 cores) while the two COPY backends use the rest. Of
+//! walflow's CPU, a profile gives ~20% to the three plugins' guest code (binary-repr decodes
+//! and checks every value of each 7-column row), ~16% to allocation, ~15% to JSON encoding,
+//! a large share to the kernel copying the JSON into the page cache (the peer writes to
+//! /dev/null), and the rest to COPY decoding and the plugin host. At 0.8 walflow would have
+//! to spend ~1.6 µs per row for everything on this machine.
 
 use std::path::Path;
 use std::process::Command;
