@@ -37,15 +37,23 @@ pub(crate) enum ValueBytes {
     Array(wit::Value),
 }
 
-// SAFETY: the ABI and flat representation are `wit::Event`'s, and the type is checked as one.
-unsafe impl ComponentType for EventBytes {
-    type Lower = <wit::Event as ComponentType>::Lower;
-    const ABI: CanonicalAbiInfo = <wit::Event as ComponentType>::ABI;
+/// Gives `$laid` the component type of `$wit`: its ABI, its flat form and its typecheck.
+macro_rules! component_type_of {
+    ($laid:ty, $wit:ty) => {
+        // SAFETY: the ABI and flat representation are `$wit`'s, and the type is checked as one.
+        unsafe impl ComponentType for $laid {
+            type Lower = <$wit as ComponentType>::Lower;
+            const ABI: CanonicalAbiInfo = <$wit as ComponentType>::ABI;
 
-    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
-        <wit::Event as ComponentType>::typecheck(ty, types)
-    }
+            fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+                <$wit as ComponentType>::typecheck(ty, types)
+            }
+        }
+    };
 }
+
+component_type_of!(EventBytes, wit::Event);
+component_type_of!(ValueBytes, wit::Value);
 
 // SAFETY: stores exactly `EVENT_SIZE` bytes at the offset wasmtime allocated for the element.
 unsafe impl Lower for EventBytes {
@@ -79,16 +87,6 @@ unsafe impl Lower for EventBytes {
             dst.copy_from_slice(&item.0);
         }
         Ok(())
-    }
-}
-
-// SAFETY: as for `EventBytes`, with `wit::Value`.
-unsafe impl ComponentType for ValueBytes {
-    type Lower = <wit::Value as ComponentType>::Lower;
-    const ABI: CanonicalAbiInfo = <wit::Value as ComponentType>::ABI;
-
-    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
-        <wit::Value as ComponentType>::typecheck(ty, types)
     }
 }
 

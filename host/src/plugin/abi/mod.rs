@@ -15,8 +15,8 @@ use wasmtime::component::{ComponentType, Lower};
 
 use crate::event::Relation;
 
-/// Conversions between the host's enums and a version's `op`, `snapshot-marker` and
-/// `temporal-kind` (the same cases in every version, but distinct generated types).
+/// Conversions between the host's enums and a version's `op`, `snapshot-marker`, `row-side`
+/// and `temporal-kind` (the same cases in every version, but distinct generated types).
 macro_rules! enum_conversions {
     ($wit:ident) => {
         fn op_to_wit(op: $crate::event::Op) -> $wit::Op {
@@ -74,6 +74,14 @@ macro_rules! enum_conversions {
                 K::Timestamp => $wit::TemporalKind::Timestamp,
                 K::TimestampTz => $wit::TemporalKind::TimestampTz,
                 K::Interval => $wit::TemporalKind::Interval,
+            }
+        }
+
+        fn side_from_wit(side: $wit::RowSide) -> $crate::plugin::convert::Side {
+            use $crate::plugin::convert::Side;
+            match side {
+                $wit::RowSide::Before => Side::Before,
+                $wit::RowSide::After => Side::After,
             }
         }
 

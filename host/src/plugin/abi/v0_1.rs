@@ -12,7 +12,7 @@ use wasmtime::component::{ComponentType, Lower};
 use super::{RelationIndex, RelationView, relations_of};
 use crate::event::{Array, Event, LogicalMessage, Source, Value};
 use crate::plugin::bindings::v0_1::types as wit;
-use crate::plugin::convert::{Edit, Replacement, Side};
+use crate::plugin::convert::{Edit, Replacement};
 
 super::enum_conversions!(wit);
 
@@ -263,10 +263,7 @@ pub(crate) fn edits_from_wit(edits: Vec<wit::Edit>) -> Vec<Edit> {
         .map(|edit| match edit {
             wit::Edit::Set(set) => Edit::Set {
                 event: set.event,
-                side: match set.side {
-                    wit::RowSide::Before => Side::Before,
-                    wit::RowSide::After => Side::After,
-                },
+                side: side_from_wit(set.side),
                 column: set.column,
                 value: value_from_wit(set.value),
             },

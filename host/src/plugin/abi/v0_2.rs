@@ -21,7 +21,7 @@ use super::canonical::{EventBytes, ValueBytes};
 use super::{RelationIndex, RelationView, relations_of};
 use crate::event::{Array, Event, LogicalMessage, Relation, Source, Value};
 use crate::plugin::bindings::types as wit;
-use crate::plugin::convert::{Edit, Replacement, Side};
+use crate::plugin::convert::{Edit, Replacement};
 
 super::enum_conversions!(wit);
 
@@ -237,10 +237,7 @@ pub(crate) fn edits_from_wit(answer: wit::Edits) -> Result<Vec<Edit>, String> {
             Ok(match edit {
                 wit::Edit::Set(set) => Edit::Set {
                     event: set.event,
-                    side: match set.side {
-                        wit::RowSide::Before => Side::Before,
-                        wit::RowSide::After => Side::After,
-                    },
+                    side: side_from_wit(set.side),
                     column: set.column,
                     value: buffers.value(&set.value)?,
                 },
