@@ -1021,3 +1021,96 @@ async fn a_missing_target_table_is_fatal_and_named() {
 
 #[path = "sinks/end_to_end.rs"]
 mod end_to_end;
+
+/// A tmpfs of a fixed size mounted on a temporary directory (unmounted on drop), to fill up.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the sink tests run as root, like the network fault tests)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn batch(records: &[walflow::sink::EncodedRecord]) -> walflow::sink::SinkBatch<'_> {
+    walflow::sink::SinkBatch {
+        records,
+        events: &[],
+    }
+}
+
+/// `count` records of about 1000 bytes, numbered from `first`.
+fn numbered_records(first: usize, count: usize) -> Vec<walflow::sink::EncodedRecord> {
+    (first..first + count)
+        .map(|n| walflow::sink::EncodedRecord {
+            topic: "t".into(),
+            key: None,
+            payload: format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(980)).into_bytes(),
+            lsn: n as u64,
+        })
+        .collect()
+}
+
+/// The file sink on a disk that fills up in the middle of a batch larger than its buffer:
+/// the write fails retryably, what of the batch reached the disk is cut off again (and, with
+/// rotation, the files it started are undone), and once there is room the retried batch leaves
+/// every record in the files exactly once, none torn. Without the cut, the retry appended the
+/// whole batch after its first megabyte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_full_mid_batch_leaves_each_record_once_after_the_retry() {
+    for max_bytes in [None, Some(600_000)] {
+        let disk = SmallDisk::mount("4m");
+        let filler = disk.path().join("filler");
+        std::fs::write(&filler, vec![0u8; 5 << 19]).unwrap();
+        let path = disk.path().join("events.jsonl");
+        let mut sink = walflow::sink::FileSink::open(path.clone(), max_bytes).unwrap();
+        let (a, b) = (numbered_records(0, 100), numbered_records(100, 3000));
+        sink.write(batch(&a)).await.expect("the first batch fits");
+        sink.flush().await.expect("and is flushed");
+        let err = sink
+            .write(batch(&b))
+            .await
+            .expect_err("the second batch cannot fit");
+        assert!(err.is_retryable(), "{max_bytes:?}: {err}");
+        std::fs::remove_file(&filler).unwrap();
+        sink.write(batch(&b)).await.expect("the retry fits");
+        sink.flush().await.unwrap();
+        let mut numbers = Vec::new();
+        for file in walflow::sink::written_files(&path) {
+            for line in std::fs::read_to_string(&file).unwrap().lines() {
+                let record: Json = serde_json::from_str(line).unwrap_or_else(|e| {
+                    panic!("{max_bytes:?}: torn line in {}: {e}", file.display())
+                });
+                numbers.push(record["n"].as_u64().unwrap() as usize);
+            }
+        }
+        assert_eq!(
+            numbers,
+            (0..3100).collect::<Vec<_>>(),
+            "{max_bytes:?}: every record once, in order"
+        );
+    }
+}

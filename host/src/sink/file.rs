@@ -2,6 +2,10 @@
 //!
 //! Rotation renames the full file to `NAME.000001`, `NAME.000002`, … (numbered in the order they
 //! were written) and starts a new `NAME`, so a reader replays `NAME.*` in order and then `NAME`.
+//!
+//! A batch is written whole or not at all: when writing fails part way (a full disk), whatever
+//! of the batch reached the files is cut off again (and a rotation it caused undone), so the
+//! retried batch starts at a record boundary and no record is written twice or torn.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -86,17 +90,72 @@ impl FileSink {
         Ok(())
     }
 
-    fn rotate(&mut self) -> Result<(), SinkError> {
+    /// Renames the full file away and starts a new one; returns the rotated file's name.
+    fn rotate(&mut self) -> Result<PathBuf, SinkError> {
         self.sync()?;
         self.writer = None;
         let next = next_rotation_number(&self.path);
         let target = rotated_path(&self.path, next);
         std::fs::rename(&self.path, &target).map_err(|e| retryable(&self.path, e))?;
-        if let Some(d) = self.path.parent().and_then(|dir| File::open(dir).ok()) {
-            let _ = d.sync_all();
-        }
+        sync_dir(&self.path);
         tracing::info!(file = %target.display(), "rotated file sink");
-        self.reopen()
+        self.reopen()?;
+        Ok(target)
+    }
+
+    /// Appends a batch's records, noting each file it rotated away in `rotated`.
+    fn append(
+        &mut self,
+        batch: SinkBatch<'_>,
+        rotated: &mut Vec<PathBuf>,
+    ) -> Result<(), SinkError> {
+        let path = self.path.clone();
+        for record in batch.records {
+            if let Some(max) = self.max_bytes
+                && self.size > 0
+                && self.size + record.payload.len() as u64 + 1 > max
+            {
+                rotated.push(self.rotate()?);
+            }
+            let sep = self.separator.clone();
+            let w = self.writer()?;
+            w.write_all(&record.payload)
+                .map_err(|e| retryable(&path, e))?;
+            w.write_all(&sep).map_err(|e| retryable(&path, e))?;
+            self.size += record.payload.len() as u64 + sep.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Undoes a batch that failed part way: drops what of it is still buffered, deletes the
+    /// files it started, moves the file it began in back, and cuts that at `start`.
+    fn roll_back(&mut self, start: u64, rotated: Vec<PathBuf>) -> std::io::Result<()> {
+        if let Some(writer) = self.writer.take() {
+            // `into_parts` hands the buffer back instead of writing it out.
+            let (_file, _unwritten) = writer.into_parts();
+        }
+        if let Some((first, later)) = rotated.split_first() {
+            for file in later.iter().chain([&self.path]) {
+                match std::fs::remove_file(file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::rename(first, &self.path)?;
+            sync_dir(&self.path);
+        }
+        let file = OpenOptions::new().write(true).open(&self.path)?;
+        file.set_len(start)?;
+        file.sync_data()?;
+        self.size = start;
+        Ok(())
+    }
+}
+
+/// Makes a rename in `path`'s directory durable (best effort).
+fn sync_dir(path: &Path) {
+    if let Some(d) = path.parent().and_then(|dir| File::open(dir).ok()) {
+        let _ = d.sync_all();
     }
 }
 
@@ -161,22 +220,22 @@ impl Sink for FileSink {
     }
 
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
+        // Earlier batches go to the file first, so that undoing this one (below) cannot take
+        // any of theirs with it. Failing here leaves them buffered for the retry.
         let path = self.path.clone();
-        for record in batch.records {
-            if let Some(max) = self.max_bytes
-                && self.size > 0
-                && self.size + record.payload.len() as u64 + 1 > max
-            {
-                self.rotate()?;
-            }
-            let sep = self.separator.clone();
-            let w = self.writer()?;
-            w.write_all(&record.payload)
-                .map_err(|e| retryable(&path, e))?;
-            w.write_all(&sep).map_err(|e| retryable(&path, e))?;
-            self.size += record.payload.len() as u64 + sep.len() as u64;
+        self.writer()?.flush().map_err(|e| retryable(&path, e))?;
+        let start = self.size;
+        let mut rotated = Vec::new();
+        let Err(e) = self.append(batch, &mut rotated) else {
+            return Ok(());
+        };
+        match self.roll_back(start, rotated) {
+            Ok(()) => Err(e),
+            Err(undo) => Err(SinkError::Fatal(format!(
+                "{e}, and cutting the partly written batch off {} failed too ({undo}); free space or fix the file, then restart (the file may then hold part of the batch twice)",
+                path.display()
+            ))),
         }
-        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
