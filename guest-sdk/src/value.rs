@@ -203,7 +203,11 @@ impl<'a> Buffers<'a> {
 
     /// The text of a span (the host sends UTF-8; anything else is shown replaced).
     pub fn text(&self, span: types::Span) -> Cow<'a, str> {
-        String::from_utf8_lossy(self.bytes(span))
+        let bytes = self.bytes(span);
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(bytes),
+        }
     }
 
     /// A row's values.
