@@ -498,6 +498,7 @@ impl PluginInstance {
                 message,
             }),
         };
+        flat.trim();
         self.flat = flat;
         result
     }

@@ -129,6 +129,22 @@ impl FlatBatch {
         Ok(())
     }
 
+    /// Gives back the memory of an unusually large batch, so that one burst does not stay
+    /// allocated for the life of the instance.
+    pub(crate) fn trim(&mut self) {
+        const KEEP: usize = 8 << 20;
+        self.relations = Vec::new();
+        if self.data.capacity() > KEEP {
+            self.data = Vec::new();
+        }
+        if self.values.capacity() * std::mem::size_of::<ValueBytes>() > KEEP {
+            self.values = Vec::new();
+        }
+        if self.events.capacity() * std::mem::size_of::<EventBytes>() > KEEP {
+            self.events = Vec::new();
+        }
+    }
+
     /// The batch as the plugin sees it.
     pub(crate) fn view(&self) -> BatchView<'_> {
         BatchView {
@@ -484,6 +500,24 @@ mod tests {
         assert!(flat.values.is_empty());
         assert!(flat.events.iter().all(|e| seen(&flat, e).1.is_none()));
         assert!(flat.events.iter().all(|e| seen(&flat, e).2.is_none()));
+    }
+
+    #[test]
+    fn a_burst_does_not_stay_allocated() {
+        let big = "x".repeat(9 << 20);
+        let mut flat = FlatBatch::default();
+        flat.fill(&[event(&relation("a"), None, Some(&big))], true)
+            .unwrap();
+        flat.trim();
+        assert_eq!(flat.data.capacity(), 0);
+        assert!(flat.relations.is_empty(), "no relation is kept alive");
+        flat.fill(&[event(&relation("a"), None, Some("small"))], true)
+            .unwrap();
+        flat.trim();
+        assert!(
+            flat.data.capacity() > 0,
+            "ordinary batches keep their buffer"
+        );
     }
 
     #[test]
