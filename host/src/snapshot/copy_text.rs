@@ -4,10 +4,38 @@
 
 use std::borrow::Cow;
 
+use crate::event::Value;
+use crate::value::{ScalarKind, TextCodec};
+
 /// The fields of one COPY text row (the trailing newline is optional).
-pub fn fields(line: &[u8]) -> impl Iterator<Item = Option<Cow<'_, str>>> {
+#[cfg(test)]
+fn fields(line: &[u8]) -> impl Iterator<Item = Option<Cow<'_, str>>> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.split(|b| *b == b'\t').map(field)
+}
+
+/// The values of one COPY text row, decoded by `codecs` (one per column, in order).
+pub fn values<'a>(line: &'a [u8], codecs: &'a [TextCodec]) -> impl Iterator<Item = Value> + 'a {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.split(|b| *b == b'\t')
+        .zip(codecs)
+        .map(|(raw, codec)| value(raw, codec))
+}
+
+/// One field as a value. A `bytea` in hex form (`\\x…` once COPY has escaped its backslash)
+/// is decoded straight from the line, without unescaping it into a copy first.
+fn value(raw: &[u8], codec: &TextCodec) -> Value {
+    if codec.scalar == ScalarKind::Bytea
+        && !codec.array
+        && let Some(hex_digits) = raw.strip_prefix(b"\\\\x")
+        && let Some(bytes) = crate::value::scalar::decode_hex(hex_digits)
+    {
+        return Value::Bytes(bytes);
+    }
+    match field(raw) {
+        None => Value::Null,
+        Some(text) => codec.decode(&text),
+    }
 }
 
 fn field(raw: &[u8]) -> Option<Cow<'_, str>> {
@@ -17,9 +45,10 @@ fn field(raw: &[u8]) -> Option<Cow<'_, str>> {
     if !raw.contains(&b'\\') {
         return Some(String::from_utf8_lossy(raw));
     }
-    Some(Cow::Owned(
-        String::from_utf8_lossy(&unescape(raw)).into_owned(),
-    ))
+    Some(Cow::Owned(match String::from_utf8(unescape(raw)) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }))
 }
 
 fn unescape(raw: &[u8]) -> Vec<u8> {
@@ -99,6 +128,24 @@ mod tests {
         );
         assert_eq!(row("\\101\\x42\\q"), vec![Some("ABq".into())]);
         assert_eq!(row("\\\\N"), vec![Some("\\N".into())]);
+    }
+
+    #[test]
+    fn bytea_is_decoded_from_the_line_as_from_its_unescaped_text() {
+        let registry = crate::value::TypeRegistry::new();
+        let codecs = [registry.codec(17), registry.codec(17), registry.codec(25)];
+        let line = b"\\\\x00ff10\t\\\\000abc\t\\\\x00\n";
+        let decoded: Vec<Value> = values(line, &codecs).collect();
+        assert_eq!(
+            decoded,
+            vec![
+                Value::Bytes(vec![0, 0xff, 0x10]),
+                Value::Bytes(b"\0abc".to_vec()),
+                Value::Text("\\x00".into()),
+            ]
+        );
+        let odd: Vec<Value> = values(b"\\\\xzz", &codecs[..1]).collect();
+        assert!(matches!(&odd[0], Value::Raw { text, .. } if text == "\\xzz"));
     }
 
     #[test]

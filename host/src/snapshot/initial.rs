@@ -28,7 +28,7 @@ use super::progress::Progress;
 use super::state::{ChunkSpec, InitialProgress, SnapshotProgress};
 use crate::checkpoint::{Checkpoint, CheckpointStore, SlotIdentity};
 use crate::config::{Config, SnapshotMode, SourceConfig};
-use crate::event::{Event, Op, Row, SnapshotMarker, Source, Value};
+use crate::event::{Event, Op, Row, SnapshotMarker, Source};
 use crate::metrics::Metrics;
 use crate::pipeline::{Delivery, QueueBudget, Unit};
 use crate::replication::{
@@ -478,13 +478,7 @@ fn copy_statement(chunk: &ChunkSpec, table: &TableInfo) -> String {
 
 /// A snapshot row as an event.
 pub(super) fn row_event(table: &TableInfo, line: &[u8], meta: &Source) -> Event {
-    let row: Row = copy_text::fields(line)
-        .zip(&table.codecs)
-        .map(|(field, codec)| match field {
-            None => Value::Null,
-            Some(text) => codec.decode(&text),
-        })
-        .collect();
+    let row: Row = copy_text::values(line, &table.codecs).collect();
     Event {
         op: Op::Read,
         relation: table.relation.clone(),
@@ -615,7 +609,7 @@ async fn acknowledge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Relation;
+    use crate::event::{Relation, Value};
 
     fn table(pages: u64, kind: char) -> TableInfo {
         TableInfo {
