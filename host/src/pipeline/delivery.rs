@@ -170,9 +170,8 @@ const PIPELINE_DEPTH: usize = 2;
 
 /// A batch through the chain and the encoder, on its way to the sinks.
 struct Prepared {
-    /// Events for the sinks, and their records, index for index.
-    events: Vec<Event>,
-    records: Vec<EncodedRecord>,
+    /// Events for the sinks and their records, once encoded (none if nothing was taken).
+    encoded: Option<EncodeTask>,
     /// Events a plugin failed on under `on_error = "dead-letter"`.
     dead_letters: Vec<(Event, String)>,
     /// Events taken from the input (for the queue budget).
@@ -221,20 +220,21 @@ async fn prepare(
         let mut answers = processor.process_many(work).await.into_iter();
         let count = batches.len();
         for (k, (batch, taken)) in batches.into_iter().zip(taken).enumerate() {
-            let (events, records, dead_letters) = if taken == 0 {
-                (Vec::new(), Vec::new(), Vec::new())
+            let (encoded, dead_letters) = if taken == 0 {
+                (None, Vec::new())
             } else {
                 let output = answers
                     .next()
                     .unwrap_or_else(|| Err("the plugin chain stopped".into()))
                     .map_err(DeliveryError::Plugin)?;
                 metrics.record_chain(taken, output.events.len(), started.elapsed());
-                let (events, records) = encode_off_runtime(encoder, output.events).await?;
-                (events, records, output.dead_letters)
+                (
+                    Some(spawn_encode(encoder, output.events)),
+                    output.dead_letters,
+                )
             };
             let prepared = Prepared {
-                events,
-                records,
+                encoded,
                 dead_letters,
                 taken,
                 complete_lsn: batch.complete_lsn,
@@ -248,18 +248,30 @@ async fn prepare(
     Ok(())
 }
 
-async fn encode_off_runtime(
-    encoder: &Encoder,
-    events: Vec<Event>,
-) -> Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError> {
+/// Encodes a batch on the blocking pool. The writer awaits the handle, so the chain of the
+/// next batch runs while this one is encoded, and batches still reach the sinks in order.
+fn spawn_encode(encoder: &Encoder, events: Vec<Event>) -> EncodeTask {
     let encoder = encoder.clone();
-    let (events, records) = tokio::task::spawn_blocking(move || {
-        let records = encode(&encoder, &events);
-        (events, records)
+    tokio::task::spawn_blocking(move || {
+        let records = encode(&encoder, &events)?;
+        Ok((events, records))
     })
-    .await
-    .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?;
-    Ok((events, records?))
+}
+
+/// A batch being encoded: its events and their records, index for index.
+type EncodeTask =
+    tokio::task::JoinHandle<Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError>>;
+
+/// Waits for a batch's encoding (none when the batch took nothing from the chain).
+async fn encoded(
+    task: Option<EncodeTask>,
+) -> Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError> {
+    match task {
+        None => Ok((Vec::new(), Vec::new())),
+        Some(task) => task
+            .await
+            .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?,
+    }
 }
 
 fn encode(encoder: &Encoder, events: &[Event]) -> Result<Vec<EncodedRecord>, DeliveryError> {
@@ -305,8 +317,8 @@ impl Writer {
         let mut acked = None;
         while let Some(batch) = batches.recv().await {
             if batch.taken > 0 {
-                self.deliver(batch.events, batch.records, batch.dead_letters)
-                    .await?;
+                let (events, records) = encoded(batch.encoded).await?;
+                self.deliver(events, records, batch.dead_letters).await?;
                 if let Some(budget) = &self.budget {
                     budget.release(batch.taken);
                 }
