@@ -2,10 +2,13 @@
 //!
 //! Both encoders write the same Debezium-compatible structure (`topic`, `key`, `value` with
 //! `before`/`after`/`source`/`op`/`ts_ms`), so existing consumers work unchanged; MessagePack just
-//! packs it tighter and keeps bytea as binary instead of base64. Serialisation streams straight
-//! from the event into the output buffer — no intermediate JSON tree on the hot path.
+//! packs it tighter and keeps bytea as binary instead of base64. Both stream straight from the
+//! event into the output buffer — no intermediate tree: MessagePack through serde
+//! ([`Record`]), JSON through a writer of its own (`json_writer`) that makes the same bytes
+//! as serde_json would, at a fraction of the cost.
 
 pub mod json;
+mod json_writer;
 mod record;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,10 +59,10 @@ impl Encoder {
 
     /// Appends the encoded record of `event` to `out` (no trailing newline).
     pub fn encode_into(&self, event: &Event, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        let record = Record::new(event, &self.options, now_ms());
         match self.encoding {
-            Encoding::Json => serde_json::to_writer(&mut *out, &record)?,
+            Encoding::Json => json_writer::write_record(event, &self.options, now_ms(), out),
             Encoding::Msgpack => {
+                let record = Record::new(event, &self.options, now_ms());
                 let mut ser = rmp_serde::Serializer::new(&mut *out).with_struct_map();
                 serde::Serialize::serialize(&record.binary(true), &mut ser)?
             }

@@ -1,0 +1,356 @@
+//! The JSON sink record written straight into bytes: the hot path of every JSON sink.
+//!
+//! [`Record`](super::Record) serialises through serde, which is general but pays for it on
+//! every record: each of its ~40 keys and strings goes through the escaping loop, and every
+//! map entry through a serializer call. Here the envelope's fixed parts are literals, keys and
+//! strings that need no escaping (nearly all of them) are copied whole after one branch-free
+//! scan, and integers, bytea and the key are written without intermediate allocations. The
+//! output is byte for byte what serde_json makes of the same [`Record`] (the tests compare
+//! them); rare shapes (floats, arrays, `json` values) are handed to serde_json to keep it so.
+
+use base64::Engine as _;
+
+use super::record::{UNAVAILABLE_VALUE, ValRef};
+use super::{EncodeOptions, default_topic};
+use crate::event::{Event, Op, Relation, Value};
+
+/// Appends the JSON sink record of `event`, processed at `ts_ms`, to `out`.
+pub fn write_record(event: &Event, options: &EncodeOptions, ts_ms: i64, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"topic\":");
+    match &event.topic {
+        Some(topic) => string(out, topic),
+        None => string(out, &default_topic(event, options.name.as_deref())),
+    }
+    out.extend_from_slice(b",\"key\":");
+    key(out, event);
+    out.extend_from_slice(b",\"value\":{\"before\":");
+    row(out, &event.relation, event.before.as_deref());
+    out.extend_from_slice(b",\"after\":");
+    row(out, &event.relation, event.after.as_deref());
+    out.extend_from_slice(b",\"source\":");
+    source(out, event, options, ts_ms);
+    out.extend_from_slice(b",\"op\":");
+    string(out, event.op.code());
+    out.extend_from_slice(b",\"ts_ms\":");
+    integer(out, ts_ms);
+    if let Some(m) = &event.message {
+        out.extend_from_slice(b",\"message\":{\"prefix\":");
+        string(out, &m.prefix);
+        out.extend_from_slice(b",\"content\":");
+        base64(out, &m.content);
+        out.extend_from_slice(b",\"transactional\":");
+        out.extend_from_slice(if m.transactional { b"true" } else { b"false" });
+        out.push(b'}');
+    }
+    out.push(b'}');
+    if options.include_types && !event.relation.columns.is_empty() {
+        out.extend_from_slice(b",\"types\":");
+        let mut sep = Separator::new();
+        for c in &event.relation.columns {
+            sep.next(out);
+            string(out, &c.name);
+            out.push(b':');
+            string(out, &c.type_name);
+        }
+        sep.close(out);
+    }
+    out.push(b'}');
+}
+
+/// The key object: replica-identity columns, `null` without any (and for truncates).
+fn key(out: &mut Vec<u8>, event: &Event) {
+    if event.op == Op::Message {
+        out.extend_from_slice(b"{\"prefix\":");
+        match &event.message {
+            Some(m) => string(out, &m.prefix),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+        return;
+    }
+    let values = event.after.as_ref().or(event.before.as_ref());
+    let columns = &event.relation.columns;
+    let mut key = event
+        .relation
+        .key_indices()
+        .filter_map(|i| Some((columns[i].name.as_str(), values?.get(i)?)))
+        .peekable();
+    if key.peek().is_none() || event.op == Op::Truncate {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    let mut sep = Separator::new();
+    for (name, v) in key {
+        sep.next(out);
+        string(out, name);
+        out.push(b':');
+        value(out, v);
+    }
+    sep.close(out);
+}
+
+fn row(out: &mut Vec<u8>, relation: &Relation, values: Option<&[Value]>) {
+    let Some(values) = values else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    let mut sep = Separator::new();
+    for (column, v) in relation.columns.iter().zip(values) {
+        sep.next(out);
+        string(out, &column.name);
+        out.push(b':');
+        value(out, v);
+    }
+    sep.close(out);
+}
+
+fn source(out: &mut Vec<u8>, event: &Event, options: &EncodeOptions, ts_ms: i64) {
+    let src = &event.source;
+    let ts_ms = if src.commit_time_us != 0 {
+        src.commit_time_us.div_euclid(1000)
+    } else {
+        ts_ms
+    };
+    out.extend_from_slice(b"{\"version\":");
+    string(out, env!("CARGO_PKG_VERSION"));
+    out.extend_from_slice(b",\"connector\":\"postgresql\",\"name\":");
+    string(out, options.name.as_deref().unwrap_or(&src.db));
+    out.extend_from_slice(b",\"ts_ms\":");
+    integer(out, ts_ms);
+    out.extend_from_slice(b",\"snapshot\":");
+    string(out, src.snapshot.as_str());
+    out.extend_from_slice(b",\"db\":");
+    string(out, &src.db);
+    out.extend_from_slice(b",\"schema\":");
+    string(out, &event.relation.schema);
+    out.extend_from_slice(b",\"table\":");
+    string(out, &event.relation.table);
+    out.extend_from_slice(b",\"txId\":");
+    match src.xid {
+        Some(xid) => integer(out, xid),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"lsn\":");
+    integer(out, src.lsn);
+    out.push(b'}');
+}
+
+fn value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Int(i) => integer(out, *i),
+        Value::Text(s) | Value::Numeric(s) | Value::Temporal(_, s) | Value::Uuid(s) => {
+            string(out, s)
+        }
+        Value::Raw { text, .. } => string(out, text),
+        Value::Bytes(b) => base64(out, b),
+        Value::UnchangedToast => string(out, UNAVAILABLE_VALUE),
+        Value::Float(_) | Value::Json(_) | Value::Array(_) => by_serde(out, v),
+    }
+}
+
+/// What serde_json writes for a value (its float formatting, its JSON checks).
+fn by_serde(out: &mut Vec<u8>, v: &Value) {
+    if serde_json::to_writer(&mut *out, &ValRef(v, false)).is_err() {
+        // ValRef's JSON form cannot fail to serialise into a vector.
+        out.extend_from_slice(b"null");
+    }
+}
+
+fn integer(out: &mut Vec<u8>, i: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+}
+
+fn base64(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    let start = out.len();
+    out.resize(start + bytes.len().div_ceil(3) * 4, 0);
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(bytes, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
+    out.push(b'"');
+}
+
+/// A JSON string. Text with nothing to escape (one scan without early exit, which the compiler
+/// vectorises) is copied whole; anything else goes through serde_json's escaping.
+fn string(out: &mut Vec<u8>, s: &str) {
+    let plain = s
+        .bytes()
+        .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// Opens an object on the first entry and puts commas between the rest.
+struct Separator(bool);
+
+impl Separator {
+    fn new() -> Separator {
+        Separator(true)
+    }
+
+    fn next(&mut self, out: &mut Vec<u8>) {
+        out.push(if self.0 { b'{' } else { b',' });
+        self.0 = false;
+    }
+
+    fn close(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(if self.0 { b"{}" } else { b"}" });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::Record;
+    use super::*;
+    use crate::event::{
+        Array, Column, LogicalMessage, Relation, SnapshotMarker, Source, TemporalKind,
+    };
+
+    /// The same record through serde.
+    fn by_record(event: &Event, options: &EncodeOptions, ts_ms: i64) -> Vec<u8> {
+        serde_json::to_vec(&Record::new(event, options, ts_ms)).expect("serialisable")
+    }
+
+    fn relation(keys: &[bool]) -> Arc<Relation> {
+        let names = [
+            "id", "na\"me", "amount", "payload", "at", "doc", "f", "arr", "u", "x",
+        ];
+        Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            table: "t\u{e9}".into(),
+            columns: names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| Column {
+                    name: (*name).into(),
+                    type_oid: 0,
+                    type_name: format!("type{i}"),
+                    type_modifier: -1,
+                    key: keys.get(i).copied().unwrap_or(false),
+                })
+                .collect(),
+        })
+    }
+
+    fn row(seed: i64) -> Vec<Value> {
+        vec![
+            Value::Int(seed),
+            Value::Text(format!("line\none \"{seed}\"\t\\ \u{1f} \u{7f} \u{263a}")),
+            Value::Numeric("-12345678901234567890.000001".into()),
+            Value::Bytes((0..seed.rem_euclid(7) as u8).collect()),
+            Value::Temporal(
+                TemporalKind::TimestampTz,
+                "2024-01-02T03:04:05+00:00".into(),
+            ),
+            Value::Json(r#"{"a": [1, 2.50, "x"]}"#.into()),
+            Value::Float([1.0, -0.0, 1e300, f64::NAN, f64::INFINITY][seed.rem_euclid(5) as usize]),
+            Value::Array(Array {
+                dims: vec![2, 1],
+                elements: vec![Value::Bytes(vec![1]), Value::Null],
+            }),
+            Value::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+            [
+                Value::Null,
+                Value::Bool(true),
+                Value::UnchangedToast,
+                Value::Json("{\n\"a\": 1}".into()),
+                Value::Json("not json".into()),
+                Value::Raw {
+                    type_name: "point".into(),
+                    text: "(1,2)".into(),
+                },
+            ][seed.rem_euclid(6) as usize]
+                .clone(),
+        ]
+    }
+
+    fn events() -> Vec<Event> {
+        let mut all = Vec::new();
+        for (seed, op) in [Op::Create, Op::Update, Op::Delete, Op::Read, Op::Truncate]
+            .into_iter()
+            .enumerate()
+        {
+            let seed = seed as i64;
+            for keys in [&[][..], &[true], &[true, true, false, true]] {
+                all.push(Event {
+                    op,
+                    relation: relation(keys),
+                    source: Source {
+                        db: "app".into(),
+                        lsn: 0x16B3748 + seed as u64,
+                        xid: (seed % 2 == 0).then_some(42),
+                        commit_time_us: if seed == 3 { 0 } else { -1_700_000_000_123_456 },
+                        snapshot: [SnapshotMarker::False, SnapshotMarker::First][seed as usize % 2],
+                    },
+                    before: (op != Op::Create).then(|| row(seed + 1)),
+                    after: matches!(op, Op::Create | Op::Update | Op::Read).then(|| row(seed)),
+                    topic: (seed % 2 == 1).then(|| format!("app.t{seed}")),
+                    message: None,
+                });
+            }
+        }
+        all.push(Event {
+            op: Op::Message,
+            relation: Arc::new(Relation {
+                oid: 0,
+                schema: String::new(),
+                table: String::new(),
+                columns: Vec::new(),
+            }),
+            source: Source::default(),
+            before: None,
+            after: None,
+            topic: None,
+            message: Some(LogicalMessage {
+                transactional: true,
+                prefix: "audit\\1".into(),
+                content: b"\x00hello".to_vec(),
+            }),
+        });
+        all
+    }
+
+    #[test]
+    fn writes_what_serde_writes_for_the_same_record() {
+        let options = [
+            EncodeOptions::default(),
+            EncodeOptions {
+                name: Some("srv \"1\"".into()),
+                include_types: true,
+            },
+        ];
+        for event in events() {
+            for options in &options {
+                let mut ours = Vec::new();
+                write_record(&event, options, 1_700_000_000_999, &mut ours);
+                let theirs = by_record(&event, options, 1_700_000_000_999);
+                assert_eq!(
+                    String::from_utf8_lossy(&ours),
+                    String::from_utf8_lossy(&theirs),
+                    "{event:?}"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_escaped_as_serde_escapes_it(text in "\\PC*|[\\x00-\\x7f]{0,40}") {
+            let mut ours = Vec::new();
+            string(&mut ours, &text);
+            proptest::prop_assert_eq!(ours, serde_json::to_vec(&text).unwrap());
+        }
+    }
+}
