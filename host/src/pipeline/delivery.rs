@@ -259,8 +259,7 @@ fn spawn_encode(encoder: &Encoder, events: Vec<Event>) -> EncodeTask {
 }
 
 /// A batch being encoded: its events and their records, index for index.
-type EncodeTask =
-    tokio::task::JoinHandle<Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError>>;
+type EncodeTask = tokio::task::JoinHandle<Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError>>;
 
 /// Waits for a batch's encoding (none when the batch took nothing from the chain).
 async fn encoded(

@@ -43,7 +43,10 @@ fn field(raw: &[u8]) -> Option<Cow<'_, str>> {
         return None;
     }
     if !raw.contains(&b'\\') {
-        return Some(String::from_utf8_lossy(raw));
+        return Some(match std::str::from_utf8(raw) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(raw),
+        });
     }
     Some(Cow::Owned(match String::from_utf8(unescape(raw)) {
         Ok(text) => text,

@@ -478,7 +478,8 @@ fn copy_statement(chunk: &ChunkSpec, table: &TableInfo) -> String {
 
 /// A snapshot row as an event.
 pub(super) fn row_event(table: &TableInfo, line: &[u8], meta: &Source) -> Event {
-    let row: Row = copy_text::values(line, &table.codecs).collect();
+    let mut row: Row = Vec::with_capacity(table.codecs.len());
+    row.extend(copy_text::values(line, &table.codecs));
     Event {
         op: Op::Read,
         relation: table.relation.clone(),

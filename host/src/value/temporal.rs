@@ -269,15 +269,21 @@ fn push_date(out: &mut String, text: &str, bc: bool) -> Option<()> {
 fn push_offset(out: &mut String, offset: &str) -> Option<()> {
     let sign = offset.get(..1)?;
     let body = offset.get(1..)?;
-    let fields: Vec<&str> = body.split(':').collect();
-    if fields.len() > 3 || fields.iter().any(|f| f.len() != 2 || !all_digits(f)) {
+    let mut fields = body.split(':');
+    let mut part = || match fields.next() {
+        Some(f) if f.len() == 2 && all_digits(f) => Some(Some(f)),
+        Some(_) => None,
+        None => Some(None),
+    };
+    let (hours, minutes, seconds) = (part()?, part()?, part()?);
+    if part()?.is_some() {
         return None;
     }
     out.push_str(sign);
-    out.push_str(fields.first()?);
+    out.push_str(hours?);
     out.push(':');
-    out.push_str(fields.get(1).copied().unwrap_or("00"));
-    if let Some(seconds) = fields.get(2) {
+    out.push_str(minutes.unwrap_or("00"));
+    if let Some(seconds) = seconds {
         out.push(':');
         out.push_str(seconds);
     }
@@ -383,6 +389,10 @@ mod tests {
         assert_eq!(timestamptz("infinity").as_deref(), Some("infinity"));
         assert_eq!(timestamptz("-infinity").as_deref(), Some("-infinity"));
         assert_eq!(timestamptz("2024-01-02 03:04:05"), None);
+        for bad_offset in ["+5", "+05:3", "+05:30:15:00", "+05:", "+"] {
+            let text = format!("2024-01-02 03:04:05{bad_offset}");
+            assert_eq!(timestamptz(&text), None, "{text}");
+        }
     }
 
     #[test]
