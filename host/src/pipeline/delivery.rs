@@ -273,14 +273,19 @@ async fn encoded(
     }
 }
 
+/// Encodes a batch: one clock reading for all of it, and each record's buffer sized after the
+/// largest record so far, so it is allocated once and never regrown.
 fn encode(encoder: &Encoder, events: &[Event]) -> Result<Vec<EncodedRecord>, DeliveryError> {
+    let ts_ms = crate::encode::now_ms();
+    let mut capacity = 256;
     events
         .iter()
         .map(|e| {
-            let mut payload = Vec::with_capacity(512);
+            let mut payload = Vec::with_capacity(capacity);
             encoder
-                .encode_into(e, &mut payload)
+                .encode_at(e, ts_ms, &mut payload)
                 .map_err(|err| DeliveryError::Encode(err.to_string()))?;
+            capacity = capacity.max(payload.len() + 16);
             Ok(EncodedRecord {
                 topic: encoder.topic(e),
                 key: None,
