@@ -177,10 +177,8 @@ fn native_chain(mut batch: Vec<Event>) -> anyhow::Result<Vec<Event>> {
                 }
             }
         }
-        event.topic = Some(format!(
-            "app.{}.{}",
-            event.relation.schema, event.relation.table
-        ));
+        event.topic =
+            Some(format!("app.{}.{}", event.relation.schema, event.relation.table).into());
     }
     Ok(batch)
 }

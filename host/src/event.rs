@@ -271,7 +271,7 @@ pub struct Event {
     /// The row after the change (inserts, updates, snapshot reads).
     pub after: Option<Row>,
     /// The destination topic, once a topic namer (or the default rule) has set it.
-    pub topic: Option<String>,
+    pub topic: Option<Arc<str>>,
     /// The logical message, for `Op::Message`.
     pub message: Option<LogicalMessage>,
 }

@@ -119,7 +119,7 @@ impl RecordParser {
             source: parse_source(source)?,
             before: decode(before)?,
             after: decode(after)?,
-            topic: obj.get("topic").and_then(Json::as_str).map(str::to_owned),
+            topic: obj.get("topic").and_then(Json::as_str).map(Arc::from),
             message: parse_message(value)?,
             relation,
         })

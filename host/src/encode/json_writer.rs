@@ -296,7 +296,7 @@ mod tests {
                     },
                     before: (op != Op::Create).then(|| row(seed + 1)),
                     after: matches!(op, Op::Create | Op::Update | Op::Read).then(|| row(seed)),
-                    topic: (seed % 2 == 1).then(|| format!("app.t{seed}")),
+                    topic: (seed % 2 == 1).then(|| format!("app.t{seed}").into()),
                     message: None,
                 });
             }

@@ -11,6 +11,7 @@ pub mod json;
 mod json_writer;
 mod record;
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Encoding;
@@ -92,10 +93,10 @@ impl Encoder {
     }
 
     /// The topic `event` goes to.
-    pub fn topic(&self, event: &Event) -> String {
+    pub fn topic(&self, event: &Event) -> Arc<str> {
         match &event.topic {
             Some(t) => t.clone(),
-            None => default_topic(event, self.options.name.as_deref()),
+            None => default_topic(event, self.options.name.as_deref()).into(),
         }
     }
 }

@@ -56,7 +56,7 @@ impl Serialize for Record<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
         match &self.event.topic {
-            Some(t) => map.serialize_entry("topic", t)?,
+            Some(t) => map.serialize_entry("topic", &**t)?,
             None => map.serialize_entry(
                 "topic",
                 &default_topic(self.event, self.options.name.as_deref()),

@@ -51,7 +51,7 @@ pub(crate) struct Replacement {
     pub source: Source,
     pub before: Option<Row>,
     pub after: Option<Row>,
-    pub topic: Option<String>,
+    pub topic: Option<Arc<str>>,
     pub message: Option<LogicalMessage>,
 }
 
@@ -106,7 +106,7 @@ impl WorkBatch {
     }
 
     /// Sets each event's topic.
-    pub fn set_topics(&mut self, topics: Vec<String>) {
+    pub fn set_topics(&mut self, topics: Vec<Arc<str>>) {
         for (host, topic) in self.host.iter_mut().zip(topics) {
             host.topic = Some(topic);
         }

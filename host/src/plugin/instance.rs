@@ -443,7 +443,7 @@ impl PluginInstance {
     }
 
     /// Runs a topic namer over `events`: one topic per event.
-    pub fn name_topics(&mut self, events: &[Event]) -> Result<Vec<String>, PluginError> {
+    pub fn name_topics(&mut self, events: &[Event]) -> Result<Vec<Arc<str>>, PluginError> {
         self.expect(Role::TopicNamer)?;
         match self.plugin.abi {
             AbiVersion::V0_2 => {

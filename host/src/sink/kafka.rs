@@ -500,7 +500,7 @@ impl Sink for KafkaSink {
         self.pending.reserve(batch.records.len());
         for (i, r) in batch.records.iter().enumerate() {
             self.pending.push(Pending {
-                topic: r.topic.clone(),
+                topic: r.topic.to_string(),
                 key: super::key::record_key(r, batch.events.get(i)),
                 payload: r.payload.clone(),
                 lsn: r.lsn,

@@ -28,6 +28,8 @@ mod redis;
 mod settings;
 mod stdout;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::config::SinkConfig;
@@ -47,7 +49,7 @@ pub use stdout::StdoutSink;
 #[derive(Debug, Clone)]
 pub struct EncodedRecord {
     /// Destination topic (or subject, stream, table…).
-    pub topic: String,
+    pub topic: Arc<str>,
     /// The encoded key, for sinks that partition or de-duplicate by key.
     pub key: Option<Vec<u8>>,
     /// The encoded record (the whole envelope).

@@ -225,7 +225,7 @@ impl Sink for NatsSink {
         for (i, r) in batch.records.iter().enumerate() {
             let id = self.message_id(batch.events.get(i), r.lsn);
             self.pending.push(Message {
-                subject: r.topic.clone(),
+                subject: r.topic.to_string(),
                 id,
                 payload: Bytes::from(r.payload.clone()),
             });

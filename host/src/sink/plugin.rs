@@ -118,7 +118,7 @@ impl Sink for PluginSink {
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
         self.pending.extend(batch.events.iter().cloned());
         self.topics
-            .extend(batch.records.iter().map(|r| r.topic.clone()));
+            .extend(batch.records.iter().map(|r| r.topic.to_string()));
         Ok(())
     }
 

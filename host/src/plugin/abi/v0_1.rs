@@ -7,6 +7,8 @@
 //! component once per instance (see `instance.rs`); the derives keep field and case order in
 //! step with the WIT file, which the check enforces.
 
+use std::sync::Arc;
+
 use wasmtime::component::{ComponentType, Lower};
 
 use super::{RelationIndex, RelationView, relations_of};
@@ -299,7 +301,7 @@ fn replacement_from_wit(event: wit::Event) -> Replacement {
         },
         before: event.before.map(row),
         after: event.after.map(row),
-        topic: event.topic,
+        topic: event.topic.map(Arc::from),
         message: event.message.map(|m| LogicalMessage {
             transactional: m.transactional,
             prefix: m.prefix,

@@ -276,7 +276,7 @@ pub(crate) fn edits_from_wit(answer: wit::Edits) -> Result<Vec<Edit>, String> {
 }
 
 /// A topic namer's answer as one topic per event; `Err` says what in it is malformed.
-pub(crate) fn topics_from_wit(topics: wit::Topics, events: usize) -> Result<Vec<String>, String> {
+pub(crate) fn topics_from_wit(topics: wit::Topics, events: usize) -> Result<Vec<Arc<str>>, String> {
     if topics.of_event.len() != events {
         return Err(format!(
             "{} topics for {} events",
@@ -284,14 +284,16 @@ pub(crate) fn topics_from_wit(topics: wit::Topics, events: usize) -> Result<Vec<
             events
         ));
     }
+    // Each distinct name is allocated once and shared by its events.
+    let names: Vec<Arc<str>> = topics.names.into_iter().map(Arc::from).collect();
     topics
         .of_event
         .iter()
         .map(|&i| {
-            topics.names.get(i as usize).cloned().ok_or_else(|| {
+            names.get(i as usize).cloned().ok_or_else(|| {
                 format!(
                     "an event's topic is name {i} but there are {} names",
-                    topics.names.len()
+                    names.len()
                 )
             })
         })
@@ -405,7 +407,10 @@ impl Answer<'_> {
             },
             before: event.before.map(|r| self.row(r)).transpose()?,
             after: event.after.map(|r| self.row(r)).transpose()?,
-            topic: event.topic.map(|t| self.text(t)).transpose()?,
+            topic: event
+                .topic
+                .map(|t| self.text(t).map(Arc::from))
+                .transpose()?,
             message: event
                 .message
                 .as_ref()
@@ -554,10 +559,12 @@ mod tests {
             names: names.iter().map(|n| n.to_string()).collect(),
             of_event,
         };
+        let named = topics_from_wit(topics(&["x", "y"], vec![1, 0, 1]), 3).unwrap();
         assert_eq!(
-            topics_from_wit(topics(&["x", "y"], vec![1, 0, 1]), 3).unwrap(),
+            named.iter().map(|t| &**t).collect::<Vec<_>>(),
             ["y", "x", "y"]
         );
+        assert!(Arc::ptr_eq(&named[0], &named[2]), "one allocation per name");
         assert!(topics_from_wit(topics(&["x"], vec![1]), 1).is_err());
         assert!(topics_from_wit(topics(&["x"], vec![0]), 2).is_err());
     }
