@@ -21,7 +21,10 @@
 //! of times instead of several times per event); 1.12 with mimalloc (glibc's malloc and free
 //! were a third of the profile); 0.80 writing events and values in the guest's memory layout
 //! on the host and copying each list at once (`plugin/abi/canonical.rs`) instead of letting
-//! wasmtime store them field by field.
+//! wasmtime store them field by field. Measured 2026-12-04 on another VM of the same kind:
+//! (a) 0.10, (b) 0.12, (c) 0.54 at batch 1024 (0.65 at 64); alone, table-filter 0.09,
+//! binary-repr 0.39, topic-name 0.13 — a namer's distinct names are now shared by their
+//! events (`Arc<str>`) instead of copied into each.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
