@@ -246,7 +246,7 @@ pub struct LogicalMessage {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Source {
     /// Database name.
-    pub db: String,
+    pub db: Arc<str>,
     /// The LSN of the change (for a snapshot row, the slot's consistent point).
     pub lsn: u64,
     /// The transaction id, when known.

@@ -482,7 +482,7 @@ async fn every_change_kind_from_real_sql() {
     // Every event carries its own LSN, the xid and commit time of its transaction, the db.
     for txn in &txns {
         for e in &txn.events {
-            assert_eq!(e.source.db, db.name());
+            assert_eq!(&*e.source.db, db.name());
             assert!(e.source.lsn > 0 && e.source.lsn <= txn.end_lsn);
             if txn.xid.is_some() {
                 assert_eq!(e.source.xid, txn.xid);

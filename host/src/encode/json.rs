@@ -356,11 +356,7 @@ fn parse_source(source: &Map<String, Json>) -> Result<Source, ParseError> {
         Some(other) => return Err(shape(format!("`source.lsn` is {other}"))),
     };
     Ok(Source {
-        db: source
-            .get("db")
-            .and_then(Json::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        db: source.get("db").and_then(Json::as_str).unwrap_or("").into(),
         lsn,
         xid: source.get("txId").and_then(Json::as_u64).map(|x| x as u32),
         commit_time_us: source.get("ts_ms").and_then(Json::as_i64).unwrap_or(0) * 1000,

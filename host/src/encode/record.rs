@@ -48,7 +48,7 @@ impl<'a> Record<'a> {
         self.options
             .name
             .as_deref()
-            .unwrap_or(self.event.source.db.as_str())
+            .unwrap_or(&self.event.source.db)
     }
 }
 
@@ -181,7 +181,7 @@ impl Serialize for SourceRef<'_, '_> {
         map.serialize_entry("name", r.name())?;
         map.serialize_entry("ts_ms", &ts_ms)?;
         map.serialize_entry("snapshot", src.snapshot.as_str())?;
-        map.serialize_entry("db", &src.db)?;
+        map.serialize_entry("db", &*src.db)?;
         map.serialize_entry("schema", &e.relation.schema)?;
         map.serialize_entry("table", &e.relation.table)?;
         map.serialize_entry("txId", &src.xid)?;

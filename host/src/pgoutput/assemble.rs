@@ -142,7 +142,7 @@ struct Prepared {
 /// Turns pgoutput messages into committed [`Transaction`]s. See the module docs.
 #[derive(Debug)]
 pub struct Assembler {
-    db: String,
+    db: Arc<str>,
     registry: TypeRegistry,
     relations: HashMap<u32, RelEntry>,
     current: Option<OpenTxn>,
@@ -156,7 +156,7 @@ pub struct Assembler {
 impl Assembler {
     /// An assembler for database `db` (written into every event's `source.db`), decoding
     /// values with `registry`.
-    pub fn new(db: impl Into<String>, registry: TypeRegistry) -> Assembler {
+    pub fn new(db: impl Into<Arc<str>>, registry: TypeRegistry) -> Assembler {
         Assembler {
             db: db.into(),
             registry,
@@ -562,11 +562,11 @@ impl Assembler {
         before: Option<Row>,
         after: Option<Row>,
     ) -> Result<(), AssembleError> {
-        let event = |xid: u32, commit_time_us: i64, db: &str| Event {
+        let event = |xid: u32, commit_time_us: i64, db: &Arc<str>| Event {
             op,
             relation: entry.relation.clone(),
             source: Source {
-                db: db.to_owned(),
+                db: db.clone(),
                 lsn,
                 xid: Some(xid),
                 commit_time_us,
@@ -585,11 +585,11 @@ impl Assembler {
         m: &LogicalMessageBody<'_>,
     ) -> Result<Option<Transaction>, AssembleError> {
         let relation = self.message_relation.clone();
-        let event = |xid: Option<u32>, commit_time_us: i64, db: &str| Event {
+        let event = |xid: Option<u32>, commit_time_us: i64, db: &Arc<str>| Event {
             op: Op::Message,
             relation,
             source: Source {
-                db: db.to_owned(),
+                db: db.clone(),
                 lsn: m.lsn,
                 xid,
                 commit_time_us,
@@ -623,7 +623,7 @@ impl Assembler {
         &mut self,
         message: &'static str,
         subxid: Option<u32>,
-        make: impl FnOnce(u32, i64, &str) -> Event,
+        make: impl FnOnce(u32, i64, &Arc<str>) -> Event,
     ) -> Result<(), AssembleError> {
         if let Some(xid) = self.active_stream {
             let stream = self

@@ -132,7 +132,7 @@ fn a_plain_transaction_becomes_typed_events() {
     let lsns: Vec<u64> = txn.events.iter().map(|e| e.source.lsn).collect();
     assert_eq!(lsns, [30, 40, 50, 60]);
     for e in &txn.events {
-        assert_eq!(e.source.db, "appdb");
+        assert_eq!(&*e.source.db, "appdb");
         assert_eq!(e.source.xid, Some(742));
         assert_eq!(e.source.commit_time_us, UNIX_TS);
         assert_eq!(e.relation.qualified_name(), "public.items");
@@ -664,7 +664,7 @@ mod properties {
                 if let Ok(Some(txn)) = asm.push_bytes(i as u64, &w.0) {
                     for e in &txn.events {
                         prop_assert_eq!(e.source.xid, txn.xid.or(e.source.xid));
-                        prop_assert_eq!(&e.source.db, "db");
+                        prop_assert_eq!(&*e.source.db, "db");
                     }
                 }
             }

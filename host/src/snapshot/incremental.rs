@@ -766,7 +766,7 @@ async fn read_chunk(
         "read a snapshot chunk"
     );
     let meta = Source {
-        db: database.to_string(),
+        db: database.into(),
         lsn: 0,
         xid: None,
         commit_time_us: crate::checkpoint::now_ms() * 1000,

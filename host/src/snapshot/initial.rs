@@ -347,7 +347,7 @@ async fn copy_all(
     ));
     let (read_tx, read_rx) = mpsc::channel::<anyhow::Result<Read>>(16);
     let meta = Source {
-        db: plan.identity.database.clone(),
+        db: plan.identity.database.as_str().into(),
         lsn: plan.lsn,
         xid: None,
         commit_time_us: crate::checkpoint::now_ms() * 1000,

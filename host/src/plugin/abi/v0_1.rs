@@ -293,7 +293,7 @@ fn replacement_from_wit(event: wit::Event) -> Replacement {
         relation: event.relation,
         op: op_from_wit(event.op),
         source: Source {
-            db: source.db,
+            db: source.db.into(),
             lsn: source.lsn,
             xid: source.xid,
             commit_time_us: source.commit_time_us,

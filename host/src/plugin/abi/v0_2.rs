@@ -86,7 +86,7 @@ impl FlatBatch {
         let mut db: Option<(&str, wit::Span)> = None;
         for event in events {
             let db_span = match db {
-                Some((name, span)) if name == event.source.db => span,
+                Some((name, span)) if name == &*event.source.db => span,
                 _ => {
                     let span = self.span(event.source.db.as_bytes());
                     db = Some((&event.source.db, span));
@@ -399,7 +399,7 @@ impl Answer<'_> {
             relation: event.relation,
             op: op_from_wit(event.op),
             source: Source {
-                db: self.text(source.db)?,
+                db: self.text(source.db)?.into(),
                 lsn: source.lsn,
                 xid: source.xid,
                 commit_time_us: source.commit_time_us,
