@@ -10,15 +10,23 @@
 //! COPY (issue 5's target: ≥ 0.8 at parallelism 2), CPU time and peak resident memory.
 //!
 //! Measured 2026-11-24 (release, 2-core VM, PostgreSQL 15, 5,000,000 rows): COPY ~945k rows/s;
-//! walflow ~331k rows/s at parallelism 1 and ~338k at 2 — ratios 0.35 and 0.36, short of the
-//! target (they were 0.21/0.22 earlier the same day, before plugin ABI 0.2.0 and mimalloc).
-//! A second reader barely helps because the machine is CPU-bound: walflow spends ~3.8 µs of
-//! CPU per row (19 s for 5M rows, ~1.3 cores) while the two COPY backends use the rest. Of
-//! walflow's CPU, a profile gives ~20% to the three plugins' guest code (binary-repr decodes
-//! and checks every value of each 7-column row), ~16% to allocation, ~15% to JSON encoding,
-//! a large share to the kernel copying the JSON into the page cache (the peer writes to
-//! /dev/null), and the rest to COPY decoding and the plugin host. At 0.8 walflow would have
-//! to spend ~1.6 µs per row for everything on this machine.
+//! walflow ~331k rows/s at parallelism 1 and ~338k at 2 — ratios 0.35 and 0.36 (0.21/0.22
+//! before plugin ABI 0.2.0 and mimalloc), ~3.8 µs of CPU per row.
+//!
+//! Measured 2026-12-04 on another VM of the same kind (COPY ~1.5–1.66M rows/s here, so the
+//! bar is higher): walflow ~620k rows/s at parallelism 1 and ~590k at 2 — ratios 0.37 and
+//! 0.36 for 5M rows (0.38/0.40 for 3M), short of the target. Before that day's changes
+//! the same VM gave 0.25/0.29 at ~2.8 µs of CPU per row; now it is ~1.65–1.85 µs: JSON
+//! records written by `encode/json_writer.rs` instead of serde (encoding was a quarter of the
+//! CPU), bytea decoded straight from the COPY line by table lookup, topic and database names
+//! shared by their events instead of copied into each, one clock reading per batch.
+//! A second reader does not help because the machine is CPU-bound: the COPY backends need
+//! ~0.6 µs per row of their own, so at 0.8 walflow would have to spend ≤ ~0.9 µs per row on
+//! decoding, three plugin calls, JSON and the file writes together. What is left is spread
+//! thin: the plugins (guest code ~15%, mostly lifting the batch; the host's half of the ABI
+//! ~8%), decoding COPY text into typed values ~15%, JSON ~12%, allocation ~10% (rows are
+//! allocated on a reader thread and freed on the writer's), and the kernel's network reads
+//! and page-cache writes.
 
 use std::path::Path;
 use std::process::Command;
