@@ -274,7 +274,8 @@ async fn encoded(
 }
 
 /// Encodes a batch: one clock reading for all of it, and each record's buffer sized after the
-/// largest record so far, so it is allocated once and never regrown.
+/// largest record so far (up to [`RECORD_CAPACITY_CAP`], so one huge row does not make every
+/// later buffer huge), so a typical record is allocated once and never regrown.
 fn encode(encoder: &Encoder, events: &[Event]) -> Result<Vec<EncodedRecord>, DeliveryError> {
     let ts_ms = crate::encode::now_ms();
     let mut capacity = 256;
@@ -285,7 +286,7 @@ fn encode(encoder: &Encoder, events: &[Event]) -> Result<Vec<EncodedRecord>, Del
             encoder
                 .encode_at(e, ts_ms, &mut payload)
                 .map_err(|err| DeliveryError::Encode(err.to_string()))?;
-            capacity = capacity.max(payload.len() + 16);
+            capacity = capacity.max((payload.len() + 16).min(RECORD_CAPACITY_CAP));
             Ok(EncodedRecord {
                 topic: encoder.topic(e),
                 key: None,
@@ -295,6 +296,9 @@ fn encode(encoder: &Encoder, events: &[Event]) -> Result<Vec<EncodedRecord>, Del
         })
         .collect()
 }
+
+/// The largest buffer a record starts with (bigger records grow theirs).
+const RECORD_CAPACITY_CAP: usize = 8 * 1024;
 
 /// The second stage: sinks, flushes and acknowledgements.
 struct Writer {
