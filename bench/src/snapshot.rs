@@ -26,7 +26,10 @@
 //! thin: the plugins (guest code ~15%, mostly lifting the batch; the host's half of the ABI
 //! ~8%), decoding COPY text into typed values ~15%, JSON ~12%, allocation ~10% (rows are
 //! allocated on a reader thread and freed on the writer's), and the kernel's network reads
-//! and page-cache writes.
+//! and page-cache writes. The VM itself varies: later the same day, with nothing else
+//! running, the same build took ~40% more CPU per row (ratios 0.32–0.35 at 3M rows), while
+//! the CPU-only plugin-chain benchmark read the same as before — so compare ratios from one
+//! run, not across runs.
 
 use std::path::Path;
 use std::process::Command;
