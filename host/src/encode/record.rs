@@ -276,7 +276,7 @@ fn serialize_float<S: Serializer>(f: f64, s: S) -> Result<S::Ok, S::Error> {
 /// everything for MessagePack, which needs the structure.
 fn serialize_json<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
     if s.is_human_readable()
-        && !text.contains(['\n', '\r'])
+        && !text.bytes().any(|b| b == b'\n' || b == b'\r')
         && let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(text)
     {
         return raw.serialize(s);
