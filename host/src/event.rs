@@ -279,15 +279,15 @@ pub struct Event {
 impl Event {
     /// The key: the replica-identity columns, taken from `after` or else `before`.
     pub fn key(&self) -> Vec<(&str, &Value)> {
+        self.key_values().collect()
+    }
+
+    /// [`key`](Self::key) without collecting it.
+    pub fn key_values(&self) -> impl Iterator<Item = (&str, &Value)> {
         let row = self.after.as_ref().or(self.before.as_ref());
-        match row {
-            None => Vec::new(),
-            Some(row) => self
-                .relation
-                .key_indices()
-                .filter_map(|i| Some((self.relation.columns[i].name.as_str(), row.get(i)?)))
-                .collect(),
-        }
+        self.relation
+            .key_indices()
+            .filter_map(move |i| Some((self.relation.columns[i].name.as_str(), row?.get(i)?)))
     }
 }
 

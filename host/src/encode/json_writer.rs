@@ -11,16 +11,13 @@
 use base64::Engine as _;
 
 use super::record::{UNAVAILABLE_VALUE, ValRef};
-use super::{EncodeOptions, default_topic};
+use super::{EncodeOptions, record_topic, server_name, source_ts_ms};
 use crate::event::{Event, Op, Relation, Value};
 
 /// Appends the JSON sink record of `event`, processed at `ts_ms`, to `out`.
 pub fn write_record(event: &Event, options: &EncodeOptions, ts_ms: i64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"topic\":");
-    match &event.topic {
-        Some(topic) => string(out, topic),
-        None => string(out, &default_topic(event, options.name.as_deref())),
-    }
+    string(out, &record_topic(event, options));
     out.extend_from_slice(b",\"key\":");
     key(out, event);
     out.extend_from_slice(b",\"value\":{\"before\":");
@@ -68,13 +65,7 @@ fn key(out: &mut Vec<u8>, event: &Event) {
         out.push(b'}');
         return;
     }
-    let values = event.after.as_ref().or(event.before.as_ref());
-    let columns = &event.relation.columns;
-    let mut key = event
-        .relation
-        .key_indices()
-        .filter_map(|i| Some((columns[i].name.as_str(), values?.get(i)?)))
-        .peekable();
+    let mut key = event.key_values().peekable();
     if key.peek().is_none() || event.op == Op::Truncate {
         out.extend_from_slice(b"null");
         return;
@@ -106,17 +97,12 @@ fn row(out: &mut Vec<u8>, relation: &Relation, values: Option<&[Value]>) {
 
 fn source(out: &mut Vec<u8>, event: &Event, options: &EncodeOptions, ts_ms: i64) {
     let src = &event.source;
-    let ts_ms = if src.commit_time_us != 0 {
-        src.commit_time_us.div_euclid(1000)
-    } else {
-        ts_ms
-    };
     out.extend_from_slice(b"{\"version\":");
     string(out, env!("CARGO_PKG_VERSION"));
     out.extend_from_slice(b",\"connector\":\"postgresql\",\"name\":");
-    string(out, options.name.as_deref().unwrap_or(&src.db));
+    string(out, server_name(event, options));
     out.extend_from_slice(b",\"ts_ms\":");
-    integer(out, ts_ms);
+    integer(out, source_ts_ms(event, ts_ms));
     out.extend_from_slice(b",\"snapshot\":");
     string(out, src.snapshot.as_str());
     out.extend_from_slice(b",\"db\":");

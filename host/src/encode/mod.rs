@@ -11,6 +11,7 @@ pub mod json;
 mod json_writer;
 mod record;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -42,6 +43,27 @@ pub fn default_topic(event: &Event, prefix: Option<&str>) -> String {
     match prefix {
         Some(p) if !p.is_empty() => format!("{p}.{name}"),
         _ => name,
+    }
+}
+
+/// The topic a record names: the one a namer set, else [`default_topic`].
+fn record_topic<'a>(event: &'a Event, options: &EncodeOptions) -> Cow<'a, str> {
+    match &event.topic {
+        Some(t) => Cow::Borrowed(t),
+        None => Cow::Owned(default_topic(event, options.name.as_deref())),
+    }
+}
+
+/// `source.name`: the configured logical server name, else the database name.
+fn server_name<'a>(event: &'a Event, options: &'a EncodeOptions) -> &'a str {
+    options.name.as_deref().unwrap_or(&event.source.db)
+}
+
+/// `source.ts_ms`: the commit time when the source knows it, else when it was processed.
+fn source_ts_ms(event: &Event, processed_ms: i64) -> i64 {
+    match event.source.commit_time_us {
+        0 => processed_ms,
+        us => us.div_euclid(1000),
     }
 }
 

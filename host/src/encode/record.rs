@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
-use super::{EncodeOptions, default_topic};
+use super::{EncodeOptions, record_topic, server_name, source_ts_ms};
 use crate::event::{Array, Event, Op, Relation, Row, Value};
 
 /// How an unchanged TOAST value is written (the event never carried it).
@@ -43,25 +43,12 @@ impl<'a> Record<'a> {
             binary: self.binary,
         }
     }
-
-    fn name(&self) -> &'a str {
-        self.options
-            .name
-            .as_deref()
-            .unwrap_or(&self.event.source.db)
-    }
 }
 
 impl Serialize for Record<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
-        match &self.event.topic {
-            Some(t) => map.serialize_entry("topic", &**t)?,
-            None => map.serialize_entry(
-                "topic",
-                &default_topic(self.event, self.options.name.as_deref()),
-            )?,
-        }
+        map.serialize_entry("topic", &record_topic(self.event, self.options))?;
         map.serialize_entry("key", &self.key())?;
         map.serialize_entry("value", &ValueRef { record: self })?;
         if self.options.include_types && !self.event.relation.columns.is_empty() {
@@ -170,15 +157,11 @@ impl Serialize for SourceRef<'_, '_> {
         let r = self.record;
         let e = r.event;
         let src = &e.source;
-        let ts_ms = if src.commit_time_us != 0 {
-            src.commit_time_us.div_euclid(1000)
-        } else {
-            r.ts_ms
-        };
+        let ts_ms = source_ts_ms(e, r.ts_ms);
         let mut map = s.serialize_map(Some(10))?;
         map.serialize_entry("version", env!("CARGO_PKG_VERSION"))?;
         map.serialize_entry("connector", "postgresql")?;
-        map.serialize_entry("name", r.name())?;
+        map.serialize_entry("name", server_name(e, r.options))?;
         map.serialize_entry("ts_ms", &ts_ms)?;
         map.serialize_entry("snapshot", src.snapshot.as_str())?;
         map.serialize_entry("db", &*src.db)?;
