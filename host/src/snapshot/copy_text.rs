@@ -7,17 +7,21 @@ use std::borrow::Cow;
 use crate::event::Value;
 use crate::value::{ScalarKind, TextCodec};
 
-/// The fields of one COPY text row (the trailing newline is optional).
+/// The raw (still escaped) fields of one COPY text row (the trailing newline is optional).
+fn raw_fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.split(|b| *b == b'\t')
+}
+
+/// The fields of one COPY text row, unescaped (`None` for NULL).
 #[cfg(test)]
 fn fields(line: &[u8]) -> impl Iterator<Item = Option<Cow<'_, str>>> {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.split(|b| *b == b'\t').map(field)
+    raw_fields(line).map(field)
 }
 
 /// The values of one COPY text row, decoded by `codecs` (one per column, in order).
 pub fn values<'a>(line: &'a [u8], codecs: &'a [TextCodec]) -> impl Iterator<Item = Value> + 'a {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.split(|b| *b == b'\t')
+    raw_fields(line)
         .zip(codecs)
         .map(|(raw, codec)| value(raw, codec))
 }
