@@ -170,7 +170,8 @@ const PIPELINE_DEPTH: usize = 2;
 
 /// A batch through the chain and the encoder, on its way to the sinks.
 struct Prepared {
-    /// Events for the sinks and their records, once encoded (none if nothing was taken).
+    /// Events for the sinks and their records, once encoded; `None` exactly when the batch
+    /// took nothing from the input.
     encoded: Option<EncodeTask>,
     /// Events a plugin failed on under `on_error = "dead-letter"`.
     dead_letters: Vec<(Event, String)>,
@@ -261,16 +262,10 @@ fn spawn_encode(encoder: &Encoder, events: Vec<Event>) -> EncodeTask {
 /// A batch being encoded: its events and their records, index for index.
 type EncodeTask = tokio::task::JoinHandle<Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError>>;
 
-/// Waits for a batch's encoding (none when the batch took nothing from the chain).
-async fn encoded(
-    task: Option<EncodeTask>,
-) -> Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError> {
-    match task {
-        None => Ok((Vec::new(), Vec::new())),
-        Some(task) => task
-            .await
-            .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?,
-    }
+/// Waits for a batch's encoding.
+async fn encoded(task: EncodeTask) -> Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError> {
+    task.await
+        .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?
 }
 
 /// Encodes a batch: one clock reading for all of it, and each record's buffer sized after the
@@ -324,8 +319,9 @@ impl Writer {
         let mut last_flush = Instant::now();
         let mut acked = None;
         while let Some(batch) = batches.recv().await {
-            if batch.taken > 0 {
-                let (events, records) = encoded(batch.encoded).await?;
+            // A batch that took input has an encoding task (see `prepare`).
+            if let Some(task) = batch.encoded {
+                let (events, records) = encoded(task).await?;
                 self.deliver(events, records, batch.dead_letters).await?;
                 if let Some(budget) = &self.budget {
                     budget.release(batch.taken);
