@@ -86,12 +86,13 @@ fn encode(bytes: &[u8], mode: Mode) -> String {
         Mode::Base64url => base64::engine::general_purpose::URL_SAFE.encode(bytes),
         Mode::Hex => {
             const DIGITS: &[u8; 16] = b"0123456789abcdef";
-            let mut s = String::with_capacity(bytes.len() * 2);
-            for b in bytes {
-                s.push(DIGITS[(b >> 4) as usize] as char);
-                s.push(DIGITS[(b & 15) as usize] as char);
+            let mut hex = vec![0u8; bytes.len() * 2];
+            for (pair, b) in hex.chunks_exact_mut(2).zip(bytes) {
+                pair[0] = DIGITS[(b >> 4) as usize];
+                pair[1] = DIGITS[(b & 15) as usize];
             }
-            s
+            // Hex digits are ASCII, so this never takes the fallback.
+            String::from_utf8(hex).unwrap_or_default()
         }
     }
 }

@@ -31,9 +31,18 @@ struct Predicate {
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
+/// The last table looked up and whether it matched: batches are mostly runs of one table, so
+/// comparing two names is all most events cost.
+struct LastTable {
+    schema: String,
+    table: String,
+    matched: bool,
+}
+
 thread_local! {
     /// `schema.table` of the current event, reused so that matching does not allocate.
     static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    static LAST: std::cell::RefCell<Option<LastTable>> = const { std::cell::RefCell::new(None) };
 }
 
 #[walflow_sdk::init]
@@ -57,21 +66,7 @@ fn keep(event: &Event) -> bool {
     if event.op() == Op::Message {
         return true;
     }
-    let matched = NAME.with_borrow_mut(|name| {
-        name.clear();
-        name.push_str(event.schema());
-        name.push('.');
-        name.push_str(event.table());
-        let included = match &config.include {
-            None => true,
-            Some(globs) => globs.iter().any(|g| glob(g.as_bytes(), name.as_bytes())),
-        };
-        included
-            && !config
-                .exclude
-                .iter()
-                .any(|g| glob(g.as_bytes(), name.as_bytes()))
-    });
+    let matched = table_matches(config, event.schema(), event.table());
     if !matched {
         return false;
     }
@@ -93,6 +88,39 @@ fn keep(event: &Event) -> bool {
 }
 
 /// Whether a column value equals a JSON value from the config.
+/// Whether `schema.table` passes the include and exclude globs.
+fn table_matches(config: &Config, schema: &str, table: &str) -> bool {
+    LAST.with_borrow_mut(|last| {
+        if let Some(l) = last
+            .as_ref()
+            .filter(|l| l.table == table && l.schema == schema)
+        {
+            return l.matched;
+        }
+        let matched = NAME.with_borrow_mut(|name| {
+            name.clear();
+            name.push_str(schema);
+            name.push('.');
+            name.push_str(table);
+            let included = match &config.include {
+                None => true,
+                Some(globs) => globs.iter().any(|g| glob(g.as_bytes(), name.as_bytes())),
+            };
+            included
+                && !config
+                    .exclude
+                    .iter()
+                    .any(|g| glob(g.as_bytes(), name.as_bytes()))
+        });
+        *last = Some(LastTable {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            matched,
+        });
+        matched
+    })
+}
+
 fn equals(value: &Value<'_>, expected: &serde_json::Value) -> bool {
     use serde_json::Value as J;
     match (value, expected) {
