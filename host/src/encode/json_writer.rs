@@ -7,6 +7,11 @@
 //! scan, and integers, bytea and the key are written without intermediate allocations. The
 //! output is byte for byte what serde_json makes of the same [`Record`] (the tests compare
 //! them); rare shapes (floats, arrays, `json` values) are handed to serde_json to keep it so.
+//! A relation's column keys and its schema and table are escaped once and reused by its
+//! records (see [`RelationParts`]).
+
+use std::cell::RefCell;
+use std::sync::Arc;
 
 use base64::Engine as _;
 
@@ -20,12 +25,14 @@ pub fn write_record(event: &Event, options: &EncodeOptions, ts_ms: i64, out: &mu
     string(out, &record_topic(event, options));
     out.extend_from_slice(b",\"key\":");
     key(out, event);
-    out.extend_from_slice(b",\"value\":{\"before\":");
-    row(out, &event.relation, event.before.as_deref());
-    out.extend_from_slice(b",\"after\":");
-    row(out, &event.relation, event.after.as_deref());
-    out.extend_from_slice(b",\"source\":");
-    source(out, event, options, ts_ms);
+    RelationParts::with(&event.relation, |parts| {
+        out.extend_from_slice(b",\"value\":{\"before\":");
+        row(out, parts, event.before.as_deref());
+        out.extend_from_slice(b",\"after\":");
+        row(out, parts, event.after.as_deref());
+        out.extend_from_slice(b",\"source\":");
+        source(out, event, parts, options, ts_ms);
+    });
     out.extend_from_slice(b",\"op\":");
     string(out, event.op.code());
     out.extend_from_slice(b",\"ts_ms\":");
@@ -80,22 +87,84 @@ fn key(out: &mut Vec<u8>, event: &Event) {
     sep.close(out);
 }
 
-fn row(out: &mut Vec<u8>, relation: &Relation, values: Option<&[Value]>) {
+fn row(out: &mut Vec<u8>, parts: &RelationParts, values: Option<&[Value]>) {
     let Some(values) = values else {
         out.extend_from_slice(b"null");
         return;
     };
     let mut sep = Separator::new();
-    for (column, v) in relation.columns.iter().zip(values) {
+    for (key, v) in parts.keys().zip(values) {
         sep.next(out);
-        string(out, &column.name);
-        out.push(b':');
+        out.extend_from_slice(key);
         value(out, v);
     }
     sep.close(out);
 }
 
-fn source(out: &mut Vec<u8>, event: &Event, options: &EncodeOptions, ts_ms: i64) {
+/// What a relation contributes to each of its records, escaped once: every column's
+/// `"name":` and the source's `,"schema":…,"table":…`. Records of one relation come in runs,
+/// so each encoding thread keeps the last relation's parts; the `Arc` it holds keeps the
+/// relation alive, so pointer equality cannot mistake a new relation for it.
+struct RelationParts {
+    relation: Arc<Relation>,
+    /// The keys, one after the other; `ends[i]` is where key `i` ends.
+    keys: Vec<u8>,
+    ends: Vec<usize>,
+    schema_table: Vec<u8>,
+}
+
+thread_local! {
+    static LAST_RELATION: RefCell<Option<RelationParts>> = const { RefCell::new(None) };
+}
+
+impl RelationParts {
+    fn new(relation: &Arc<Relation>) -> RelationParts {
+        let mut keys = Vec::new();
+        let mut ends = Vec::with_capacity(relation.columns.len());
+        for column in &relation.columns {
+            string(&mut keys, &column.name);
+            keys.push(b':');
+            ends.push(keys.len());
+        }
+        let mut schema_table = b",\"schema\":".to_vec();
+        string(&mut schema_table, &relation.schema);
+        schema_table.extend_from_slice(b",\"table\":");
+        string(&mut schema_table, &relation.table);
+        RelationParts {
+            relation: relation.clone(),
+            keys,
+            ends,
+            schema_table,
+        }
+    }
+
+    /// Calls `f` with the parts of `relation`, made now unless they are the last ones made.
+    fn with<R>(relation: &Arc<Relation>, f: impl FnOnce(&RelationParts) -> R) -> R {
+        LAST_RELATION.with_borrow_mut(|last| {
+            let parts = match last {
+                Some(parts) if Arc::ptr_eq(&parts.relation, relation) => parts,
+                _ => last.insert(RelationParts::new(relation)),
+            };
+            f(parts)
+        })
+    }
+
+    /// Each column's `"name":`, in column order.
+    fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.keys[start..end])
+    }
+}
+
+fn source(
+    out: &mut Vec<u8>,
+    event: &Event,
+    parts: &RelationParts,
+    options: &EncodeOptions,
+    ts_ms: i64,
+) {
     let src = &event.source;
     out.extend_from_slice(b"{\"version\":");
     string(out, env!("CARGO_PKG_VERSION"));
@@ -107,10 +176,7 @@ fn source(out: &mut Vec<u8>, event: &Event, options: &EncodeOptions, ts_ms: i64)
     string(out, src.snapshot.as_str());
     out.extend_from_slice(b",\"db\":");
     string(out, &src.db);
-    out.extend_from_slice(b",\"schema\":");
-    string(out, &event.relation.schema);
-    out.extend_from_slice(b",\"table\":");
-    string(out, &event.relation.table);
+    out.extend_from_slice(&parts.schema_table);
     out.extend_from_slice(b",\"txId\":");
     match src.xid {
         Some(xid) => integer(out, xid),
@@ -355,6 +421,47 @@ mod tests {
                     "{event:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn relations_take_turns_without_lending_each_other_their_names() {
+        let table = |schema: &str, table: &str, columns: &[&str]| {
+            Arc::new(Relation {
+                oid: 1,
+                schema: schema.into(),
+                table: table.into(),
+                columns: columns
+                    .iter()
+                    .map(|name| Column {
+                        name: (*name).into(),
+                        type_oid: 0,
+                        type_name: "int8".into(),
+                        type_modifier: -1,
+                        key: *name == "id",
+                    })
+                    .collect(),
+            })
+        };
+        let a = table("public", "orders", &["id", "total"]);
+        let b = table("sales", "line \"items\"", &["id", "sku", "qty"]);
+        let options = EncodeOptions::default();
+        for relation in [&a, &a, &b, &a, &b, &b, &a] {
+            let event = Event {
+                op: Op::Create,
+                relation: relation.clone(),
+                source: Source::default(),
+                before: None,
+                after: Some((0..relation.columns.len() as i64).map(Value::Int).collect()),
+                topic: None,
+                message: None,
+            };
+            let mut ours = Vec::new();
+            write_record(&event, &options, 7, &mut ours);
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&by_record(&event, &options, 7)),
+            );
         }
     }
 
