@@ -8,9 +8,24 @@ use crate::event::Value;
 use crate::value::{ScalarKind, TextCodec};
 
 /// The raw (still escaped) fields of one COPY text row (the trailing newline is optional).
+/// Tabs are found with `memchr`, many bytes at a time, rather than byte by byte: text, bytea
+/// and json fields are long.
 fn raw_fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.split(|b| *b == b'\t')
+    let mut rest = Some(line);
+    std::iter::from_fn(move || {
+        let field = rest?;
+        match memchr::memchr(b'\t', field) {
+            Some(tab) => {
+                rest = Some(&field[tab + 1..]);
+                Some(&field[..tab])
+            }
+            None => {
+                rest = None;
+                Some(field)
+            }
+        }
+    })
 }
 
 /// The fields of one COPY text row, unescaped (`None` for NULL).
@@ -46,7 +61,7 @@ fn field(raw: &[u8]) -> Option<Cow<'_, str>> {
     if raw == b"\\N" {
         return None;
     }
-    if !raw.contains(&b'\\') {
+    if memchr::memchr(b'\\', raw).is_none() {
         return Some(match std::str::from_utf8(raw) {
             Ok(text) => Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(raw),
