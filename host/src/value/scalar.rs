@@ -69,14 +69,19 @@ pub fn is_numeric(text: &str) -> bool {
     if matches!(text, "NaN" | "Infinity" | "-Infinity") {
         return true;
     }
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    let (int, frac) = match digits.split_once('.') {
-        Some((i, f)) => (i, Some(f)),
-        None => (digits, None),
-    };
-    !int.is_empty()
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+    let digits = text.as_bytes();
+    let digits = digits.strip_prefix(b"-").unwrap_or(digits);
+    // One pass: digits, then at most one point followed by at least one digit.
+    let (mut int, mut frac) = (0usize, None::<usize>);
+    for &b in digits {
+        match (b, frac.as_mut()) {
+            (b'0'..=b'9', None) => int += 1,
+            (b'0'..=b'9', Some(f)) => *f += 1,
+            (b'.', None) => frac = Some(0),
+            _ => return false,
+        }
+    }
+    int > 0 && frac != Some(0)
 }
 
 /// `bytea` in hex (`\x0aff`) or escape format (`abc\\\001`).
@@ -233,7 +238,9 @@ mod tests {
             d(ScalarKind::Numeric, "-Infinity"),
             Value::Numeric("-Infinity".into())
         );
-        for bad in ["", "-", "1.", ".5", "1e5", "1.2.3", "abc"] {
+        for bad in [
+            "", "-", "1.", ".5", "1e5", "1.2.3", "abc", "--1", "1-", "+1", "1.-2",
+        ] {
             assert_eq!(d(ScalarKind::Numeric, bad), raw("t", bad), "{bad:?}");
         }
     }
