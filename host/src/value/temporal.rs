@@ -66,6 +66,48 @@ pub fn timestamp(text: &str) -> Option<String> {
 
 /// `timestamptz` → `2024-01-02T03:04:05.123+00:00`.
 pub fn timestamptz(text: &str) -> Option<String> {
+    timestamptz_common(text).or_else(|| timestamptz_general(text))
+}
+
+/// The shape nearly every `timestamptz` has, `YYYY-MM-DD HH:MM:SS[.f…]±HH[:MM[:SS]]` (four-digit
+/// year, AD), checked by position instead of by searching; `None` for anything else, which
+/// [`timestamptz_general`] then reads. Both give the same text for what this one accepts.
+fn timestamptz_common(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    if b.len() < 22
+        || [4, 7].iter().any(|&i| b[i] != b'-')
+        || b[10] != b' '
+        || [13, 16].iter().any(|&i| b[i] != b':')
+        || ![0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+            .iter()
+            .all(|&i| b[i].is_ascii_digit())
+    {
+        return None;
+    }
+    let mut end = 19;
+    if b[end] == b'.' {
+        let digits = b[end + 1..]
+            .iter()
+            .take_while(|d| d.is_ascii_digit())
+            .count();
+        if digits == 0 {
+            return None;
+        }
+        end += 1 + digits;
+    }
+    if !matches!(b.get(end), Some(b'+' | b'-')) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 4);
+    out.push_str(text.get(..10)?);
+    out.push('T');
+    out.push_str(text.get(11..end)?);
+    push_offset(&mut out, text.get(end..)?)?;
+    Some(out)
+}
+
+/// `timestamptz` in any shape `timestamptz_out` prints (BC, five-digit years, …).
+fn timestamptz_general(text: &str) -> Option<String> {
     if let Some(inf) = infinity(text) {
         return Some(inf.to_owned());
     }
@@ -315,6 +357,54 @@ fn all_digits(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn the_common_timestamptz_shape_reads_as_the_general_one(
+            text in "[0-9]{4,5}-[0-9]{2}-[0-9]{2} [0-9]{1,2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,7})?[+-][0-9]{1,3}(:[0-9]{1,2}){0,3}( BC)?|[-0-9 :.+BC]{0,30}"
+        ) {
+            if let Some(common) = timestamptz_common(&text) {
+                proptest::prop_assert_eq!(Some(common), timestamptz_general(&text));
+            }
+        }
+
+        #[test]
+        fn every_well_formed_timestamptz_takes_the_quick_path(
+            text in "[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?[+-][0-9]{2}(:[0-9]{2}){0,2}"
+        ) {
+            let common = timestamptz_common(&text);
+            proptest::prop_assert!(common.is_some(), "{}", text);
+            proptest::prop_assert_eq!(common, timestamptz_general(&text));
+        }
+    }
+
+    #[test]
+    fn common_timestamptz_shapes_take_the_quick_path() {
+        for (text, iso) in [
+            ("2024-01-02 03:04:05+00", "2024-01-02T03:04:05+00:00"),
+            ("2024-01-02 03:04:05.5-08", "2024-01-02T03:04:05.5-08:00"),
+            (
+                "1999-12-31 23:59:59.123456+05:30",
+                "1999-12-31T23:59:59.123456+05:30",
+            ),
+            (
+                "1900-01-01 00:00:00+00:09:21",
+                "1900-01-01T00:00:00+00:09:21",
+            ),
+        ] {
+            assert_eq!(timestamptz_common(text).as_deref(), Some(iso), "{text}");
+            assert_eq!(timestamptz(text).as_deref(), Some(iso), "{text}");
+        }
+        for other in [
+            "2024-01-02 03:04:05+00 BC",
+            "12024-01-02 03:04:05+00",
+            "2024-01-02 03:04:05.+00",
+            "2024-01-02 03:04:05",
+            "infinity",
+        ] {
+            assert_eq!(timestamptz_common(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn dates() {
