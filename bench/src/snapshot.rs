@@ -30,6 +30,14 @@
 //! running, the same build took ~40% more CPU per row (ratios 0.32–0.35 at 3M rows), while
 //! the CPU-only plugin-chain benchmark read the same as before — so compare ratios from one
 //! run, not across runs.
+//!
+//! Later on 2026-12-04, after fsync, JSON and decoding work (writeback started every 8 MiB
+//! so a flush's fdatasync takes ~75 ms instead of 140–210 ms; column keys escaped once per
+//! relation; memchr for COPY tabs; the usual timestamptz shape read by position): the VM now
+//! swings between two speeds from run to run (the same build took 4.8–5.3 s or 7.1–8.1 s of
+//! CPU for 3,000,000 rows). Fast runs gave 1.6–1.75 µs of CPU per row and ratios 0.40–0.45
+//! (3M rows); slow runs 2.5 µs per row and 0.32–0.34 (5M rows: ~510–535k rows/s at both
+//! parallelisms against COPY's ~1.56M).
 
 use std::path::Path;
 use std::process::Command;
