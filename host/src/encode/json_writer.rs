@@ -6,7 +6,8 @@
 //! strings that need no escaping (nearly all of them) are copied whole after one branch-free
 //! scan, and integers, bytea and the key are written without intermediate allocations. The
 //! output is byte for byte what serde_json makes of the same [`Record`] (the tests compare
-//! them); rare shapes (floats, arrays, `json` values) are handed to serde_json to keep it so.
+//! them); rare shapes (floats, arrays, `json` values that are not plainly valid compact JSON)
+//! are handed to serde_json to keep it so.
 //! A relation's column keys and its schema and table are escaped once and reused by its
 //! records (see [`RelationParts`]).
 
@@ -198,6 +199,9 @@ fn value(out: &mut Vec<u8>, v: &Value) {
         Value::Raw { text, .. } => string(out, text),
         Value::Bytes(b) => base64(out, b),
         Value::UnchangedToast => string(out, UNAVAILABLE_VALUE),
+        Value::Json(text) if super::json_text::is_embeddable(text.as_bytes()) => {
+            out.extend_from_slice(text.as_bytes())
+        }
         Value::Float(_) | Value::Json(_) | Value::Array(_) => by_serde(out, v),
     }
 }

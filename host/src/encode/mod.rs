@@ -8,6 +8,7 @@
 //! as serde_json would, at a fraction of the cost.
 
 pub mod json;
+mod json_text;
 mod json_writer;
 mod record;
 
