@@ -33,11 +33,11 @@
 //!
 //! Later on 2026-12-04, after fsync, JSON and decoding work (writeback started every 8 MiB
 //! so a flush's fdatasync takes ~75 ms instead of 140–210 ms; column keys escaped once per
-//! relation; memchr for COPY tabs; the usual timestamptz shape read by position): the VM now
-//! swings between two speeds from run to run (the same build took 4.8–5.3 s or 7.1–8.1 s of
-//! CPU for 3,000,000 rows). Fast runs gave 1.6–1.75 µs of CPU per row and ratios 0.40–0.45
-//! (3M rows); slow runs 2.5 µs per row and 0.32–0.34 (5M rows: ~510–535k rows/s at both
-//! parallelisms against COPY's ~1.56M).
+//! relation; json values checked by one strict pass instead of a serde parse; memchr for COPY
+//! tabs; the usual timestamptz shape read by position): the same build took between 1.5 and
+//! 2.5 µs of CPU per row from run to run (3,000,000 rows: 4.5–5.4 s or 7–8 s; 5,000,000 rows
+//! always near the slow end). The best run gave ratios 0.42 (parallelism 1) and 0.48 (2) at
+//! 3M rows; the 5M runs 0.33–0.34 at both (~500–530k rows/s against COPY's ~1.55M).
 
 use std::path::Path;
 use std::process::Command;
