@@ -40,8 +40,6 @@ struct LastTable {
 }
 
 thread_local! {
-    /// `schema.table` of the current event, reused so that matching does not allocate.
-    static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     static LAST: std::cell::RefCell<Option<LastTable>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -87,7 +85,6 @@ fn keep(event: &Event) -> bool {
     }
 }
 
-/// Whether a column value equals a JSON value from the config.
 /// Whether `schema.table` passes the include and exclude globs.
 fn table_matches(config: &Config, schema: &str, table: &str) -> bool {
     LAST.with_borrow_mut(|last| {
@@ -97,21 +94,10 @@ fn table_matches(config: &Config, schema: &str, table: &str) -> bool {
         {
             return l.matched;
         }
-        let matched = NAME.with_borrow_mut(|name| {
-            name.clear();
-            name.push_str(schema);
-            name.push('.');
-            name.push_str(table);
-            let included = match &config.include {
-                None => true,
-                Some(globs) => globs.iter().any(|g| glob(g.as_bytes(), name.as_bytes())),
-            };
-            included
-                && !config
-                    .exclude
-                    .iter()
-                    .any(|g| glob(g.as_bytes(), name.as_bytes()))
-        });
+        // Only a new table gets here, so building its name may allocate.
+        let name = format!("{schema}.{table}");
+        let passes = |globs: &[String]| globs.iter().any(|g| glob(g.as_bytes(), name.as_bytes()));
+        let matched = config.include.as_deref().is_none_or(passes) && !passes(&config.exclude);
         *last = Some(LastTable {
             schema: schema.to_string(),
             table: table.to_string(),
@@ -121,6 +107,7 @@ fn table_matches(config: &Config, schema: &str, table: &str) -> bool {
     })
 }
 
+/// Whether a column value equals a JSON value from the config.
 fn equals(value: &Value<'_>, expected: &serde_json::Value) -> bool {
     use serde_json::Value as J;
     match (value, expected) {
