@@ -3,7 +3,7 @@
 //! exactly the source tables (compared by PostgreSQL itself).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -393,6 +393,173 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
         .unwrap()
         .unwrap();
     assert!(summary.acked_lsn.is_some());
+}
+
+/// A sink whose flush runs in the background and finishes only once `gate` opens; it counts
+/// the events written while a flush of its is still running.
+struct GatedSink {
+    gate: tokio::sync::watch::Receiver<bool>,
+    pending: Vec<u64>,
+    accepted: Arc<Mutex<Vec<u64>>>,
+    flushing: Arc<AtomicBool>,
+    written_meanwhile: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Sink for GatedSink {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
+        let rows: Vec<u64> = batch
+            .events
+            .iter()
+            .filter(|e| e.relation.table == "big")
+            .map(|e| e.source.lsn)
+            .collect();
+        if self.flushing.load(Ordering::SeqCst) {
+            self.written_meanwhile
+                .fetch_add(rows.len(), Ordering::SeqCst);
+        }
+        self.pending.extend(rows);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        self.accepted.lock().unwrap().append(&mut self.pending);
+        Ok(())
+    }
+
+    fn begin_flush(&mut self) -> Option<walflow::sink::PendingFlush> {
+        let covered = std::mem::take(&mut self.pending);
+        let (mut gate, accepted, flushing) = (
+            self.gate.clone(),
+            self.accepted.clone(),
+            self.flushing.clone(),
+        );
+        flushing.store(true, Ordering::SeqCst);
+        Some(Box::pin(async move {
+            let _ = gate.wait_for(|open| *open).await;
+            accepted.lock().unwrap().extend(covered);
+            flushing.store(false, Ordering::SeqCst);
+            Ok(())
+        }))
+    }
+}
+
+/// A sink that flushes in the background (as the file sink does its fsync) keeps receiving
+/// batches while a flush runs, and nothing is confirmed to PostgreSQL until that flush is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_goes_on_during_a_background_flush_and_confirms_after_it() {
+    let db = Cluster::shared().new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE big (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    let builder = db
+        .config()
+        .source("snapshot = \"never\"")
+        .source("heartbeat_interval = \"1s\"")
+        .append("[batch]\nmax_events = 64\nmax_wait = \"20ms\"");
+    let slot = builder.slot_name().to_string();
+    let file = builder.write().unwrap();
+    let config = walflow::config::Config::load(&file.path).unwrap();
+
+    let (open, gate) = tokio::sync::watch::channel(true);
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let written_meanwhile = Arc::new(AtomicUsize::new(0));
+    let sink = GatedSink {
+        gate,
+        pending: Vec::new(),
+        accepted: accepted.clone(),
+        flushing: Arc::new(AtomicBool::new(false)),
+        written_meanwhile: written_meanwhile.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(walflow::pipeline::run(
+        config,
+        walflow::pipeline::RunOptions {
+            extra_sinks: vec![Box::new(sink)],
+            stop: Some(stop_rx),
+            ..Default::default()
+        },
+    ));
+    wait_for_async("the slot", Duration::from_secs(30), || async {
+        db.slot_confirmed(&slot).await
+    })
+    .await
+    .unwrap();
+    insert_big(&client, 0, 20).await;
+    let first = db.emit_marker().await;
+    db.wait_for_confirmed(&slot, &first, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    open.send(false).unwrap();
+    let held: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Rows one by one: each is its own transaction, so a flush starts while the next arrive.
+    let mut id = 20;
+    wait_for_async(
+        "rows written while a flush runs",
+        Duration::from_secs(60),
+        || {
+            id += 1;
+            let client = &client;
+            let written = written_meanwhile.clone();
+            let id = id;
+            async move {
+                insert_big(client, id, 1).await;
+                (written.load(Ordering::SeqCst) >= 5).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let confirmed = db.slot_confirmed(&slot).await.unwrap();
+    let early: bool = client
+        .query_one(
+            "SELECT $1::text::pg_lsn > $2::text::pg_lsn",
+            &[&confirmed, &held],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !early,
+        "{confirmed} was confirmed before its flush finished (rows start at {held})"
+    );
+
+    open.send(true).unwrap();
+    let last = db.emit_marker().await;
+    db.wait_for_confirmed(&slot, &last, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut lsns = accepted.lock().unwrap().clone();
+    lsns.sort_unstable();
+    lsns.dedup();
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        lsns.len() as i64,
+        rows,
+        "every row was flushed once confirmed"
+    );
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the pipeline stops when asked")
+        .unwrap()
+        .unwrap();
 }
 
 fn http_get(addr: &str, path: &str) -> String {

@@ -9,6 +9,8 @@
 //! An LSN is acknowledged only after every sink has flushed every event of every transaction up
 //! to it (group commit: flush when the input is momentarily empty or `flush_interval` passed).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -308,17 +310,29 @@ struct Writer {
 
 impl Writer {
     /// Writes every prepared batch; flushes (group commit) when the input is momentarily
-    /// empty or `flush_interval` passed, then acknowledges. Returns the last acknowledged LSN.
+    /// empty or `flush_interval` passed, and acknowledges once the flush is done. Sinks that
+    /// flush in the background keep taking batches meanwhile; one flush runs at a time, and a
+    /// flush that comes due while another runs starts when that one is done.
+    /// Returns the last acknowledged LSN.
     async fn write_all(
         &mut self,
         mut batches: mpsc::Receiver<Prepared>,
         acks: watch::Sender<u64>,
     ) -> Result<Option<u64>, DeliveryError> {
-        let mut unflushed: Option<u64> = None;
-        let mut dirty = false;
-        let mut last_flush = Instant::now();
-        let mut acked = None;
-        while let Some(batch) = batches.recv().await {
+        let mut flush = FlushState::new();
+        loop {
+            let batch = tokio::select! {
+                biased;
+                results = in_flight(&mut flush.running), if flush.running.is_some() => {
+                    let lsn = flush.running.take().map(|f| f.lsn);
+                    self.settle(results).await?;
+                    self.acknowledge(lsn, &mut flush, &acks);
+                    self.flush_if_due(&mut flush, &acks).await?;
+                    continue;
+                }
+                batch = batches.recv() => batch,
+            };
+            let Some(batch) = batch else { break };
             // A batch that took input has an encoding task (see `prepare`).
             if let Some(task) = batch.encoded {
                 let (events, records) = encoded(task).await?;
@@ -326,35 +340,106 @@ impl Writer {
                 if let Some(budget) = &self.budget {
                     budget.release(batch.taken);
                 }
-                dirty = true;
+                flush.dirty = true;
             }
             if let Some(lsn) = batch.complete_lsn {
-                unflushed = Some(lsn);
+                flush.unflushed = Some(lsn);
             }
-            let idle = batch.input_idle && batches.is_empty();
-            if (idle || last_flush.elapsed() >= self.options.flush_interval) && unflushed.is_some()
-            {
-                if dirty {
-                    self.flush_all().await?;
-                    dirty = false;
-                }
-                last_flush = Instant::now();
-                if let Some(lsn) = unflushed.take() {
-                    acked = Some(lsn);
-                    self.metrics.set_acked_lsn(lsn);
-                    let _ = acks.send(lsn);
-                }
-            }
+            flush.idle = batch.input_idle && batches.is_empty();
+            self.flush_if_due(&mut flush, &acks).await?;
         }
-        if dirty {
+        if let Some(running) = flush.running.take() {
+            self.settle(running.done.await).await?;
+            self.acknowledge(Some(running.lsn), &mut flush, &acks);
+        }
+        if flush.dirty {
             self.flush_all().await?;
         }
-        if let Some(lsn) = unflushed {
-            acked = Some(lsn);
+        let last = flush.unflushed.take();
+        self.acknowledge(last, &mut flush, &acks);
+        Ok(flush.acked)
+    }
+
+    /// Flushes when the input is idle or `flush_interval` passed: starts a flush, or, when
+    /// nothing was written since the last one, acknowledges right away (or with the flush
+    /// still running, which covers it). New writes with a flush still running wait for its end
+    /// (the select arm in `write_all` comes back here).
+    async fn flush_if_due(
+        &mut self,
+        flush: &mut FlushState,
+        acks: &watch::Sender<u64>,
+    ) -> Result<(), DeliveryError> {
+        let due = flush.idle || flush.last_flush.elapsed() >= self.options.flush_interval;
+        let Some(lsn) = flush.unflushed.filter(|_| due) else {
+            return Ok(());
+        };
+        match (flush.running.as_mut(), flush.dirty) {
+            (Some(_), true) => return Ok(()),
+            (Some(running), false) => running.lsn = lsn,
+            (None, true) => flush.running = self.begin_flush_all(lsn).await?,
+            (None, false) => {}
+        }
+        flush.unflushed = None;
+        flush.dirty = false;
+        flush.last_flush = Instant::now();
+        if flush.running.is_none() {
+            self.acknowledge(Some(lsn), flush, acks);
+        }
+        Ok(())
+    }
+
+    /// Confirms `lsn` to the metrics and the source.
+    fn acknowledge(&self, lsn: Option<u64>, flush: &mut FlushState, acks: &watch::Sender<u64>) {
+        if let Some(lsn) = lsn {
+            flush.acked = Some(lsn);
             self.metrics.set_acked_lsn(lsn);
             let _ = acks.send(lsn);
         }
-        Ok(acked)
+    }
+
+    /// Starts a flush of every sink: in the background where the sink can, in place (and
+    /// waited for) where not. `None` when every sink is already flushed and `lsn` can be
+    /// acknowledged at once.
+    async fn begin_flush_all(&mut self, lsn: u64) -> Result<Option<InFlight>, DeliveryError> {
+        let backoff = self.options.max_backoff;
+        let mut running = Vec::new();
+        for (i, sink) in self.sinks.iter_mut().enumerate() {
+            match sink.begin_flush() {
+                Some(flush) => running.push(async move { (i, flush.await) }),
+                None => flush_with_retry(sink.as_mut(), backoff, &self.metrics)
+                    .await
+                    .map_err(|e| sink_failed(sink.as_ref(), e))?,
+            }
+        }
+        if running.is_empty() {
+            self.metrics.record_flush();
+            return Ok(None);
+        }
+        Ok(Some(InFlight {
+            lsn,
+            done: Box::pin(futures::future::join_all(running)),
+        }))
+    }
+
+    /// A background flush's outcome: a sink that failed retryably is flushed again in place
+    /// (with backoff) before anything is acknowledged; a fatal failure stops delivery.
+    async fn settle(&mut self, results: FlushResults) -> Result<(), DeliveryError> {
+        let backoff = self.options.max_backoff;
+        for (i, result) in results {
+            let sink = self.sinks[i].as_mut();
+            match result {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(sink = sink.name(), error = %e, "flush failed; retrying");
+                    flush_with_retry(sink, backoff, &self.metrics)
+                        .await
+                        .map_err(|e| sink_failed(sink, e))?;
+                }
+                Err(e) => return Err(sink_failed(sink, e)),
+            }
+        }
+        self.metrics.record_flush();
+        Ok(())
     }
 
     /// Writes one batch to every sink (retrying retryable failures), and its dead letters.
@@ -453,6 +538,55 @@ impl Writer {
         }
         self.metrics.record_flush();
         Ok(())
+    }
+}
+
+/// Where the writer is with flushing.
+struct FlushState {
+    /// The last position written but not yet flushed.
+    unflushed: Option<u64>,
+    /// Whether anything was written since the last flush began.
+    dirty: bool,
+    /// When the last flush began.
+    last_flush: Instant,
+    /// Whether the input was empty after the last batch.
+    idle: bool,
+    /// The flush running in the background, if any.
+    running: Option<InFlight>,
+    /// The last acknowledged position.
+    acked: Option<u64>,
+}
+
+impl FlushState {
+    fn new() -> Self {
+        FlushState {
+            unflushed: None,
+            dirty: false,
+            last_flush: Instant::now(),
+            idle: false,
+            running: None,
+            acked: None,
+        }
+    }
+}
+
+/// A flush of the sinks running in the background, and the position it acknowledges.
+struct InFlight {
+    /// Acknowledged once every sink's flush is done.
+    lsn: u64,
+    /// Each sink's flush, by sink index.
+    done: Pin<Box<dyn Future<Output = FlushResults> + Send>>,
+}
+
+/// Each sink's flush outcome, by sink index.
+type FlushResults = Vec<(usize, Result<(), SinkError>)>;
+
+/// Waits for the running flush (the select arm is guarded by `is_some`). Cancel-safe: the
+/// flush stays in `flushing` until it resolves.
+async fn in_flight(flushing: &mut Option<InFlight>) -> FlushResults {
+    match flushing {
+        Some(running) => running.done.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,7 +10,14 @@
 //! Every few MiB the kernel is asked to start writing what was appended (`sync_file_range`,
 //! as PostgreSQL's `wal_writer_flush_after` does), so that the fsync of a flush finds most of
 //! the data on disk already and the writer does not stall for a whole interval's worth of
-//! writeback at once. Durability still comes only from that fsync.
+//! writeback at once. Durability still comes only from that fsync, and the fsync runs in the
+//! background ([`Sink::begin_flush`]) on a second descriptor of the same file, so records keep
+//! being appended while it waits for the disk.
+//!
+//! A failed fsync is fatal, not retried: Linux may mark the pages it could not write as clean,
+//! so a second fsync can succeed without the data ever reaching the disk (PostgreSQL stops on
+//! it for the same reason). Nothing written since the last good flush is acknowledged, so a
+//! restart writes it again.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -18,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{Sink, SinkBatch, SinkError, check_keys};
+use super::{PendingFlush, Sink, SinkBatch, SinkError, check_keys};
 
 /// Appends encoded records to a file.
 pub struct FileSink {
@@ -97,9 +104,32 @@ impl FileSink {
         let path = self.path.clone();
         if let Some(w) = self.writer.as_mut() {
             w.flush().map_err(|e| retryable(&path, e))?;
-            w.get_ref().sync_data().map_err(|e| retryable(&path, e))?;
+            w.get_ref()
+                .sync_data()
+                .map_err(|e| fsync_failed(&path, e))?;
         }
         Ok(())
+    }
+
+    /// Writes out the buffer and fsyncs the file on the blocking pool, through a descriptor of
+    /// its own so that appending (and rotating) can go on meanwhile.
+    fn sync_in_background(&mut self) -> Result<PendingFlush, SinkError> {
+        let path = self.path.clone();
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(Box::pin(std::future::ready(Ok(()))));
+        };
+        w.flush().map_err(|e| retryable(&path, e))?;
+        let file = w.get_ref().try_clone().map_err(|e| retryable(&path, e))?;
+        let syncing = tokio::task::spawn_blocking(move || file.sync_data());
+        Ok(Box::pin(async move {
+            match syncing.await {
+                Ok(done) => done.map_err(|e| fsync_failed(&path, e)),
+                Err(e) => Err(SinkError::Fatal(format!(
+                    "fsync of {} panicked: {e}",
+                    path.display()
+                ))),
+            }
+        }))
     }
 
     /// Renames the full file away and starts a new one; returns the rotated file's name.
@@ -260,6 +290,13 @@ fn cannot_write(path: &Path, e: std::io::Error) -> SinkError {
     ))
 }
 
+fn fsync_failed(path: &Path, e: std::io::Error) -> SinkError {
+    SinkError::Fatal(format!(
+        "file sink could not fsync {}: {e}; the kernel may have dropped what it could not write, so nothing since the last flush is acknowledged: fix the disk and restart (those events are written again)",
+        path.display()
+    ))
+}
+
 fn retryable(path: &Path, e: std::io::Error) -> SinkError {
     SinkError::Retryable(format!("file sink failed writing {}: {e}", path.display()))
 }
@@ -294,6 +331,13 @@ impl Sink for FileSink {
         // fsync is blocking; a file sink's flush is rare (once per ack interval), so doing it
         // inline on a worker thread is fine, but let the runtime know.
         tokio::task::block_in_place(|| self.sync())
+    }
+
+    fn begin_flush(&mut self) -> Option<PendingFlush> {
+        Some(
+            self.sync_in_background()
+                .unwrap_or_else(|e| Box::pin(std::future::ready(Err(e)))),
+        )
     }
 
     async fn close(&mut self) -> Result<(), SinkError> {
@@ -397,5 +441,54 @@ mod tests {
                 .filter(|l| !l.is_empty())
                 .all(|l| l.len() == 64 << 10)
         );
+    }
+
+    /// A background flush writes out what was buffered before it began, and appending goes on
+    /// while it runs; with rotation in between, the rotated file keeps what it had.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_background_flush_covers_what_came_before_and_lets_writing_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        let mut sink = FileSink::open(path.clone(), Some(4096)).unwrap();
+        let record = |n: u64| EncodedRecord {
+            topic: "t".into(),
+            key: None,
+            payload: format!("{{\"n\":{n}}}").into_bytes(),
+            lsn: n,
+        };
+        let first: Vec<EncodedRecord> = (0..10).map(record).collect();
+        sink.write(SinkBatch {
+            records: &first,
+            events: &[],
+        })
+        .await
+        .unwrap();
+        let flushing = sink
+            .begin_flush()
+            .expect("the file sink flushes in the background");
+        assert_eq!(
+            std::fs::read(&path).unwrap().len(),
+            (0..10)
+                .map(|n: u64| format!("{{\"n\":{n}}}\n").len())
+                .sum::<usize>(),
+            "the buffer went to the file before the flush began"
+        );
+        let later: Vec<EncodedRecord> = (10..1000).map(record).collect();
+        sink.write(SinkBatch {
+            records: &later,
+            events: &[],
+        })
+        .await
+        .unwrap();
+        flushing.await.unwrap();
+        sink.close().await.unwrap();
+        let mut numbers = Vec::new();
+        for file in written_files(&path) {
+            for line in std::fs::read_to_string(&file).unwrap().lines() {
+                let n: serde_json::Value = serde_json::from_str(line).unwrap();
+                numbers.push(n["n"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(numbers, (0..1000).collect::<Vec<_>>());
     }
 }

@@ -16,6 +16,10 @@
 //! latter without confirming. A retried `write` gets the same batch again, so a sink that keeps
 //! a batch (to send it at `flush`) must not fail `write` retryably after keeping it: it takes
 //! the batch and leaves the sending to `flush`.
+//!
+//! A sink whose flush is a long wait that does not stop it taking more writes (a file's fsync)
+//! offers [`Sink::begin_flush`]: the pipeline starts the flush, keeps writing later batches,
+//! and confirms once the flush's future resolves — for what was written before it began.
 
 mod file;
 mod http;
@@ -28,6 +32,8 @@ mod redis;
 mod settings;
 mod stdout;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -89,6 +95,9 @@ impl SinkError {
     }
 }
 
+/// A flush running in the background (see [`Sink::begin_flush`]).
+pub type PendingFlush = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
 /// A destination for events. See the module docs for the acknowledgement contract.
 #[async_trait]
 pub trait Sink: Send {
@@ -100,6 +109,14 @@ pub trait Sink: Send {
 
     /// Makes everything written so far durable; `Ok` is the acknowledgement.
     async fn flush(&mut self) -> Result<(), SinkError>;
+
+    /// Starts a flush that finishes in the background, so writing can go on meanwhile: the
+    /// future's `Ok` acknowledges everything written before this call, exactly as `flush`'s
+    /// would. `None` (the default) when the sink cannot do that; the pipeline then calls
+    /// `flush` and waits.
+    fn begin_flush(&mut self) -> Option<PendingFlush> {
+        None
+    }
 
     /// Flushes and releases the destination.
     async fn close(&mut self) -> Result<(), SinkError> {
