@@ -199,9 +199,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn sample_batch(size: usize) -> Vec<Event> {
-    let column = |name: &str, type_name: &str, key: bool| Column {
+    let column = |name: &str, type_name: &str, type_oid: u32, key: bool| Column {
         name: name.into(),
-        type_oid: 0,
+        type_oid,
         type_name: type_name.into(),
         type_modifier: -1,
         key,
@@ -211,11 +211,11 @@ fn sample_batch(size: usize) -> Vec<Event> {
         schema: "public".into(),
         table: "orders".into(),
         columns: vec![
-            column("id", "int4", true),
-            column("status", "text", false),
-            column("amount", "numeric", false),
-            column("payload", "bytea", false),
-            column("created_at", "timestamptz", false),
+            column("id", "int4", 23, true),
+            column("status", "text", 25, false),
+            column("amount", "numeric", 1700, false),
+            column("payload", "bytea", 17, false),
+            column("created_at", "timestamptz", 1184, false),
         ],
     });
     (0..size)

@@ -1,10 +1,12 @@
 //! The per-event view a plugin function gets, and the batch loops the macros call.
 //!
-//! An event reads its values out of the batch's buffers, a row at a time when the plugin
-//! first looks at it (text borrows the buffer; nothing is copied), into vectors the batch loop
-//! hands from one event to the next, so a batch allocates them once, not once per event. A transform's changes are recorded as they happen (which values were
-//! set, which columns removed, whether the event was dropped or changed wholesale) and sent
-//! back as edits, so an event the transform leaves alone costs nothing on the way back.
+//! An event reads its values out of the batch's buffers one value at a time, when the plugin
+//! first looks at that value (text borrows the buffer; nothing is copied), so a plugin that
+//! reads two columns of a wide row decodes two values, not the row. The cells they are decoded
+//! into are vectors the batch loop hands from one event to the next, so a batch allocates them
+//! once, not once per event. A transform's changes are recorded as they happen (which values
+//! were set, which columns removed, whether the event was dropped or changed wholesale) and
+//! sent back as edits, so an event the transform leaves alone costs nothing on the way back.
 
 use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
@@ -25,13 +27,16 @@ static NO_RELATION: Relation = Relation {
 /// One change event, with its table's columns at hand.
 pub struct Event<'a> {
     raw: &'a types::Event,
+    /// The `before` and `after` rows as the host sent them (empty when absent).
+    raw_rows: [&'a [types::Value]; 2],
     relation: &'a Relation,
     buffers: Buffers<'a>,
     op: Op,
-    /// The decoded `before` and `after` rows, once asked for.
-    rows: [OnceCell<Option<Vec<Value<'a>>>>; 2],
-    /// Empty vectors to decode the rows into (left over from the previous event).
-    spare: [Cell<Vec<Value<'a>>>; 2],
+    /// The `before` and `after` rows' cells, once a row is asked for; each value is decoded
+    /// into its cell when first read.
+    rows: [OnceCell<Option<Cells<'a>>>; 2],
+    /// Empty vectors for the cells (left over from the previous event).
+    spare: [Cell<Cells<'a>>; 2],
     /// The values a transform set, to send back.
     set: Vec<(RowSide, u32)>,
     removed: Vec<u32>,
@@ -61,6 +66,7 @@ impl<'a> Event<'a> {
         let [before, after] = spare.rows;
         Event {
             raw,
+            raw_rows: [raw.before, raw.after].map(|r| r.map_or(&[][..], |r| buffers.row(r))),
             relation,
             buffers,
             op: raw.op,
@@ -155,33 +161,54 @@ impl<'a> Event<'a> {
         self.row(RowSide::Before)
     }
 
+    #[inline]
     fn row(&self, side: RowSide) -> Row<'_, 'a> {
         Row {
             columns: &self.relation.columns,
-            values: self.values(side),
+            values: self.cells(side).map(|cells| RowValues {
+                cells,
+                raw: self.raw_row(side),
+                buffers: self.buffers,
+            }),
         }
     }
 
-    /// A row's values, decoded on first use.
-    fn values(&self, side: RowSide) -> Option<&[Value<'a>]> {
+    /// A row's values as the host sent them (empty when there is no such row).
+    #[inline]
+    fn raw_row(&self, side: RowSide) -> &'a [types::Value] {
+        match side {
+            RowSide::Before => self.raw_rows[0],
+            RowSide::After => self.raw_rows[1],
+        }
+    }
+
+    /// A row's cells, set up (all empty) on first use; `None` when the event has no such row.
+    #[inline]
+    fn cells(&self, side: RowSide) -> Option<&[OnceCell<Value<'a>>]> {
         let (i, raw) = match side {
             RowSide::Before => (0, self.raw.before),
             RowSide::After => (1, self.raw.after),
         };
-        self.rows[i]
-            .get_or_init(|| {
-                let buffers = self.buffers;
-                raw.map(|r| {
-                    let mut values = self.spare[i].take();
-                    values.extend(buffers.row(r).iter().map(|v| buffers.value(v)));
-                    values
-                })
+        let init = || {
+            raw.map(|_| {
+                let mut cells = self.spare[i].take();
+                cells.resize_with(self.raw_row(side).len(), OnceCell::new);
+                cells
             })
-            .as_deref()
+        };
+        filled(&self.rows[i], init).as_ref()?.as_deref()
     }
 
-    fn values_mut(&mut self, side: RowSide) -> Option<&mut Vec<Value<'a>>> {
-        self.values(side);
+    /// Value `column` of a row, decoded on first use.
+    #[inline]
+    fn value(&self, side: RowSide, column: usize) -> Option<&Value<'a>> {
+        let cell = self.cells(side)?.get(column)?;
+        let raw = self.raw_row(side).get(column)?;
+        filled(cell, || self.buffers.value(raw))
+    }
+
+    fn cells_mut(&mut self, side: RowSide) -> Option<&mut Cells<'a>> {
+        self.cells(side);
         let slot = match side {
             RowSide::Before => &mut self.rows[0],
             RowSide::After => &mut self.rows[1],
@@ -232,12 +259,12 @@ impl<'a> Event<'a> {
     /// Hands the event's vectors on to the next event, emptied.
     fn recycle(mut self) -> Spare<'a> {
         let rows = [0, 1].map(|i| {
-            let mut values = self.rows[i]
+            let mut cells = self.rows[i]
                 .take()
                 .flatten()
                 .unwrap_or_else(|| self.spare[i].take());
-            values.clear();
-            values
+            cells.clear();
+            cells
         });
         self.set.clear();
         self.removed.clear();
@@ -265,7 +292,7 @@ impl<'a> Event<'a> {
                 if self.removed.contains(&column) {
                     continue;
                 }
-                let Some(value) = self.values(side).and_then(|r| r.get(column as usize)) else {
+                let Some(value) = self.value(side, column as usize) else {
                     continue;
                 };
                 let value = answer.value(value);
@@ -288,10 +315,13 @@ impl<'a> Event<'a> {
     /// The event as it now is, in the answer's buffers.
     fn replacement(&self, answer: &mut Answer) -> types::Event {
         let mut row = |side: RowSide| -> Option<types::Row> {
-            let values = self.values(side)?;
+            let columns = self.cells(side)?.len();
             let start = answer.values.len() as u32;
-            for value in values {
-                let value = answer.value(value);
+            for column in 0..columns {
+                let value = match self.value(side, column) {
+                    Some(value) => answer.value(value),
+                    None => types::Value::Null,
+                };
                 answer.values.push(value);
             }
             Some(types::Row {
@@ -321,11 +351,42 @@ impl<'a> Event<'a> {
     }
 }
 
-/// A read-only view of one row. `'e` is the event, `'a` the batch its text lives in.
+/// The cell's value, made by `init` if the cell is empty. `OnceCell::get_or_init` would do,
+/// but it calls an out-of-line function every time, and this runs once per value read.
+#[inline]
+fn filled<T>(cell: &OnceCell<T>, init: impl FnOnce() -> T) -> Option<&T> {
+    if cell.get().is_none() {
+        let _ = cell.set(init());
+    }
+    cell.get()
+}
+
+/// A row's value cells, one per column.
+type Cells<'a> = Vec<OnceCell<Value<'a>>>;
+
+/// A read-only view of one row. `'e` is the event, `'a` the batch its text lives in. Each value
+/// is decoded when first read.
 #[derive(Clone, Copy)]
 pub struct Row<'e, 'a> {
     columns: &'a [Column],
-    values: Option<&'e [Value<'a>]>,
+    values: Option<RowValues<'e, 'a>>,
+}
+
+/// A row's cells and what they are decoded from.
+#[derive(Clone, Copy)]
+struct RowValues<'e, 'a> {
+    cells: &'e [OnceCell<Value<'a>>],
+    raw: &'a [types::Value],
+    buffers: Buffers<'a>,
+}
+
+impl<'e, 'a> RowValues<'e, 'a> {
+    #[inline]
+    fn get(&self, index: usize) -> Option<&'e Value<'a>> {
+        let cell = self.cells.get(index)?;
+        let raw = self.raw.get(index)?;
+        filled(cell, || self.buffers.value(raw))
+    }
 }
 
 impl<'e, 'a> Row<'e, 'a> {
@@ -347,7 +408,13 @@ impl<'e, 'a> Row<'e, 'a> {
 
     /// Columns and their values, in table order.
     pub fn iter(&self) -> impl Iterator<Item = (&'a Column, &'e Value<'a>)> + use<'e, 'a> {
-        self.columns.iter().zip(self.values.unwrap_or(&[]))
+        let values = self.values;
+        let count = values.map_or(0, |v| v.cells.len());
+        self.columns
+            .iter()
+            .take(count)
+            .enumerate()
+            .filter_map(move |(i, column)| Some((column, values?.get(i)?)))
     }
 }
 
@@ -361,7 +428,7 @@ impl<'a> RowMut<'_, 'a> {
     /// The value of a column by name, with the changes made so far.
     pub fn get(&self, column: &str) -> Option<&Value<'a>> {
         let i = self.event.relation.column_index(column)?;
-        self.event.values(self.side)?.get(i)
+        self.event.value(self.side, i)
     }
 
     /// Sets a column by name. Fails when the table has no such column or the event has no
@@ -386,12 +453,12 @@ impl<'a> RowMut<'_, 'a> {
         };
         let row = self
             .event
-            .values_mut(side)
+            .cells_mut(side)
             .ok_or_else(|| format!("the event has no {name} row"))?;
         let slot = row
             .get_mut(index)
             .ok_or_else(|| format!("the {name} row has no column {index}"))?;
-        *slot = value.into();
+        *slot = OnceCell::from(value.into());
         let key = (side, index as u32);
         if !self.event.set.contains(&key) {
             self.event.set.push(key);
@@ -420,7 +487,7 @@ impl Relation {
 /// Vectors an event needs, passed from one event of a batch to the next.
 #[derive(Default)]
 struct Spare<'a> {
-    rows: [Vec<Value<'a>>; 2],
+    rows: [Cells<'a>; 2],
     set: Vec<(RowSide, u32)>,
     removed: Vec<u32>,
 }
@@ -516,4 +583,135 @@ pub fn run_transform(
         values: answer.values,
         data: answer.data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Source, Span, Value as W};
+
+    fn column(name: &str) -> Column {
+        Column {
+            name: name.into(),
+            type_name: "text".into(),
+            type_oid: 25,
+            type_modifier: -1,
+            key: false,
+        }
+    }
+
+    /// Two events of tables with different widths, so recycled cells change length.
+    fn batch() -> Batch {
+        let data = b"abcdefgh".to_vec();
+        let span = |start, len| Span { start, len };
+        let event = |relation, start, len| types::Event {
+            op: Op::Create,
+            relation,
+            source: Source {
+                db: span(0, 0),
+                lsn: 1,
+                xid: None,
+                commit_time_us: 0,
+                snapshot: SnapshotMarker::False,
+            },
+            before: None,
+            after: Some(types::Row { start, len }),
+            topic: None,
+            message: None,
+        };
+        Batch {
+            relations: vec![
+                Relation {
+                    oid: 1,
+                    schema: "public".into(),
+                    table: "wide".into(),
+                    columns: vec![column("a"), column("b"), column("c")],
+                },
+                Relation {
+                    oid: 2,
+                    schema: "public".into(),
+                    table: "narrow".into(),
+                    columns: vec![column("x"), column("y")],
+                },
+            ],
+            events: vec![event(0, 0, 3), event(1, 3, 2), event(0, 5, 3)],
+            values: vec![
+                W::Text(span(0, 1)),
+                W::Text(span(1, 1)),
+                W::Text(span(2, 1)),
+                W::Text(span(3, 1)),
+                W::Int(7),
+                W::Text(span(5, 1)),
+                W::Null,
+                W::Text(span(7, 1)),
+            ],
+            data,
+        }
+    }
+
+    fn text(s: &str) -> Value<'_> {
+        Value::Text(s.into())
+    }
+
+    #[test]
+    fn values_read_one_at_a_time_or_all_agree_and_edits_carry_what_was_set() {
+        let edits = run_transform(batch(), |event| {
+            match event.table() {
+                "wide" => {
+                    let c = event.after().get("c").cloned();
+                    let all: Vec<Value> = event.after().iter().map(|(_, v)| v.clone()).collect();
+                    assert_eq!(all.len(), 3);
+                    assert_eq!(c.as_ref(), all.get(2));
+                    let upper = match c {
+                        Some(Value::Text(t)) => t.to_uppercase(),
+                        _ => "NULL".into(),
+                    };
+                    event.after_mut().set("a", text(&upper).into_owned())?;
+                    assert_eq!(event.after().get_index(0), Some(&text(&upper)));
+                    assert_eq!(event.after_mut().get("a"), Some(&text(&upper)));
+                }
+                _ => {
+                    assert_eq!(event.after().get_index(1), Some(&Value::Int(7)));
+                    assert_eq!(event.after().get_index(2), None);
+                    assert!(!event.before().exists());
+                    event.set_op(Op::Update);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        let sets: Vec<(u32, u32, W)> = edits
+            .edits
+            .iter()
+            .filter_map(|e| match e {
+                Edit::Set(s) => Some((s.event, s.column, s.value.clone())),
+                _ => None,
+            })
+            .collect();
+        let text_of = |v: &W| match v {
+            W::Text(s) => {
+                String::from_utf8(edits.data[s.start as usize..][..s.len as usize].to_vec())
+                    .unwrap()
+            }
+            other => format!("{other:?}"),
+        };
+        assert_eq!(sets.len(), 2);
+        assert_eq!(
+            (sets[0].0, sets[0].1, text_of(&sets[0].2).as_str()),
+            (0, 0, "C")
+        );
+        assert_eq!(
+            (sets[1].0, sets[1].1, text_of(&sets[1].2).as_str()),
+            (2, 0, "H")
+        );
+        let Some(Edit::Replace(r)) = edits.edits.iter().find(|e| matches!(e, Edit::Replace(_)))
+        else {
+            panic!("the narrow event is replaced: {:?}", edits.edits);
+        };
+        assert_eq!(r.event, 1);
+        let row = r.replacement.after.expect("the replacement keeps its row");
+        let values = &edits.values[row.start as usize..][..row.len as usize];
+        assert_eq!(text_of(&values[0]), "d");
+        assert!(matches!(values[1], W::Int(7)));
+    }
 }

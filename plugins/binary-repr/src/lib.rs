@@ -2,6 +2,9 @@
 //!
 //! Config: `{"mode": "base64" | "base64url" | "hex" | "bytes"}`. `bytes` leaves values binary
 //! (the encoder decides); the others turn them into text. Elements of `bytea[]` arrays too.
+//! Only columns whose type can hold bytes are looked at (see `may_hold_bytes`), so the other
+//! values of a row are never decoded; bytes an earlier plugin put in, say, a `text` column
+//! are left as they are.
 
 use std::sync::OnceLock;
 
@@ -42,7 +45,10 @@ fn represent(event: &mut Event) -> Result<(), String> {
         return Ok(());
     }
     for after in [true, false] {
-        for i in 0..event.columns().len() {
+        for (i, column) in event.columns().iter().enumerate() {
+            if !may_hold_bytes(column.type_oid) {
+                continue;
+            }
             let row = if after { event.after() } else { event.before() };
             let Some(value) = row.get_index(i).and_then(|v| convert(v, mode)) else {
                 continue;
@@ -56,6 +62,17 @@ fn represent(event: &mut Event) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether a column of this type can hold `bytea` values: `bytea`, `bytea[]`, and any type
+/// not built into PostgreSQL (a domain, say) or not known (oid 0). Other columns' values are
+/// never even decoded.
+fn may_hold_bytes(type_oid: u32) -> bool {
+    const BYTEA: u32 = 17;
+    const BYTEA_ARRAY: u32 = 1001;
+    /// PostgreSQL's `FirstNormalObjectId`: oids below it are built in.
+    const FIRST_USER_OID: u32 = 16384;
+    matches!(type_oid, BYTEA | BYTEA_ARRAY | 0) || type_oid >= FIRST_USER_OID
 }
 
 fn convert(value: &Value<'_>, mode: Mode) -> Option<Value<'static>> {

@@ -59,7 +59,8 @@ pub fn engine() -> PluginEngine {
     PluginEngine::shared().expect("engine")
 }
 
-/// A relation; columns are `(name, type name, key)`.
+/// A relation; columns are `(name, type name, key)`, with PostgreSQL's oids for the usual
+/// built-in type names (0, unknown, for any other), as the host sends them.
 pub fn relation(schema: &str, table: &str, columns: &[(&str, &str, bool)]) -> Arc<Relation> {
     Arc::new(Relation {
         oid: 16384,
@@ -69,13 +70,29 @@ pub fn relation(schema: &str, table: &str, columns: &[(&str, &str, bool)]) -> Ar
             .iter()
             .map(|(name, type_name, key)| Column {
                 name: (*name).into(),
-                type_oid: 0,
+                type_oid: builtin_oid(type_name),
                 type_name: (*type_name).into(),
                 type_modifier: -1,
                 key: *key,
             })
             .collect(),
     })
+}
+
+fn builtin_oid(type_name: &str) -> u32 {
+    match type_name {
+        "bool" => 16,
+        "bytea" => 17,
+        "int8" => 20,
+        "int4" => 23,
+        "text" => 25,
+        "_bytea" => 1001,
+        "varchar" => 1043,
+        "timestamptz" => 1184,
+        "numeric" => 1700,
+        "jsonb" => 3802,
+        _ => 0,
+    }
 }
 
 /// An event with an after row (a create), or a before row only for a delete.
