@@ -38,6 +38,19 @@
 //! 2.5 µs of CPU per row from run to run (3,000,000 rows: 4.5–5.4 s or 7–8 s; 5,000,000 rows
 //! always near the slow end). The best run gave ratios 0.42 (parallelism 1) and 0.48 (2) at
 //! 3M rows; the 5M runs 0.33–0.34 at both (~500–530k rows/s against COPY's ~1.55M).
+//!
+//! Later still (same VM, 2026-12-04 evening): a system-wide perf timeline showed both cores
+//! going partly idle once a second — the writer waited out each flush's fdatasync while the
+//! pipeline behind it filled. The file sink now fsyncs in the background while later batches
+//! are written (`Sink::begin_flush`), and the SDK decodes only the values a plugin reads
+//! (binary-repr reads only columns that can hold bytes). 5,000,000 rows: ratios 0.39 at both
+//! parallelisms (~600k rows/s against COPY's 1.54M), up from 0.33–0.34. At 3M rows the
+//! runs fell into two groups, process by process, with COPY steady at 1.52–1.62M rows/s:
+//! most took 5.5–7.4 s of CPU (~600–700k rows/s, ratios 0.38–0.45), some only 4.0–4.3 s
+//! (1.35–1.45 µs per row, 840–910k rows/s, ratios 0.55–0.59). Not the host's boost after
+//! idling (a run after two idle minutes was slow), nor huge pages (the same share of the heap
+//! was in them either way); with ASLR off (`setarch -R`) four runs in six were fast, so where
+//! things land in memory plays a part.
 
 use std::path::Path;
 use std::process::Command;
