@@ -334,6 +334,8 @@ impl Sink for FileSink {
     }
 
     fn begin_flush(&mut self) -> Option<PendingFlush> {
+        // The fsync runs on the runtime's blocking pool; without a runtime, flush in place.
+        tokio::runtime::Handle::try_current().ok()?;
         Some(
             self.sync_in_background()
                 .unwrap_or_else(|e| Box::pin(std::future::ready(Err(e)))),
@@ -490,5 +492,14 @@ mod tests {
             }
         }
         assert_eq!(numbers, (0..1000).collect::<Vec<_>>());
+    }
+
+    /// Outside a runtime there is no blocking pool for the fsync: the sink says so, and the
+    /// caller flushes in place.
+    #[test]
+    fn without_a_runtime_the_flush_is_left_to_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::open(dir.path().join("e.jsonl"), None).unwrap();
+        assert!(sink.begin_flush().is_none());
     }
 }
