@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use super::payloads::PayloadPool;
 use super::{Processor, Unit};
 use crate::encode::Encoder;
 use crate::event::Event;
@@ -112,6 +113,7 @@ impl Delivery {
         stop: watch::Receiver<bool>,
     ) -> Result<Option<u64>, DeliveryError> {
         let (tx, rx) = mpsc::channel::<Prepared>(PIPELINE_DEPTH);
+        let payloads = Arc::new(PayloadPool::default());
         let Delivery {
             processor,
             encoder,
@@ -132,6 +134,7 @@ impl Delivery {
             metrics: metrics.clone(),
             budget: budget.clone(),
             dead_letter_rejected: dead_letter_rejected.clone(),
+            payloads: payloads.clone(),
         };
         let writing = tokio::spawn(async move {
             let result = writer.write_all(rx, acks).await;
@@ -139,7 +142,7 @@ impl Delivery {
         });
         let prepare = prepare(
             processor.as_mut(),
-            encoder,
+            (encoder, &payloads),
             options,
             metrics,
             input,
@@ -189,7 +192,7 @@ struct Prepared {
 /// processor's parallelism batches are collected and run through the chain at once.
 async fn prepare(
     processor: &mut dyn Processor,
-    encoder: &Encoder,
+    (encoder, payloads): (&Encoder, &Arc<PayloadPool>),
     options: &DeliveryOptions,
     metrics: &Metrics,
     mut input: mpsc::Receiver<Unit>,
@@ -232,7 +235,7 @@ async fn prepare(
                     .map_err(DeliveryError::Plugin)?;
                 metrics.record_chain(taken, output.events.len(), started.elapsed());
                 (
-                    Some(spawn_encode(encoder, output.events)),
+                    Some(spawn_encode(encoder, payloads, output.events)),
                     output.dead_letters,
                 )
             };
@@ -253,10 +256,12 @@ async fn prepare(
 
 /// Encodes a batch on the blocking pool. The writer awaits the handle, so the chain of the
 /// next batch runs while this one is encoded, and batches still reach the sinks in order.
-fn spawn_encode(encoder: &Encoder, events: Vec<Event>) -> EncodeTask {
+fn spawn_encode(encoder: &Encoder, payloads: &Arc<PayloadPool>, events: Vec<Event>) -> EncodeTask {
     let encoder = encoder.clone();
+    let payloads = payloads.clone();
     tokio::task::spawn_blocking(move || {
-        let records = encode(&encoder, &events)?;
+        let buffers = payloads.take(events.len());
+        let records = encode(&encoder, &events, buffers)?;
         Ok((events, records))
     })
 }
@@ -270,16 +275,23 @@ async fn encoded(task: EncodeTask) -> Result<(Vec<Event>, Vec<EncodedRecord>), D
         .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?
 }
 
-/// Encodes a batch: one clock reading for all of it, and each record's buffer sized after the
-/// largest record so far (up to [`RECORD_CAPACITY_CAP`], so one huge row does not make every
-/// later buffer huge), so a typical record is allocated once and never regrown.
-fn encode(encoder: &Encoder, events: &[Event]) -> Result<Vec<EncodedRecord>, DeliveryError> {
+/// Encodes a batch: one clock reading for all of it, and each record written into one of
+/// `buffers` (emptied buffers of earlier records) or, when they run out, a new buffer sized
+/// after the largest record so far (up to [`RECORD_CAPACITY_CAP`], so one huge row does not
+/// make every later buffer huge), so a typical record is never regrown.
+fn encode(
+    encoder: &Encoder,
+    events: &[Event],
+    mut buffers: Vec<Vec<u8>>,
+) -> Result<Vec<EncodedRecord>, DeliveryError> {
     let ts_ms = crate::encode::now_ms();
     let mut capacity = 256;
     events
         .iter()
         .map(|e| {
-            let mut payload = Vec::with_capacity(capacity);
+            let mut payload = buffers
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(capacity));
             encoder
                 .encode_at(e, ts_ms, &mut payload)
                 .map_err(|err| DeliveryError::Encode(err.to_string()))?;
@@ -306,6 +318,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     budget: Option<Arc<super::QueueBudget>>,
     dead_letter_rejected: Vec<bool>,
+    /// Where written records' buffers go back to the encoder.
+    payloads: Arc<PayloadPool>,
 }
 
 impl Writer {
@@ -471,6 +485,7 @@ impl Writer {
             }
         }
         self.metrics.record_out(&events, &records);
+        self.payloads.give(records);
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 
 mod delivery;
 pub mod heartbeat;
+mod payloads;
 mod plugins;
 mod run;
 pub mod source;
