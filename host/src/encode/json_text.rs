@@ -7,7 +7,8 @@
 //! purpose: whatever it does not accept goes the old way through serde_json, so it only needs
 //! never to accept what serde_json rejects (the tests compare the two).
 
-/// Deepest nesting judged here; deeper values are left to serde_json.
+/// Deepest nesting judged here; deeper values are left to serde_json. The open containers'
+/// kinds are bits of one `u64`, so this cannot exceed 64.
 const MAX_DEPTH: usize = 64;
 
 /// Whether `text` is exactly one JSON value with no whitespace around it and no line break
@@ -44,9 +45,11 @@ impl Cursor<'_> {
         }
     }
 
-    /// One value, its containers walked with an explicit stack (`true` for an object).
+    /// One value, its containers walked with an explicit stack: bit `d` of `objects` says
+    /// whether the container open at depth `d` is an object (a bit set rather than an array,
+    /// which every call had to clear first).
     fn document(&mut self) -> bool {
-        let mut stack = [false; MAX_DEPTH];
+        let mut objects: u64 = 0;
         let mut depth = 0;
         loop {
             // A value: a scalar, or the start of a container (its first member next round).
@@ -66,7 +69,7 @@ impl Cursor<'_> {
                     if depth == MAX_DEPTH || (object && !self.member_key()) {
                         return false;
                     }
-                    stack[depth] = object;
+                    objects = (objects & !(1 << depth)) | (u64::from(object) << depth);
                     depth += 1;
                     continue;
                 }
@@ -80,7 +83,7 @@ impl Cursor<'_> {
                 if depth == 0 {
                     return self.at == self.text.len();
                 }
-                let object = stack[depth - 1];
+                let object = objects >> (depth - 1) & 1 == 1;
                 if self.eat(b',') {
                     if object && !self.member_key() {
                         return false;
@@ -270,6 +273,37 @@ mod tests {
         );
         assert!(is_embeddable(nested(MAX_DEPTH).as_bytes()));
         assert!(serde_embeds(&nested(MAX_DEPTH)));
+        // Objects and arrays taking turns all the way down: each level must close with its
+        // own bracket, the deepest ones included.
+        let kinds: Vec<bool> = (0..MAX_DEPTH).map(|d| d % 3 == 0).collect();
+        let open: String = kinds
+            .iter()
+            .map(|&o| if o { "{\"k\":" } else { "[" })
+            .collect();
+        let close = |kinds: &[bool]| -> String {
+            kinds
+                .iter()
+                .rev()
+                .map(|&o| if o { '}' } else { ']' })
+                .collect()
+        };
+        for siblings in [
+            r#"[{"a":1},[2],{"b":[]}]"#,
+            r#"{"a":[1],"b":{"c":2},"d":[{}]}"#,
+        ] {
+            assert!(is_embeddable(siblings.as_bytes()), "{siblings}");
+        }
+        let mixed = format!("{open}1{}", close(&kinds));
+        assert!(is_embeddable(mixed.as_bytes()) && serde_embeds(&mixed));
+        for level in [0, 1, MAX_DEPTH / 2, MAX_DEPTH - 2, MAX_DEPTH - 1] {
+            let mut wrong = kinds.clone();
+            wrong[level] = !wrong[level];
+            let text = format!("{open}1{}", close(&wrong));
+            assert!(
+                !is_embeddable(text.as_bytes()),
+                "wrong bracket at level {level}"
+            );
+        }
     }
 
     proptest::proptest! {
