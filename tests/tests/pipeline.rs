@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use serde_json::Value as Json;
 use walflow::sink::{Sink, SinkBatch, SinkError};
-use walflow_tests::{Cluster, replay, wait_for_async, walflow};
+use walflow_tests::{Cluster, ConfigFile, TestDb, replay, wait_for_async, walflow};
 
 const TABLES_SQL: &str = "
     CREATE TABLE orders (
@@ -260,6 +260,81 @@ impl Sink for FlakySink {
     }
 }
 
+/// A pipeline streaming table `big` (small batches, heartbeats every second) into an extra
+/// sink, started, with `rows` rows inserted and confirmed.
+struct BigPipeline {
+    db: TestDb,
+    client: tokio_postgres::Client,
+    slot: String,
+    _config: ConfigFile,
+    stop: tokio::sync::watch::Sender<bool>,
+    run: tokio::task::JoinHandle<anyhow::Result<walflow::pipeline::RunSummary>>,
+}
+
+impl BigPipeline {
+    async fn start(sink: Box<dyn Sink>, rows: i32) -> BigPipeline {
+        let db = Cluster::shared().new_database().await;
+        let client = db.client().await;
+        client
+            .batch_execute("CREATE TABLE big (id int PRIMARY KEY, body text)")
+            .await
+            .unwrap();
+        let builder = db
+            .config()
+            .source("snapshot = \"never\"")
+            .source("heartbeat_interval = \"1s\"")
+            .append("[batch]\nmax_events = 64\nmax_wait = \"20ms\"");
+        let slot = builder.slot_name().to_string();
+        let file = builder.write().unwrap();
+        let config = walflow::config::Config::load(&file.path).unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let run = tokio::spawn(walflow::pipeline::run(
+            config,
+            walflow::pipeline::RunOptions {
+                extra_sinks: vec![sink],
+                stop: Some(stop_rx),
+                ..Default::default()
+            },
+        ));
+        wait_for_async("the slot", Duration::from_secs(30), || async {
+            db.slot_confirmed(&slot).await
+        })
+        .await
+        .unwrap();
+        insert_big(&client, 0, rows).await;
+        let first = db.emit_marker().await;
+        db.wait_for_confirmed(&slot, &first, Duration::from_secs(30))
+            .await
+            .unwrap();
+        BigPipeline {
+            db,
+            client,
+            slot,
+            _config: file,
+            stop,
+            run,
+        }
+    }
+}
+
+/// The server's current WAL insert position.
+async fn insert_lsn(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Whether LSN `a` is past LSN `b`.
+async fn lsn_after(client: &tokio_postgres::Client, a: &str, b: &str) -> bool {
+    client
+        .query_one("SELECT $1::text::pg_lsn > $2::text::pg_lsn", &[&a, &b])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn insert_big(client: &tokio_postgres::Client, from: i32, count: i32) {
     for id in from..from + count {
         client
@@ -287,21 +362,6 @@ async fn unsent_bytes(client: &tokio_postgres::Client, slot: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
-    let db = Cluster::shared().new_database().await;
-    let client = db.client().await;
-    client
-        .batch_execute("CREATE TABLE big (id int PRIMARY KEY, body text)")
-        .await
-        .unwrap();
-    let builder = db
-        .config()
-        .source("snapshot = \"never\"")
-        .source("heartbeat_interval = \"1s\"")
-        .append("[batch]\nmax_events = 64\nmax_wait = \"20ms\"");
-    let slot = builder.slot_name().to_string();
-    let file = builder.write().unwrap();
-    let config = walflow::config::Config::load(&file.path).unwrap();
-
     let down = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let sink = FlakySink {
@@ -309,57 +369,27 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
         pending: Vec::new(),
         accepted: accepted.clone(),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(walflow::pipeline::run(
-        config,
-        walflow::pipeline::RunOptions {
-            extra_sinks: vec![Box::new(sink)],
-            stop: Some(stop_rx),
-            ..Default::default()
-        },
-    ));
-    wait_for_async("the slot", Duration::from_secs(30), || async {
-        db.slot_confirmed(&slot).await
-    })
-    .await
-    .unwrap();
-
-    insert_big(&client, 0, 50).await;
-    let first = db.emit_marker().await;
-    db.wait_for_confirmed(&slot, &first, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let big = BigPipeline::start(Box::new(sink), 50).await;
+    let (db, client, slot) = (&big.db, &big.client, &big.slot);
     assert_eq!(accepted.lock().unwrap().len(), 50);
 
     down.store(true, Ordering::SeqCst);
     // Idle progress may still be confirmed, but nothing from the first row written while the
     // sink is down.
-    let held: String = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    insert_big(&client, 50, 3000).await;
+    let held = insert_lsn(client).await;
+    insert_big(client, 50, 3000).await;
     // Backpressure reaches the server: walflow stops reading, so WAL stays unsent.
     wait_for_async(
         "the walsender to stall",
         Duration::from_secs(60),
-        || async { (unsent_bytes(&client, &slot).await > 4 << 20).then_some(()) },
+        || async { (unsent_bytes(client, slot).await > 4 << 20).then_some(()) },
     )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let confirmed = db.slot_confirmed(&slot).await.unwrap();
-    let early: bool = client
-        .query_one(
-            "SELECT $1::text::pg_lsn > $2::text::pg_lsn",
-            &[&confirmed, &held],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let confirmed = db.slot_confirmed(slot).await.unwrap();
     assert!(
-        !early,
+        !lsn_after(client, &confirmed, &held).await,
         "{confirmed} was confirmed while the sink was down (rows start at {held})"
     );
     assert_eq!(
@@ -368,13 +398,13 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
         "the sink acknowledged while down"
     );
     assert!(
-        !run.is_finished(),
+        !big.run.is_finished(),
         "a retryable sink error stopped the pipeline"
     );
 
     down.store(false, Ordering::SeqCst);
     let last = db.emit_marker().await;
-    db.wait_for_confirmed(&slot, &last, Duration::from_secs(120))
+    db.wait_for_confirmed(slot, &last, Duration::from_secs(120))
         .await
         .unwrap();
     let mut lsns = accepted.lock().unwrap().clone();
@@ -386,8 +416,8 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
         "every row reached the sink after it recovered"
     );
 
-    stop_tx.send(true).unwrap();
-    let summary = tokio::time::timeout(Duration::from_secs(30), run)
+    big.stop.send(true).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), big.run)
         .await
         .expect("the pipeline stops when asked")
         .unwrap()
@@ -452,21 +482,6 @@ impl Sink for GatedSink {
 /// batches while a flush runs, and nothing is confirmed to PostgreSQL until that flush is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writing_goes_on_during_a_background_flush_and_confirms_after_it() {
-    let db = Cluster::shared().new_database().await;
-    let client = db.client().await;
-    client
-        .batch_execute("CREATE TABLE big (id int PRIMARY KEY, body text)")
-        .await
-        .unwrap();
-    let builder = db
-        .config()
-        .source("snapshot = \"never\"")
-        .source("heartbeat_interval = \"1s\"")
-        .append("[batch]\nmax_events = 64\nmax_wait = \"20ms\"");
-    let slot = builder.slot_name().to_string();
-    let file = builder.write().unwrap();
-    let config = walflow::config::Config::load(&file.path).unwrap();
-
     let (open, gate) = tokio::sync::watch::channel(true);
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let written_meanwhile = Arc::new(AtomicUsize::new(0));
@@ -477,32 +492,11 @@ async fn writing_goes_on_during_a_background_flush_and_confirms_after_it() {
         flushing: Arc::new(AtomicBool::new(false)),
         written_meanwhile: written_meanwhile.clone(),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(walflow::pipeline::run(
-        config,
-        walflow::pipeline::RunOptions {
-            extra_sinks: vec![Box::new(sink)],
-            stop: Some(stop_rx),
-            ..Default::default()
-        },
-    ));
-    wait_for_async("the slot", Duration::from_secs(30), || async {
-        db.slot_confirmed(&slot).await
-    })
-    .await
-    .unwrap();
-    insert_big(&client, 0, 20).await;
-    let first = db.emit_marker().await;
-    db.wait_for_confirmed(&slot, &first, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let big = BigPipeline::start(Box::new(sink), 20).await;
+    let (db, client, slot) = (&big.db, &big.client, &big.slot);
 
     open.send(false).unwrap();
-    let held: String = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let held = insert_lsn(client).await;
     // Rows one by one: each is its own transaction, so a flush starts while the next arrive.
     let mut id = 20;
     wait_for_async(
@@ -522,23 +516,15 @@ async fn writing_goes_on_during_a_background_flush_and_confirms_after_it() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let confirmed = db.slot_confirmed(&slot).await.unwrap();
-    let early: bool = client
-        .query_one(
-            "SELECT $1::text::pg_lsn > $2::text::pg_lsn",
-            &[&confirmed, &held],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let confirmed = db.slot_confirmed(slot).await.unwrap();
     assert!(
-        !early,
+        !lsn_after(client, &confirmed, &held).await,
         "{confirmed} was confirmed before its flush finished (rows start at {held})"
     );
 
     open.send(true).unwrap();
     let last = db.emit_marker().await;
-    db.wait_for_confirmed(&slot, &last, Duration::from_secs(60))
+    db.wait_for_confirmed(slot, &last, Duration::from_secs(60))
         .await
         .unwrap();
     let mut lsns = accepted.lock().unwrap().clone();
@@ -554,8 +540,8 @@ async fn writing_goes_on_during_a_background_flush_and_confirms_after_it() {
         rows,
         "every row was flushed once confirmed"
     );
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), run)
+    big.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), big.run)
         .await
         .expect("the pipeline stops when asked")
         .unwrap()
