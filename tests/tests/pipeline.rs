@@ -315,6 +315,17 @@ impl BigPipeline {
             run,
         }
     }
+
+    /// After giving the pipeline two seconds, asserts that the slot is confirmed no further
+    /// than `held` (`why` names what should have held it back).
+    async fn assert_not_confirmed_past(&self, held: &str, why: &str) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let confirmed = self.db.slot_confirmed(&self.slot).await.unwrap();
+        assert!(
+            !lsn_after(&self.client, &confirmed, held).await,
+            "{confirmed} was confirmed {why} (rows start at {held})"
+        );
+    }
 }
 
 /// The server's current WAL insert position.
@@ -386,12 +397,8 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let confirmed = db.slot_confirmed(slot).await.unwrap();
-    assert!(
-        !lsn_after(client, &confirmed, &held).await,
-        "{confirmed} was confirmed while the sink was down (rows start at {held})"
-    );
+    big.assert_not_confirmed_past(&held, "while the sink was down")
+        .await;
     assert_eq!(
         accepted.lock().unwrap().len(),
         50,
@@ -515,12 +522,8 @@ async fn writing_goes_on_during_a_background_flush_and_confirms_after_it() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let confirmed = db.slot_confirmed(slot).await.unwrap();
-    assert!(
-        !lsn_after(client, &confirmed, &held).await,
-        "{confirmed} was confirmed before its flush finished (rows start at {held})"
-    );
+    big.assert_not_confirmed_past(&held, "before its flush finished")
+        .await;
 
     open.send(true).unwrap();
     let last = db.emit_marker().await;
