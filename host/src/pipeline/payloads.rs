@@ -12,21 +12,33 @@ use crate::sink::EncodedRecord;
 /// Buffers kept at most: enough for the batches in flight between the two stages.
 const MAX_KEPT: usize = 8 * 1024;
 
+/// Bytes of buffers kept at most, so that wide rows do not pin much memory either.
+const MAX_KEPT_BYTES: usize = 8 << 20;
+
 /// Buffers larger than this are dropped rather than kept (one huge row should not pin memory).
 const MAX_KEPT_CAPACITY: usize = 16 * 1024;
 
 /// Emptied record buffers, ready to be filled again.
 #[derive(Default)]
 pub(super) struct PayloadPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Kept>,
+}
+
+/// The kept buffers and the sum of their capacities.
+#[derive(Default)]
+struct Kept {
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
 }
 
 impl PayloadPool {
     /// Up to `n` emptied buffers (fewer, or none, when fewer are kept).
     pub(super) fn take(&self, n: usize) -> Vec<Vec<u8>> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        let keep = free.len().saturating_sub(n);
-        free.split_off(keep)
+        let mut kept = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = kept.buffers.len().saturating_sub(n);
+        let taken = kept.buffers.split_off(keep);
+        kept.bytes -= taken.iter().map(Vec::capacity).sum::<usize>();
+        taken
     }
 
     /// Takes back the buffers of records the sinks are done with.
@@ -40,9 +52,14 @@ impl PayloadPool {
                 p
             })
             .collect();
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        let room = MAX_KEPT.saturating_sub(free.len());
-        free.extend(buffers.into_iter().take(room));
+        let mut kept = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        for buffer in buffers {
+            if kept.buffers.len() == MAX_KEPT || kept.bytes + buffer.capacity() > MAX_KEPT_BYTES {
+                break;
+            }
+            kept.bytes += buffer.capacity();
+            kept.buffers.push(buffer);
+        }
     }
 }
 
@@ -77,7 +94,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_keeps_a_bounded_number() {
+    fn the_pool_keeps_a_bounded_number_and_size() {
         let pool = PayloadPool::default();
         for _ in 0..3 {
             pool.give(
@@ -87,5 +104,19 @@ mod tests {
             );
         }
         assert_eq!(pool.take(usize::MAX).len(), MAX_KEPT);
+        let wide = MAX_KEPT_CAPACITY;
+        pool.give(
+            (0..MAX_KEPT)
+                .map(|_| record(Vec::with_capacity(wide)))
+                .collect(),
+        );
+        let taken = pool.take(usize::MAX);
+        let bytes: usize = taken.iter().map(Vec::capacity).sum();
+        assert!(
+            bytes <= MAX_KEPT_BYTES && bytes + wide > MAX_KEPT_BYTES,
+            "{bytes} bytes kept"
+        );
+        pool.give(taken.into_iter().map(record).collect());
+        assert_eq!(pool.take(1).len(), 1, "what was taken out can come back");
     }
 }
