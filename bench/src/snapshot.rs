@@ -44,7 +44,9 @@
 //! pipeline behind it filled. The file sink now fsyncs in the background while later batches
 //! are written (`Sink::begin_flush`), and the SDK decodes only the values a plugin reads
 //! (binary-repr reads only columns that can hold bytes). 5,000,000 rows: ratios 0.39 at both
-//! parallelisms (~600k rows/s against COPY's 1.54M), up from 0.33–0.34. At 3M rows the
+//! parallelisms (~600k rows/s against COPY's 1.54M), up from 0.33–0.34; then, with record
+//! buffers reused instead of allocated per row and the json check's stack a bit set, 0.43 at
+//! parallelism 1 and 0.41 at 2 (~640–670k rows/s against 1.56M). At 3M rows the
 //! runs fell into two groups, process by process, with COPY steady at 1.52–1.62M rows/s:
 //! most took 5.5–7.4 s of CPU (~600–700k rows/s, ratios 0.38–0.45), some only 4.0–4.3 s
 //! (1.35–1.45 µs per row, 840–910k rows/s, ratios 0.55–0.59). Not the host's boost after
