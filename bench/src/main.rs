@@ -8,8 +8,9 @@
 //! changes, fresh slots, same run (default 1,000,000 changes).
 //! `walflow-bench pipeline [CHANGES]` — `walflow run` (three plugins, JSON to a file sink) vs
 //! `pg_recvlogical` on the same backlog, fresh slots, same run (default 1,000,000 changes).
-//! `walflow-bench snapshot [ROWS]` — the initial snapshot (three plugins, JSON to a file) at
-//! parallelism 1 and 2 vs `psql -c "COPY … TO STDOUT"` on the same table (default 5,000,000 rows).
+//! `walflow-bench snapshot [ROWS] [RUNS]` — the initial snapshot (three plugins, JSON to a
+//! file) at parallelism 1 and 2 vs `psql -c "COPY … TO STDOUT"` on the same table (default
+//! 5,000,000 rows, 3 runs; the median and best ratios are printed).
 
 mod backlog;
 mod pipeline;
@@ -29,19 +30,13 @@ const USAGE: &str = "usage: walflow-bench BENCHMARK [COUNT]
                           at batch sizes 1, 64, 1024 (200,000 per measurement)
   tail [CHANGES]          walflow tail vs pg_recvlogical on the same backlog (1,000,000)
   pipeline [CHANGES]      walflow run (three plugins, JSON file) vs pg_recvlogical (1,000,000)
-  snapshot [ROWS]         initial snapshot at parallelism 1 and 2 vs psql COPY (5,000,000)";
+  snapshot [ROWS] [RUNS]  initial snapshot at parallelism 1 and 2 vs psql COPY (5,000,000 rows,
+                          3 runs: median and best ratio)";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let count = |name: &str, default: u64| -> anyhow::Result<u64> {
-        match args.get(1) {
-            Some(n) => n
-                .parse()
-                .map_err(|_| anyhow::anyhow!("{name} must be a number, not `{n}`\n{USAGE}")),
-            None => Ok(default),
-        }
-    };
+    let count = |name: &str, default: u64| nth(&args, 1, name, default);
     match args.first().map(String::as_str) {
         None | Some("sinks") => sinks::run(count("EVENTS", 1_000_000)? as usize).await,
         Some("plugin-chain") => {
@@ -52,12 +47,25 @@ async fn main() -> anyhow::Result<()> {
         Some("__walflow-tail") => tail::child(&args[1..]).await,
         Some("pipeline") => pipeline::run(count("CHANGES", 1_000_000)?).await,
         Some("__walflow-run") => pipeline::child(&args[1..]).await,
-        Some("snapshot") => snapshot::run(count("ROWS", 5_000_000)?).await,
+        Some("snapshot") => {
+            let runs = nth(&args, 2, "RUNS", 3)?.max(1);
+            snapshot::run(count("ROWS", 5_000_000)?, runs).await
+        }
         Some("__walflow-snapshot") => snapshot::child(&args[1..]).await,
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
         }
         Some(other) => anyhow::bail!("unknown benchmark `{other}`\n{USAGE}"),
+    }
+}
+
+/// Argument `i` as a number, or `default` when it is not given.
+fn nth(args: &[String], i: usize, name: &str, default: u64) -> anyhow::Result<u64> {
+    match args.get(i) {
+        Some(n) => n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name} must be a number, not `{n}`\n{USAGE}")),
+        None => Ok(default),
     }
 }
