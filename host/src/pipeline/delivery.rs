@@ -605,8 +605,10 @@ async fn in_flight(flushing: &mut Option<InFlight>) -> FlushResults {
     }
 }
 
-/// Gathers up to `max_events` events of whole transactions, waiting at most `max_wait`
-/// after the first. `None` when the input ended (or stop was requested) with nothing left.
+/// Gathers whole units (transactions, runs of snapshot rows) up to `max_events` events,
+/// waiting at most `max_wait` after the first; a unit that does not fit starts the next batch,
+/// and only a unit larger than a batch by itself is split. `None` when the input ended (or
+/// stop was requested) with nothing left.
 async fn collect(
     options: &DeliveryOptions,
     input: &mut mpsc::Receiver<Unit>,
@@ -614,7 +616,7 @@ async fn collect(
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Pending> {
     let max = options.max_events;
-    let mut events = Vec::with_capacity(max);
+    let mut events = Vec::new();
     let mut complete_lsn = None;
     let first = match carry.take() {
         Some(u) => u,
@@ -629,13 +631,16 @@ async fn collect(
     while let Some(mut unit) = next.take() {
         let room = max - events.len();
         if unit.events.len() > room {
-            let rest = unit.events.split_off(room);
-            events.append(&mut unit.events);
-            unit.events = rest;
+            // A unit that does not fit starts the next batch whole; only one larger than a
+            // batch by itself is split.
+            if events.is_empty() {
+                let rest = unit.events.split_off(room);
+                events = std::mem::replace(&mut unit.events, rest);
+            }
             *carry = Some(unit);
             break;
         }
-        events.append(&mut unit.events);
+        add_events(&mut events, &mut unit.events, max);
         complete_lsn = Some(unit.end_lsn);
         if events.len() >= max || *stop.borrow() {
             break;
@@ -650,6 +655,18 @@ async fn collect(
         events,
         complete_lsn,
     })
+}
+
+/// Moves a unit's events into the batch being gathered. A unit whose buffer can hold a whole
+/// batch (a snapshot's units can) becomes the batch's buffer as it is, so its events are not
+/// copied; small units (transactions) are appended into one buffer sized for a batch.
+fn add_events(batch: &mut Vec<Event>, unit: &mut Vec<Event>, max: usize) {
+    if batch.is_empty() && unit.capacity() >= max {
+        std::mem::swap(batch, unit);
+    } else {
+        batch.reserve(max.saturating_sub(batch.len()));
+        batch.append(unit);
+    }
 }
 
 async fn wait_stop(stop: &mut watch::Receiver<bool>) {
@@ -714,4 +731,114 @@ async fn retry_or_fail(
     tracing::warn!(sink = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink failed; retrying");
     tokio::time::sleep(backoff).await;
     Ok((backoff * 2).min(max_backoff))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{Op, Relation, Source};
+
+    /// Batches here hold at most this many events.
+    const MAX: usize = 4;
+
+    /// A unit's buffer with room for a whole batch and one more, to tell it apart from a
+    /// buffer the batch allocated for itself (room for exactly a batch).
+    const WHOLE: usize = MAX + 1;
+
+    fn unit(end_lsn: u64, events: usize, capacity: usize) -> Unit {
+        let relation = Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            table: "t".into(),
+            columns: Vec::new(),
+        });
+        let mut list = Vec::with_capacity(capacity.max(events));
+        list.extend((0..events).map(|i| Event {
+            op: Op::Read,
+            relation: relation.clone(),
+            source: Source {
+                lsn: end_lsn * 10_000 + i as u64,
+                ..Source::default()
+            },
+            before: None,
+            after: None,
+            topic: None,
+            message: None,
+        }));
+        Unit {
+            xid: None,
+            commit_lsn: end_lsn,
+            end_lsn,
+            commit_time_us: 0,
+            gid: None,
+            events: list,
+        }
+    }
+
+    /// Feeds `units` and gathers batches until the input is used up; each batch as (its
+    /// events' LSNs, its complete LSN, its buffer's capacity).
+    async fn batches(units: Vec<Unit>) -> Vec<(Vec<u64>, Option<u64>, usize)> {
+        let options = DeliveryOptions {
+            max_events: MAX,
+            max_wait: Duration::from_millis(10),
+            ..DeliveryOptions::default()
+        };
+        let (tx, mut rx) = mpsc::channel(units.len().max(1));
+        for u in units {
+            tx.send(u).await.unwrap();
+        }
+        drop(tx);
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let mut carry = None;
+        let mut out = Vec::new();
+        while let Some(batch) = collect(&options, &mut rx, &mut carry, &mut stop).await {
+            let lsns = batch.events.iter().map(|e| e.source.lsn).collect();
+            out.push((lsns, batch.complete_lsn, batch.events.capacity()));
+        }
+        out
+    }
+
+    fn lsns(unit: u64, range: std::ops::Range<u64>) -> Vec<u64> {
+        range.map(|i| unit * 10_000 + i).collect()
+    }
+
+    #[tokio::test]
+    async fn full_units_become_batches_without_copying_their_events() {
+        let got = batches(vec![unit(1, MAX, WHOLE), unit(2, MAX, WHOLE)]).await;
+        assert_eq!(
+            got,
+            vec![
+                (lsns(1, 0..4), Some(1), WHOLE),
+                (lsns(2, 0..4), Some(2), WHOLE)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_unit_that_does_not_fit_starts_the_next_batch_whole() {
+        let got = batches(vec![unit(1, 3, WHOLE), unit(2, 4, WHOLE), unit(3, 1, 1)]).await;
+        assert_eq!(
+            got,
+            vec![
+                (lsns(1, 0..3), Some(1), WHOLE),
+                (lsns(2, 0..4), Some(2), WHOLE),
+                (lsns(3, 0..1), Some(3), MAX),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn small_units_share_a_batch_and_a_unit_larger_than_a_batch_is_split() {
+        let got = batches(vec![unit(1, 1, 1), unit(2, 2, 2), unit(3, 6, 6)]).await;
+        assert_eq!(
+            got,
+            vec![
+                ([lsns(1, 0..1), lsns(2, 0..2)].concat(), Some(2), MAX),
+                (lsns(3, 0..4), None, 6),
+                (lsns(3, 4..6), Some(3), MAX),
+            ]
+        );
+    }
 }
