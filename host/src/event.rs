@@ -272,8 +272,9 @@ pub struct Event {
     pub after: Option<Row>,
     /// The destination topic, once a topic namer (or the default rule) has set it.
     pub topic: Option<Arc<str>>,
-    /// The logical message, for `Op::Message`.
-    pub message: Option<LogicalMessage>,
+    /// The logical message, for `Op::Message` (boxed: rare, and it would otherwise add its
+    /// size to every event a batch moves around).
+    pub message: Option<Box<LogicalMessage>>,
 }
 
 impl Event {

@@ -186,11 +186,11 @@ fn topic_name_follows_prefix_database_prefix_and_template() {
 fn topic_name_sends_logical_messages_to_the_message_topic() {
     let mut message = event(&relation("", "", &[]), Op::Message, vec![]);
     message.after = None;
-    message.message = Some(walflow::event::LogicalMessage {
+    message.message = Some(Box::new(walflow::event::LogicalMessage {
         transactional: true,
         prefix: "audit".into(),
         content: b"hello".to_vec(),
-    });
+    }));
     for (config, topic) in [
         ("{}", "message"),
         (

@@ -120,7 +120,7 @@ impl RecordParser {
             before: decode(before)?,
             after: decode(after)?,
             topic: obj.get("topic").and_then(Json::as_str).map(Arc::from),
-            message: parse_message(value)?,
+            message: parse_message(value)?.map(Box::new),
             relation,
         })
     }

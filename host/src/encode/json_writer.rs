@@ -396,11 +396,11 @@ mod tests {
             before: None,
             after: None,
             topic: None,
-            message: Some(LogicalMessage {
+            message: Some(Box::new(LogicalMessage {
                 transactional: true,
                 prefix: "audit\\1".into(),
                 content: b"\x00hello".to_vec(),
-            }),
+            })),
         });
         all
     }

@@ -163,10 +163,12 @@ mod tests {
             before: None,
             after: None,
             topic: None,
-            message: (op == Op::Message).then(|| LogicalMessage {
-                transactional: false,
-                prefix: "p".into(),
-                content: Vec::new(),
+            message: (op == Op::Message).then(|| {
+                Box::new(LogicalMessage {
+                    transactional: false,
+                    prefix: "p".into(),
+                    content: Vec::new(),
+                })
             }),
         }
     }

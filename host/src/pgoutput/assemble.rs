@@ -598,11 +598,11 @@ impl Assembler {
             before: None,
             after: None,
             topic: None,
-            message: Some(LogicalMessage {
+            message: Some(Box::new(LogicalMessage {
                 transactional: m.transactional(),
                 prefix: m.prefix.to_owned(),
                 content: m.content.to_vec(),
-            }),
+            })),
         };
         if m.transactional() {
             self.buffer("Message", m.xid, |xid, time, db| event(Some(xid), time, db))?;

@@ -65,7 +65,7 @@ impl Replacement {
             before: self.before,
             after: self.after,
             topic: self.topic,
-            message: self.message,
+            message: self.message.map(Box::new),
         }
     }
 }
