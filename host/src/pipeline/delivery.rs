@@ -140,9 +140,13 @@ impl Delivery {
             let result = writer.write_all(rx, acks).await;
             (writer, result)
         });
+        let encoding = Encoding {
+            encoder: encoder.clone(),
+            payloads,
+        };
         let prepare = prepare(
             processor.as_mut(),
-            (encoder, &payloads),
+            &encoding,
             options,
             metrics,
             input,
@@ -192,7 +196,7 @@ struct Prepared {
 /// processor's parallelism batches are collected and run through the chain at once.
 async fn prepare(
     processor: &mut dyn Processor,
-    (encoder, payloads): (&Encoder, &Arc<PayloadPool>),
+    encoding: &Encoding,
     options: &DeliveryOptions,
     metrics: &Metrics,
     mut input: mpsc::Receiver<Unit>,
@@ -234,10 +238,7 @@ async fn prepare(
                     .unwrap_or_else(|| Err("the plugin chain stopped".into()))
                     .map_err(DeliveryError::Plugin)?;
                 metrics.record_chain(taken, output.events.len(), started.elapsed());
-                (
-                    Some(spawn_encode(encoder, payloads, output.events)),
-                    output.dead_letters,
-                )
+                (Some(encoding.spawn(output.events)), output.dead_letters)
             };
             let prepared = Prepared {
                 encoded,
@@ -254,16 +255,24 @@ async fn prepare(
     Ok(())
 }
 
-/// Encodes a batch on the blocking pool. The writer awaits the handle, so the chain of the
-/// next batch runs while this one is encoded, and batches still reach the sinks in order.
-fn spawn_encode(encoder: &Encoder, payloads: &Arc<PayloadPool>, events: Vec<Event>) -> EncodeTask {
-    let encoder = encoder.clone();
-    let payloads = payloads.clone();
-    tokio::task::spawn_blocking(move || {
-        let buffers = payloads.take(events.len());
-        let records = encode(&encoder, &events, buffers)?;
-        Ok((events, records))
-    })
+/// The encoder, and the record buffers the writer hands back for it to fill again.
+struct Encoding {
+    encoder: Encoder,
+    payloads: Arc<PayloadPool>,
+}
+
+impl Encoding {
+    /// Encodes a batch on the blocking pool. The writer awaits the handle, so the chain of the
+    /// next batch runs while this one is encoded, and batches still reach the sinks in order.
+    fn spawn(&self, events: Vec<Event>) -> EncodeTask {
+        let encoder = self.encoder.clone();
+        let payloads = self.payloads.clone();
+        tokio::task::spawn_blocking(move || {
+            let buffers = payloads.take(events.len());
+            let records = encode(&encoder, &events, buffers)?;
+            Ok((events, records))
+        })
+    }
 }
 
 /// A batch being encoded: its events and their records, index for index.
@@ -390,7 +399,10 @@ impl Writer {
         match (flush.running.as_mut(), flush.dirty) {
             (Some(_), true) => return Ok(()),
             (Some(running), false) => running.lsn = lsn,
-            (None, true) => flush.running = self.begin_flush_all(lsn).await?,
+            (None, true) => {
+                let done = self.begin_flush_all().await?;
+                flush.running = done.map(|done| InFlight { lsn, done });
+            }
             (None, false) => {}
         }
         flush.unflushed = None;
@@ -412,9 +424,8 @@ impl Writer {
     }
 
     /// Starts a flush of every sink: in the background where the sink can, in place (and
-    /// waited for) where not. `None` when every sink is already flushed and `lsn` can be
-    /// acknowledged at once.
-    async fn begin_flush_all(&mut self, lsn: u64) -> Result<Option<InFlight>, DeliveryError> {
+    /// waited for) where not. `None` when every sink is already flushed.
+    async fn begin_flush_all(&mut self) -> Result<Option<Flushing>, DeliveryError> {
         let backoff = self.options.max_backoff;
         let mut running = Vec::new();
         for (i, sink) in self.sinks.iter_mut().enumerate() {
@@ -429,10 +440,7 @@ impl Writer {
             self.metrics.record_flush();
             return Ok(None);
         }
-        Ok(Some(InFlight {
-            lsn,
-            done: Box::pin(futures::future::join_all(running)),
-        }))
+        Ok(Some(Box::pin(futures::future::join_all(running))))
     }
 
     /// A background flush's outcome: a sink that failed retryably is flushed again in place
@@ -544,15 +552,12 @@ impl Writer {
             .map_err(|e| sink_failed(sink.as_ref(), e))
     }
 
+    /// Flushes every sink and waits for all of them.
     async fn flush_all(&mut self) -> Result<(), DeliveryError> {
-        let backoff = self.options.max_backoff;
-        for sink in self.sinks.iter_mut() {
-            flush_with_retry(sink.as_mut(), backoff, &self.metrics)
-                .await
-                .map_err(|e| sink_failed(sink.as_ref(), e))?;
+        match self.begin_flush_all().await? {
+            Some(done) => self.settle(done.await).await,
+            None => Ok(()),
         }
-        self.metrics.record_flush();
-        Ok(())
     }
 }
 
@@ -590,8 +595,11 @@ struct InFlight {
     /// Acknowledged once every sink's flush is done.
     lsn: u64,
     /// Each sink's flush, by sink index.
-    done: Pin<Box<dyn Future<Output = FlushResults> + Send>>,
+    done: Flushing,
 }
+
+/// The background flushes of the sinks, resolving to each one's outcome.
+type Flushing = Pin<Box<dyn Future<Output = FlushResults> + Send>>;
 
 /// Each sink's flush outcome, by sink index.
 type FlushResults = Vec<(usize, Result<(), SinkError>)>;
