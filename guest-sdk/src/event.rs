@@ -165,12 +165,18 @@ impl<'a> Event<'a> {
     fn row(&self, side: RowSide) -> Row<'_, 'a> {
         Row {
             columns: &self.relation.columns,
-            values: self.cells(side).map(|cells| RowValues {
-                cells,
-                raw: self.raw_row(side),
-                buffers: self.buffers,
-            }),
+            values: self.row_values(side),
         }
+    }
+
+    /// A row's cells with what they are decoded from; `None` when the event has no such row.
+    #[inline]
+    fn row_values(&self, side: RowSide) -> Option<RowValues<'_, 'a>> {
+        Some(RowValues {
+            cells: self.cells(side)?,
+            raw: self.raw_row(side),
+            buffers: self.buffers,
+        })
     }
 
     /// A row's values as the host sent them (empty when there is no such row).
@@ -202,9 +208,7 @@ impl<'a> Event<'a> {
     /// Value `column` of a row, decoded on first use.
     #[inline]
     fn value(&self, side: RowSide, column: usize) -> Option<&Value<'a>> {
-        let cell = self.cells(side)?.get(column)?;
-        let raw = self.raw_row(side).get(column)?;
-        filled(cell, || self.buffers.value(raw))
+        self.row_values(side)?.get(column)
     }
 
     fn cells_mut(&mut self, side: RowSide) -> Option<&mut Cells<'a>> {
