@@ -12,7 +12,8 @@
 //! keep per column; [`TypeRegistry::decode_text`] is the convenient one-shot form.
 //!
 //! Submodules: [`scalar`] parses one value of a base type, [`temporal`] the date/time types,
-//! [`array`](mod@array) PostgreSQL's array literal syntax.
+//! [`array`](mod@array) PostgreSQL's array literal syntax, and [`binary`] the binary send
+//! format of common built-ins, which the initial snapshot's `COPY` uses where it can.
 //!
 //! # Session settings the text formats depend on
 //!
@@ -29,6 +30,7 @@
 //! - optionally `TimeZone=UTC`: timestamptz offsets are kept as the server prints them.
 
 pub mod array;
+pub mod binary;
 pub mod scalar;
 pub mod temporal;
 
@@ -215,7 +217,7 @@ pub(crate) fn raw(type_name: &str, text: &str) -> Value {
     }
 }
 
-fn raw_hex(type_name: &str, bytes: &[u8]) -> Value {
+pub(crate) fn raw_hex(type_name: &str, bytes: &[u8]) -> Value {
     Value::Raw {
         type_name: type_name.to_owned(),
         text: format!("\\x{}", hex::encode(bytes)),
