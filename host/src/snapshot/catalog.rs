@@ -10,6 +10,7 @@ use crate::config::SourceConfig;
 use crate::event::{Column, Relation};
 use crate::replication::ConnectError;
 use crate::tables::TableSelector;
+use crate::value::binary::BinaryKind;
 use crate::value::{TextCodec, TypeRegistry};
 
 /// A captured table.
@@ -29,6 +30,9 @@ pub struct TableInfo {
     pub codecs: Vec<TextCodec>,
     /// Each column's type as SQL (`format_type`), for typed literals.
     pub sql_types: Vec<String>,
+    /// Each column's binary kind when the table is read with binary `COPY` (every column
+    /// has one), `None` to read it as text. Set by the initial snapshot.
+    pub binary: Option<Arc<[BinaryKind]>>,
 }
 
 impl TableInfo {
@@ -85,6 +89,39 @@ pub async fn server_version(client: &Client) -> Result<u32, ConnectError> {
         .await
         .map_err(sql_error)?;
     Ok(row.get::<_, i32>(0) as u32)
+}
+
+/// Zone names that are UTC all year round (PostgreSQL's `TimeZone`, compared without case).
+const UTC_ZONES: &[&str] = &[
+    "UTC",
+    "Etc/UTC",
+    "UCT",
+    "Etc/UCT",
+    "GMT",
+    "Etc/GMT",
+    "GMT0",
+    "Etc/GMT0",
+    "GMT+0",
+    "Etc/GMT+0",
+    "GMT-0",
+    "Etc/GMT-0",
+    "Universal",
+    "Etc/Universal",
+    "Zulu",
+    "Etc/Zulu",
+    "Greenwich",
+    "Etc/Greenwich",
+];
+
+/// Whether the session prints `timestamptz` with a `+00` offset whatever the date: then its
+/// binary form (always UTC) decodes to the same value as its text.
+pub async fn session_is_utc(client: &Client) -> Result<bool, ConnectError> {
+    let row = client
+        .query_one("SELECT current_setting('TimeZone')", &[])
+        .await
+        .map_err(sql_error)?;
+    let zone: String = row.get(0);
+    Ok(UTC_ZONES.iter().any(|z| z.eq_ignore_ascii_case(&zone)))
 }
 
 /// The type catalog, for decoding values as the stream does.
@@ -238,6 +275,7 @@ pub async fn table_info(
         rows_estimate: row.get::<_, i64>(4).max(0) as u64,
         codecs,
         sql_types,
+        binary: None,
     }))
 }
 

@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod control;
+mod copy_binary;
 mod copy_text;
 pub mod incremental;
 pub mod initial;
