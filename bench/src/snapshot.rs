@@ -60,6 +60,16 @@
 //! ratio against its own round's COPY) and prints the median and best ratio. First such run,
 //! 5,000,000 rows: parallelism 1 median 0.462 (best 0.526), parallelism 2 median 0.561 (best
 //! 0.581), COPY 1.55–1.64M rows/s, walflow 700–905k rows/s.
+//!
+//! 2026-12-05, another VM of the same kind: the `bench` table is now read with binary COPY
+//! (every column has a binary decoder, and the cluster's zone is UTC). Same process tree,
+//! back to back, 5,000,000 rows, three rounds each: before, parallelism 1 median 0.409 (best
+//! 0.462) and 2 median 0.400 (best 0.414), 9.8–11.9 s of CPU; after, 0.429 (best 0.487) and
+//! 0.457 (best 0.458), 8.4–10.2 s of CPU, COPY 1.47–1.62M rows/s. A flat profile of the
+//! binary build (2M rows) puts memmove at ~11% and the kernel's page-cache copies of the file
+//! sink at ~8%, then binary decoding ~9%, the plugins' guest code ~10% and the host's half of
+//! the ABI ~8%, the allocator ~9%, JSON ~8%: still no single cost big enough to close the
+//! gap to 0.8 (≤ ~0.96 µs of CPU per row; now ~1.7–2 µs).
 
 use std::path::Path;
 use std::process::Command;
