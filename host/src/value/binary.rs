@@ -10,8 +10,6 @@
 //! for `timestamptz`: other zones print offsets this module cannot know, so such columns stay
 //! in text). Malformed input becomes [`Value::Raw`] holding `\x` and the bytes, never a panic.
 
-use std::fmt::Write as _;
-
 use crate::event::{TemporalKind, Value};
 
 /// A type read in binary: the column's own type oid must be one of these built-ins (a domain
@@ -188,8 +186,8 @@ fn numeric(bytes: &[u8]) -> Option<String> {
     for d in 0..=weight {
         // The first group without leading zeros (but at least one digit), as numeric_out.
         match d {
-            0 => write!(out, "{}", digit(0)).ok()?,
-            _ => write!(out, "{:04}", digit(d)).ok()?,
+            0 => push_padded(&mut out, digit(0).into(), 1),
+            _ => push_padded(&mut out, digit(d).into(), 4),
         }
     }
     if dscale > 0 {
@@ -197,7 +195,7 @@ fn numeric(bytes: &[u8]) -> Option<String> {
         let start = out.len();
         let mut d = weight + 1;
         while out.len() - start < usize::from(dscale) {
-            write!(out, "{:04}", digit(d)).ok()?;
+            push_padded(&mut out, digit(d).into(), 4);
             d += 1;
         }
         out.truncate(start + usize::from(dscale));
@@ -252,10 +250,13 @@ fn timestamp(micros: i64, offset: &str) -> String {
 fn push_date(out: &mut String, days: i64) {
     let (year, month, day) = civil_from_days(days);
     if year < 0 {
-        let _ = write!(out, "-{:04}-{month:02}-{day:02}", -year);
-    } else {
-        let _ = write!(out, "{year:04}-{month:02}-{day:02}");
+        out.push('-');
     }
+    push_padded(out, year.unsigned_abs(), 4);
+    out.push('-');
+    push_padded(out, month.into(), 2);
+    out.push('-');
+    push_padded(out, day.into(), 2);
 }
 
 /// Year, month and day of the day `days` after 2000-01-01 (Howard Hinnant's
@@ -276,21 +277,39 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// Appends `HH:MM:SS` and the fraction without trailing zeros, as `DateStyle = ISO` prints.
 fn push_clock(out: &mut String, micros: i64) {
+    let micros = micros.unsigned_abs();
     let seconds = micros / 1_000_000;
-    let fraction = micros % 1_000_000;
-    let _ = write!(
-        out,
-        "{:02}:{:02}:{:02}",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    );
+    push_padded(out, seconds / 3600, 2);
+    out.push(':');
+    push_padded(out, seconds / 60 % 60, 2);
+    out.push(':');
+    push_padded(out, seconds % 60, 2);
+    let mut fraction = micros % 1_000_000;
     if fraction > 0 {
-        let start = out.len();
-        let _ = write!(out, ".{fraction:06}");
-        let trimmed = out[start..].trim_end_matches('0').len();
-        out.truncate(start + trimmed);
+        let mut width = 6;
+        while fraction.is_multiple_of(10) {
+            fraction /= 10;
+            width -= 1;
+        }
+        out.push('.');
+        push_padded(out, fraction, width);
     }
+}
+
+/// Appends `n` in decimal, zero-padded to `width` digits: by hand, because `core::fmt` was a
+/// visible share of a snapshot's CPU when every timestamp went through it.
+fn push_padded(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    while n > 0 || i == digits.len() {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    for _ in (digits.len() - i)..width {
+        out.push('0');
+    }
+    out.extend(digits[i..].iter().map(|d| char::from(*d)));
 }
 
 #[cfg(test)]
@@ -439,6 +458,20 @@ mod tests {
         assert_eq!(ts(i64::MAX, BinaryKind::TimestampTz), "infinity");
         assert_eq!(ts(86_400_000_000, BinaryKind::Time), "24:00:00");
         assert_eq!(ts(45_296_000_010, BinaryKind::Time), "12:34:56.00001");
+    }
+
+    #[test]
+    fn padded_numbers() {
+        let padded = |n, width| {
+            let mut out = String::new();
+            push_padded(&mut out, n, width);
+            out
+        };
+        assert_eq!(padded(0, 0), "0");
+        assert_eq!(padded(0, 2), "00");
+        assert_eq!(padded(7, 4), "0007");
+        assert_eq!(padded(12345, 4), "12345");
+        assert_eq!(padded(u64::MAX, 2), u64::MAX.to_string());
     }
 
     #[test]
