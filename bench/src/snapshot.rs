@@ -69,7 +69,10 @@
 //! binary build (2M rows) puts memmove at ~11% and the kernel's page-cache copies of the file
 //! sink at ~8%, then binary decoding ~9%, the plugins' guest code ~10% and the host's half of
 //! the ABI ~8%, the allocator ~9%, JSON ~8%: still no single cost big enough to close the
-//! gap to 0.8 (≤ ~0.96 µs of CPU per row; now ~1.7–2 µs).
+//! gap to 0.8 (≤ ~0.96 µs of CPU per row; now ~1.7–2 µs). With dates, clocks and numeric
+//! digits then printed without `core::fmt`: parallelism 1 median 0.530 (best 0.543), 2 median
+//! 0.489 (best 0.546); the first round was slow (12.7 s of CPU, ratios 0.38/0.39), the
+//! other two fast (7.6–8.1 s, ~1.5–1.6 µs per row) — the same process-to-process split.
 
 use std::path::Path;
 use std::process::Command;
