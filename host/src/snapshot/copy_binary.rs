@@ -57,7 +57,7 @@ impl BinaryCopy {
             if self.ended {
                 return Err(Malformed("data after the end marker"));
             }
-            let count = i16::from_be_bytes(take(&mut message, 2)?.try_into().unwrap_or_default());
+            let count = i16::from_be_bytes(array(&mut message)?);
             if count == -1 {
                 self.ended = true;
                 continue;
@@ -80,22 +80,29 @@ fn header(mut message: &[u8]) -> Result<&[u8], Malformed> {
     if take(&mut message, SIGNATURE.len())? != SIGNATURE {
         return Err(Malformed("no binary COPY signature"));
     }
-    let flags = u32::from_be_bytes(take(&mut message, 4)?.try_into().unwrap_or_default());
+    let flags = u32::from_be_bytes(array(&mut message)?);
     if flags & FLAG_OIDS != 0 {
         return Err(Malformed("tuples with OIDs"));
     }
-    let extension = u32::from_be_bytes(take(&mut message, 4)?.try_into().unwrap_or_default());
+    let extension = u32::from_be_bytes(array(&mut message)?);
     take(&mut message, extension as usize)?;
     Ok(message)
 }
 
 fn field(message: &mut &[u8], kind: BinaryKind, codec: &TextCodec) -> Result<Value, Malformed> {
-    let len = i32::from_be_bytes(take(message, 4)?.try_into().unwrap_or_default());
+    let len = i32::from_be_bytes(array(message)?);
     if len == -1 {
         return Ok(Value::Null);
     }
     let len = usize::try_from(len).map_err(|_| Malformed("a negative field length"))?;
     Ok(kind.decode(&codec.type_name, take(message, len)?))
+}
+
+/// The next `N` bytes, for a fixed-width big-endian integer.
+fn array<const N: usize>(message: &mut &[u8]) -> Result<[u8; N], Malformed> {
+    let mut out = [0; N];
+    out.copy_from_slice(take(message, N)?);
+    Ok(out)
 }
 
 fn take<'a>(message: &mut &'a [u8], n: usize) -> Result<&'a [u8], Malformed> {

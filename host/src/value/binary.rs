@@ -99,21 +99,17 @@ impl BinaryKind {
             BinaryKind::Json => Value::Json(utf8(bytes)?),
             BinaryKind::Jsonb => Value::Json(utf8(bytes.strip_prefix(&[1])?)?),
             BinaryKind::Numeric => Value::Numeric(numeric(bytes)?),
-            BinaryKind::Date => temporal(TemporalKind::Date, date(be_i32(bytes)?)),
-            BinaryKind::Time => temporal(TemporalKind::Time, time(be_i64(bytes)?)?),
+            BinaryKind::Date => Value::Temporal(TemporalKind::Date, date(be_i32(bytes)?)),
+            BinaryKind::Time => Value::Temporal(TemporalKind::Time, time(be_i64(bytes)?)?),
             BinaryKind::Timestamp => {
-                temporal(TemporalKind::Timestamp, timestamp(be_i64(bytes)?, ""))
+                Value::Temporal(TemporalKind::Timestamp, timestamp(be_i64(bytes)?, ""))
             }
-            BinaryKind::TimestampTz => temporal(
+            BinaryKind::TimestampTz => Value::Temporal(
                 TemporalKind::TimestampTz,
                 timestamp(be_i64(bytes)?, "+00:00"),
             ),
         })
     }
-}
-
-fn temporal(kind: TemporalKind, text: String) -> Value {
-    Value::Temporal(kind, text)
 }
 
 fn utf8(bytes: &[u8]) -> Option<String> {

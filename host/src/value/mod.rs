@@ -191,11 +191,8 @@ impl TextCodec {
     /// format, so this is only a fallback).
     pub fn decode_binary(&self, bytes: &[u8]) -> Value {
         match (self.array, self.scalar) {
-            (false, ScalarKind::Bytea) => Value::Bytes(bytes.to_vec()),
-            (false, ScalarKind::Text) => match std::str::from_utf8(bytes) {
-                Ok(s) => Value::Text(s.to_owned()),
-                Err(_) => raw_hex(&self.type_name, bytes),
-            },
+            (false, ScalarKind::Bytea) => binary::BinaryKind::Bytea.decode(&self.type_name, bytes),
+            (false, ScalarKind::Text) => binary::BinaryKind::Text.decode(&self.type_name, bytes),
             _ => raw_hex(&self.type_name, bytes),
         }
     }
