@@ -250,14 +250,16 @@ async fn snapshot_rows_and_streamed_rows_look_the_same() {
         .unwrap();
     finish(&db, child).await;
     let records = records(&config);
-    let after = |op: &str| {
-        records
-            .iter()
-            .find(|r| r["value"]["op"] == op && r["key"]["id"] == 3)
-            .map(|r| r["value"]["after"].clone())
-            .unwrap_or_else(|| panic!("no {op} record of id 3"))
-    };
-    assert_eq!(after("r"), after("u"));
+    assert_eq!(after_of(&records, "r", 3), after_of(&records, "u", 3));
+}
+
+/// The `after` image of the first record with this op and key `id`.
+fn after_of<'a>(records: &'a [Json], op: &str, id: i64) -> &'a Json {
+    records
+        .iter()
+        .find(|r| r["value"]["op"] == op && r["key"]["id"] == id)
+        .map(|r| &r["value"]["after"])
+        .unwrap_or_else(|| panic!("no {op} record of id {id}"))
 }
 
 /// Columns of every type the snapshot reads in binary, and values at their edges.
@@ -313,20 +315,10 @@ async fn binary_copy_rows_look_like_streamed_rows() {
         .filter(|r| r["value"]["source"]["table"] == "typed")
         .collect();
     for id in 1..=6 {
-        let after = |op: &str| {
-            records
-                .iter()
-                .find(|r| r["value"]["op"] == op && r["key"]["id"] == id)
-                .map(|r| r["value"]["after"].clone())
-                .unwrap_or_else(|| panic!("no {op} record of id {id}"))
-        };
-        assert_eq!(after("r"), after("u"), "row {id}");
+        let (read, updated) = (after_of(&records, "r", id), after_of(&records, "u", id));
+        assert_eq!(read, updated, "row {id}");
     }
-    let first = records
-        .iter()
-        .find(|r| r["value"]["op"] == "r" && r["key"]["id"] == 1)
-        .map(|r| &r["value"]["after"])
-        .unwrap();
+    let first = after_of(&records, "r", 1);
     assert_eq!(first["by"], Json::from("AP8="), "bytea as base64: {first}");
     assert_eq!(first["d"], Json::from("-4712-01-01"), "4713 BC: {first}");
 }
