@@ -162,22 +162,24 @@ fn numeric(bytes: &[u8]) -> Option<String> {
     if bytes.len() != 8 + 2 * usize::from(ndigits) || dscale > 0x3FFF {
         return None;
     }
-    let digits: Vec<u16> = (0..usize::from(ndigits))
-        .map(|i| word(8 + 2 * i).filter(|d| *d < 10_000))
-        .collect::<Option<_>>()?;
+    // Checked once up front, so the digits can then be read without allocating a copy.
+    if (0..usize::from(ndigits)).any(|i| word(8 + 2 * i).is_none_or(|d| d >= 10_000)) {
+        return None;
+    }
     let digit = |d: i32| -> u16 {
         usize::try_from(d)
             .ok()
-            .and_then(|d| digits.get(d).copied())
+            .filter(|d| *d < usize::from(ndigits))
+            .and_then(|d| word(8 + 2 * d))
             .unwrap_or(0)
     };
     let weight = i32::from(weight);
-    let mut out = String::with_capacity(4 * (weight.max(0) as usize + 1) + usize::from(dscale) + 2);
+    let mut out = Vec::with_capacity(4 * (weight.max(0) as usize + 1) + usize::from(dscale) + 2);
     if sign == NUMERIC_NEG {
-        out.push('-');
+        out.push(b'-');
     }
     if weight < 0 {
-        out.push('0');
+        out.push(b'0');
     }
     for d in 0..=weight {
         // The first group without leading zeros (but at least one digit), as numeric_out.
@@ -187,7 +189,7 @@ fn numeric(bytes: &[u8]) -> Option<String> {
         }
     }
     if dscale > 0 {
-        out.push('.');
+        out.push(b'.');
         let start = out.len();
         let mut d = weight + 1;
         while out.len() - start < usize::from(dscale) {
@@ -196,6 +198,7 @@ fn numeric(bytes: &[u8]) -> Option<String> {
         }
         out.truncate(start + usize::from(dscale));
     }
+    let out = String::from_utf8(out).ok()?;
     super::scalar::is_numeric(&out).then_some(out)
 }
 
@@ -207,9 +210,9 @@ fn date(days: i32) -> String {
         i32::MAX => "infinity".into(),
         i32::MIN => "-infinity".into(),
         _ => {
-            let mut out = String::with_capacity(10);
+            let mut out = Ascii::default();
             push_date(&mut out, days.into());
-            out
+            out.into_string()
         }
     }
 }
@@ -219,9 +222,9 @@ fn time(micros: i64) -> Option<String> {
     if !(0..=USECS_PER_DAY).contains(&micros) {
         return None;
     }
-    let mut out = String::with_capacity(15);
+    let mut out = Ascii::default();
     push_clock(&mut out, micros);
-    Some(out)
+    Some(out.into_string())
 }
 
 /// `timestamp[tz]` (microseconds since 2000-01-01 00:00) → `2024-01-02T03:04:05.5` and
@@ -231,28 +234,28 @@ fn timestamp(micros: i64, offset: &str) -> String {
         i64::MAX => "infinity".into(),
         i64::MIN => "-infinity".into(),
         _ => {
-            let mut out = String::with_capacity(32);
+            let mut out = Ascii::default();
             push_date(&mut out, micros.div_euclid(USECS_PER_DAY));
-            out.push('T');
+            out.put(b"T");
             push_clock(&mut out, micros.rem_euclid(USECS_PER_DAY));
-            out.push_str(offset);
-            out
+            out.put(offset.as_bytes());
+            out.into_string()
         }
     }
 }
 
 /// Appends the proleptic Gregorian date `days` after 2000-01-01 as `YYYY-MM-DD`, years before
 /// 1 in astronomical numbering (1 BC is `0000`, 2 BC `-0001`), as the text path writes them.
-fn push_date(out: &mut String, days: i64) {
+fn push_date(out: &mut impl Digits, days: i64) {
     let (year, month, day) = civil_from_days(days);
     if year < 0 {
-        out.push('-');
+        out.put(b"-");
     }
     push_padded(out, year.unsigned_abs(), 4);
-    out.push('-');
-    push_padded(out, month.into(), 2);
-    out.push('-');
-    push_padded(out, day.into(), 2);
+    out.put(b"-");
+    out.put(&fixed::<2>(month.into()));
+    out.put(b"-");
+    out.put(&fixed::<2>(day.into()));
 }
 
 /// Year, month and day of the day `days` after 2000-01-01 (Howard Hinnant's
@@ -272,14 +275,15 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// Appends `HH:MM:SS` and the fraction without trailing zeros, as `DateStyle = ISO` prints.
-fn push_clock(out: &mut String, micros: i64) {
+fn push_clock(out: &mut impl Digits, micros: i64) {
     let micros = micros.unsigned_abs();
     let seconds = micros / 1_000_000;
-    push_padded(out, seconds / 3600, 2);
-    out.push(':');
-    push_padded(out, seconds / 60 % 60, 2);
-    out.push(':');
-    push_padded(out, seconds % 60, 2);
+    // At most 24 hours: every field has two digits.
+    out.put(&fixed::<2>(seconds / 3600));
+    out.put(b":");
+    out.put(&fixed::<2>(seconds / 60 % 60));
+    out.put(b":");
+    out.put(&fixed::<2>(seconds % 60));
     let mut fraction = micros % 1_000_000;
     if fraction > 0 {
         let mut width = 6;
@@ -287,25 +291,99 @@ fn push_clock(out: &mut String, micros: i64) {
             fraction /= 10;
             width -= 1;
         }
-        out.push('.');
+        out.put(b".");
         push_padded(out, fraction, width);
     }
 }
 
-/// Appends `n` in decimal, zero-padded to `width` digits: by hand, because `core::fmt` was a
-/// visible share of a snapshot's CPU when every timestamp went through it.
-fn push_padded(out: &mut String, mut n: u64, width: usize) {
+/// Where decimal text is written: a `Vec` for numerics (any length), [`Ascii`] on the stack
+/// for dates and clocks (allocated once, at their final length). Text here is ASCII bytes
+/// checked once at the end: `core::fmt`, and then pushing `char`s into a `String` one by one,
+/// were each a visible share of a snapshot's CPU.
+trait Digits {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Digits for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A date, clock or timestamp being written: at most 35 bytes (`-294276-12-31T23:59:59.999999`
+/// and an offset).
+struct Ascii {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl Default for Ascii {
+    fn default() -> Self {
+        Ascii {
+            buf: [0; 40],
+            len: 0,
+        }
+    }
+}
+
+impl Digits for Ascii {
+    fn put(&mut self, bytes: &[u8]) {
+        // Never too long (see above); if it were, the text would be cut short, not a panic.
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+}
+
+impl Ascii {
+    fn into_string(self) -> String {
+        String::from_utf8(self.buf[..self.len].to_vec()).unwrap_or_default()
+    }
+}
+
+/// Appends `n` in decimal, zero-padded to `width` digits.
+fn push_padded(out: &mut impl Digits, n: u64, width: usize) {
+    // Dates, clocks, fractions and numeric groups are at most six digits: write those by
+    // position, with no loop and no copy call.
+    let len = width.max(n.checked_ilog10().map_or(1, |l| l as usize + 1));
+    match len {
+        1 => out.put(&fixed::<1>(n)),
+        2 => out.put(&fixed::<2>(n)),
+        3 => out.put(&fixed::<3>(n)),
+        4 => out.put(&fixed::<4>(n)),
+        5 => out.put(&fixed::<5>(n)),
+        6 => out.put(&fixed::<6>(n)),
+        _ => push_padded_any(out, n, width),
+    }
+}
+
+/// The last `N` decimal digits of `n`, zero-padded.
+fn fixed<const N: usize>(mut n: u64) -> [u8; N] {
+    let mut digits = [b'0'; N];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    digits
+}
+
+/// [`push_padded`] for any number and width.
+fn push_padded_any(out: &mut impl Digits, mut n: u64, width: usize) {
     let mut digits = [b'0'; 20];
     let mut i = digits.len();
-    while n > 0 || i == digits.len() {
+    loop {
         i -= 1;
         digits[i] = b'0' + (n % 10) as u8;
         n /= 10;
+        if n == 0 {
+            break;
+        }
     }
     for _ in (digits.len() - i)..width {
-        out.push('0');
+        out.put(b"0");
     }
-    out.extend(digits[i..].iter().map(|d| char::from(*d)));
+    out.put(&digits[i..]);
 }
 
 #[cfg(test)]
@@ -459,15 +537,20 @@ mod tests {
     #[test]
     fn padded_numbers() {
         let padded = |n, width| {
-            let mut out = String::new();
+            let mut out = Vec::new();
             push_padded(&mut out, n, width);
-            out
+            String::from_utf8(out).unwrap()
         };
         assert_eq!(padded(0, 0), "0");
         assert_eq!(padded(0, 2), "00");
         assert_eq!(padded(7, 4), "0007");
         assert_eq!(padded(12345, 4), "12345");
         assert_eq!(padded(u64::MAX, 2), u64::MAX.to_string());
+        assert_eq!(padded(99, 2), "99");
+        assert_eq!(padded(100, 2), "100");
+        assert_eq!(padded(9999, 4), "9999");
+        assert_eq!(padded(10_000, 4), "10000");
+        assert_eq!(padded(42, 6), "000042");
     }
 
     #[test]
