@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+mod collect;
 pub mod config;
 pub mod demo;
 pub mod encode;

@@ -295,24 +295,21 @@ fn encode(
 ) -> Result<Vec<EncodedRecord>, DeliveryError> {
     let ts_ms = crate::encode::now_ms();
     let mut capacity = 256;
-    events
-        .iter()
-        .map(|e| {
-            let mut payload = buffers
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(capacity));
-            encoder
-                .encode_at(e, ts_ms, &mut payload)
-                .map_err(|err| DeliveryError::Encode(err.to_string()))?;
-            capacity = capacity.max((payload.len() + 16).min(RECORD_CAPACITY_CAP));
-            Ok(EncodedRecord {
-                topic: encoder.topic(e),
-                key: None,
-                payload,
-                lsn: e.source.lsn,
-            })
+    crate::collect::try_collect_exact(events.iter().map(|e| {
+        let mut payload = buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(capacity));
+        encoder
+            .encode_at(e, ts_ms, &mut payload)
+            .map_err(|err| DeliveryError::Encode(err.to_string()))?;
+        capacity = capacity.max((payload.len() + 16).min(RECORD_CAPACITY_CAP));
+        Ok(EncodedRecord {
+            topic: encoder.topic(e),
+            key: None,
+            payload,
+            lsn: e.source.lsn,
         })
-        .collect()
+    }))
 }
 
 /// The largest buffer a record starts with (bigger records grow theirs).

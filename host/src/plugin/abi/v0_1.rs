@@ -276,7 +276,7 @@ pub(crate) fn edits_from_wit(edits: Vec<wit::Edit>) -> Vec<Edit> {
             wit::Edit::Drop(event) => Edit::Drop(event),
             wit::Edit::Replace(replace) => Edit::Replace {
                 event: replace.event,
-                replacement: replacement_from_wit(replace.replacement),
+                replacement: Box::new(replacement_from_wit(replace.replacement)),
             },
             wit::Edit::Fail(failure) => Edit::Fail {
                 event: failure.event,

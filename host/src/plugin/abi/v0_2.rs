@@ -246,33 +246,29 @@ pub(crate) fn edits_from_wit(answer: wit::Edits) -> Result<Vec<Edit>, String> {
         values: &answer.values,
         data: &answer.data,
     };
-    answer
-        .edits
-        .iter()
-        .map(|edit| {
-            Ok(match edit {
-                wit::Edit::Set(set) => Edit::Set {
-                    event: set.event,
-                    side: side_from_wit(set.side),
-                    column: set.column,
-                    value: buffers.value(&set.value)?,
-                },
-                wit::Edit::Remove(remove) => Edit::Remove {
-                    event: remove.event,
-                    column: remove.column,
-                },
-                wit::Edit::Drop(event) => Edit::Drop(*event),
-                wit::Edit::Replace(replace) => Edit::Replace {
-                    event: replace.event,
-                    replacement: buffers.replacement(&replace.replacement)?,
-                },
-                wit::Edit::Fail(failure) => Edit::Fail {
-                    event: failure.event,
-                    message: failure.message.clone(),
-                },
-            })
+    crate::collect::try_collect_exact(answer.edits.iter().map(|edit| {
+        Ok(match edit {
+            wit::Edit::Set(set) => Edit::Set {
+                event: set.event,
+                side: side_from_wit(set.side),
+                column: set.column,
+                value: buffers.value(&set.value)?,
+            },
+            wit::Edit::Remove(remove) => Edit::Remove {
+                event: remove.event,
+                column: remove.column,
+            },
+            wit::Edit::Drop(event) => Edit::Drop(*event),
+            wit::Edit::Replace(replace) => Edit::Replace {
+                event: replace.event,
+                replacement: Box::new(buffers.replacement(&replace.replacement)?),
+            },
+            wit::Edit::Fail(failure) => Edit::Fail {
+                event: failure.event,
+                message: failure.message.clone(),
+            },
         })
-        .collect()
+    }))
 }
 
 /// A topic namer's answer as one topic per event; `Err` says what in it is malformed.
@@ -286,18 +282,14 @@ pub(crate) fn topics_from_wit(topics: wit::Topics, events: usize) -> Result<Vec<
     }
     // Each distinct name is allocated once and shared by its events.
     let names: Vec<Arc<str>> = topics.names.into_iter().map(Arc::from).collect();
-    topics
-        .of_event
-        .iter()
-        .map(|&i| {
-            names.get(i as usize).cloned().ok_or_else(|| {
-                format!(
-                    "an event's topic is name {i} but there are {} names",
-                    names.len()
-                )
-            })
+    crate::collect::try_collect_exact(topics.of_event.iter().map(|&i| {
+        names.get(i as usize).cloned().ok_or_else(|| {
+            format!(
+                "an event's topic is name {i} but there are {} names",
+                names.len()
+            )
         })
-        .collect()
+    }))
 }
 
 /// The buffers of a transform's answer, which its values refer into.
