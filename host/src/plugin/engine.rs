@@ -133,6 +133,10 @@ fn build_engine(fuel: bool) -> Result<Engine, LoadError> {
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.consume_fuel(fuel);
+    // For `perf`: name guest functions in /tmp/perf-PID.map (plugins built without `strip`).
+    if std::env::var_os("WALFLOW_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Engine::new(&config).map_err(|e| LoadError::Engine(one_line(&e)))
 }
 
