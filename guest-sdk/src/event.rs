@@ -529,20 +529,37 @@ pub fn run_topic_namer<T: AsRef<str>>(
     let mut names: Vec<String> = Vec::new();
     let mut index: HashMap<String, u32> = HashMap::new();
     let mut of_event = Vec::with_capacity(batch.events.len());
+    // The previous event's topic, kept alive so that its address cannot be reused: a namer
+    // that hands out one shared string per table (an `Rc<str>`, say) is then recognised by
+    // address, without comparing the text.
+    let mut last: Option<(T, u32)> = None;
     each_event(&batch, |event| {
         let topic = name(event);
-        let topic = topic.as_ref();
         // Batches are mostly runs of one table: try the last topic first.
-        let i = match names.last() {
-            Some(last) if last == topic => (names.len() - 1) as u32,
-            _ => *index.entry(topic.to_string()).or_insert_with(|| {
-                names.push(topic.to_string());
-                (names.len() - 1) as u32
-            }),
+        let i = match &last {
+            Some((previous, i)) if same_text(previous.as_ref(), topic.as_ref()) => *i,
+            _ => {
+                let text = topic.as_ref();
+                match index.get(text) {
+                    Some(i) => *i,
+                    None => {
+                        names.push(text.to_string());
+                        let i = (names.len() - 1) as u32;
+                        index.insert(text.to_string(), i);
+                        i
+                    }
+                }
+            }
         };
+        last = Some((topic, i));
         of_event.push(i);
     });
     Ok(Topics { names, of_event })
+}
+
+/// Whether two strings hold the same text; the same string is recognised without reading it.
+fn same_text(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 /// Runs a sink function over a batch: every event, with its topic.
@@ -655,6 +672,22 @@ mod tests {
 
     fn text(s: &str) -> Value<'_> {
         Value::Text(s.into())
+    }
+
+    #[test]
+    fn a_namer_sends_each_distinct_topic_once_whether_shared_or_fresh() {
+        // Events are wide, narrow, wide: the third is named like the first, not the second.
+        let fresh = run_topic_namer(batch(), |event| format!("t.{}", event.table())).unwrap();
+        assert_eq!(fresh.names, ["t.wide", "t.narrow"]);
+        assert_eq!(fresh.of_event, [0, 1, 0]);
+        let wide: std::rc::Rc<str> = "t.wide".into();
+        let shared = run_topic_namer(batch(), |event| match event.table() {
+            "wide" => wide.clone(),
+            other => format!("t.{other}").into(),
+        })
+        .unwrap();
+        assert_eq!(shared.names, fresh.names);
+        assert_eq!(shared.of_event, fresh.of_event);
     }
 
     #[test]
