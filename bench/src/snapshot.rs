@@ -73,6 +73,23 @@
 //! digits then printed without `core::fmt`: parallelism 1 median 0.530 (best 0.543), 2 median
 //! 0.489 (best 0.546); the first round was slow (12.7 s of CPU, ratios 0.38/0.39), the
 //! other two fast (7.6–8.1 s, ~1.5–1.6 µs per row) — the same process-to-process split.
+//!
+//! 2026-12-05, later: the split is not the process's doing. Six standalone 2M-row runs in a
+//! row, nothing else running, went 3 fast then 3 slow (or 1 slow, 1 fast, 4 slow) with no
+//! change in dirty or free memory, page faults or THP; the slow ones spend the extra time in
+//! the host's memory-heavy code (COPY parsing ×3, memmove, the allocator) while the plugins'
+//! guest code runs at the same speed. Walltime ratios therefore swing by half from round to
+//! round. To compare builds, count instructions instead: a 200,000-row snapshot under
+//! `valgrind --tool=callgrind` (~25 s; run it twice, the first compiles the plugins for
+//! valgrind's CPU) is deterministic, and `WALFLOW_PERFMAP=1` names the guest functions
+//! (`/tmp/perf-PID.map`; build the plugins without `strip`). It showed the plugin chain at
+//! half of all instructions (binary-repr's guest code ~4,000 per row, laying the batch out for
+//! it ~1,600), JSON ~22%, COPY parsing ~17%. After writing dates, clocks and numerics by
+//! position, allocating per-batch vectors at their final size and recognising a namer's
+//! repeated topic by address: 3.78G → 3.63G instructions for the run, and standalone 2M-row
+//! runs at ~1.25 µs of CPU per row when fast (was ~1.38). The benchmark, same day: parallelism
+//! 1 median 0.463 (best 0.472), parallelism 2 median 0.409 (best 0.580); the best round took
+//! 7.0 s of CPU for 5M rows (1.4 µs per row), the slow ones 10–12 s.
 
 use std::path::Path;
 use std::process::Command;
