@@ -24,9 +24,31 @@ static NO_RELATION: Relation = Relation {
     columns: Vec::new(),
 };
 
+/// Names the table of an event within one batch; see [`Event::relation_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelationId {
+    batch: u64,
+    index: u32,
+}
+
+thread_local! {
+    /// Numbers the batches this instance has been called with, for [`RelationId`].
+    static BATCHES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The number of a batch that starts now.
+fn next_batch() -> u64 {
+    BATCHES.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    })
+}
+
 /// One change event, with its table's columns at hand.
 pub struct Event<'a> {
     raw: &'a types::Event,
+    /// The number of the batch the event came in (see [`RelationId`]).
+    batch: u64,
     /// The `before` and `after` rows as the host sent them (empty when absent).
     raw_rows: [&'a [types::Value]; 2],
     relation: &'a Relation,
@@ -58,6 +80,7 @@ pub struct Message<'a> {
 impl<'a> Event<'a> {
     fn new(
         raw: &'a types::Event,
+        batch: u64,
         relations: &'a [Relation],
         buffers: Buffers<'a>,
         spare: Spare<'a>,
@@ -66,6 +89,7 @@ impl<'a> Event<'a> {
         let [before, after] = spare.rows;
         Event {
             raw,
+            batch,
             raw_rows: [raw.before, raw.after].map(|r| r.map_or(&[][..], |r| buffers.row(r))),
             relation,
             buffers,
@@ -103,6 +127,18 @@ impl<'a> Event<'a> {
     /// The table with its columns.
     pub fn relation(&self) -> &'a Relation {
         self.relation
+    }
+
+    /// Which table of which batch the event belongs to: two events with equal ids have the
+    /// same schema, table and columns. A cheap cache key for a decision made per table (does
+    /// it pass the filter, what is its topic), so that names are compared once per table and
+    /// batch instead of once per event. Ids of different batches never compare equal, even
+    /// for the same table.
+    pub fn relation_id(&self) -> RelationId {
+        RelationId {
+            batch: self.batch,
+            index: self.raw.relation,
+        }
     }
 
     /// The table's columns, in row order.
@@ -506,9 +542,10 @@ fn buffers(batch: &Batch) -> Buffers<'_> {
 /// Calls `f` with each event of a batch, one after the other.
 fn each_event<'a>(batch: &'a Batch, mut f: impl FnMut(&mut Event<'a>)) {
     let buffers = buffers(batch);
+    let number = next_batch();
     let mut spare = Spare::default();
     for raw in &batch.events {
-        let mut event = Event::new(raw, &batch.relations, buffers, spare);
+        let mut event = Event::new(raw, number, &batch.relations, buffers, spare);
         f(&mut event);
         spare = event.recycle();
     }
@@ -569,10 +606,11 @@ pub fn run_sink(
     write: impl Fn(&[Event], &[&str]) -> Result<(), String>,
 ) -> Result<(), String> {
     let buffers = buffers(&batch);
+    let number = next_batch();
     let events: Vec<Event> = batch
         .events
         .iter()
-        .map(|raw| Event::new(raw, &batch.relations, buffers, Spare::default()))
+        .map(|raw| Event::new(raw, number, &batch.relations, buffers, Spare::default()))
         .collect();
     let topics: Vec<&str> = topics
         .of_event
@@ -672,6 +710,25 @@ mod tests {
 
     fn text(s: &str) -> Value<'_> {
         Value::Text(s.into())
+    }
+
+    #[test]
+    fn relation_ids_tell_tables_apart_within_a_batch_and_never_match_across_batches() {
+        let ids = |batch: Batch| {
+            let ids = std::cell::RefCell::new(Vec::new());
+            run_filter(batch, |event| {
+                ids.borrow_mut().push(event.relation_id());
+                true
+            })
+            .unwrap();
+            ids.into_inner()
+        };
+        // Events are wide, narrow, wide.
+        let first = ids(batch());
+        assert_eq!(first[0], first[2]);
+        assert_ne!(first[0], first[1]);
+        let second = ids(batch());
+        assert!(second.iter().all(|id| !first.contains(id)));
     }
 
     #[test]

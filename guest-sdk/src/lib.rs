@@ -39,7 +39,7 @@
 mod event;
 mod value;
 
-pub use event::{Event, Message, Row, RowMut};
+pub use event::{Event, Message, RelationId, Row, RowMut};
 pub use value::{Array, Value};
 pub use walflow_sdk_macros::{filter, init, sink, topic_namer, transform};
 

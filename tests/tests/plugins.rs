@@ -77,6 +77,16 @@ fn table_filter_keeps_included_tables_and_matching_rows() {
         .map(|e| e.relation.qualified_name())
         .collect();
     assert_eq!(ids, ["public.orders", "public.orders", "public.orders"]);
+    // A later batch whose first table is another one: the filter's per-table memory must
+    // not carry over by position.
+    let later = vec![events[2].clone(), events[0].clone(), events[3].clone()];
+    let out = globs.run(later).expect("filter runs");
+    let ids: Vec<_> = out
+        .events
+        .iter()
+        .map(|e| e.relation.qualified_name())
+        .collect();
+    assert_eq!(ids, ["public.orders"]);
 
     let mut predicate = chain(vec![spec(
         "table_filter",
@@ -180,6 +190,30 @@ fn topic_name_follows_prefix_database_prefix_and_template() {
             "config {config}"
         );
     }
+}
+
+#[test]
+fn topic_name_names_each_table_of_a_batch_and_of_later_batches() {
+    let audit = relation("public", "audit_log", &[("id", "int4", true)]);
+    let audit_event = || event(&audit, Op::Create, vec![Value::Int(9)]);
+    let mut c = chain(vec![spec("topic_name", "{}", OnError::Stop)]);
+    let topics = |out: walflow::plugin::ChainOutput| -> Vec<String> {
+        out.events
+            .iter()
+            .map(|e| e.topic.as_deref().unwrap_or("").to_string())
+            .collect()
+    };
+    let first = c
+        .run(vec![order(1, "new"), audit_event(), order(2, "new")])
+        .expect("namer runs");
+    assert_eq!(
+        topics(first),
+        ["public.orders", "public.audit_log", "public.orders"]
+    );
+    let second = c
+        .run(vec![audit_event(), order(3, "new")])
+        .expect("namer runs");
+    assert_eq!(topics(second), ["public.audit_log", "public.orders"]);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use serde::Deserialize;
-use walflow_sdk::{Event, Op, Value};
+use walflow_sdk::{Event, Op, RelationId, Value};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +34,7 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 /// The last table looked up and whether it matched: batches are mostly runs of one table, so
 /// comparing two names is all most events cost.
 struct LastTable {
+    id: RelationId,
     schema: String,
     table: String,
     matched: bool,
@@ -64,7 +65,7 @@ fn keep(event: &Event) -> bool {
     if event.op() == Op::Message {
         return true;
     }
-    let matched = table_matches(config, event.schema(), event.table());
+    let matched = table_matches(config, event);
     if !matched {
         return false;
     }
@@ -86,12 +87,18 @@ fn keep(event: &Event) -> bool {
 }
 
 /// Whether `schema.table` passes the include and exclude globs.
-fn table_matches(config: &Config, schema: &str, table: &str) -> bool {
+fn table_matches(config: &Config, event: &Event) -> bool {
+    let (id, schema, table) = (event.relation_id(), event.schema(), event.table());
     LAST.with_borrow_mut(|last| {
+        // The same table as the last event: by id within a batch, by name across batches.
+        if let Some(l) = last.as_mut().filter(|l| l.id == id) {
+            return l.matched;
+        }
         if let Some(l) = last
-            .as_ref()
+            .as_mut()
             .filter(|l| l.table == table && l.schema == schema)
         {
+            l.id = id;
             return l.matched;
         }
         // Only a new table gets here, so building its name may allocate.
@@ -99,6 +106,7 @@ fn table_matches(config: &Config, schema: &str, table: &str) -> bool {
         let passes = |globs: &[String]| globs.iter().any(|g| glob(g.as_bytes(), name.as_bytes()));
         let matched = config.include.as_deref().is_none_or(passes) && !passes(&config.exclude);
         *last = Some(LastTable {
+            id,
             schema: schema.to_string(),
             table: table.to_string(),
             matched,

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
-use walflow_sdk::{Event, Op};
+use walflow_sdk::{Event, Op, RelationId};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +41,7 @@ fn setup(config: &str) -> Result<(), String> {
 /// The last topic named, with what it was named from: batches are runs of one table, so
 /// most events reuse it instead of formatting a new string.
 struct Last {
+    id: RelationId,
     db: String,
     schema: String,
     table: String,
@@ -65,17 +66,21 @@ fn name(event: &Event) -> Rc<str> {
         Some(t) if t.contains("{op}") => Some(event.op()),
         _ => Some(event.op()).filter(|op| *op == Op::Message),
     };
+    let id = event.relation_id();
     LAST.with_borrow_mut(|last| {
-        if let Some(last) = last.as_ref().filter(|l| {
+        // The same table as the last event: by id within a batch (the database is still
+        // compared: it is the event's, not the table's), by name across batches.
+        if let Some(last) = last.as_mut().filter(|l| {
             l.op == op
-                && l.table == event.table()
-                && l.schema == event.schema()
                 && l.db == event.db()
+                && (l.id == id || (l.table == event.table() && l.schema == event.schema()))
         }) {
+            last.id = id;
             return last.topic.clone();
         }
         let topic: Rc<str> = Rc::from(topic(config, event));
         *last = Some(Last {
+            id,
             db: event.db().to_string(),
             schema: event.schema().to_string(),
             table: event.table().to_string(),
