@@ -83,10 +83,15 @@ impl FlatBatch {
         self.data.clear();
         let mut index = RelationIndex::default();
         // Events of a batch come from one database: send its name once.
-        let mut db: Option<(&str, wit::Span)> = None;
+        let mut db: Option<(&Arc<str>, wit::Span)> = None;
         for event in events {
             let db_span = match db {
-                Some((name, span)) if name == &*event.source.db => span,
+                // Events share their database's name: compare the pointer before the text.
+                Some((name, span))
+                    if Arc::ptr_eq(name, &event.source.db) || **name == *event.source.db =>
+                {
+                    span
+                }
                 _ => {
                     let span = self.span(event.source.db.as_bytes());
                     db = Some((&event.source.db, span));
