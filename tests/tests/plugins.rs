@@ -167,6 +167,64 @@ fn binary_repr_re_represents_every_bytea_value() {
     );
 }
 
+/// binary-repr looks a table's column types up once per table and batch: tables whose bytes
+/// sit in different columns, interleaved and across batches, each get their own columns
+/// converted, in both rows of an update.
+#[test]
+fn binary_repr_converts_the_right_columns_of_each_table_of_a_batch() {
+    let blobs = relation(
+        "public",
+        "blobs",
+        &[("id", "int4", true), ("data", "bytea", false)],
+    );
+    let blob = |id: i64, byte: u8| {
+        let mut e = event(
+            &blobs,
+            Op::Update,
+            vec![Value::Int(id), Value::Bytes(vec![byte])],
+        );
+        e.before = Some(vec![Value::Int(id), Value::Bytes(vec![byte, byte])]);
+        e
+    };
+    let mut c = chain(vec![spec(
+        "binary_repr",
+        r#"{"mode": "hex"}"#,
+        OnError::Stop,
+    )]);
+    let check = |out: walflow::plugin::ChainOutput| -> Vec<String> {
+        out.events
+            .iter()
+            .map(|e| {
+                let bytes = |row: &[Value]| -> Vec<String> {
+                    row.iter()
+                        .filter_map(|v| match v {
+                            Value::Text(t) => Some(t.to_string()),
+                            Value::Bytes(_) => Some("unconverted".to_string()),
+                            _ => None,
+                        })
+                        .collect()
+                };
+                let mut seen = bytes(e.after.as_deref().unwrap());
+                if let Some(before) = e.before.as_deref() {
+                    seen.extend(bytes(before).into_iter().map(|b| format!("before {b}")));
+                }
+                seen.join(",")
+            })
+            .collect()
+    };
+    let first = c
+        .run(vec![blob(1, 0x0f), order(2, "new"), blob(3, 0xa0)])
+        .expect("transform runs");
+    assert_eq!(
+        check(first),
+        ["0f,before 0f0f", "new,deadbeef", "a0,before a0a0"]
+    );
+    let second = c
+        .run(vec![order(4, "paid"), blob(5, 0xff)])
+        .expect("transform runs");
+    assert_eq!(check(second), ["paid,deadbeef", "ff,before ffff"]);
+}
+
 #[test]
 fn topic_name_follows_prefix_database_prefix_and_template() {
     let cases = [

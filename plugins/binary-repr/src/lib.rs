@@ -6,11 +6,12 @@
 //! values of a row are never decoded; bytes an earlier plugin put in, say, a `text` column
 //! are left as they are.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
 use serde::Deserialize;
-use walflow_sdk::{Array, Event, Value};
+use walflow_sdk::{Array, Event, RelationId, Value};
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
 #[serde(rename_all = "lowercase")]
@@ -38,30 +39,57 @@ fn setup(config: &str) -> Result<(), String> {
         .map_err(|_| "init called twice".to_string())
 }
 
+/// The columns of the last table seen that can hold bytes: batches are runs of one table, so
+/// the column types are looked at once per table and batch, not once per event.
+struct ByteColumns {
+    table: RelationId,
+    columns: Vec<usize>,
+}
+
+thread_local! {
+    static BYTE_COLUMNS: RefCell<Option<ByteColumns>> = const { RefCell::new(None) };
+}
+
 #[walflow_sdk::transform]
 fn represent(event: &mut Event) -> Result<(), String> {
     let mode = *MODE.get().unwrap_or(&Mode::Bytes);
     if mode == Mode::Bytes {
         return Ok(());
     }
-    for after in [true, false] {
-        for (i, column) in event.columns().iter().enumerate() {
-            if !may_hold_bytes(column.type_oid) {
-                continue;
+    BYTE_COLUMNS.with_borrow_mut(|cached| {
+        let table = event.relation_id();
+        let columns = match cached {
+            Some(c) if c.table == table => &c.columns,
+            _ => {
+                let columns = byte_columns(event);
+                &cached.insert(ByteColumns { table, columns }).columns
             }
-            let row = if after { event.after() } else { event.before() };
-            let Some(value) = row.get_index(i).and_then(|v| convert(v, mode)) else {
-                continue;
-            };
-            let mut row = if after {
-                event.after_mut()
-            } else {
-                event.before_mut()
-            };
-            row.set_index(i, value)?;
+        };
+        for &i in columns {
+            for after in [true, false] {
+                let row = if after { event.after() } else { event.before() };
+                let Some(value) = row.get_index(i).and_then(|v| convert(v, mode)) else {
+                    continue;
+                };
+                let mut row = if after {
+                    event.after_mut()
+                } else {
+                    event.before_mut()
+                };
+                row.set_index(i, value)?;
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+}
+
+/// The positions of the event's columns that can hold bytes.
+fn byte_columns(event: &Event) -> Vec<usize> {
+    let columns = event.columns().iter().enumerate();
+    columns
+        .filter(|(_, column)| may_hold_bytes(column.type_oid))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Whether a column of this type can hold `bytea` values: `bytea`, `bytea[]`, and any type
@@ -102,14 +130,24 @@ fn encode(bytes: &[u8], mode: Mode) -> String {
         Mode::Base64 | Mode::Bytes => base64::engine::general_purpose::STANDARD.encode(bytes),
         Mode::Base64url => base64::engine::general_purpose::URL_SAFE.encode(bytes),
         Mode::Hex => {
-            const DIGITS: &[u8; 16] = b"0123456789abcdef";
             let mut hex = vec![0u8; bytes.len() * 2];
-            for (pair, b) in hex.chunks_exact_mut(2).zip(bytes) {
-                pair[0] = DIGITS[(b >> 4) as usize];
-                pair[1] = DIGITS[(b & 15) as usize];
+            for (pair, &b) in hex.chunks_exact_mut(2).zip(bytes) {
+                pair.copy_from_slice(&HEX_PAIRS[b as usize]);
             }
             // Hex digits are ASCII, so this never takes the fallback.
             String::from_utf8(hex).unwrap_or_default()
         }
     }
 }
+
+/// Each byte's two lowercase hex digits: one lookup per byte instead of two nibbles.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [DIGITS[b >> 4], DIGITS[b & 15]];
+        b += 1;
+    }
+    pairs
+};
