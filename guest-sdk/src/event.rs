@@ -218,18 +218,26 @@ impl<'a> Event<'a> {
     /// A row's values as the host sent them (empty when there is no such row).
     #[inline]
     fn raw_row(&self, side: RowSide) -> &'a [types::Value] {
-        match side {
-            RowSide::Before => self.raw_rows[0],
-            RowSide::After => self.raw_rows[1],
-        }
+        self.raw_rows[side_index(side)]
     }
 
     /// A row's cells, set up (all empty) on first use; `None` when the event has no such row.
+    /// Called for every value read or set: the set-up path stays out of line so that this
+    /// check inlines.
     #[inline]
     fn cells(&self, side: RowSide) -> Option<&[OnceCell<Value<'a>>]> {
-        let (i, raw) = match side {
-            RowSide::Before => (0, self.raw.before),
-            RowSide::After => (1, self.raw.after),
+        match self.rows[side_index(side)].get() {
+            Some(cells) => cells.as_deref(),
+            None => self.set_up_cells(side),
+        }
+    }
+
+    #[inline(never)]
+    fn set_up_cells(&self, side: RowSide) -> Option<&[OnceCell<Value<'a>>]> {
+        let i = side_index(side);
+        let raw = match side {
+            RowSide::Before => self.raw.before,
+            RowSide::After => self.raw.after,
         };
         let init = || {
             raw.map(|_| {
@@ -249,11 +257,9 @@ impl<'a> Event<'a> {
 
     fn cells_mut(&mut self, side: RowSide) -> Option<&mut Cells<'a>> {
         self.cells(side);
-        let slot = match side {
-            RowSide::Before => &mut self.rows[0],
-            RowSide::After => &mut self.rows[1],
-        };
-        slot.get_mut().and_then(Option::as_mut)
+        self.rows[side_index(side)]
+            .get_mut()
+            .and_then(Option::as_mut)
     }
 
     /// The row after the change, for changing it.
@@ -388,6 +394,15 @@ impl<'a> Event<'a> {
                 content: answer.span(m.content),
             }),
         }
+    }
+}
+
+/// Where a side's row sits in an event's two-element arrays.
+#[inline]
+fn side_index(side: RowSide) -> usize {
+    match side {
+        RowSide::Before => 0,
+        RowSide::After => 1,
     }
 }
 

@@ -62,12 +62,12 @@ fn field(raw: &[u8]) -> Option<Cow<'_, str>> {
         return None;
     }
     if memchr::memchr(b'\\', raw).is_none() {
-        return Some(match std::str::from_utf8(raw) {
+        return Some(match crate::value::utf8(raw) {
             Ok(text) => Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(raw),
         });
     }
-    Some(Cow::Owned(match String::from_utf8(unescape(raw)) {
+    Some(Cow::Owned(match crate::value::utf8_string(unescape(raw)) {
         Ok(text) => text,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }))

@@ -113,7 +113,7 @@ impl BinaryKind {
 }
 
 fn utf8(bytes: &[u8]) -> Option<String> {
-    std::str::from_utf8(bytes).ok().map(str::to_owned)
+    super::utf8(bytes).ok().map(str::to_owned)
 }
 
 fn be_i32(bytes: &[u8]) -> Option<i32> {
@@ -198,7 +198,7 @@ fn numeric(bytes: &[u8]) -> Option<String> {
         }
         out.truncate(start + usize::from(dscale));
     }
-    let out = String::from_utf8(out).ok()?;
+    let out = super::utf8_string(out).ok()?;
     super::scalar::is_numeric(&out).then_some(out)
 }
 
@@ -338,7 +338,9 @@ impl Digits for Ascii {
 
 impl Ascii {
     fn into_string(self) -> String {
-        String::from_utf8(self.buf[..self.len].to_vec()).unwrap_or_default()
+        super::utf8(&self.buf[..self.len])
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 }
 
