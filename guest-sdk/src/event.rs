@@ -52,6 +52,8 @@ pub struct Event<'a> {
     /// The `before` and `after` rows as the host sent them (empty when absent).
     raw_rows: [&'a [types::Value]; 2],
     relation: &'a Relation,
+    /// The database's name (events of a batch share it: see [`each_event`]).
+    db: &'a str,
     buffers: Buffers<'a>,
     op: Op,
     /// The `before` and `after` rows' cells, once a row is asked for; each value is decoded
@@ -82,6 +84,7 @@ impl<'a> Event<'a> {
         raw: &'a types::Event,
         batch: u64,
         relations: &'a [Relation],
+        db: &'a str,
         buffers: Buffers<'a>,
         spare: Spare<'a>,
     ) -> Event<'a> {
@@ -92,6 +95,7 @@ impl<'a> Event<'a> {
             batch,
             raw_rows: [raw.before, raw.after].map(|r| r.map_or(&[][..], |r| buffers.row(r))),
             relation,
+            db,
             buffers,
             op: raw.op,
             rows: [OnceCell::new(), OnceCell::new()],
@@ -148,7 +152,7 @@ impl<'a> Event<'a> {
 
     /// The database the change happened in.
     pub fn db(&self) -> &'a str {
-        std::str::from_utf8(self.buffers.bytes(self.raw.source.db)).unwrap_or("")
+        self.db
     }
 
     /// The LSN of the change.
@@ -559,10 +563,33 @@ fn each_event<'a>(batch: &'a Batch, mut f: impl FnMut(&mut Event<'a>)) {
     let buffers = buffers(batch);
     let number = next_batch();
     let mut spare = Spare::default();
+    let mut db = DbNames::default();
     for raw in &batch.events {
-        let mut event = Event::new(raw, number, &batch.relations, buffers, spare);
+        let db = db.of(raw, buffers);
+        let mut event = Event::new(raw, number, &batch.relations, db, buffers, spare);
         f(&mut event);
         spare = event.recycle();
+    }
+}
+
+/// The database names of a batch's events, each checked as text once: the host sends a
+/// batch's name once and every event points at it.
+#[derive(Default)]
+struct DbNames<'a> {
+    last: Option<(types::Span, &'a str)>,
+}
+
+impl<'a> DbNames<'a> {
+    fn of(&mut self, event: &types::Event, buffers: Buffers<'a>) -> &'a str {
+        let span = event.source.db;
+        match self.last {
+            Some((last, name)) if (last.start, last.len) == (span.start, span.len) => name,
+            _ => {
+                let name = std::str::from_utf8(buffers.bytes(span)).unwrap_or("");
+                self.last = Some((span, name));
+                name
+            }
+        }
     }
 }
 
@@ -622,10 +649,14 @@ pub fn run_sink(
 ) -> Result<(), String> {
     let buffers = buffers(&batch);
     let number = next_batch();
+    let mut db = DbNames::default();
     let events: Vec<Event> = batch
         .events
         .iter()
-        .map(|raw| Event::new(raw, number, &batch.relations, buffers, Spare::default()))
+        .map(|raw| {
+            let db = db.of(raw, buffers);
+            Event::new(raw, number, &batch.relations, db, buffers, Spare::default())
+        })
         .collect();
     let topics: Vec<&str> = topics
         .of_event
@@ -725,6 +756,22 @@ mod tests {
 
     fn text(s: &str) -> Value<'_> {
         Value::Text(s.into())
+    }
+
+    #[test]
+    fn each_event_reads_its_own_database_name() {
+        let mut batch = batch();
+        // "abc" for the first two events, "fgh" for the last.
+        for (event, (start, len)) in batch.events.iter_mut().zip([(0, 3), (0, 3), (5, 3)]) {
+            event.source.db = Span { start, len };
+        }
+        let names = std::cell::RefCell::new(Vec::new());
+        run_filter(batch, |event| {
+            names.borrow_mut().push(event.db().to_string());
+            true
+        })
+        .unwrap();
+        assert_eq!(names.into_inner(), ["abc", "abc", "fgh"]);
     }
 
     #[test]
