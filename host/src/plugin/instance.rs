@@ -427,7 +427,7 @@ impl PluginInstance {
         match self.plugin.abi {
             AbiVersion::V0_2 => {
                 // SAFETY: checked to take `(batch)` and answer `result<edits, string>`.
-                let answer: wit::Edits =
+                let answer: v0_2::LiftedEdits =
                     self.with_flat(events, |this, batch| unsafe { this.call_batch((batch,)) })?;
                 v0_2::edits_from_wit(answer).map_err(|m| self.bad_output(m))
             }

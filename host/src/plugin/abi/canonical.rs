@@ -8,16 +8,22 @@
 //! the batch is laid out and copied as they are. The one exception, an array value (whose
 //! dimensions and elements are lists of their own), is lowered by wasmtime as usual.
 //!
-//! This leans on wasmtime's hidden `ComponentType`/`Lower` items (pinned to wasmtime 48):
+//! Answers come back the same way in reverse for the common case: a transform's edits that set
+//! a plain value, remove a column or drop an event are read straight from their bytes
+//! ([`LiftedEdit`]); wasmtime's generic lifting, which re-derives the variant's layout from the
+//! type information for every element, lifts the rest (replacements, failures, arrays) and
+//! anything malformed, so its checks and errors stay the ones that apply.
+//!
+//! This leans on wasmtime's hidden `ComponentType`/`Lower`/`Lift` items (pinned to wasmtime 48):
 //! typechecking is delegated to the generated types, and the tests check that the sizes below
 //! still match them, so a change of the WIT file or of wasmtime cannot go unnoticed.
 
 use std::mem::MaybeUninit;
 
 use wasmtime::component::__internal::{
-    CanonicalAbiInfo, InstanceType, InterfaceType, LowerContext,
+    CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext, LowerContext,
 };
-use wasmtime::component::{ComponentType, Lower};
+use wasmtime::component::{ComponentType, Lift, Lower};
 
 use crate::plugin::bindings::types as wit;
 
@@ -54,6 +60,43 @@ macro_rules! component_type_of {
 
 component_type_of!(EventBytes, wit::Event);
 component_type_of!(ValueBytes, wit::Value);
+component_type_of!(LiftedEdit, wit::Edit);
+
+/// A `types.edit` lifted from the guest, read from its bytes when it is one of the common
+/// shapes (see the module's docs).
+pub(crate) struct LiftedEdit(pub(crate) wit::Edit);
+
+/// `types.edits` with its edits lifted as [`LiftedEdit`]s.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(crate) struct LiftedEdits {
+    pub(crate) edits: Vec<LiftedEdit>,
+    pub(crate) values: Vec<wit::Value>,
+    pub(crate) data: Vec<u8>,
+}
+
+// SAFETY: the type is `wit::Edit`'s (see `component_type_of!`), and every edit not read here is
+// lifted by `wit::Edit`'s own implementation from the same bytes.
+unsafe impl Lift for LiftedEdit {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
+        wit::Edit::linear_lift_from_flat(cx, ty, src).map(LiftedEdit)
+    }
+
+    fn linear_lift_from_memory(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Self> {
+        match read_edit(bytes) {
+            Some(edit) => Ok(LiftedEdit(edit)),
+            None => wit::Edit::linear_lift_from_memory(cx, ty, bytes).map(LiftedEdit),
+        }
+    }
+}
 
 // SAFETY: stores exactly `EVENT_SIZE` bytes at the offset wasmtime allocated for the element.
 unsafe impl Lower for EventBytes {
@@ -280,6 +323,97 @@ impl ValueBytes {
     }
 }
 
+/// Reads little-endian fields out of a laid-out record; `None` past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u8(&self, at: usize) -> Option<u8> {
+        self.0.get(at).copied()
+    }
+
+    fn u32(&self, at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(self.0.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    fn u64(&self, at: usize) -> Option<u64> {
+        Some(u64::from_le_bytes(self.0.get(at..at + 8)?.try_into().ok()?))
+    }
+
+    fn span(&self, at: usize) -> Option<wit::Span> {
+        Some(wit::Span {
+            start: self.u32(at)?,
+            len: self.u32(at + 4)?,
+        })
+    }
+}
+
+/// An `edit` laid out as the case at 0 and the payload at 8: `set` (`event` +0, `side` +4,
+/// `column` +8, `value` +16), `remove` (`event` +0, `column` +4) or `drop` (the event);
+/// `None` for any other case, an array value, or a field out of its range.
+fn read_edit(bytes: &[u8]) -> Option<wit::Edit> {
+    let r = Reader(bytes);
+    Some(match r.u8(0)? {
+        0 => wit::Edit::Set(wit::SetValue {
+            event: r.u32(8)?,
+            side: match r.u8(12)? {
+                0 => wit::RowSide::Before,
+                1 => wit::RowSide::After,
+                _ => return None,
+            },
+            column: r.u32(16)?,
+            value: read_value(&Reader(bytes.get(24..)?))?,
+        }),
+        1 => wit::Edit::Remove(wit::RemoveColumn {
+            event: r.u32(8)?,
+            column: r.u32(12)?,
+        }),
+        2 => wit::Edit::Drop(r.u32(8)?),
+        _ => return None,
+    })
+}
+
+/// A `value` laid out as [`ValueBytes::new`] writes it; `None` for an array (it holds lists)
+/// or a case, flag or kind out of range.
+fn read_value(r: &Reader<'_>) -> Option<wit::Value> {
+    Some(match r.u8(0)? {
+        0 => wit::Value::Null,
+        1 => wit::Value::Boolean(match r.u8(8)? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        }),
+        2 => wit::Value::Int(r.u64(8)? as i64),
+        3 => wit::Value::Float(f64::from_bits(r.u64(8)?)),
+        4 => wit::Value::Text(r.span(8)?),
+        5 => wit::Value::Bytes(r.span(8)?),
+        6 => wit::Value::Numeric(r.span(8)?),
+        7 => wit::Value::Temporal(wit::Temporal {
+            kind: temporal_of_case(r.u8(8)?)?,
+            text: r.span(12)?,
+        }),
+        8 => wit::Value::Json(r.span(8)?),
+        9 => wit::Value::Uuid(r.span(8)?),
+        11 => wit::Value::UnchangedToast,
+        12 => wit::Value::Raw(wit::Raw {
+            type_name: r.span(8)?,
+            text: r.span(16)?,
+        }),
+        _ => return None,
+    })
+}
+
+fn temporal_of_case(case: u8) -> Option<wit::TemporalKind> {
+    Some(match case {
+        0 => wit::TemporalKind::Date,
+        1 => wit::TemporalKind::Time,
+        2 => wit::TemporalKind::TimeTz,
+        3 => wit::TemporalKind::Timestamp,
+        4 => wit::TemporalKind::TimestampTz,
+        5 => wit::TemporalKind::Interval,
+        _ => return None,
+    })
+}
+
 /// The case index of an `op` (its position in the WIT enum).
 fn op_case(op: wit::Op) -> u8 {
     match op {
@@ -325,6 +459,90 @@ mod tests {
         assert_eq!(<wit::Value as ComponentType>::ALIGN32, 8);
         assert_eq!(<wit::Source as ComponentType>::SIZE32, 40);
         assert_eq!(<wit::LogicalMessage as ComponentType>::SIZE32, 20);
+        assert_eq!(<wit::Edit as ComponentType>::ALIGN32, 8);
+        assert_eq!(<wit::SetValue as ComponentType>::SIZE32, 40);
+        assert_eq!(<wit::RemoveColumn as ComponentType>::SIZE32, 8);
+    }
+
+    /// Edits laid out by hand as the guest lays them out, and read back; what is not read here
+    /// (`None`) goes to wasmtime's own lifting.
+    #[test]
+    fn common_edits_are_read_from_their_bytes() {
+        let mut set = [0u8; 128];
+        set[8..12].copy_from_slice(&7u32.to_le_bytes());
+        set[12] = 1;
+        set[16..20].copy_from_slice(&3u32.to_le_bytes());
+        // Every laid-out value, as the host lays them out, reads back the same.
+        let span = |start, len| wit::Span { start, len };
+        for value in [
+            wit::Value::Null,
+            wit::Value::Boolean(true),
+            wit::Value::Int(-5),
+            wit::Value::Float(-2.5e-300),
+            wit::Value::Text(span(1, 2)),
+            wit::Value::Bytes(span(3, 4)),
+            wit::Value::Numeric(span(5, 6)),
+            wit::Value::Temporal(wit::Temporal {
+                kind: wit::TemporalKind::Interval,
+                text: span(7, 8),
+            }),
+            wit::Value::Json(span(9, 10)),
+            wit::Value::Uuid(span(11, 12)),
+            wit::Value::UnchangedToast,
+            wit::Value::Raw(wit::Raw {
+                type_name: span(13, 14),
+                text: span(15, 16),
+            }),
+        ] {
+            let ValueBytes::Laid(laid) = ValueBytes::new(value.clone()) else {
+                panic!("laid out");
+            };
+            set[24..48].copy_from_slice(&laid);
+            let Some(wit::Edit::Set(read)) = read_edit(&set) else {
+                panic!("a set of {value:?} is read");
+            };
+            assert_eq!(
+                (read.event, read.side, read.column),
+                (7, wit::RowSide::After, 3)
+            );
+            assert_eq!(format!("{:?}", read.value), format!("{value:?}"));
+        }
+        let mut remove = [0u8; 128];
+        remove[0] = 1;
+        remove[8..12].copy_from_slice(&4u32.to_le_bytes());
+        remove[12..16].copy_from_slice(&2u32.to_le_bytes());
+        assert!(matches!(
+            read_edit(&remove),
+            Some(wit::Edit::Remove(wit::RemoveColumn {
+                event: 4,
+                column: 2
+            }))
+        ));
+        let mut drop = [0u8; 128];
+        drop[0] = 2;
+        drop[8] = 9;
+        assert!(matches!(read_edit(&drop), Some(wit::Edit::Drop(9))));
+        // Arrays, replacements, failures and anything out of range are left to wasmtime.
+        let unread = |patch: &dyn Fn(&mut [u8; 128])| {
+            let mut bytes = set;
+            patch(&mut bytes);
+            read_edit(&bytes).is_none()
+        };
+        assert!(unread(&|b| b[24] = 10), "array");
+        assert!(unread(&|b| b[24] = 13), "no such value case");
+        assert!(unread(&|b| b[12] = 2), "no such side");
+        assert!(
+            unread(&|b| (b[24], b[32]) = (1, 2)),
+            "a boolean that is neither"
+        );
+        assert!(
+            unread(&|b| (b[24], b[32]) = (7, 6)),
+            "no such temporal kind"
+        );
+        assert!(unread(&|b| b[0] = 3), "replace");
+        assert!(unread(&|b| b[0] = 4), "fail");
+        assert!(unread(&|b| b[0] = 5), "no such edit");
+        assert!(read_edit(&set[..30]).is_none(), "too short");
     }
 
     #[test]

@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use wasmtime::component::{ComponentType, Lower};
 
-use super::canonical::{EventBytes, ValueBytes};
+pub(crate) use super::canonical::LiftedEdits;
+use super::canonical::{EventBytes, LiftedEdit, ValueBytes};
 use super::{RelationIndex, RelationView, relations_of};
 use crate::event::{Array, Event, LogicalMessage, Relation, Source, Value};
 use crate::plugin::bindings::types as wit;
@@ -246,12 +247,12 @@ impl FlatBatch {
 }
 
 /// A transform's answer in host terms; `Err` says what in it is malformed.
-pub(crate) fn edits_from_wit(answer: wit::Edits) -> Result<Vec<Edit>, String> {
+pub(crate) fn edits_from_wit(answer: LiftedEdits) -> Result<Vec<Edit>, String> {
     let buffers = Answer {
         values: &answer.values,
         data: &answer.data,
     };
-    crate::collect::try_collect_exact(answer.edits.iter().map(|edit| {
+    crate::collect::try_collect_exact(answer.edits.iter().map(|LiftedEdit(edit)| {
         Ok(match edit {
             wit::Edit::Set(set) => Edit::Set {
                 event: set.event,
@@ -321,7 +322,7 @@ impl Answer<'_> {
 
     fn text(&self, span: wit::Span) -> Result<String, String> {
         let bytes = self.bytes(span)?;
-        std::str::from_utf8(bytes)
+        crate::value::utf8(bytes)
             .map(str::to_owned)
             .map_err(|e| format!("text at {} is not UTF-8 ({e})", span.start))
     }
@@ -541,8 +542,8 @@ mod tests {
                 value,
             })
         };
-        let answer = |edits, data: &[u8]| wit::Edits {
-            edits,
+        let answer = |edits: Vec<wit::Edit>, data: &[u8]| LiftedEdits {
+            edits: edits.into_iter().map(LiftedEdit).collect(),
             values: Vec::new(),
             data: data.to_vec(),
         };
