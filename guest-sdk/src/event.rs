@@ -282,6 +282,22 @@ impl<'a> Event<'a> {
         }
     }
 
+    /// Replaces value `column` of each row the event has (`before`, `after`) by what `f`
+    /// makes of it; `None` leaves that value as it is. The shape of most per-column
+    /// transforms (re-encode, mask, normalise): the value is decoded only here.
+    pub fn map_column(
+        &mut self,
+        column: usize,
+        mut f: impl FnMut(&Value<'a>) -> Option<Value<'a>>,
+    ) -> Result<(), String> {
+        for side in [RowSide::Before, RowSide::After] {
+            if let Some(value) = self.value(side, column).and_then(&mut f) {
+                RowMut { event: self, side }.set_index(column, value)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops the event from the batch (transforms only).
     pub fn discard(&mut self) {
         self.dropped = true;

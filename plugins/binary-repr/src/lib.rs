@@ -66,18 +66,7 @@ fn represent(event: &mut Event) -> Result<(), String> {
             }
         };
         for &i in columns {
-            for after in [true, false] {
-                let row = if after { event.after() } else { event.before() };
-                let Some(value) = row.get_index(i).and_then(|v| convert(v, mode)) else {
-                    continue;
-                };
-                let mut row = if after {
-                    event.after_mut()
-                } else {
-                    event.before_mut()
-                };
-                row.set_index(i, value)?;
-            }
+            event.map_column(i, |value| convert(value, mode))?;
         }
         Ok(())
     })

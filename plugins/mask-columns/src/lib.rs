@@ -68,20 +68,7 @@ fn mask(event: &mut Event) -> Result<(), String> {
         .map(|(i, _)| i)
         .collect();
     for i in targets {
-        for after in [true, false] {
-            let masked = {
-                let row = if after { event.after() } else { event.before() };
-                row.get_index(i).and_then(|v| masked(v, masks.with))
-            };
-            if let Some(value) = masked {
-                let mut row = if after {
-                    event.after_mut()
-                } else {
-                    event.before_mut()
-                };
-                row.set_index(i, value)?;
-            }
-        }
+        event.map_column(i, |value| masked(value, masks.with))?;
     }
     Ok(())
 }

@@ -5,19 +5,8 @@ use walflow_sdk::Event;
 
 #[walflow_sdk::transform]
 fn echo(event: &mut Event) -> Result<(), String> {
-    for after in [true, false] {
-        let row = if after { event.after() } else { event.before() };
-        let values: Vec<_> = (0..event.columns().len())
-            .filter_map(|i| Some((i, row.get_index(i)?.clone().into_owned())))
-            .collect();
-        let mut row = if after {
-            event.after_mut()
-        } else {
-            event.before_mut()
-        };
-        for (i, value) in values {
-            row.set_index(i, value)?;
-        }
+    for i in 0..event.columns().len() {
+        event.map_column(i, |value| Some(value.clone().into_owned()))?;
     }
     Ok(())
 }
