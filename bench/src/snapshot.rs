@@ -90,6 +90,25 @@
 //! runs at ~1.25 µs of CPU per row when fast (was ~1.38). The benchmark, same day: parallelism
 //! 1 median 0.463 (best 0.472), parallelism 2 median 0.409 (best 0.580); the best round took
 //! 7.0 s of CPU for 5M rows (1.4 µs per row), the slow ones 10–12 s.
+//!
+//! 2026-12-05, a third VM: callgrind of the 200k-row snapshot went 3.56G → ~3.26G instructions
+//! (±10M from run to run: batch boundaries depend on timing). Where the rest goes, per row
+//! (~16,300 instructions): the plugin chain ~7,500 (binary-repr ~5,300 of it: its guest code
+//! ~3,300, laying out and copying its batch and reading its edits back ~2,000; the namer
+//! ~1,100 and the filter ~800, mostly each event's lifting in the guest), JSON ~3,800 (the
+//! jsonb check ~700, each string's escape scan and copy ~100), COPY decoding ~3,000
+//! (timestamps ~700), the rest memcpy and the allocator. The savings: binary-repr looks a
+//! table's byte columns up once per table and batch and writes hex by pair table (-130M);
+//! column text is checked for ASCII a word at a time before full UTF-8 validation (-117M);
+//! a transform's common edits are read from their bytes instead of through wasmtime's
+//! generic lifting (-45M in the transform); the SDK's row-cell lookup inlines and the
+//! database name is checked once per batch (-43M). To see inside a guest function: run
+//! callgrind with `--dump-instr=yes` and `WALFLOW_PERFMAP=1`, find the function's address in
+//! `/tmp/perf-PID.map` and in `nm` of the compiled `.cwasm` in walflow's cache directory,
+//! and line the per-address counts up with `objdump -d` of that file. The benchmark on this
+//! VM (COPY only ~1.1M rows/s here, walflow ~2.2–2.8 µs of CPU per row, so a slow one):
+//! parallelism 1 median 0.494 (best 0.500), parallelism 2 median 0.548 (best 0.554), the
+//! three rounds within 0.01 of each other.
 
 use std::path::Path;
 use std::process::Command;
