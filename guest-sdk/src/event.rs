@@ -232,17 +232,25 @@ impl<'a> Event<'a> {
     fn cells(&self, side: RowSide) -> Option<&[OnceCell<Value<'a>>]> {
         match self.rows[side_index(side)].get() {
             Some(cells) => cells.as_deref(),
+            // Inserts and snapshot rows have no `before`: nothing to set up.
+            None if self.raw_row_range(side).is_none() => None,
             None => self.set_up_cells(side),
+        }
+    }
+
+    /// Where a row's values are in the batch, as the host sent it (`None`: no such row).
+    #[inline]
+    fn raw_row_range(&self, side: RowSide) -> Option<types::Row> {
+        match side {
+            RowSide::Before => self.raw.before,
+            RowSide::After => self.raw.after,
         }
     }
 
     #[inline(never)]
     fn set_up_cells(&self, side: RowSide) -> Option<&[OnceCell<Value<'a>>]> {
         let i = side_index(side);
-        let raw = match side {
-            RowSide::Before => self.raw.before,
-            RowSide::After => self.raw.after,
-        };
+        let raw = self.raw_row_range(side);
         let init = || {
             raw.map(|_| {
                 let mut cells = self.spare[i].take();

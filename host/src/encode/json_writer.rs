@@ -249,21 +249,26 @@ fn string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether JSON needs no escape in `bytes`: no control character, quote or backslash. Eight
-/// bytes at a time (most strings of a record are short, so a byte loop's per-byte cost is
-/// what shows), then the tail byte by byte.
+/// bytes at a time, the tail included: most strings of a record are short, so a byte loop's
+/// per-byte branches are what shows.
 fn is_plain(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    for chunk in &mut words {
+    let word = |eight: &[u8]| {
         let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        if needs_escape(u64::from_le_bytes(word)) {
-            return false;
-        }
+        word.copy_from_slice(eight);
+        u64::from_le_bytes(word)
+    };
+    let Some(last) = bytes.len().checked_sub(8) else {
+        // Shorter than a word: padded with spaces, which need no escape.
+        let mut padded = [b' '; 8];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        return !needs_escape(u64::from_le_bytes(padded));
+    };
+    let mut words = bytes.chunks_exact(8);
+    if (&mut words).any(|eight| needs_escape(word(eight))) {
+        return false;
     }
-    words
-        .remainder()
-        .iter()
-        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+    // The tail: the last eight bytes, overlapping words already checked.
+    words.remainder().is_empty() || !needs_escape(word(&bytes[last..]))
 }
 
 /// Whether any byte of `word` is below 0x20, a quote or a backslash (the classic "has a byte
