@@ -561,7 +561,15 @@ mod tests {
             assert_eq!(time(micros), reference(micros), "{micros}");
             micros += 7_777_777 + micros % 1_000;
         }
-        for micros in [1, 10, 100_000, 999_999, 1_000_000, 86_399_999_999, 86_400_000_000] {
+        for micros in [
+            1,
+            10,
+            100_000,
+            999_999,
+            1_000_000,
+            86_399_999_999,
+            86_400_000_000,
+        ] {
             assert_eq!(time(micros), reference(micros), "{micros}");
         }
     }
