@@ -264,7 +264,7 @@ fn is_plain(bytes: &[u8]) -> bool {
         return !needs_escape(u64::from_le_bytes(padded));
     };
     let mut words = bytes.chunks_exact(8);
-    if (&mut words).any(|eight| needs_escape(word(eight))) {
+    if words.any(|eight| needs_escape(word(eight))) {
         return false;
     }
     // The tail: the last eight bytes, overlapping words already checked.
