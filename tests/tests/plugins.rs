@@ -167,6 +167,42 @@ fn binary_repr_re_represents_every_bytea_value() {
     );
 }
 
+/// Hex of every byte value and of every length around the encoder's four-byte steps.
+#[test]
+fn binary_repr_hex_matches_formatting_for_every_byte_and_length() {
+    let rel = relation(
+        "public",
+        "blobs",
+        &[("id", "int4", true), ("data", "bytea", false)],
+    );
+    let mut inputs: Vec<Vec<u8>> = (0..=9u8)
+        .map(|n| (0..n).map(|i| 0xf0 ^ i).collect())
+        .collect();
+    inputs.push((0..=255).collect());
+    inputs.push((0..=255).rev().collect());
+    let events = inputs
+        .iter()
+        .map(|b| {
+            event(
+                &rel,
+                Op::Create,
+                vec![Value::Int(1), Value::Bytes(b.clone())],
+            )
+        })
+        .collect();
+    let mut c = chain(vec![spec(
+        "binary_repr",
+        r#"{"mode": "hex"}"#,
+        OnError::Stop,
+    )]);
+    let out = c.run(events).expect("transform runs");
+    for (e, bytes) in out.events.iter().zip(&inputs) {
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(after(e, "data"), &text(&expected), "{bytes:?}");
+    }
+    assert_eq!(out.events.len(), inputs.len());
+}
+
 /// binary-repr looks a table's column types up once per table and batch: tables whose bytes
 /// sit in different columns, interleaved and across batches, each get their own columns
 /// converted, in both rows of an update.
