@@ -239,6 +239,7 @@ impl EventBytes {
     /// `event` laid out: `op` at 0, `relation` at 4, `source` at 8 (`db` +0, `lsn` +8, `xid`
     /// +16, `commit-time-us` +24, `snapshot` +32), `before` at 48, `after` at 60, `topic` at
     /// 72, `message` at 84 (`transactional` +0, `prefix` +4, `content` +12).
+    #[inline] // into the batch's layout loop, where the fields are at hand
     pub(crate) fn new(event: &wit::Event) -> EventBytes {
         let mut bytes = [0u8; EVENT_SIZE];
         let mut w = Writer(&mut bytes);
@@ -268,6 +269,7 @@ impl EventBytes {
 
 impl ValueBytes {
     /// `value` laid out: the case at 0, the payload at 8.
+    #[inline] // into `FlatBatch::value`'s match, so that each case writes its bytes directly
     pub(crate) fn new(value: wit::Value) -> ValueBytes {
         let mut bytes = [0u8; VALUE_SIZE];
         let mut w = Writer(&mut bytes);

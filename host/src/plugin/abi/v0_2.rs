@@ -194,6 +194,7 @@ impl FlatBatch {
         }
     }
 
+    #[inline]
     fn value(&mut self, value: &Value) -> wit::Value {
         match value {
             Value::Null => wit::Value::Null,
