@@ -114,6 +114,11 @@
 //! median 0.583 (best 0.595), parallelism 2 median 0.569 (best 0.604), 10.5–12.6 s of CPU for
 //! 5M rows (2.1–2.5 µs per row). A four-bytes-at-a-time hex encoder was tried in binary-repr
 //! and measured slower in the guest than the pair table (it went out of line, 431M vs 411M).
+//! Last, the batch layout's value and event writers inlined into the fill loop: ~3.18G. The
+//! benchmark again, same VM, half an hour later: parallelism 1 median 0.542 (best 0.553),
+//! parallelism 2 median 0.536 (best 0.591), 10.9–12.4 s of CPU — fewer instructions, lower
+//! ratios than the run before: the VM's swings are still larger than a day's gains, which
+//! is why the instruction count is the measure to compare builds by.
 
 use std::path::Path;
 use std::process::Command;
