@@ -250,8 +250,8 @@ fn push_date(out: &mut impl Digits, days: i64) {
     let (year, month, day) = civil_from_days(days);
     if let Ok(year @ 0..=9999) = u32::try_from(year) {
         // Nearly every date: ten bytes, written in one go.
-        let ([y1, y2], [y3, y4]) = (two_digits(year / 100), two_digits(year % 100));
-        let ([m1, m2], [d1, d2]) = (two_digits(month), two_digits(day));
+        let [y1, y2, y3, y4] = fixed::<4>(year.into());
+        let ([m1, m2], [d1, d2]) = (fixed::<2>(month.into()), fixed::<2>(day.into()));
         out.put(&[y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2]);
         return;
     }
@@ -286,9 +286,9 @@ fn push_clock(out: &mut impl Digits, micros: i64) {
     let micros = micros.unsigned_abs();
     let seconds = micros / 1_000_000;
     // At most 24 hours: every field has two digits.
-    let [h1, h2] = two_digits((seconds / 3600) as u32);
-    let [m1, m2] = two_digits((seconds / 60 % 60) as u32);
-    let [s1, s2] = two_digits((seconds % 60) as u32);
+    let [h1, h2] = fixed::<2>(seconds / 3600);
+    let [m1, m2] = fixed::<2>(seconds / 60 % 60);
+    let [s1, s2] = fixed::<2>(seconds % 60);
     out.put(&[h1, h2, b':', m1, m2, b':', s1, s2]);
     let fraction = micros % 1_000_000;
     if fraction > 0 {
@@ -298,11 +298,6 @@ fn push_clock(out: &mut impl Digits, micros: i64) {
         let [a, b, c, d, e, f] = digits;
         out.put(&[b'.', a, b, c, d, e, f][..=kept]);
     }
-}
-
-/// `n` (below 100) as two digits.
-fn two_digits(n: u32) -> [u8; 2] {
-    [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]
 }
 
 /// Where decimal text is written: a `Vec` for numerics (any length), [`Ascii`] on the stack
@@ -355,8 +350,8 @@ impl Ascii {
 
 /// Appends `n` in decimal, zero-padded to `width` digits.
 fn push_padded(out: &mut impl Digits, n: u64, width: usize) {
-    // Dates, clocks, fractions and numeric groups are at most six digits: write those by
-    // position, with no loop and no copy call.
+    // Numeric groups and most years are at most six digits: write those by position, with
+    // no loop and no copy call.
     let len = width.max(n.checked_ilog10().map_or(1, |l| l as usize + 1));
     match len {
         1 => out.put(&fixed::<1>(n)),
