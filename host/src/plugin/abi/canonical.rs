@@ -404,16 +404,19 @@ fn read_value(r: &Reader<'_>) -> Option<wit::Value> {
     })
 }
 
+/// The temporal kind of a case index: the inverse of [`temporal_case`].
 fn temporal_of_case(case: u8) -> Option<wit::TemporalKind> {
-    Some(match case {
-        0 => wit::TemporalKind::Date,
-        1 => wit::TemporalKind::Time,
-        2 => wit::TemporalKind::TimeTz,
-        3 => wit::TemporalKind::Timestamp,
-        4 => wit::TemporalKind::TimestampTz,
-        5 => wit::TemporalKind::Interval,
-        _ => return None,
-    })
+    use wit::TemporalKind as K;
+    [
+        K::Date,
+        K::Time,
+        K::TimeTz,
+        K::Timestamp,
+        K::TimestampTz,
+        K::Interval,
+    ]
+    .into_iter()
+    .find(|&kind| temporal_case(kind) == case)
 }
 
 /// The case index of an `op` (its position in the WIT enum).
