@@ -42,6 +42,15 @@ fn order(id: i64, status: &str) -> walflow::event::Event {
     )
 }
 
+/// `public.blobs (id int4, data bytea)`.
+fn blobs() -> std::sync::Arc<walflow::event::Relation> {
+    relation(
+        "public",
+        "blobs",
+        &[("id", "int4", true), ("data", "bytea", false)],
+    )
+}
+
 #[test]
 fn table_filter_keeps_included_tables_and_matching_rows() {
     let audit = relation(
@@ -167,14 +176,10 @@ fn binary_repr_re_represents_every_bytea_value() {
     );
 }
 
-/// Hex of every byte value and of every length around the encoder's four-byte steps.
+/// Hex of every byte value, and of every length from none to past an eight-byte word.
 #[test]
 fn binary_repr_hex_matches_formatting_for_every_byte_and_length() {
-    let rel = relation(
-        "public",
-        "blobs",
-        &[("id", "int4", true), ("data", "bytea", false)],
-    );
+    let rel = blobs();
     let mut inputs: Vec<Vec<u8>> = (0..=9u8)
         .map(|n| (0..n).map(|i| 0xf0 ^ i).collect())
         .collect();
@@ -208,11 +213,7 @@ fn binary_repr_hex_matches_formatting_for_every_byte_and_length() {
 /// converted, in both rows of an update.
 #[test]
 fn binary_repr_converts_the_right_columns_of_each_table_of_a_batch() {
-    let blobs = relation(
-        "public",
-        "blobs",
-        &[("id", "int4", true), ("data", "bytea", false)],
-    );
+    let blobs = blobs();
     let blob = |id: i64, byte: u8| {
         let mut e = event(
             &blobs,
