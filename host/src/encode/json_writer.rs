@@ -8,8 +8,10 @@
 //! output is byte for byte what serde_json makes of the same [`Record`] (the tests compare
 //! them); rare shapes (floats, arrays, `json` values that are not plainly valid compact JSON)
 //! are handed to serde_json to keep it so.
-//! A relation's column keys and its schema and table are escaped once and reused by its
-//! records (see [`RelationParts`]).
+//! A relation's column keys, key columns, schema and table are worked out once and reused by
+//! its records (see [`RelationParts`]), a run's shared topic and database name are escaped once
+//! (see [`LastQuoted`]), and the envelope's fixed words (op codes, snapshot markers) are
+//! written without a scan.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -17,16 +19,19 @@ use std::sync::Arc;
 use base64::Engine as _;
 
 use super::record::{UNAVAILABLE_VALUE, ValRef};
-use super::{EncodeOptions, record_topic, server_name, source_ts_ms};
+use super::{EncodeOptions, record_topic, source_ts_ms};
 use crate::event::{Event, Op, Relation, Value};
 
 /// Appends the JSON sink record of `event`, processed at `ts_ms`, to `out`.
 pub fn write_record(event: &Event, options: &EncodeOptions, ts_ms: i64, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"topic\":");
-    string(out, &record_topic(event, options));
-    out.extend_from_slice(b",\"key\":");
-    key(out, event);
+    match &event.topic {
+        Some(topic) => LAST_TOPIC.with_borrow_mut(|last| last.write(out, topic)),
+        None => string(out, &record_topic(event, options)),
+    }
     RelationParts::with(&event.relation, |parts| {
+        out.extend_from_slice(b",\"key\":");
+        key(out, event, parts);
         out.extend_from_slice(b",\"value\":{\"before\":");
         row(out, parts, event.before.as_deref());
         out.extend_from_slice(b",\"after\":");
@@ -35,7 +40,7 @@ pub fn write_record(event: &Event, options: &EncodeOptions, ts_ms: i64, out: &mu
         source(out, event, parts, options, ts_ms);
     });
     out.extend_from_slice(b",\"op\":");
-    string(out, event.op.code());
+    literal(out, event.op.code());
     out.extend_from_slice(b",\"ts_ms\":");
     integer(out, ts_ms);
     if let Some(m) = &event.message {
@@ -63,7 +68,7 @@ pub fn write_record(event: &Event, options: &EncodeOptions, ts_ms: i64, out: &mu
 }
 
 /// The key object: replica-identity columns, `null` without any (and for truncates).
-fn key(out: &mut Vec<u8>, event: &Event) {
+fn key(out: &mut Vec<u8>, event: &Event, parts: &RelationParts) {
     if event.op == Op::Message {
         out.extend_from_slice(b"{\"prefix\":");
         match &event.message {
@@ -73,7 +78,12 @@ fn key(out: &mut Vec<u8>, event: &Event) {
         out.push(b'}');
         return;
     }
-    let mut key = event.key_values().peekable();
+    let row = event.after.as_deref().or(event.before.as_deref());
+    let mut key = parts
+        .key_columns
+        .iter()
+        .filter_map(|&i| Some((parts.key(i), row?.get(i)?)))
+        .peekable();
     if key.peek().is_none() || event.op == Op::Truncate {
         out.extend_from_slice(b"null");
         return;
@@ -81,8 +91,7 @@ fn key(out: &mut Vec<u8>, event: &Event) {
     let mut sep = Separator::new();
     for (name, v) in key {
         sep.next(out);
-        string(out, name);
-        out.push(b':');
+        out.extend_from_slice(name);
         value(out, v);
     }
     sep.close(out);
@@ -103,7 +112,8 @@ fn row(out: &mut Vec<u8>, parts: &RelationParts, values: Option<&[Value]>) {
 }
 
 /// What a relation contributes to each of its records, escaped once: every column's
-/// `"name":` and the source's `,"schema":…,"table":…`. Records of one relation come in runs,
+/// `"name":`, which columns make the key, and the source's `,"schema":…,"table":…`.
+/// Records of one relation come in runs,
 /// so each encoding thread keeps the last relation's parts; the `Arc` it holds keeps the
 /// relation alive, so pointer equality cannot mistake a new relation for it.
 struct RelationParts {
@@ -111,6 +121,8 @@ struct RelationParts {
     /// The keys, one after the other; `ends[i]` is where key `i` ends.
     keys: Vec<u8>,
     ends: Vec<usize>,
+    /// The replica-identity columns, in column order.
+    key_columns: Vec<usize>,
     schema_table: Vec<u8>,
 }
 
@@ -135,6 +147,7 @@ impl RelationParts {
             relation: relation.clone(),
             keys,
             ends,
+            key_columns: relation.key_indices().collect(),
             schema_table,
         }
     }
@@ -148,6 +161,12 @@ impl RelationParts {
             };
             f(parts)
         })
+    }
+
+    /// Column `i`'s `"name":`.
+    fn key(&self, i: usize) -> &[u8] {
+        let start = i.checked_sub(1).map_or(0, |before| self.ends[before]);
+        &self.keys[start..self.ends[i]]
     }
 
     /// Each column's `"name":`, in column order.
@@ -176,13 +195,18 @@ fn source(
         )
         .as_bytes(),
     );
-    string(out, server_name(event, options));
-    out.extend_from_slice(b",\"ts_ms\":");
-    integer(out, source_ts_ms(event, ts_ms));
-    out.extend_from_slice(b",\"snapshot\":");
-    string(out, src.snapshot.as_str());
-    out.extend_from_slice(b",\"db\":");
-    string(out, &src.db);
+    LAST_DB.with_borrow_mut(|db| {
+        match &options.name {
+            Some(name) => string(out, name),
+            None => db.write(out, &src.db),
+        }
+        out.extend_from_slice(b",\"ts_ms\":");
+        integer(out, source_ts_ms(event, ts_ms));
+        out.extend_from_slice(b",\"snapshot\":");
+        literal(out, src.snapshot.as_str());
+        out.extend_from_slice(b",\"db\":");
+        db.write(out, &src.db);
+    });
     out.extend_from_slice(&parts.schema_table);
     out.extend_from_slice(b",\"txId\":");
     match src.xid {
@@ -233,6 +257,44 @@ fn base64(out: &mut Vec<u8>, bytes: &[u8]) {
         .unwrap_or(0);
     out.truncate(start + written);
     out.push(b'"');
+}
+
+/// One of the envelope's fixed words (an op code, a snapshot marker) as a JSON string: known
+/// to need no escaping, so not scanned for it.
+fn literal(out: &mut Vec<u8>, word: &'static str) {
+    debug_assert!(is_plain(word.as_bytes()), "{word:?} needs escaping");
+    out.push(b'"');
+    out.extend_from_slice(word.as_bytes());
+    out.push(b'"');
+}
+
+/// The last shared string written as JSON (a topic, a database name) and its JSON form: the
+/// events of a run share one `Arc` of each, so it is escaped once per run, not per record.
+/// Holding the `Arc` keeps its address from being reused by another string.
+#[derive(Default)]
+struct LastQuoted {
+    text: Option<Arc<str>>,
+    json: Vec<u8>,
+}
+
+impl LastQuoted {
+    fn write(&mut self, out: &mut Vec<u8>, text: &Arc<str>) {
+        if !self
+            .text
+            .as_ref()
+            .is_some_and(|last| Arc::ptr_eq(last, text))
+        {
+            self.json.clear();
+            string(&mut self.json, text);
+            self.text = Some(text.clone());
+        }
+        out.extend_from_slice(&self.json);
+    }
+}
+
+thread_local! {
+    static LAST_TOPIC: RefCell<LastQuoted> = RefCell::default();
+    static LAST_DB: RefCell<LastQuoted> = RefCell::default();
 }
 
 /// A JSON string. Text with nothing to escape is copied whole; anything else goes through
@@ -469,6 +531,34 @@ mod tests {
                 before: None,
                 after: Some((0..relation.columns.len() as i64).map(Value::Int).collect()),
                 topic: None,
+                message: None,
+            };
+            let mut ours = Vec::new();
+            write_record(&event, &options, 7, &mut ours);
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&by_record(&event, &options, 7)),
+            );
+        }
+    }
+
+    #[test]
+    fn shared_topics_and_databases_take_turns_without_mixing() {
+        let topics: [Arc<str>; 2] = ["app.public.t".into(), "app.\"quoted\"\n".into()];
+        let dbs: [Arc<str>; 2] = ["app".into(), "d\\b".into()];
+        let relation = relation(&[false, true]);
+        let options = EncodeOptions::default();
+        for (topic, db) in [(0, 0), (0, 0), (1, 0), (1, 1), (0, 1), (1, 1), (0, 0)] {
+            let event = Event {
+                op: Op::Read,
+                relation: relation.clone(),
+                source: Source {
+                    db: dbs[db].clone(),
+                    ..Source::default()
+                },
+                before: None,
+                after: Some(row(3)),
+                topic: Some(topics[topic].clone()),
                 message: None,
             };
             let mut ours = Vec::new();
