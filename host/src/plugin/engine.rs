@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, EngineWeak};
 
@@ -76,11 +75,17 @@ impl PluginEngine {
         Ok(engine)
     }
 
-    /// Compiles `bytes` (read from `path`) into a component, reusing a cached compilation when
-    /// one exists for the same bytes and engine settings.
-    pub fn compile(&self, path: &Path, bytes: &[u8], fuel: bool) -> Result<Component, LoadError> {
+    /// Compiles `bytes` (read from `path`, SHA-256 `digest`) into a component, reusing a cached
+    /// compilation when one exists for the same bytes and engine settings.
+    pub fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        digest: &[u8; 32],
+        fuel: bool,
+    ) -> Result<Component, LoadError> {
         let engine = self.engine(fuel)?;
-        let cached = self.cache_path(engine, bytes);
+        let cached = self.cache_path(engine, digest);
         if let Some(file) = &cached
             && file.exists()
         {
@@ -103,11 +108,10 @@ impl PluginEngine {
         Ok(component)
     }
 
-    fn cache_path(&self, engine: &Engine, bytes: &[u8]) -> Option<PathBuf> {
+    fn cache_path(&self, engine: &Engine, digest: &[u8; 32]) -> Option<PathBuf> {
         let dir = self.inner.cache_dir.as_ref()?;
         let mut settings = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut settings);
-        let digest = Sha256::digest(bytes);
         Some(dir.join(format!(
             "{}-{:016x}.cwasm",
             hex::encode(&digest[..16]),

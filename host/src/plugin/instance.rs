@@ -231,7 +231,8 @@ impl LoadedPlugin {
             source,
         })?;
         let fuel = spec.limits.fuel.is_some();
-        let component = engine.compile(path, &bytes, fuel)?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let component = engine.compile(path, &bytes, &digest, fuel)?;
         let wasm_engine = engine.engine(fuel)?.clone();
         let (role, abi) = recognise_role(&wasm_engine, &component, path)?;
         let mut linker: Linker<StoreState> = Linker::new(&wasm_engine);
@@ -249,7 +250,7 @@ impl LoadedPlugin {
             spec: spec.clone(),
             role,
             abi,
-            digest: Sha256::digest(&bytes).into(),
+            digest,
             engine: wasm_engine,
             pre,
             exports,
