@@ -119,6 +119,20 @@
 //! parallelism 2 median 0.536 (best 0.591), 10.9–12.4 s of CPU — fewer instructions, lower
 //! ratios than the run before: the VM's swings are still larger than a day's gains, which
 //! is why the instruction count is the measure to compare builds by.
+//!
+//! 2026-12-05, a fourth VM (slow again: COPY ~1.0–1.1M rows/s, walflow 12–16 s of CPU for 5M
+//! rows). Half of a record's ten JSON string writes were the same few strings, so a run's
+//! shared topic and database name are now escaped once, op codes and snapshot markers are
+//! written as literals, and key columns come from the relation's cached parts: 3.18G → 3.09G
+//! instructions (-430 per row). The benchmark: parallelism 1 median 0.468 (best 0.499),
+//! parallelism 2 median 0.519 (best 0.572). Where the ~15,100 instructions per row now go
+//! (start-up excluded): binary-repr ~5,100 of them (its guest ~3,200: lifting all seven values
+//! of a row ~700 though it reads one, the hex loop ~300, UTF-8 checks and allocation; the
+//! host laying out the batch and reading the edits back ~1,850), the namer and the filter
+//! ~1,400 together, JSON ~3,300, binary COPY decoding ~2,000. The largest single saving left
+//! is column projection in the ABI: a transform that reads only some columns (binary-repr
+//! reads byte columns) would be sent only those, sparing most of the ~2,500 its lifting and
+//! layout cost per row; it needs a new ABI version (`needs` is a record of 0.2.0).
 
 use std::path::Path;
 use std::process::Command;
