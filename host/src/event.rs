@@ -285,10 +285,15 @@ impl Event {
 
     /// [`key`](Self::key) without collecting it.
     pub fn key_values(&self) -> impl Iterator<Item = (&str, &Value)> {
-        let row = self.after.as_ref().or(self.before.as_ref());
+        let row = self.key_row();
         self.relation
             .key_indices()
             .filter_map(move |i| Some((self.relation.columns[i].name.as_str(), row?.get(i)?)))
+    }
+
+    /// The row the key's values are taken from: `after`, else `before`.
+    pub fn key_row(&self) -> Option<&[Value]> {
+        self.after.as_deref().or(self.before.as_deref())
     }
 }
 

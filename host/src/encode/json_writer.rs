@@ -78,7 +78,7 @@ fn key(out: &mut Vec<u8>, event: &Event, parts: &RelationParts) {
         out.push(b'}');
         return;
     }
-    let row = event.after.as_deref().or(event.before.as_deref());
+    let row = event.key_row();
     let mut key = parts
         .key_columns
         .iter()
@@ -112,10 +112,10 @@ fn row(out: &mut Vec<u8>, parts: &RelationParts, values: Option<&[Value]>) {
 }
 
 /// What a relation contributes to each of its records, escaped once: every column's
-/// `"name":`, which columns make the key, and the source's `,"schema":…,"table":…`.
-/// Records of one relation come in runs,
-/// so each encoding thread keeps the last relation's parts; the `Arc` it holds keeps the
-/// relation alive, so pointer equality cannot mistake a new relation for it.
+/// `"name":`, which columns make the key, and the source's `,"schema":…,"table":…`. Records
+/// of one relation come in runs, so each encoding thread keeps the last relation's parts; the
+/// `Arc` it holds keeps the relation alive, so pointer equality cannot mistake a new relation
+/// for it.
 struct RelationParts {
     relation: Arc<Relation>,
     /// The keys, one after the other; `ends[i]` is where key `i` ends.
@@ -171,10 +171,7 @@ impl RelationParts {
 
     /// Each column's `"name":`, in column order.
     fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(&self.ends)
-            .map(|(start, &end)| &self.keys[start..end])
+        (0..self.ends.len()).map(|i| self.key(i))
     }
 }
 
