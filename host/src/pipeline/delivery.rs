@@ -1,14 +1,15 @@
 //! Delivery: committed transactions in, through the plugin chain and the encoder, out to every
 //! sink, and acknowledgements back.
 //!
-//! The loop is deliberately sequential — one batch at a time, in source order — because order is
-//! part of the contract and the slow parts (plugins, sinks) already batch. Backpressure is the
-//! bounded channel in front of it: while a sink is down, the loop retries and reads nothing new,
-//! the channel fills, and the replication reader stops reading from PostgreSQL.
+//! Order is part of the contract: batches are answered, encoded and written in source order,
+//! though with several cores a few of them run through the plugin chain at once. Backpressure
+//! is the bounded channel in front of it: while a sink is down, the loop retries and reads
+//! nothing new, the channel fills, and the replication reader stops reading from PostgreSQL.
 //!
 //! An LSN is acknowledged only after every sink has flushed every event of every transaction up
 //! to it (group commit: flush when the input is momentarily empty or `flush_interval` passed).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::payloads::PayloadPool;
-use super::{Processor, Unit};
+use super::{Processor, Started, Unit};
 use crate::encode::Encoder;
 use crate::event::Event;
 use crate::metrics::Metrics;
@@ -193,7 +194,8 @@ struct Prepared {
 }
 
 /// The first stage: collect, chain, encode. While the input holds more, up to the
-/// processor's parallelism batches are collected and run through the chain at once.
+/// processor's parallelism batches run through the chain at once; each next batch starts as
+/// soon as the oldest is answered, and answers go on in batch order.
 async fn prepare(
     processor: &mut dyn Processor,
     encoding: &Encoding,
@@ -205,54 +207,85 @@ async fn prepare(
 ) -> Result<(), DeliveryError> {
     let mut carry: Option<Unit> = None;
     let parallel = processor.parallelism().max(1);
+    let mut chaining: VecDeque<Chaining> = VecDeque::with_capacity(parallel);
     loop {
-        // A writer that failed ends this stage at once (what was collected is not confirmed).
-        let first = tokio::select! {
-            b = collect(options, &mut input, &mut carry, &mut stop) => b,
-            _ = out.closed() => None,
-        };
-        let Some(first) = first else { break };
-        let mut batches = vec![first];
-        while batches.len() < parallel && (carry.is_some() || !input.is_empty()) {
+        if chaining.is_empty() {
+            // A writer that failed ends this stage at once (what was collected is not confirmed).
+            let first = tokio::select! {
+                b = collect(options, &mut input, &mut carry, &mut stop) => b,
+                _ = out.closed() => None,
+            };
+            let Some(first) = first else { break };
+            chaining.push_back(Chaining::start(processor, first).await);
+        }
+        while chaining.len() < parallel && (carry.is_some() || !input.is_empty()) {
             match collect(options, &mut input, &mut carry, &mut stop).await {
-                Some(b) => batches.push(b),
+                Some(batch) => chaining.push_back(Chaining::start(processor, batch).await),
                 None => break,
             }
         }
-        let input_idle = carry.is_none() && input.is_empty();
-        let taken: Vec<usize> = batches.iter().map(|b| b.events.len()).collect();
-        let work: Vec<Vec<Event>> = batches
-            .iter_mut()
-            .filter(|b| !b.events.is_empty())
-            .map(|b| std::mem::take(&mut b.events))
-            .collect();
-        let started = Instant::now();
-        let mut answers = processor.process_many(work).await.into_iter();
-        let count = batches.len();
-        for (k, (batch, taken)) in batches.into_iter().zip(taken).enumerate() {
-            let (encoded, dead_letters) = if taken == 0 {
-                (None, Vec::new())
-            } else {
-                let output = answers
-                    .next()
-                    .unwrap_or_else(|| Err("the plugin chain stopped".into()))
-                    .map_err(DeliveryError::Plugin)?;
-                metrics.record_chain(taken, output.events.len(), started.elapsed());
-                (Some(encoding.spawn(output.events)), output.dead_letters)
-            };
-            let prepared = Prepared {
-                encoded,
-                dead_letters,
-                taken,
-                complete_lsn: batch.complete_lsn,
-                input_idle: input_idle && k + 1 == count,
-            };
-            if out.send(prepared).await.is_err() {
-                return Ok(());
-            }
+        let Some(oldest) = chaining.pop_front() else {
+            break;
+        };
+        let input_idle = chaining.is_empty() && carry.is_none() && input.is_empty();
+        let prepared = oldest.finish(encoding, metrics, input_idle).await?;
+        if out.send(prepared).await.is_err() {
+            return Ok(());
         }
     }
     Ok(())
+}
+
+/// A batch in the plugin chain.
+struct Chaining {
+    /// `None` when the batch took no events (it only moves the position on).
+    started: Option<Started>,
+    taken: usize,
+    complete_lsn: Option<u64>,
+    at: Instant,
+}
+
+impl Chaining {
+    /// Hands a collected batch to the processor.
+    async fn start(processor: &mut dyn Processor, batch: Pending) -> Chaining {
+        let taken = batch.events.len();
+        let at = Instant::now();
+        let started = if taken == 0 {
+            None
+        } else {
+            Some(processor.start(batch.events).await)
+        };
+        Chaining {
+            started,
+            taken,
+            complete_lsn: batch.complete_lsn,
+            at,
+        }
+    }
+
+    /// Waits for the chain's answer and starts encoding it.
+    async fn finish(
+        self,
+        encoding: &Encoding,
+        metrics: &Metrics,
+        input_idle: bool,
+    ) -> Result<Prepared, DeliveryError> {
+        let (encoded, dead_letters) = match self.started {
+            None => (None, Vec::new()),
+            Some(started) => {
+                let output = started.answer().await.map_err(DeliveryError::Plugin)?;
+                metrics.record_chain(self.taken, output.events.len(), self.at.elapsed());
+                (Some(encoding.spawn(output.events)), output.dead_letters)
+            }
+        };
+        Ok(Prepared {
+            encoded,
+            dead_letters,
+            taken: self.taken,
+            complete_lsn: self.complete_lsn,
+            input_idle,
+        })
+    }
 }
 
 /// The encoder, and the record buffers the writer hands back for it to fill again.
@@ -844,6 +877,108 @@ mod tests {
                 (lsns(3, 0..4), None, 6),
                 (lsns(3, 4..6), Some(3), MAX),
             ]
+        );
+    }
+
+    /// Two workers; the batch numbered `slow` takes long, the others a moment. Records when
+    /// each batch started and finished.
+    struct OneSlowBatch {
+        slow: usize,
+        started: usize,
+        times: Timeline,
+    }
+
+    /// When each batch (by number) started and ended.
+    type Timeline = Arc<std::sync::Mutex<Vec<(usize, &'static str, Instant)>>>;
+
+    #[async_trait::async_trait]
+    impl Processor for OneSlowBatch {
+        async fn process(&mut self, events: Vec<Event>) -> Result<super::super::Processed, String> {
+            self.start(events).await.answer().await
+        }
+
+        fn parallelism(&self) -> usize {
+            2
+        }
+
+        async fn start(&mut self, events: Vec<Event>) -> Started {
+            let n = self.started;
+            self.started += 1;
+            let took = Duration::from_millis(if n == self.slow { 400 } else { 5 });
+            let times = self.times.clone();
+            times.lock().unwrap().push((n, "start", Instant::now()));
+            Started::Running(tokio::spawn(async move {
+                tokio::time::sleep(took).await;
+                times.lock().unwrap().push((n, "end", Instant::now()));
+                Ok(super::super::Processed {
+                    events,
+                    dead_letters: Vec::new(),
+                })
+            }))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_batch_holds_back_only_the_answers_after_it_not_the_next_start() {
+        let times: Timeline = Arc::default();
+        let mut processor = OneSlowBatch {
+            slow: 1,
+            started: 0,
+            times: times.clone(),
+        };
+        let options = DeliveryOptions {
+            max_events: MAX,
+            max_wait: Duration::from_millis(10),
+            ..DeliveryOptions::default()
+        };
+        let (input_tx, input) = mpsc::channel(8);
+        for lsn in 1..=5 {
+            input_tx.send(unit(lsn, MAX, WHOLE)).await.unwrap();
+        }
+        drop(input_tx);
+        let (_stop_tx, stop) = watch::channel(false);
+        let (out_tx, mut out) = mpsc::channel(8);
+        let encoding = Encoding {
+            encoder: Encoder::new(crate::config::Encoding::Json, Default::default()),
+            payloads: Arc::new(PayloadPool::default()),
+        };
+        let metrics = Metrics::default();
+        let preparing = prepare(
+            &mut processor,
+            &encoding,
+            &options,
+            &metrics,
+            input,
+            stop,
+            out_tx,
+        );
+        let reading = async {
+            let mut got = Vec::new();
+            while let Some(prepared) = out.recv().await {
+                let (events, _) = encoded(prepared.encoded.unwrap()).await.unwrap();
+                got.push((prepared.complete_lsn, events.len()));
+            }
+            got
+        };
+        let (prepared, got) = tokio::join!(preparing, reading);
+        prepared.unwrap();
+        assert_eq!(
+            got,
+            (1..=5).map(|lsn| (Some(lsn), MAX)).collect::<Vec<_>>(),
+            "answers in batch order, whatever order the batches finished in"
+        );
+        let times = times.lock().unwrap();
+        let at = |n: usize, what: &str| {
+            times
+                .iter()
+                .find(|(m, w, _)| *m == n && *w == what)
+                .map(|(_, _, t)| *t)
+                .unwrap()
+        };
+        assert!(
+            at(2, "start") < at(1, "end"),
+            "the third batch waited for the slow second one instead of starting on the worker \
+             the first freed: {times:?}"
         );
     }
 }

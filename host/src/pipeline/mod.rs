@@ -103,24 +103,38 @@ pub trait Processor: Send {
     /// Processes one batch.
     async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String>;
 
-    /// How many batches [`process_many`](Self::process_many) can work on at once.
+    /// How many batches can be started before the oldest is answered.
     fn parallelism(&self) -> usize {
         1
     }
 
-    /// Processes several batches, answering in order; stops at the first error (the batches
-    /// after it are not answered).
-    async fn process_many(&mut self, batches: Vec<Vec<Event>>) -> Vec<Result<Processed, String>> {
-        let mut out = Vec::with_capacity(batches.len());
-        for events in batches {
-            let result = self.process(events).await;
-            let failed = result.is_err();
-            out.push(result);
-            if failed {
-                break;
-            }
+    /// Starts a batch. A processor that works on several batches at once (see
+    /// [`parallelism`](Self::parallelism)) returns with the batch still running, so the caller
+    /// can start the next one; callers start batches in order, take their answers in the same
+    /// order, and keep at most `parallelism` unanswered. The default runs the batch here.
+    async fn start(&mut self, events: Vec<Event>) -> Started {
+        Started::Done(self.process(events).await)
+    }
+}
+
+/// A batch handed to a [`Processor`]: answered already, or running on a thread of its own.
+#[derive(Debug)]
+pub enum Started {
+    /// The answer, ready.
+    Done(Result<Processed, String>),
+    /// The batch runs on tokio's blocking pool.
+    Running(tokio::task::JoinHandle<Result<Processed, String>>),
+}
+
+impl Started {
+    /// Waits for the batch's answer.
+    pub async fn answer(self) -> Result<Processed, String> {
+        match self {
+            Started::Done(answer) => answer,
+            Started::Running(task) => task
+                .await
+                .unwrap_or_else(|e| Err(format!("the plugin chain panicked: {e}"))),
         }
-        out
     }
 }
 

@@ -1,14 +1,18 @@
 //! The plugin chain as the pipeline's [`Processor`].
 //!
 //! The chain is synchronous CPU work, so each batch runs on tokio's blocking pool; the chain
-//! moves into the blocking task and back, which keeps it free of locks.
+//! moves into the blocking task and back (through a channel of free chains), which keeps it
+//! free of locks.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
-use super::{Processed, Processor};
+use super::{Processed, Processor, Started};
 use crate::config::Config;
 use crate::event::Event;
 use crate::metrics::Metrics;
@@ -36,13 +40,16 @@ pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Box
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, MAX_CHAINS);
-    let mut chains = vec![Some(chain)];
-    while chains.len() < parallel {
-        let sibling = chains[0].as_ref().map(Chain::sibling);
-        chains.push(sibling);
+    let (back, free) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 1..parallel {
+        back.send(chain.sibling()).expect("the receiver is here");
     }
+    back.send(chain).expect("the receiver is here");
     Ok(Box::new(ChainProcessor {
-        chains,
+        free,
+        back,
+        chains: parallel,
+        lost: Arc::new(AtomicUsize::new(0)),
         slots,
         metrics,
         _reloader: reloader,
@@ -53,9 +60,18 @@ pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Box
 const MAX_CHAINS: usize = 4;
 
 /// Runs batches through the chain; with several cores, through sibling chains at once (same
-/// plugin versions, instances of their own), answering in batch order.
+/// plugin versions, instances of their own). A chain goes back to the free ones as soon as its
+/// batch is done, so the next batch starts on it while an older one is still running: no
+/// batch waits for a slower neighbour to finish. Answers are taken in batch order by the
+/// caller (see [`Processor::start`]).
 struct ChainProcessor {
-    chains: Vec<Option<Chain>>,
+    /// Chains not running a batch.
+    free: mpsc::UnboundedReceiver<Chain>,
+    /// Where a chain goes back when its batch is done.
+    back: mpsc::UnboundedSender<Chain>,
+    chains: usize,
+    /// Chains dropped because a batch panicked in them.
+    lost: Arc<AtomicUsize>,
     slots: Vec<Arc<PluginSlot>>,
     metrics: Arc<Metrics>,
     _reloader: Reloader,
@@ -64,87 +80,64 @@ struct ChainProcessor {
 #[async_trait]
 impl Processor for ChainProcessor {
     async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String> {
-        self.process_many(vec![events])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err("the plugin chain answered nothing".into()))
+        self.start(events).await.answer().await
     }
 
     fn parallelism(&self) -> usize {
-        self.chains.len()
+        self.chains
     }
 
-    async fn process_many(&mut self, batches: Vec<Vec<Event>>) -> Vec<Result<Processed, String>> {
-        let mut out = Vec::with_capacity(batches.len());
-        let mut batches = batches.into_iter().peekable();
-        while batches.peek().is_some() {
-            let round: Vec<Vec<Event>> = batches.by_ref().take(self.chains.len()).collect();
-            let answers = self.run_round(round).await;
-            let failed = answers.iter().any(Result::is_err);
-            out.extend(answers);
-            if failed {
-                break;
-            }
+    async fn start(&mut self, events: Vec<Event>) -> Started {
+        self.record_reloads();
+        if self.lost.load(Ordering::Acquire) >= self.chains {
+            return Started::Done(Err(
+                "the plugin chain was lost after an earlier failure".into()
+            ));
         }
-        out
+        let Some(mut chain) = self.free.recv().await else {
+            return Started::Done(Err("the plugin chain was lost".into()));
+        };
+        // Versions are picked here, in batch order, so a later batch never runs an older
+        // version than an earlier one.
+        chain.pick_versions();
+        let back = self.back.clone();
+        let lost = self.lost.clone();
+        Started::Running(tokio::task::spawn_blocking(move || {
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| chain.run_picked(events)));
+            match run {
+                Ok(result) => {
+                    // The processor may be gone (the pipeline stopped): then so is the chain.
+                    let _ = back.send(chain);
+                    result.map(processed).map_err(|e| e.to_string())
+                }
+                Err(panic) => {
+                    lost.fetch_add(1, Ordering::AcqRel);
+                    Err(format!(
+                        "the plugin chain panicked: {}",
+                        panic_message(&panic)
+                    ))
+                }
+            }
+        }))
     }
 }
 
-type Running = Vec<(
-    usize,
-    Option<
-        tokio::task::JoinHandle<(
-            Chain,
-            Result<crate::plugin::ChainOutput, crate::plugin::ChainError>,
-        )>,
-    >,
-)>;
-
 impl ChainProcessor {
-    /// Runs one batch per chain at once; answers in order, up to the first error.
-    async fn run_round(&mut self, round: Vec<Vec<Event>>) -> Vec<Result<Processed, String>> {
-        let mut running: Running = Vec::with_capacity(round.len());
-        for (slot, events) in round.into_iter().enumerate() {
-            let task = self.chains[slot].take().map(|mut chain| {
-                // Versions are picked here, in batch order, so a later batch never runs an
-                // older version than an earlier one.
-                chain.pick_versions();
-                tokio::task::spawn_blocking(move || {
-                    let result = chain.run_picked(events);
-                    (chain, result)
-                })
-            });
-            running.push((slot, task));
-        }
-        self.finish(running).await
-    }
-
-    /// Waits for the running batches in order and puts their chains back.
-    async fn finish(&mut self, running: Running) -> Vec<Result<Processed, String>> {
-        let mut out = Vec::with_capacity(running.len());
-        for (slot, task) in running {
-            let Some(task) = task else {
-                out.push(Err(
-                    "the plugin chain was lost after an earlier failure".into()
-                ));
-                continue;
-            };
-            match task.await {
-                Ok((chain, result)) => {
-                    self.chains[slot] = Some(chain);
-                    out.push(result.map(processed).map_err(|e| e.to_string()));
-                }
-                Err(e) => out.push(Err(format!("the plugin chain panicked: {e}"))),
-            }
-        }
+    /// Copies the plugin slots' reload counts into the metrics.
+    fn record_reloads(&self) {
         let reloads = self.slots.iter().map(|s| s.reloads()).sum();
         let failures = self.slots.iter().map(|s| s.reload_failures()).sum();
         self.metrics.set_reloads(reloads, failures);
-        if let Some(first_error) = out.iter().position(Result::is_err) {
-            out.truncate(first_error + 1);
-        }
-        out
     }
+}
+
+/// A panic's message, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 fn processed(output: crate::plugin::ChainOutput) -> Processed {
