@@ -142,6 +142,7 @@
 //! parallelism 2 medians 0.554 and 0.594; after, 0.604 and 0.607 (parallelism 1 unchanged
 //! within the noise, 0.475–0.616); walflow's CPU 3.9–4.1 s at parallelism 2 against the
 //! backends' ~1.2 s, on 2 × ~3 s of wall time: the cores are still ~14% idle.
+//!
 //! Natively on the same VM (PostgreSQL 15, `shared_buffers` 512MB, 2,000,000 rows,
 //! parallelism 2) the new build took 2.43–2.68 s against COPY's 1.78–1.88 s (ratios
 //! ~0.68–0.74), walflow ~3.1–3.3 s of CPU and the backends ~0.65 µs per row each, the system
@@ -155,9 +156,10 @@
 //! (instead of through a 1 MiB `BufWriter`) was tried and dropped: user memmove fell only
 //! 7.8% → 7.2% of samples while the kernel's copy into the page cache rose 3.2% → 5.8%
 //! (scattered sources copy slower), and wall times did not move.
+//!
 //! The benchmark itself on that VM afterwards, 5,000,000 rows (COPY 1.02–1.05M rows/s):
-//! parallelism 1 median 0.666 (best 0.667), parallelism 2 median 0.651 (best 0.690), 9.1–10.1
-//! s of CPU — the highest ratios so far, still short of 0.8.
+//! parallelism 1 median 0.666 (best 0.667), parallelism 2 median 0.651 (best 0.690),
+//! 9.1–10.1 s of CPU — the highest ratios so far, still short of 0.8.
 
 use std::path::Path;
 use std::process::Command;

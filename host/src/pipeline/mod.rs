@@ -122,7 +122,7 @@ pub trait Processor: Send {
 pub enum Started {
     /// The answer, ready.
     Done(Result<Processed, String>),
-    /// The batch runs on tokio's blocking pool.
+    /// The batch runs on a task of its own (the plugin chain's: on tokio's blocking pool).
     Running(tokio::task::JoinHandle<Result<Processed, String>>),
 }
 

@@ -40,7 +40,7 @@ pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Box
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, MAX_CHAINS);
-    let (back, free) = tokio::sync::mpsc::unbounded_channel();
+    let (back, free) = mpsc::unbounded_channel();
     for _ in 1..parallel {
         back.send(chain.sibling()).expect("the receiver is here");
     }
