@@ -39,6 +39,12 @@ export const filterApi = {
     return { rows: false };
   },
 
+  // Which columns of `table` to send (their positions); undefined sends them all. This filter
+  // reads no row, so init already asked for none.
+  columns(_table) {
+    return undefined;
+  },
+
   // One boolean per event: true keeps it.
   filter(batch) {
     return batch.events.map((event) => {

@@ -3,12 +3,12 @@
 Config: {"drop_ops": ["d"], "drop_tables": ["public.audit_log"]} (both optional).
 Drops events whose op letter is in `drop_ops` or whose `schema.table` is in `drop_tables`.
 
-Build: componentize-py -d ../../wit -w walflow:plugin/filter@0.2.0 componentize app -o python_filter.wasm
+Build: componentize-py -d ../../wit -w walflow:plugin/filter@0.2.1 componentize app -o python_filter.wasm
 (scripts/build-plugins does this).
 """
 
 import json
-from typing import List
+from typing import List, Optional
 
 from wit_world import exports
 from wit_world.imports import types
@@ -41,6 +41,11 @@ class FilterApi(exports.FilterApi):
         drop_tables = set(parsed.get("drop_tables", []))
         # Only the op and the table matter here: the host may leave the rows out.
         return types.Needs(rows=False)
+
+    def columns(self, table: types.Relation) -> Optional[List[int]]:
+        # Which columns of `table` to send (their positions); None sends them all. This filter
+        # reads no row, so init already asked for none.
+        return None
 
     def filter(self, batch: types.Batch) -> List[bool]:
         names = [f"{r.schema}.{r.table}" for r in batch.relations]

@@ -29,10 +29,11 @@
 //! Result<(), String>` in the same module receives the plugin's JSON configuration once, before
 //! the first batch.
 //!
-//! Under the hood (ABI `walflow:plugin@0.2.0`) values are read straight out of the batch's
+//! Under the hood (ABI `walflow:plugin@0.2.1`) values are read straight out of the batch's
 //! buffers when asked for ([`Value`] borrows them), and a transform answers with edits (the
 //! values it set, the columns it removed, the events it dropped), never a copy of the batch,
-//! which keeps the per-event cost low.
+//! which keeps the per-event cost low. A plugin that reads only some columns says which with
+//! [`only_columns`], and the host sends no others.
 
 #![deny(missing_docs)]
 
@@ -64,7 +65,7 @@ pub mod bindings {
             world: "walflow:plugin/transform",
             pub_export_macro: true,
             default_bindings_module: "walflow_sdk::bindings::transform",
-            with: { "walflow:plugin/types@0.2.0": crate::bindings::filter::walflow::plugin::types },
+            with: { "walflow:plugin/types@0.2.1": crate::bindings::filter::walflow::plugin::types },
         });
     }
 
@@ -75,7 +76,7 @@ pub mod bindings {
             world: "walflow:plugin/topic-namer",
             pub_export_macro: true,
             default_bindings_module: "walflow_sdk::bindings::topic_namer",
-            with: { "walflow:plugin/types@0.2.0": crate::bindings::filter::walflow::plugin::types },
+            with: { "walflow:plugin/types@0.2.1": crate::bindings::filter::walflow::plugin::types },
         });
     }
 
@@ -86,12 +87,12 @@ pub mod bindings {
             world: "walflow:plugin/sink",
             pub_export_macro: true,
             default_bindings_module: "walflow_sdk::bindings::sink",
-            with: { "walflow:plugin/types@0.2.0": crate::bindings::filter::walflow::plugin::types },
+            with: { "walflow:plugin/types@0.2.1": crate::bindings::filter::walflow::plugin::types },
         });
     }
 }
 
-/// The ABI's data types (`walflow:plugin/types@0.2.0`), as they travel; plugins read them
+/// The ABI's data types (`walflow:plugin/types@0.2.1`), as they travel; plugins read them
 /// through [`Event`] and [`Value`].
 pub use bindings::filter::walflow::plugin::types;
 pub use types::{Column, Needs, Op, Relation, SnapshotMarker, TemporalKind};
@@ -117,6 +118,32 @@ static ROWS_NOT_NEEDED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 /// makes each call cheaper; [`Event::after`] and [`Event::before`] are then empty views.
 pub fn without_rows() {
     ROWS_NOT_NEEDED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Which columns a plugin reads, given the table and one of its columns (see [`only_columns`]).
+pub type ColumnFilter = fn(&Relation, &Column) -> bool;
+
+/// The plugin's [`ColumnFilter`], when it does not read every column.
+static COLUMNS: std::sync::Mutex<Option<ColumnFilter>> = std::sync::Mutex::new(None);
+
+/// Declares that this plugin reads (and writes) only the columns `reads` accepts (it gets the
+/// table and one of its columns). Call it from `init`. The host then sends each table with just those columns and each row with just
+/// their values, which makes every call cheaper the more columns a table has; the plugin sees
+/// the others nowhere ([`Event::columns`], [`Row::get`]), and cannot set or remove them.
+/// `reads` is asked once per table and column.
+///
+/// ```ignore
+/// #[walflow_sdk::init]
+/// fn setup(_config: &str) -> Result<(), String> {
+///     walflow_sdk::only_columns(|_table, column| column.type_name == "bytea");
+///     Ok(())
+/// }
+/// ```
+///
+/// Not for a transform that replaces whole events ([`Event::set_op`] and the like): the host
+/// refuses a replacement of an event it sent only in part.
+pub fn only_columns(reads: ColumnFilter) {
+    *COLUMNS.lock().unwrap_or_else(|e| e.into_inner()) = Some(reads);
 }
 
 /// Outbound HTTP for sink plugins: the host sends the request only to the hosts the sink's
@@ -157,6 +184,19 @@ pub mod __private {
         crate::Needs {
             rows: !crate::ROWS_NOT_NEEDED.load(std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// What `columns` answers for `table`: every column unless the plugin called
+    /// [`crate::only_columns`].
+    pub fn columns(table: crate::Relation) -> Option<Vec<u32>> {
+        let reads = (*crate::COLUMNS.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let positions = table.columns.iter().enumerate();
+        Some(
+            positions
+                .filter(|(_, column)| reads(&table, column))
+                .map(|(i, _)| i as u32)
+                .collect(),
+        )
     }
 
     /// Picks the plugin's `Init` impl when there is one (autoref specialisation).

@@ -431,6 +431,111 @@ fn mask_columns_hashes_or_redacts_configured_columns_in_both_rows() {
     assert_eq!(out.events[0].before.as_ref().unwrap()[1], text("***"));
 }
 
+/// A table with a key and three text columns, for what a projecting plugin sees.
+fn notes() -> std::sync::Arc<walflow::event::Relation> {
+    relation(
+        "public",
+        "notes",
+        &[
+            ("id", "int4", true),
+            ("title", "text", false),
+            ("body", "text", false),
+            ("tag", "text", false),
+        ],
+    )
+}
+
+fn note(id: i64) -> walflow::event::Event {
+    let mut e = event(
+        &notes(),
+        Op::Update,
+        vec![Value::Int(id), text("t"), text("b"), text("g")],
+    );
+    e.before = Some(vec![Value::Int(id), text("t0"), text("b0"), text("g0")]);
+    e
+}
+
+/// A 0.2.1 plugin that asks for some columns is sent only those, in table order whatever
+/// order it named them in, and its edits land on the right columns of the whole table (in
+/// both rows); the columns it did not ask for come out as they went in.
+#[test]
+fn a_projecting_plugin_sees_only_its_columns_and_edits_land_right() {
+    let loaded = LoadedPlugin::load(&engine(), &PluginSpec::new(plugin("column_census"), "{}"))
+        .expect("census loads");
+    assert_eq!(loaded.abi(), AbiVersion::V0_2_1);
+    let mut c = chain(vec![spec(
+        "column_census",
+        r#"{"only": ["tag", "id"]}"#,
+        OnError::Stop,
+    )]);
+    let out = c.run(vec![note(1), note(2)]).expect("census runs");
+    for e in &out.events {
+        assert_eq!(
+            after(e, "tag"),
+            &text("id,tag"),
+            "sent id and tag, in table order"
+        );
+        assert_eq!(after(e, "title"), &text("t"), "unsent columns untouched");
+        assert_eq!(after(e, "body"), &text("b"));
+        let before = e.before.as_deref().expect("before row");
+        assert_eq!(
+            before,
+            [Value::Int(e_id(e)), text("t0"), text("b0"), text("id,tag")]
+        );
+    }
+    // Without `only_columns` the same plugin is sent every column.
+    let mut all = chain(vec![spec("column_census", "{}", OnError::Stop)]);
+    let out = all.run(vec![note(3)]).expect("census runs");
+    assert_eq!(after(&out.events[0], "title"), &text("id,title,body,tag"));
+}
+
+fn e_id(e: &walflow::event::Event) -> i64 {
+    match after(e, "id") {
+        Value::Int(i) => *i,
+        other => panic!("id is {other:?}"),
+    }
+}
+
+/// Replacing an event the plugin was sent only part of would lose the other columns: the
+/// host refuses it as the plugin's bad output, and nothing of the batch comes out.
+#[test]
+fn a_projecting_plugin_cannot_replace_events() {
+    let mut c = chain(vec![spec(
+        "column_census",
+        r#"{"only": ["title"], "replace": true}"#,
+        OnError::Stop,
+    )]);
+    match c.run(vec![note(1)]) {
+        Err(ChainError::Plugin(e @ PluginError::BadOutput { .. })) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("must answer `none` from `columns`"),
+                "{message}"
+            );
+        }
+        other => panic!("expected bad output, got {other:?}"),
+    }
+}
+
+/// A filter built against 0.2.0 (before `columns`) still loads as 0.2.0 and is sent every
+/// column of every row (it fails the batch otherwise), next to 0.2.1 plugins that project.
+#[test]
+fn a_plugin_built_against_0_2_0_still_runs_and_gets_every_column() {
+    let loaded = LoadedPlugin::load(&engine(), &PluginSpec::new(plugin("keep_even_v0_2"), "{}"))
+        .expect("0.2.0 filter loads");
+    assert_eq!(loaded.abi(), AbiVersion::V0_2);
+    let mut c = chain(vec![
+        spec("column_census", r#"{"only": ["tag"]}"#, OnError::Stop),
+        spec("keep_even_v0_2", "{}", OnError::Stop),
+    ]);
+    let out = c
+        .run((1..=6).map(note).collect())
+        .expect("both versions run in one chain");
+    let ids: Vec<i64> = out.events.iter().map(e_id).collect();
+    assert_eq!(ids, [2, 4, 6]);
+    assert!(out.events.iter().all(|e| after(e, "tag") == &text("tag")));
+}
+
 #[test]
 fn python_filter_drops_configured_ops_and_tables() {
     example_filter_drops_configured_ops_and_tables("python_filter");
@@ -576,7 +681,7 @@ fn plugins_of_both_abi_versions_edit_alike() {
     };
     let mut outputs = Vec::new();
     for (name, abi) in [
-        ("reshape", AbiVersion::V0_2),
+        ("reshape", AbiVersion::V0_2_1),
         ("reshape_v0_1", AbiVersion::V0_1),
     ] {
         let loaded = LoadedPlugin::load(&engine(), &PluginSpec::new(plugin(name), "{}"))

@@ -20,6 +20,9 @@ pub fn filter(_attr: TokenStream, item: TokenStream) -> TokenStream {
                     __walflow_init(&config)?;
                     ::std::result::Result::Ok(::walflow_sdk::__private::needs())
                 }
+                fn columns(table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::vec::Vec<u32>> {
+                    ::walflow_sdk::__private::columns(table)
+                }
                 fn filter(batch: ::walflow_sdk::types::Batch) -> ::std::result::Result<::std::vec::Vec<bool>, ::std::string::String> {
                     ::walflow_sdk::__private::run_filter(batch, #name)
                 }
@@ -43,6 +46,9 @@ pub fn transform(_attr: TokenStream, item: TokenStream) -> TokenStream {
                     __walflow_init(&config)?;
                     ::std::result::Result::Ok(::walflow_sdk::__private::needs())
                 }
+                fn columns(table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::vec::Vec<u32>> {
+                    ::walflow_sdk::__private::columns(table)
+                }
                 fn transform(batch: ::walflow_sdk::types::Batch) -> ::std::result::Result<::walflow_sdk::types::Edits, ::std::string::String> {
                     ::walflow_sdk::__private::run_transform(batch, #name)
                 }
@@ -65,6 +71,9 @@ pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
                 fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
                     __walflow_init(&config)?;
                     ::std::result::Result::Ok(::walflow_sdk::__private::needs())
+                }
+                fn columns(table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::vec::Vec<u32>> {
+                    ::walflow_sdk::__private::columns(table)
                 }
                 fn name_topics(batch: ::walflow_sdk::types::Batch) -> ::std::result::Result<::walflow_sdk::types::Topics, ::std::string::String> {
                     ::walflow_sdk::__private::run_topic_namer(batch, #name)

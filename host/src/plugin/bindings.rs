@@ -1,5 +1,5 @@
-//! The host side of the plugin ABI: one `bindgen!` per supported version of the WIT package,
-//! each over its `host` world (which exports every role's interface, so one set of generated
+//! The host side of the plugin ABI: one `bindgen!` per supported version of the WIT package
+//! (0.2.1 serves 0.2.0 too: same types, plus `columns`), each over its `host` world (which exports every role's interface, so one set of generated
 //! types serves all worlds). They type what plugins answer (needs, edits, topics) and the
 //! imports the host provides (`outbound-http`); batches go in through the borrowed views of
 //! `abi_v0_2.rs` and `abi_v0_1.rs`, which have the same shapes, and `instance.rs` checks each

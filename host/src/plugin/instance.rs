@@ -11,21 +11,21 @@ use wasmtime::component::{
 };
 use wasmtime::{Store, Trap};
 
-use super::abi::{AbiVersion, v0_1, v0_2};
+use super::abi::{AbiVersion, RelationView, relations_of, v0_1, v0_2};
 use super::bindings::{types as wit, v0_1::types as wit_v0_1};
 use super::convert::Edit;
 use super::engine::{EPOCH_TICK, PluginEngine, one_line};
 use super::error::{LoadError, PluginError};
 use super::sandbox::{MemoryCapExceeded, StoreState};
 use crate::config::{OnError, PluginConfig};
-use crate::event::Event;
+use crate::event::{Event, Relation};
 
 /// The ABI version this host implements and the guest SDK targets; plugins built against
 /// older versions still run (see [`AbiVersion`]).
-pub const ABI_VERSION: &str = "0.2.0";
+pub const ABI_VERSION: &str = "0.2.1";
 
 /// The versions a plugin may be built against, for messages.
-const ABI_VERSIONS: &str = "0.2.0 (or 0.1.0)";
+const ABI_VERSIONS: &str = "0.2.1 (or 0.2.0, 0.1.0)";
 
 /// What a plugin does, recognised from the interface its component exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,10 +168,12 @@ fn default_name(path: &Path) -> Arc<str> {
     )
 }
 
-/// Where the role interface's two functions are in the component.
+/// Where the role interface's functions are in the component.
 struct Exports {
     init: ComponentExportIndex,
     batch: ComponentExportIndex,
+    /// `columns` (0.2.1, every role but sink).
+    columns: Option<ComponentExportIndex>,
 }
 
 impl Exports {
@@ -185,9 +187,11 @@ impl Exports {
                 .get_export_index(Some(&iface), name)
                 .ok_or_else(|| wasmtime::format_err!("`{interface}` does not export `{name}`"))
         };
+        let projects = abi == AbiVersion::V0_2_1 && role != Role::Sink;
         Ok(Exports {
             init: lookup("init")?,
             batch: lookup(role.batch_function())?,
+            columns: projects.then(|| lookup("columns")).transpose()?,
         })
     }
 }
@@ -328,6 +332,9 @@ fn recognise_role(
 /// What `init` answers (`needs` has the same shape in every version).
 type Init = (Result<wit::Needs, String>,);
 
+/// What `columns` answers (0.2.1).
+type Columns = (Option<Vec<u32>>,);
+
 /// A live instance of a plugin: its own store, memory cap, deadline and fuel. After a call
 /// fails with an error that [poisons](PluginError::poisons_instance) it, throw it away.
 pub struct PluginInstance {
@@ -339,7 +346,11 @@ pub struct PluginInstance {
     batch: Func,
     /// Whether the plugin asked for rows (its `init` answer).
     needs_rows: bool,
-    /// The buffers a 0.2.0 batch is laid out in, kept between calls.
+    /// `columns`, checked against its signature (0.2.1 plugins that read rows).
+    columns: Option<Func>,
+    /// What `columns` answered, per table.
+    projections: v0_2::Projections,
+    /// The buffers a 0.2 batch is laid out in, kept between calls.
     flat: v0_2::FlatBatch,
 }
 
@@ -376,17 +387,31 @@ impl PluginInstance {
             .get_func(&mut store, plugin.exports.batch)
             .ok_or_else(|| link(wasmtime::format_err!("the batch function is missing")))?;
         check_batch_signature(&store, &batch, plugin.role, plugin.abi).map_err(link)?;
+        let columns = match plugin.exports.columns {
+            None => None,
+            Some(index) => Some(
+                *instance
+                    .get_typed_func::<(&RelationView<'static>,), Columns>(&mut store, index)
+                    .map_err(link)?
+                    .func(),
+            ),
+        };
         let mut this = PluginInstance {
             plugin: plugin.clone(),
             store,
             init,
             batch,
             needs_rows: true,
+            columns,
+            projections: v0_2::Projections::default(),
             flat: v0_2::FlatBatch::default(),
         };
         let needs = this.call_init().map_err(init_error)?;
         // Sinks always get whole events.
         this.needs_rows = needs.rows || this.plugin.role == Role::Sink;
+        if !this.needs_rows {
+            this.columns = None;
+        }
         Ok(this)
     }
 
@@ -407,13 +432,89 @@ impl PluginInstance {
         self.call(|store| init.call(store, (&config,)).map(|(r,)| r))
     }
 
+    /// Asks the plugin which columns it reads of each of `relations` it has not been asked
+    /// about; for each, what to send of it (`None`: every column). Empty when the plugin
+    /// reads every column of every table (0.2.0 and older, or no `columns` export).
+    fn project(
+        &mut self,
+        relations: &[Arc<Relation>],
+    ) -> Result<Vec<Option<Arc<v0_2::Projection>>>, PluginError> {
+        let Some(columns) = self.columns else {
+            return Ok(Vec::new());
+        };
+        // SAFETY: the signature was checked when `columns` was looked up.
+        let columns = unsafe { TypedFunc::<(&RelationView<'_>,), Columns>::new_unchecked(columns) };
+        let mut projected = Vec::with_capacity(relations.len());
+        for relation in relations {
+            let projection = match self.projections.get(relation) {
+                Some(known) => known,
+                None => {
+                    let view = RelationView::new(relation);
+                    let answer =
+                        self.call(|store| columns.call(store, (&view,)).map(|(a,)| Ok(a)))?;
+                    let projection = v0_2::Projection::new(relation, answer)
+                        .map_err(|m| self.bad_output(m))?
+                        .map(Arc::new);
+                    self.projections
+                        .insert(relation.clone(), projection.clone());
+                    projection
+                }
+            };
+            projected.push(projection);
+        }
+        if projected.iter().all(Option::is_none) {
+            projected.clear();
+        }
+        Ok(projected)
+    }
+
+    /// Maps a transform's edits from the columns it was sent to the table's. A projected
+    /// event cannot be replaced: the plugin never saw all of it.
+    fn unproject(&self, mut edits: Vec<Edit>, events: &[Event]) -> Result<Vec<Edit>, PluginError> {
+        if !self.projections.any() {
+            return Ok(edits);
+        }
+        let projection = |event: u32| {
+            let event = events.get(event as usize)?;
+            self.projections.get(&event.relation).flatten()
+        };
+        for edit in &mut edits {
+            match edit {
+                Edit::Set { event, column, .. } | Edit::Remove { event, column } => {
+                    let Some(p) = projection(*event) else {
+                        continue;
+                    };
+                    *column = p.table_column(*column).ok_or_else(|| {
+                        self.bad_output(format!(
+                            "an edit names column {column} of event {event}, which was sent with {} columns",
+                            p.columns().len()
+                        ))
+                    })?;
+                }
+                Edit::Replace { event, replacement } => {
+                    let sent = relations_of(events);
+                    let into = sent.get(replacement.relation as usize);
+                    let partial = projection(*event).is_some()
+                        || into.is_some_and(|r| self.projections.get(r).flatten().is_some());
+                    if partial {
+                        return Err(self.bad_output(format!(
+                            "event {event} was replaced, but the plugin reads only some columns of its table; a transform that replaces events must answer `none` from `columns`"
+                        )));
+                    }
+                }
+                Edit::Drop(_) | Edit::Fail { .. } => {}
+            }
+        }
+        Ok(edits)
+    }
+
     /// Runs a filter over `events`: one flag per event, `true` keeps it.
     pub fn filter(&mut self, events: &[Event]) -> Result<Vec<bool>, PluginError> {
         self.expect(Role::Filter)?;
         match self.plugin.abi {
             // SAFETY (both): a filter's batch function was checked to take `(batch)` and answer
             // `result<list<bool>, string>` (`check_batch_signature`).
-            AbiVersion::V0_2 => {
+            AbiVersion::V0_2 | AbiVersion::V0_2_1 => {
                 self.with_flat(events, |this, batch| unsafe { this.call_batch((batch,)) })
             }
             AbiVersion::V0_1 => v0_1::with_batch(events, self.needs_rows, |batch| unsafe {
@@ -426,11 +527,12 @@ impl PluginInstance {
     pub(crate) fn transform(&mut self, events: &[Event]) -> Result<Vec<Edit>, PluginError> {
         self.expect(Role::Transform)?;
         match self.plugin.abi {
-            AbiVersion::V0_2 => {
+            AbiVersion::V0_2 | AbiVersion::V0_2_1 => {
                 // SAFETY: checked to take `(batch)` and answer `result<edits, string>`.
                 let answer: v0_2::LiftedEdits =
                     self.with_flat(events, |this, batch| unsafe { this.call_batch((batch,)) })?;
-                v0_2::edits_from_wit(answer).map_err(|m| self.bad_output(m))
+                let edits = v0_2::edits_from_wit(answer).map_err(|m| self.bad_output(m))?;
+                self.unproject(edits, events)
             }
             AbiVersion::V0_1 => {
                 // SAFETY: checked to take `(batch)` and answer `result<list<edit>, string>`.
@@ -447,7 +549,7 @@ impl PluginInstance {
     pub fn name_topics(&mut self, events: &[Event]) -> Result<Vec<Arc<str>>, PluginError> {
         self.expect(Role::TopicNamer)?;
         match self.plugin.abi {
-            AbiVersion::V0_2 => {
+            AbiVersion::V0_2 | AbiVersion::V0_2_1 => {
                 // SAFETY: checked to take `(batch)` and answer `result<topics, string>`.
                 let topics: wit::Topics =
                     self.with_flat(events, |this, batch| unsafe { this.call_batch((batch,)) })?;
@@ -471,7 +573,7 @@ impl PluginInstance {
             )));
         }
         match self.plugin.abi {
-            AbiVersion::V0_2 => {
+            AbiVersion::V0_2 | AbiVersion::V0_2_1 => {
                 let topics = v0_2::TopicsView::new(topics);
                 // SAFETY: checked to take `(batch, topics)` and answer `result<_, string>`.
                 self.with_flat(events, |this, batch| unsafe {
@@ -485,14 +587,17 @@ impl PluginInstance {
         }
     }
 
-    /// Lays `events` out in this instance's buffers and calls `f` with them as a 0.2.0 batch.
+    /// Lays `events` out in this instance's buffers (only the columns the plugin reads) and
+    /// calls `f` with them as a 0.2 batch.
     fn with_flat<R>(
         &mut self,
         events: &[Event],
         f: impl FnOnce(&mut Self, &v0_2::BatchView<'_>) -> Result<R, PluginError>,
     ) -> Result<R, PluginError> {
+        let relations = relations_of(events);
+        let projected = self.project(&relations)?;
         let mut flat = std::mem::take(&mut self.flat);
-        let result = match flat.fill(events, self.needs_rows) {
+        let result = match flat.fill(events, relations, projected, self.needs_rows) {
             Ok(()) => f(self, &flat.view()),
             Err(message) => Err(PluginError::Failed {
                 plugin: self.plugin.spec.name.to_string(),
@@ -570,16 +675,16 @@ fn check_batch_signature(
     type Batch = v0_2::BatchView<'static>;
     type BatchV0_1 = v0_1::BatchView<'static>;
     match (abi, role) {
-        (AbiVersion::V0_2, Role::Filter) => {
+        (AbiVersion::V0_2 | AbiVersion::V0_2_1, Role::Filter) => {
             func.typed::<(&Batch,), Answer<Vec<bool>>>(store).map(drop)
         }
-        (AbiVersion::V0_2, Role::Transform) => {
+        (AbiVersion::V0_2 | AbiVersion::V0_2_1, Role::Transform) => {
             func.typed::<(&Batch,), Answer<wit::Edits>>(store).map(drop)
         }
-        (AbiVersion::V0_2, Role::TopicNamer) => func
+        (AbiVersion::V0_2 | AbiVersion::V0_2_1, Role::TopicNamer) => func
             .typed::<(&Batch,), Answer<wit::Topics>>(store)
             .map(drop),
-        (AbiVersion::V0_2, Role::Sink) => func
+        (AbiVersion::V0_2 | AbiVersion::V0_2_1, Role::Sink) => func
             .typed::<(&Batch, &v0_2::TopicsView<'static>), Answer<()>>(store)
             .map(drop),
         (AbiVersion::V0_1, Role::Filter) => func

@@ -2,9 +2,9 @@
 //!
 //! Config: `{"mode": "base64" | "base64url" | "hex" | "bytes"}`. `bytes` leaves values binary
 //! (the encoder decides); the others turn them into text. Elements of `bytea[]` arrays too.
-//! Only columns whose type can hold bytes are looked at (see `may_hold_bytes`), so the other
-//! values of a row are never decoded; bytes an earlier plugin put in, say, a `text` column
-//! are left as they are.
+//! Only columns whose type can hold bytes are looked at (see `may_hold_bytes`): the plugin
+//! asks the host for just those (`only_columns`), so the other values of a row are never even
+//! sent; bytes an earlier plugin put in, say, a `text` column are left as they are.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -35,6 +35,10 @@ fn setup(config: &str) -> Result<(), String> {
     let parsed: Config = serde_json::from_str(config).map_err(|e| {
         format!("binary-repr config: {e} (expected {{\"mode\": \"base64\" | \"base64url\" | \"hex\" | \"bytes\"}})")
     })?;
+    if parsed.mode != Mode::Bytes {
+        // The host then sends no other column at all.
+        walflow_sdk::only_columns(|_, column| may_hold_bytes(column.type_oid));
+    }
     MODE.set(parsed.mode)
         .map_err(|_| "init called twice".to_string())
 }

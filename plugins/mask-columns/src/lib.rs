@@ -48,7 +48,15 @@ fn setup(config: &str) -> Result<(), String> {
     };
     MASKS
         .set(masks)
-        .map_err(|_| "init called twice".to_string())
+        .map_err(|_| "init called twice".to_string())?;
+    // Only the masked columns are sent to this plugin.
+    walflow_sdk::only_columns(|table, column| {
+        MASKS.get().is_some_and(|m| {
+            m.columns
+                .contains(&format!("{}.{}.{}", table.schema, table.table, column.name))
+        })
+    });
+    Ok(())
 }
 
 #[walflow_sdk::transform]

@@ -5,8 +5,10 @@
 //! the chain never sees which version a plugin was built for. A version is added beside the
 //! old ones and never edited: plugins built against an older package keep running.
 //!
-//! - [`v0_2`]: the current version. A batch goes as a few flat lists (events, values, one
-//!   buffer of text and bytes), a handful of copies into the guest however many strings it holds.
+//! - [`v0_2`]: 0.2.0 and the current 0.2.1, which share every type. A batch goes as a few flat
+//!   lists (events, values, one buffer of text and bytes), a handful of copies into the guest
+//!   however many strings it holds. 0.2.1 adds `columns`: a plugin names the columns it reads
+//!   and gets only those ([`Projection`](v0_2::Projection)).
 //! - [`v0_1`]: the first version, one guest allocation per string and row.
 
 use std::sync::Arc;
@@ -101,6 +103,7 @@ macro_rules! enum_conversions {
 use enum_conversions;
 
 mod canonical;
+mod projection;
 pub(crate) mod v0_1;
 pub(crate) mod v0_2;
 
@@ -109,22 +112,25 @@ pub(crate) mod v0_2;
 pub enum AbiVersion {
     /// `walflow:plugin@0.1.0`.
     V0_1,
-    /// `walflow:plugin@0.2.0`, the current one.
+    /// `walflow:plugin@0.2.0`.
     V0_2,
+    /// `walflow:plugin@0.2.1`, the current one: 0.2.0 plus column projection.
+    V0_2_1,
 }
 
 impl AbiVersion {
     /// Every version this host runs, newest first.
-    pub const ALL: [AbiVersion; 2] = [AbiVersion::V0_2, AbiVersion::V0_1];
+    pub const ALL: [AbiVersion; 3] = [AbiVersion::V0_2_1, AbiVersion::V0_2, AbiVersion::V0_1];
 
     /// The current version, which the guest SDK and `wit/walflow-plugin.wit` describe.
-    pub const CURRENT: AbiVersion = AbiVersion::V0_2;
+    pub const CURRENT: AbiVersion = AbiVersion::V0_2_1;
 
     /// The package version, e.g. `0.2.0`.
     pub fn as_str(self) -> &'static str {
         match self {
             AbiVersion::V0_1 => "0.1.0",
             AbiVersion::V0_2 => "0.2.0",
+            AbiVersion::V0_2_1 => "0.2.1",
         }
     }
 }
@@ -176,6 +182,11 @@ impl<'a> RelationView<'a> {
     #[cfg(test)]
     pub(crate) fn table(&self) -> &str {
         self.table
+    }
+
+    #[cfg(test)]
+    pub(crate) fn column_names(&self) -> Vec<&str> {
+        self.columns.iter().map(|c| c.name).collect()
     }
 }
 

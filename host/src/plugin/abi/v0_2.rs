@@ -1,5 +1,5 @@
-//! `walflow:plugin@0.2.0`: a batch lowered as a few flat lists, and the answers lifted into
-//! host terms.
+//! `walflow:plugin@0.2.0` and `0.2.1`: a batch lowered as a few flat lists (with 0.2.1, only
+//! the columns a plugin reads), and the answers lifted into host terms.
 //!
 //! Lowering a list costs one guest allocation and a copy; lowering a string or a row costs
 //! the same again, each. So the host lays a batch out flat first ([`FlatBatch`]): every row's
@@ -19,7 +19,8 @@ use wasmtime::component::{ComponentType, Lower};
 
 pub(crate) use super::canonical::LiftedEdits;
 use super::canonical::{EventBytes, LiftedEdit, ValueBytes};
-use super::{RelationIndex, RelationView, relations_of};
+pub(crate) use super::projection::{Projection, Projections};
+use super::{RelationIndex, RelationView};
 use crate::event::{Array, Event, LogicalMessage, Relation, Source, Value};
 use crate::plugin::bindings::types as wit;
 use crate::plugin::convert::{Edit, Replacement};
@@ -63,22 +64,32 @@ impl<'a> TopicsView<'a> {
     }
 }
 
-/// A batch laid out as 0.2.0 sends it. An instance keeps one and refills it for every call,
+/// A batch laid out as 0.2 sends it. An instance keeps one and refills it for every call,
 /// so its buffers are allocated once.
 #[derive(Default)]
 pub(crate) struct FlatBatch {
     relations: Vec<Arc<Relation>>,
+    /// Per relation (index for index), the columns the plugin reads; empty when it reads all.
+    projected: Vec<Option<Arc<Projection>>>,
     events: Vec<EventBytes>,
     values: Vec<ValueBytes>,
     data: Vec<u8>,
 }
 
 impl FlatBatch {
-    /// Lays `events` out; without `rows`, events go without `before`/`after` (for plugins
-    /// whose `init` said they never read them). `Err` when the batch does not fit the ABI's
-    /// 32-bit offsets.
-    pub(crate) fn fill(&mut self, events: &[Event], rows: bool) -> Result<(), String> {
-        self.relations = relations_of(events);
+    /// Lays `events` out; `relations` are theirs ([`relations_of`](super::relations_of)), and
+    /// `projected` says for each which columns to send (empty: all). Without `rows`, events
+    /// go without `before`/`after` (for plugins whose `init` said they never read them).
+    /// `Err` when the batch does not fit the ABI's 32-bit offsets.
+    pub(crate) fn fill(
+        &mut self,
+        events: &[Event],
+        relations: Vec<Arc<Relation>>,
+        projected: Vec<Option<Arc<Projection>>>,
+        rows: bool,
+    ) -> Result<(), String> {
+        self.relations = relations;
+        self.projected = Vec::new();
         self.events.clear();
         self.values.clear();
         self.data.clear();
@@ -99,17 +110,22 @@ impl FlatBatch {
                     span
                 }
             };
+            let relation = index.of(&self.relations, &event.relation);
+            let columns = projected
+                .get(relation as usize)
+                .and_then(Option::as_deref)
+                .map(Projection::columns);
             let (before, after) = if rows {
                 (
-                    event.before.as_deref().map(|r| self.row(r)),
-                    event.after.as_deref().map(|r| self.row(r)),
+                    event.before.as_deref().map(|r| self.row(r, columns)),
+                    event.after.as_deref().map(|r| self.row(r, columns)),
                 )
             } else {
                 (None, None)
             };
             let flat = EventBytes::new(&wit::Event {
                 op: op_to_wit(event.op),
-                relation: index.of(&self.relations, &event.relation),
+                relation,
                 source: wit::Source {
                     db: db_span,
                     lsn: event.source.lsn,
@@ -124,6 +140,7 @@ impl FlatBatch {
             });
             self.events.push(flat);
         }
+        self.projected = projected;
         if u32::try_from(self.data.len()).is_err() || u32::try_from(self.values.len()).is_err() {
             return Err(format!(
                 "a batch of {} events holds {} bytes of text and {} values, more than a plugin call can take (4 GiB); lower the batch size",
@@ -140,6 +157,7 @@ impl FlatBatch {
     pub(crate) fn trim(&mut self) {
         const KEEP: usize = 8 << 20;
         self.relations = Vec::new();
+        self.projected = Vec::new();
         if self.data.capacity() > KEEP {
             self.data = Vec::new();
         }
@@ -157,7 +175,11 @@ impl FlatBatch {
             relations: self
                 .relations
                 .iter()
-                .map(|r| RelationView::new(r))
+                .enumerate()
+                .map(|(i, r)| match self.projected.get(i) {
+                    Some(Some(p)) => RelationView::new(p.relation()),
+                    _ => RelationView::new(r),
+                })
                 .collect(),
             events: &self.events,
             values: &self.values,
@@ -174,16 +196,27 @@ impl FlatBatch {
         }
     }
 
-    fn row(&mut self, row: &[Value]) -> wit::Row {
+    /// Lays out a row's values: all of them, or those of `columns` (positions in the row).
+    fn row(&mut self, row: &[Value], columns: Option<&[u32]>) -> wit::Row {
         let start = self.values.len() as u32;
-        for value in row {
-            let flat = self.value(value);
-            self.values.push(ValueBytes::new(flat));
+        match columns {
+            None => row.iter().for_each(|value| self.push_value(value)),
+            Some(columns) => {
+                for &c in columns {
+                    // Rows are as wide as their relation, which the projection was checked against.
+                    self.push_value(row.get(c as usize).unwrap_or(&Value::Null));
+                }
+            }
         }
         wit::Row {
             start,
-            len: row.len() as u32,
+            len: self.values.len() as u32 - start,
         }
+    }
+
+    fn push_value(&mut self, value: &Value) {
+        let flat = self.value(value);
+        self.values.push(ValueBytes::new(flat));
     }
 
     fn message(&mut self, message: &LogicalMessage) -> wit::LogicalMessage {
@@ -428,7 +461,7 @@ impl Answer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Op;
+    use crate::event::{Column, Op};
 
     fn relation(table: &str) -> Arc<Relation> {
         Relation::one_column(table, "name", "text", 25)
@@ -474,6 +507,40 @@ mod tests {
         std::str::from_utf8(&flat.data[start..][..len]).unwrap()
     }
 
+    /// Lays out every column of `events`.
+    fn fill(flat: &mut FlatBatch, events: &[Event], rows: bool) {
+        let relations = super::super::relations_of(events);
+        flat.fill(events, relations, Vec::new(), rows).unwrap();
+    }
+
+    #[test]
+    fn a_projected_table_sends_only_its_columns() {
+        let wide = Arc::new(Relation {
+            columns: ["id", "name", "note"]
+                .iter()
+                .map(|n| Column {
+                    name: n.to_string(),
+                    ..relation("t").columns[0].clone()
+                })
+                .collect(),
+            ..(*relation("t")).clone()
+        });
+        let mut e = event(&wide, None, None);
+        e.after = Some(["1", "ann", "hi"].map(|v| Value::Text(v.into())).to_vec());
+        let projection = Projection::new(&wide, Some(vec![2])).unwrap().map(Arc::new);
+        let mut flat = FlatBatch::default();
+        flat.fill(&[e], vec![wide.clone()], vec![projection], true)
+            .unwrap();
+        assert_eq!(seen(&flat, &flat.events[0]), (0, None, Some("hi")));
+        assert_eq!(flat.values.len(), 1, "one value of three");
+        assert!(
+            !flat.data.windows(3).any(|w| w == b"ann"),
+            "unsent text is not copied"
+        );
+        let view = flat.view();
+        assert_eq!(view.relations[0].column_names(), ["note"]);
+    }
+
     #[test]
     fn rows_and_strings_land_in_the_flat_lists() {
         let (a, b) = (relation("a"), relation("b"));
@@ -483,7 +550,7 @@ mod tests {
             event(&a, Some("four"), None),
         ];
         let mut flat = FlatBatch::default();
-        flat.fill(&events, true).unwrap();
+        fill(&mut flat, &events, true);
         let tables: Vec<_> = flat.relations.iter().map(|r| r.table.as_str()).collect();
         assert_eq!(tables, ["a", "b"]);
         let rows: Vec<_> = flat.events.iter().map(|e| seen(&flat, e)).collect();
@@ -500,7 +567,7 @@ mod tests {
         assert_eq!(dbs, [0, 0, 0]);
         assert_eq!(flat.data.windows(3).filter(|w| w == b"app").count(), 1);
 
-        flat.fill(&events, false).unwrap();
+        fill(&mut flat, &events, false);
         assert!(flat.values.is_empty());
         assert!(flat.events.iter().all(|e| seen(&flat, e).1.is_none()));
         assert!(flat.events.iter().all(|e| seen(&flat, e).2.is_none()));
@@ -510,13 +577,15 @@ mod tests {
     fn a_burst_does_not_stay_allocated() {
         let big = "x".repeat(9 << 20);
         let mut flat = FlatBatch::default();
-        flat.fill(&[event(&relation("a"), None, Some(&big))], true)
-            .unwrap();
+        fill(&mut flat, &[event(&relation("a"), None, Some(&big))], true);
         flat.trim();
         assert_eq!(flat.data.capacity(), 0);
         assert!(flat.relations.is_empty(), "no relation is kept alive");
-        flat.fill(&[event(&relation("a"), None, Some("small"))], true)
-            .unwrap();
+        fill(
+            &mut flat,
+            &[event(&relation("a"), None, Some("small"))],
+            true,
+        );
         flat.trim();
         assert!(
             flat.data.capacity() > 0,

@@ -1,5 +1,5 @@
 //! A transform that reshapes each event as its `action` column says, through every kind of
-//! edit (set, remove, drop, replace, fail). Built with the SDK (ABI 0.2.0); `reshape-v0-1`
+//! edit (set, remove, drop, replace, fail). Built with the SDK (ABI 0.2.1); `reshape-v0-1`
 //! does the same against 0.1.0, and the tests expect the same output from both.
 
 use walflow_sdk::{Event, Op};
