@@ -145,6 +145,8 @@ impl Delivery {
             encoder: encoder.clone(),
             payloads,
         };
+        // A processor that runs batches on threads of its own encodes each there too.
+        processor.follow_with(encoding.follow_up());
         let prepare = prepare(
             processor.as_mut(),
             &encoding,
@@ -182,7 +184,7 @@ const PIPELINE_DEPTH: usize = 2;
 struct Prepared {
     /// Events for the sinks and their records, once encoded; `None` exactly when the batch
     /// took nothing from the input.
-    encoded: Option<EncodeTask>,
+    encoded: Option<Encoded>,
     /// Events a plugin failed on under `on_error = "dead-letter"`.
     dead_letters: Vec<(Event, String)>,
     /// Events taken from the input (for the queue budget).
@@ -275,7 +277,15 @@ impl Chaining {
             Some(started) => {
                 let output = started.answer().await.map_err(DeliveryError::Plugin)?;
                 metrics.record_chain(self.taken, output.events.len(), self.at.elapsed());
-                (Some(encoding.spawn(output.events)), output.dead_letters)
+                let encoded = match output.records {
+                    Some(records) => Encoded::Ready(
+                        records
+                            .map(|records| (output.events, records))
+                            .map_err(DeliveryError::Encode),
+                    ),
+                    None => Encoded::Running(encoding.spawn(output.events)),
+                };
+                (Some(encoded), output.dead_letters)
             }
         };
         Ok(Prepared {
@@ -295,6 +305,17 @@ struct Encoding {
 }
 
 impl Encoding {
+    /// The encoder as a [`FollowUp`](super::FollowUp), for a processor to run where its
+    /// batches ran.
+    fn follow_up(&self) -> super::FollowUp {
+        let encoder = self.encoder.clone();
+        let payloads = self.payloads.clone();
+        Arc::new(move |events: &[Event]| {
+            let buffers = payloads.take(events.len());
+            encode(&encoder, events, buffers).map_err(|e| e.to_string())
+        })
+    }
+
     /// Encodes a batch on the blocking pool. The writer awaits the handle, so the chain of the
     /// next batch runs while this one is encoded, and batches still reach the sinks in order.
     fn spawn(&self, events: Vec<Event>) -> EncodeTask {
@@ -308,13 +329,26 @@ impl Encoding {
     }
 }
 
-/// A batch being encoded: its events and their records, index for index.
-type EncodeTask = tokio::task::JoinHandle<Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError>>;
+/// A batch's events and their records, index for index.
+type Records = Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError>;
+
+/// A batch being encoded on the blocking pool.
+type EncodeTask = tokio::task::JoinHandle<Records>;
+
+/// A batch's encoding: done where the chain ran, or still running.
+enum Encoded {
+    Ready(Records),
+    Running(EncodeTask),
+}
 
 /// Waits for a batch's encoding.
-async fn encoded(task: EncodeTask) -> Result<(Vec<Event>, Vec<EncodedRecord>), DeliveryError> {
-    task.await
-        .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?
+async fn encoded(encoded: Encoded) -> Records {
+    match encoded {
+        Encoded::Ready(records) => records,
+        Encoded::Running(task) => task
+            .await
+            .map_err(|e| DeliveryError::Encode(format!("encoding panicked: {e}")))?,
+    }
 }
 
 /// Encodes a batch: one clock reading for all of it, and each record written into one of
@@ -386,9 +420,9 @@ impl Writer {
                 batch = batches.recv() => batch,
             };
             let Some(batch) = batch else { break };
-            // A batch that took input has an encoding task (see `prepare`).
-            if let Some(task) = batch.encoded {
-                let (events, records) = encoded(task).await?;
+            // A batch that took input has an encoding (see `prepare`).
+            if let Some(encoding) = batch.encoded {
+                let (events, records) = encoded(encoding).await?;
                 self.deliver(events, records, batch.dead_letters).await?;
                 if let Some(budget) = &self.budget {
                     budget.release(batch.taken);
@@ -912,7 +946,7 @@ mod tests {
                 times.lock().unwrap().push((n, "end", Instant::now()));
                 Ok(super::super::Processed {
                     events,
-                    dead_letters: Vec::new(),
+                    ..Default::default()
                 })
             }))
         }
@@ -980,5 +1014,95 @@ mod tests {
             "the third batch waited for the slow second one instead of starting on the worker \
              the first freed: {times:?}"
         );
+    }
+
+    /// Runs the follow-up where it runs the batch, the way the plugin chain does; batches
+    /// numbered `fails` come back with an encoding error instead.
+    struct EncodesWhereItRuns {
+        follow_up: Option<super::super::FollowUp>,
+        fails: usize,
+        started: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl Processor for EncodesWhereItRuns {
+        async fn process(&mut self, events: Vec<Event>) -> Result<super::super::Processed, String> {
+            let n = self.started;
+            self.started += 1;
+            let follow_up = self.follow_up.clone().expect("handed a follow-up");
+            let records = if n == self.fails {
+                Err("the encoder broke".to_string())
+            } else {
+                follow_up(&events)
+            };
+            Ok(super::super::Processed {
+                events,
+                records: Some(records),
+                ..Default::default()
+            })
+        }
+
+        fn follow_with(&mut self, follow_up: super::super::FollowUp) {
+            self.follow_up = Some(follow_up);
+        }
+    }
+
+    /// A processor that encodes its batches itself gets the delivery loop's encoder, and its
+    /// records (or its encoding error) are what goes on to the writer: nothing is encoded
+    /// twice, and a failure is not lost.
+    #[tokio::test]
+    async fn records_encoded_where_the_chain_ran_go_on_as_they_are() {
+        let mut processor = EncodesWhereItRuns {
+            follow_up: None,
+            fails: 2,
+            started: 0,
+        };
+        let encoding = Encoding {
+            encoder: Encoder::new(crate::config::Encoding::Json, Default::default()),
+            payloads: Arc::new(PayloadPool::default()),
+        };
+        processor.follow_with(encoding.follow_up());
+        let options = DeliveryOptions {
+            max_events: MAX,
+            max_wait: Duration::from_millis(10),
+            ..DeliveryOptions::default()
+        };
+        let (input_tx, input) = mpsc::channel(8);
+        for lsn in 1..=3 {
+            input_tx.send(unit(lsn, MAX, WHOLE)).await.unwrap();
+        }
+        drop(input_tx);
+        let (_stop_tx, stop) = watch::channel(false);
+        let (out_tx, mut out) = mpsc::channel(8);
+        let metrics = Metrics::default();
+        prepare(
+            &mut processor,
+            &encoding,
+            &options,
+            &metrics,
+            input,
+            stop,
+            out_tx,
+        )
+        .await
+        .unwrap();
+        let mut results = Vec::new();
+        while let Some(prepared) = out.recv().await {
+            let encoded = prepared.encoded.expect("each batch took input");
+            assert!(matches!(encoded, Encoded::Ready(_)), "not encoded again");
+            results.push(encoded);
+        }
+        assert_eq!(results.len(), 3);
+        for (n, result) in results.into_iter().enumerate() {
+            match (n, encoded(result).await) {
+                (2, Err(DeliveryError::Encode(e))) => assert_eq!(e, "the encoder broke"),
+                (2, other) => panic!("the third batch's error was lost: {other:?}"),
+                (_, Ok((events, records))) => {
+                    assert_eq!(records.len(), events.len());
+                    assert!(records.iter().all(|r| r.payload.starts_with(b"{")));
+                }
+                (_, Err(e)) => panic!("batch {n}: {e}"),
+            }
+        }
     }
 }

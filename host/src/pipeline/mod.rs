@@ -95,7 +95,15 @@ pub struct Processed {
     pub events: Vec<Event>,
     /// Events a plugin failed on under `on_error = "dead-letter"`, with the error.
     pub dead_letters: Vec<(Event, String)>,
+    /// `events` encoded by the [`FollowUp`], when the processor ran it (index for index).
+    pub records: Option<Result<Vec<crate::sink::EncodedRecord>, String>>,
 }
+
+/// Work on a batch's output that a processor may run on the thread that ran the chain (the
+/// delivery loop's encoder), instead of handing the batch to yet another thread for it.
+pub type FollowUp = std::sync::Arc<
+    dyn Fn(&[Event]) -> Result<Vec<crate::sink::EncodedRecord>, String> + Send + Sync,
+>;
 
 /// Runs a batch through the plugins. `Err` stops the pipeline without confirming the batch.
 #[async_trait]
@@ -107,6 +115,10 @@ pub trait Processor: Send {
     fn parallelism(&self) -> usize {
         1
     }
+
+    /// Hands the processor work to run on each batch's output where the batch ran, filling
+    /// [`Processed::records`]. The default ignores it (the caller then does the work itself).
+    fn follow_with(&mut self, _follow_up: FollowUp) {}
 
     /// Starts a batch. A processor that works on several batches at once (see
     /// [`parallelism`](Self::parallelism)) returns with the batch still running, so the caller
@@ -146,7 +158,7 @@ impl Processor for Passthrough {
     async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String> {
         Ok(Processed {
             events,
-            dead_letters: Vec::new(),
+            ..Processed::default()
         })
     }
 }

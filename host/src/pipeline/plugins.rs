@@ -12,7 +12,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Processed, Processor, Started};
+use super::{FollowUp, Processed, Processor, Started};
 use crate::config::Config;
 use crate::event::Event;
 use crate::metrics::Metrics;
@@ -50,6 +50,7 @@ pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Box
         back,
         chains: parallel,
         lost: Arc::new(AtomicUsize::new(0)),
+        follow_up: None,
         slots,
         metrics,
         _reloader: reloader,
@@ -72,6 +73,8 @@ struct ChainProcessor {
     chains: usize,
     /// Chains dropped because a batch panicked in them.
     lost: Arc<AtomicUsize>,
+    /// Run on each batch's output on the chain's thread (see [`Processor::follow_with`]).
+    follow_up: Option<FollowUp>,
     slots: Vec<Arc<PluginSlot>>,
     metrics: Arc<Metrics>,
     _reloader: Reloader,
@@ -85,6 +88,10 @@ impl Processor for ChainProcessor {
 
     fn parallelism(&self) -> usize {
         self.chains
+    }
+
+    fn follow_with(&mut self, follow_up: FollowUp) {
+        self.follow_up = Some(follow_up);
     }
 
     async fn start(&mut self, events: Vec<Event>) -> Started {
@@ -102,13 +109,18 @@ impl Processor for ChainProcessor {
         chain.pick_versions();
         let back = self.back.clone();
         let lost = self.lost.clone();
+        let follow_up = self.follow_up.clone();
         Started::Running(tokio::task::spawn_blocking(move || {
             let run = std::panic::catch_unwind(AssertUnwindSafe(|| chain.run_picked(events)));
             match run {
                 Ok(result) => {
                     // The processor may be gone (the pipeline stopped): then so is the chain.
                     let _ = back.send(chain);
-                    result.map(processed).map_err(|e| e.to_string())
+                    let mut processed = result.map(processed).map_err(|e| e.to_string())?;
+                    if let Some(follow_up) = follow_up {
+                        processed.records = Some(follow_up(&processed.events));
+                    }
+                    Ok(processed)
                 }
                 Err(panic) => {
                     lost.fetch_add(1, Ordering::AcqRel);
@@ -142,6 +154,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 
 fn processed(output: crate::plugin::ChainOutput) -> Processed {
     Processed {
+        records: None,
         events: output.events,
         dead_letters: output
             .dead_letters
