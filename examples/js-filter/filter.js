@@ -45,6 +45,14 @@ export const filterApi = {
     return undefined;
   },
 
+  // A dropped table is dropped whatever the op, and without dropped ops every other table is
+  // kept: the host then settles such batches without calling `filter`. undefined leaves the
+  // decision to `filter`, event by event.
+  keepTable(_db, table) {
+    if (dropTables.has(`${table.schema}.${table.table}`)) return false;
+    return dropOps.size > 0 ? undefined : true;
+  },
+
   // One boolean per event: true keeps it.
   filter(batch) {
     return batch.events.map((event) => {

@@ -47,6 +47,14 @@ class FilterApi(exports.FilterApi):
         # reads no row, so init already asked for none.
         return None
 
+    def keep_table(self, db: str, table: types.Relation) -> Optional[bool]:
+        # A dropped table is dropped whatever the op, and without dropped ops every other table
+        # is kept: the host then settles such batches without calling `filter`. None leaves
+        # the decision to `filter`, event by event.
+        if f"{table.schema}.{table.table}" in drop_tables:
+            return False
+        return None if drop_ops else True
+
     def filter(self, batch: types.Batch) -> List[bool]:
         names = [f"{r.schema}.{r.table}" for r in batch.relations]
         return [

@@ -123,14 +123,40 @@ pub fn without_rows() {
 /// Which columns a plugin reads, given the table and one of its columns (see [`only_columns`]).
 pub type ColumnFilter = fn(&Relation, &Column) -> bool;
 
-/// The plugin's [`ColumnFilter`], when it does not read every column.
-static COLUMNS: std::sync::Mutex<Option<ColumnFilter>> = std::sync::Mutex::new(None);
+/// A filter's answer for every change of a table, given the database and the table (see
+/// [`filter_by_table`]).
+pub type TableVerdict = fn(&str, &Relation) -> Option<bool>;
+
+/// A topic namer's topic for every change of a table, given the database and the table (see
+/// [`name_by_table`]).
+pub type TableTopic = fn(&str, &Relation) -> Option<String>;
+
+/// A function the plugin registers in `init` for the host to ask about tables.
+struct Hook<F>(std::sync::Mutex<Option<F>>);
+
+impl<F: Copy> Hook<F> {
+    const fn new() -> Self {
+        Hook(std::sync::Mutex::new(None))
+    }
+
+    fn set(&self, f: F) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    fn get(&self) -> Option<F> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+static COLUMNS: Hook<ColumnFilter> = Hook::new();
+static KEEP_TABLE: Hook<TableVerdict> = Hook::new();
+static TABLE_TOPIC: Hook<TableTopic> = Hook::new();
 
 /// Declares that this plugin reads (and writes) only the columns `reads` accepts (it gets the
-/// table and one of its columns). Call it from `init`. The host then sends each table with just those columns and each row with just
-/// their values, which makes every call cheaper the more columns a table has; the plugin sees
-/// the others nowhere ([`Event::columns`], [`Row::get`]), and cannot set or remove them.
-/// `reads` is asked once per table and column.
+/// table and one of its columns). Call it from `init`. The host then sends each table with
+/// just those columns and each row with just their values, which makes every call cheaper the
+/// more columns a table has; the plugin sees the others nowhere ([`Event::columns`],
+/// [`Row::get`]), and cannot set or remove them. `reads` is asked once per table and column.
 ///
 /// ```ignore
 /// #[walflow_sdk::init]
@@ -143,7 +169,29 @@ static COLUMNS: std::sync::Mutex<Option<ColumnFilter>> = std::sync::Mutex::new(N
 /// Not for a transform that replaces whole events ([`Event::set_op`] and the like): the host
 /// refuses a replacement of an event it sent only in part.
 pub fn only_columns(reads: ColumnFilter) {
-    *COLUMNS.lock().unwrap_or_else(|e| e.into_inner()) = Some(reads);
+    COLUMNS.set(reads);
+}
+
+/// For a filter that decides by table: `verdict` answers, for a database and a table, whether
+/// every change of that table is kept (`Some(true)`) or dropped (`Some(false)`), or `None`
+/// when it depends on the event. Call it from `init`. The host asks once per table and
+/// settles batches of tables with an answer itself, without calling the plugin; the filter
+/// function still sees the events of the other tables and logical messages.
+///
+/// ```ignore
+/// walflow_sdk::filter_by_table(|_db, table| Some(table.schema == "public"));
+/// ```
+pub fn filter_by_table(verdict: TableVerdict) {
+    KEEP_TABLE.set(verdict);
+}
+
+/// For a topic namer that names by table: `topic` answers, for a database and a table, the
+/// topic of every change of that table, or `None` when it depends on the event. Call it from
+/// `init`. The host asks once per table and names batches of such tables itself, without
+/// calling the plugin; the namer function still names logical messages and the events of
+/// tables answered `None`.
+pub fn name_by_table(topic: TableTopic) {
+    TABLE_TOPIC.set(topic);
 }
 
 /// Outbound HTTP for sink plugins: the host sends the request only to the hosts the sink's
@@ -189,7 +237,7 @@ pub mod __private {
     /// What `columns` answers for `table`: every column unless the plugin called
     /// [`crate::only_columns`].
     pub fn columns(table: crate::Relation) -> Option<Vec<u32>> {
-        let reads = (*crate::COLUMNS.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let reads = crate::COLUMNS.get()?;
         let positions = table.columns.iter().enumerate();
         Some(
             positions
@@ -197,6 +245,16 @@ pub mod __private {
                 .map(|(i, _)| i as u32)
                 .collect(),
         )
+    }
+
+    /// What `keep-table` answers: `None` unless the plugin called [`crate::filter_by_table`].
+    pub fn keep_table(db: String, table: crate::Relation) -> Option<bool> {
+        crate::KEEP_TABLE.get()?(&db, &table)
+    }
+
+    /// What `table-topic` answers: `None` unless the plugin called [`crate::name_by_table`].
+    pub fn table_topic(db: String, table: crate::Relation) -> Option<String> {
+        crate::TABLE_TOPIC.get()?(&db, &table)
     }
 
     /// Picks the plugin's `Init` impl when there is one (autoref specialisation).

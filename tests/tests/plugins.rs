@@ -536,6 +536,91 @@ fn a_plugin_built_against_0_2_0_still_runs_and_gets_every_column() {
     assert!(out.events.iter().all(|e| after(e, "tag") == &text("tag")));
 }
 
+/// A change of `table` (one key column), for the by-table tests.
+fn change_of(table: &str, id: i64) -> walflow::event::Event {
+    let rel = relation("public", table, &[("id", "int4", true)]);
+    event(&rel, Op::Create, vec![Value::Int(id)])
+}
+
+/// A logical decoding message.
+fn logical_message() -> walflow::event::Event {
+    let mut message = event(&relation("", "", &[]), Op::Message, vec![]);
+    message.after = None;
+    message.message = Some(Box::new(walflow::event::LogicalMessage {
+        transactional: true,
+        prefix: "audit".into(),
+        content: b"hello".to_vec(),
+    }));
+    message
+}
+
+/// A filter's per-table answers settle a batch only when every event has one: then the
+/// filter function is not called (it would answer the opposite); a table answered `none`,
+/// or a logical message, sends the whole batch to it.
+#[test]
+fn a_filter_decides_by_table_until_an_event_needs_a_look() {
+    let mut c = chain(vec![spec("keep_by_table", "{}", OnError::Stop)]);
+    let tables = |out: walflow::plugin::ChainOutput| -> Vec<String> {
+        out.events
+            .iter()
+            .map(|e| e.relation.table.clone())
+            .collect()
+    };
+    let by_table = c
+        .run(vec![
+            change_of("kept", 1),
+            change_of("gone", 2),
+            change_of("kept", 3),
+        ])
+        .expect("filter runs");
+    assert_eq!(
+        tables(by_table),
+        ["kept", "kept"],
+        "decided by table, no call"
+    );
+    let mixed = c
+        .run(vec![change_of("kept", 1), change_of("other", 2)])
+        .expect("filter runs");
+    assert_eq!(
+        tables(mixed),
+        ["other"],
+        "the filter function saw the batch"
+    );
+    let with_message = c
+        .run(vec![change_of("kept", 1), logical_message()])
+        .expect("filter runs");
+    assert_eq!(with_message.events.len(), 1);
+    assert_eq!(with_message.events[0].op, Op::Message);
+}
+
+/// A topic namer's per-table topics (asked per table and database) name a batch without a
+/// call while every event has one; otherwise the namer function names the whole batch.
+#[test]
+fn a_topic_namer_names_by_table_until_an_event_needs_a_look() {
+    let mut c = chain(vec![spec("topic_by_table", "{}", OnError::Stop)]);
+    let mut topics = |events: Vec<walflow::event::Event>| -> Vec<String> {
+        let out = c.run(events).expect("namer runs");
+        out.events
+            .iter()
+            .map(|e| e.topic.as_deref().unwrap().to_string())
+            .collect()
+    };
+    let mut elsewhere = change_of("b", 3);
+    elsewhere.source.db = "shop".into();
+    assert_eq!(
+        topics(vec![change_of("a", 1), change_of("b", 2), elsewhere]),
+        ["app.table.a", "app.table.b", "shop.table.b"]
+    );
+    assert_eq!(
+        topics(vec![change_of("a", 1), change_of("dynamic", 2)]),
+        ["event.a", "event.dynamic"]
+    );
+    assert_eq!(
+        topics(vec![change_of("a", 1), logical_message()]),
+        ["event.a", "event.message"]
+    );
+}
+
 #[test]
 fn python_filter_drops_configured_ops_and_tables() {
     example_filter_drops_configured_ops_and_tables("python_filter");

@@ -23,6 +23,9 @@ pub fn filter(_attr: TokenStream, item: TokenStream) -> TokenStream {
                 fn columns(table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::vec::Vec<u32>> {
                     ::walflow_sdk::__private::columns(table)
                 }
+                fn keep_table(db: ::std::string::String, table: ::walflow_sdk::Relation) -> ::std::option::Option<bool> {
+                    ::walflow_sdk::__private::keep_table(db, table)
+                }
                 fn filter(batch: ::walflow_sdk::types::Batch) -> ::std::result::Result<::std::vec::Vec<bool>, ::std::string::String> {
                     ::walflow_sdk::__private::run_filter(batch, #name)
                 }
@@ -74,6 +77,9 @@ pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
                 }
                 fn columns(table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::vec::Vec<u32>> {
                     ::walflow_sdk::__private::columns(table)
+                }
+                fn table_topic(db: ::std::string::String, table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::string::String> {
+                    ::walflow_sdk::__private::table_topic(db, table)
                 }
                 fn name_topics(batch: ::walflow_sdk::types::Batch) -> ::std::result::Result<::walflow_sdk::types::Topics, ::std::string::String> {
                     ::walflow_sdk::__private::run_topic_namer(batch, #name)

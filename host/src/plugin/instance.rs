@@ -18,7 +18,7 @@ use super::engine::{EPOCH_TICK, PluginEngine, one_line};
 use super::error::{LoadError, PluginError};
 use super::sandbox::{MemoryCapExceeded, StoreState};
 use crate::config::{OnError, PluginConfig};
-use crate::event::{Event, Relation};
+use crate::event::{Event, Op, Relation};
 
 /// The ABI version this host implements and the guest SDK targets; plugins built against
 /// older versions still run (see [`AbiVersion`]).
@@ -174,6 +174,8 @@ struct Exports {
     batch: ComponentExportIndex,
     /// `columns` (0.2.1, every role but sink).
     columns: Option<ComponentExportIndex>,
+    /// `keep-table` of a filter or `table-topic` of a topic namer (0.2.1).
+    by_table: Option<ComponentExportIndex>,
 }
 
 impl Exports {
@@ -188,10 +190,16 @@ impl Exports {
                 .ok_or_else(|| wasmtime::format_err!("`{interface}` does not export `{name}`"))
         };
         let projects = abi == AbiVersion::V0_2_1 && role != Role::Sink;
+        let by_table = match role {
+            Role::Filter => Some("keep-table"),
+            Role::TopicNamer => Some("table-topic"),
+            Role::Transform | Role::Sink => None,
+        };
         Ok(Exports {
             init: lookup("init")?,
             batch: lookup(role.batch_function())?,
             columns: projects.then(|| lookup("columns")).transpose()?,
+            by_table: by_table.filter(|_| projects).map(lookup).transpose()?,
         })
     }
 }
@@ -350,6 +358,12 @@ pub struct PluginInstance {
     columns: Option<Func>,
     /// What `columns` answered, per table.
     projections: v0_2::Projections,
+    /// `keep-table` or `table-topic`, checked against its signature (0.2.1).
+    by_table: Option<Func>,
+    /// What `keep-table` answered, per table and database.
+    kept_tables: v0_2::TableAnswers<bool>,
+    /// What `table-topic` answered, per table and database.
+    table_topics: v0_2::TableAnswers<Arc<str>>,
     /// The buffers a 0.2 batch is laid out in, kept between calls.
     flat: v0_2::FlatBatch,
 }
@@ -396,6 +410,18 @@ impl PluginInstance {
                     .func(),
             ),
         };
+        let by_table = match plugin.exports.by_table {
+            None => None,
+            Some(index) => {
+                let func = instance.get_func(&mut store, index).ok_or_else(|| {
+                    link(wasmtime::format_err!(
+                        "`keep-table`/`table-topic` is missing"
+                    ))
+                })?;
+                check_by_table_signature(&store, &func, plugin.role).map_err(link)?;
+                Some(func)
+            }
+        };
         let mut this = PluginInstance {
             plugin: plugin.clone(),
             store,
@@ -404,6 +430,9 @@ impl PluginInstance {
             needs_rows: true,
             columns,
             projections: v0_2::Projections::default(),
+            by_table,
+            kept_tables: v0_2::TableAnswers::default(),
+            table_topics: v0_2::TableAnswers::default(),
             flat: v0_2::FlatBatch::default(),
         };
         let needs = this.call_init().map_err(init_error)?;
@@ -508,9 +537,66 @@ impl PluginInstance {
         Ok(edits)
     }
 
+    /// Each event's answer from its table's (`keep-table`, `table-topic`), asking the plugin
+    /// about tables it has not been asked about; `None` when some event needs the batch call
+    /// (its table's answer is `none`, or it is a logical message).
+    fn answers_by_table<T: Clone>(
+        &mut self,
+        events: &[Event],
+        known: &mut v0_2::TableAnswers<T>,
+        ask: impl Fn(&mut Self, &str, &Relation) -> Result<Option<T>, PluginError>,
+    ) -> Result<Option<Vec<T>>, PluginError> {
+        if events.iter().any(|e| e.op == Op::Message) {
+            return Ok(None);
+        }
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            let (relation, db) = (&event.relation, &event.source.db);
+            let answer = match known.get(relation, db) {
+                Some(answer) => answer,
+                None => {
+                    let answer = ask(self, db, relation)?;
+                    known.insert(relation.clone(), db.clone(), answer.clone());
+                    answer
+                }
+            };
+            match answer {
+                Some(answer) => answers.push(answer),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(answers))
+    }
+
+    /// Calls `keep-table` or `table-topic` (whichever `R` says) about one table.
+    fn ask_by_table<R>(&mut self, db: &str, table: &Relation) -> Result<Option<R>, PluginError>
+    where
+        R: ComponentType + Lift + Send + Sync + 'static,
+    {
+        let Some(func) = self.by_table else {
+            return Ok(None);
+        };
+        // SAFETY: the signature was checked (`check_by_table_signature`) for this role, whose
+        // callers pick `R` to match.
+        let func =
+            unsafe { TypedFunc::<(&str, &RelationView<'_>), (Option<R>,)>::new_unchecked(func) };
+        let view = RelationView::new(table);
+        self.call(|store| func.call(store, (db, &view)).map(|(a,)| Ok(a)))
+    }
+
     /// Runs a filter over `events`: one flag per event, `true` keeps it.
     pub fn filter(&mut self, events: &[Event]) -> Result<Vec<bool>, PluginError> {
         self.expect(Role::Filter)?;
+        if self.by_table.is_some() {
+            let mut known = std::mem::take(&mut self.kept_tables);
+            let keep = self.answers_by_table(events, &mut known, |this, db, table| {
+                this.ask_by_table::<bool>(db, table)
+            });
+            self.kept_tables = known;
+            if let Some(keep) = keep? {
+                return Ok(keep);
+            }
+        }
         match self.plugin.abi {
             // SAFETY (both): a filter's batch function was checked to take `(batch)` and answer
             // `result<list<bool>, string>` (`check_batch_signature`).
@@ -548,6 +634,16 @@ impl PluginInstance {
     /// Runs a topic namer over `events`: one topic per event.
     pub fn name_topics(&mut self, events: &[Event]) -> Result<Vec<Arc<str>>, PluginError> {
         self.expect(Role::TopicNamer)?;
+        if self.by_table.is_some() {
+            let mut known = std::mem::take(&mut self.table_topics);
+            let topics = self.answers_by_table(events, &mut known, |this, db, table| {
+                Ok(this.ask_by_table::<String>(db, table)?.map(Arc::from))
+            });
+            self.table_topics = known;
+            if let Some(topics) = topics? {
+                return Ok(topics);
+            }
+        }
         match self.plugin.abi {
             AbiVersion::V0_2 | AbiVersion::V0_2_1 => {
                 // SAFETY: checked to take `(batch)` and answer `result<topics, string>`.
@@ -699,6 +795,19 @@ fn check_batch_signature(
         (AbiVersion::V0_1, Role::Sink) => func
             .typed::<(&BatchV0_1, &[String]), Answer<()>>(store)
             .map(drop),
+    }
+}
+
+/// Checks `keep-table` (a filter's) or `table-topic` (a topic namer's) against its signature.
+fn check_by_table_signature(
+    store: &Store<StoreState>,
+    func: &Func,
+    role: Role,
+) -> wasmtime::Result<()> {
+    type Table = (&'static str, &'static RelationView<'static>);
+    match role {
+        Role::Filter => func.typed::<Table, (Option<bool>,)>(store).map(drop),
+        _ => func.typed::<Table, (Option<String>,)>(store).map(drop),
     }
 }
 

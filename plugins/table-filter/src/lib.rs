@@ -54,7 +54,18 @@ fn setup(config: &str) -> Result<(), String> {
     }
     CONFIG
         .set(parsed)
-        .map_err(|_| "init called twice".to_string())
+        .map_err(|_| "init called twice".to_string())?;
+    // The table decides, except for matching tables under a `where`: the host then settles
+    // most batches without calling this plugin.
+    walflow_sdk::filter_by_table(|_, table| {
+        let config = CONFIG.get()?;
+        match name_matches(config, &table.schema, &table.table) {
+            false => Some(false),
+            true if config.predicate.is_none() => Some(true),
+            true => None,
+        }
+    });
+    Ok(())
 }
 
 #[walflow_sdk::filter]
@@ -102,9 +113,7 @@ fn table_matches(config: &Config, event: &Event) -> bool {
             return l.matched;
         }
         // Only a new table gets here, so building its name may allocate.
-        let name = format!("{schema}.{table}");
-        let passes = |globs: &[String]| globs.iter().any(|g| glob(g.as_bytes(), name.as_bytes()));
-        let matched = config.include.as_deref().is_none_or(passes) && !passes(&config.exclude);
+        let matched = name_matches(config, schema, table);
         *last = Some(LastTable {
             id,
             schema: schema.to_string(),
@@ -116,6 +125,13 @@ fn table_matches(config: &Config, event: &Event) -> bool {
 }
 
 /// Whether a column value equals a JSON value from the config.
+/// Whether `schema.table` is included and not excluded.
+fn name_matches(config: &Config, schema: &str, table: &str) -> bool {
+    let name = format!("{schema}.{table}");
+    let passes = |globs: &[String]| globs.iter().any(|g| glob(g.as_bytes(), name.as_bytes()));
+    config.include.as_deref().is_none_or(passes) && !passes(&config.exclude)
+}
+
 fn equals(value: &Value<'_>, expected: &serde_json::Value) -> bool {
     use serde_json::Value as J;
     match (value, expected) {

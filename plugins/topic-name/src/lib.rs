@@ -33,9 +33,22 @@ fn setup(config: &str) -> Result<(), String> {
     walflow_sdk::without_rows();
     let parsed: Config =
         serde_json::from_str(config).map_err(|e| format!("topic-name config: {e}"))?;
+    let by_table = !parsed
+        .template
+        .as_deref()
+        .is_some_and(|t| t.contains("{op}"));
     CONFIG
         .set(parsed)
-        .map_err(|_| "init called twice".to_string())
+        .map_err(|_| "init called twice".to_string())?;
+    // Without `{op}`, a table's changes all go to one topic: the host then names most batches
+    // without calling this plugin.
+    if by_table {
+        walflow_sdk::name_by_table(|db, table| {
+            let config = CONFIG.get()?;
+            Some(topic(config, db, &table.schema, &table.table, None))
+        });
+    }
+    Ok(())
 }
 
 /// The last topic named, with what it was named from: batches are runs of one table, so
@@ -78,7 +91,14 @@ fn name(event: &Event) -> Rc<str> {
             last.id = id;
             return last.topic.clone();
         }
-        let topic: Rc<str> = Rc::from(topic(config, event));
+        let named = topic(
+            config,
+            event.db(),
+            event.schema(),
+            event.table(),
+            Some(event.op()),
+        );
+        let topic: Rc<str> = Rc::from(named);
         *last = Some(Last {
             id,
             db: event.db().to_string(),
@@ -91,21 +111,22 @@ fn name(event: &Event) -> Rc<str> {
     })
 }
 
-fn topic(config: &Config, event: &Event) -> String {
+/// The topic of a change of `schema.table` in `db`; `op` is `None` for any change that is
+/// not a logical message (the template then must not use `{op}`).
+fn topic(config: &Config, db: &str, schema: &str, table: &str, op: Option<Op>) -> String {
     let prefix = config.prefix.as_deref().unwrap_or("");
-    let db = event.db();
     let topic = match &config.template {
         Some(t) => t
             .replace("{prefix}", prefix)
             .replace("{database}", db)
-            .replace("{schema}", event.schema())
-            .replace("{table}", event.table())
-            .replace("{op}", event.op().code()),
+            .replace("{schema}", schema)
+            .replace("{table}", table)
+            .replace("{op}", op.map_or("", Op::code)),
         // A logical decoding message has no table: Debezium's `{prefix}.message`.
-        None if event.op() == Op::Message && prefix.is_empty() => "message".to_string(),
-        None if event.op() == Op::Message => format!("{prefix}.message"),
-        None if prefix.is_empty() => format!("{}.{}", event.schema(), event.table()),
-        None => format!("{prefix}.{}.{}", event.schema(), event.table()),
+        None if op == Some(Op::Message) && prefix.is_empty() => "message".to_string(),
+        None if op == Some(Op::Message) => format!("{prefix}.message"),
+        None if prefix.is_empty() => format!("{schema}.{table}"),
+        None => format!("{prefix}.{schema}.{table}"),
     };
     if config.database_prefix {
         format!("{db}_{topic}")

@@ -102,6 +102,7 @@ macro_rules! enum_conversions {
 }
 use enum_conversions;
 
+mod by_table;
 mod canonical;
 mod projection;
 pub(crate) mod v0_1;

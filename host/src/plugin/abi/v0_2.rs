@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{ComponentType, Lower};
 
+pub(crate) use super::by_table::TableAnswers;
 pub(crate) use super::canonical::LiftedEdits;
 use super::canonical::{EventBytes, LiftedEdit, ValueBytes};
 pub(crate) use super::projection::{Projection, Projections};
