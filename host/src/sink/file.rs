@@ -10,7 +10,11 @@
 //! Every few MiB the kernel is asked to start writing what was appended (`sync_file_range`,
 //! as PostgreSQL's `wal_writer_flush_after` does), so that the fsync of a flush finds most of
 //! the data on disk already and the writer does not stall for a whole interval's worth of
-//! writeback at once. Durability still comes only from that fsync, and the fsync runs in the
+//! writeback at once. A range whose writeback started a round earlier is then dropped from
+//! the page cache (`POSIX_FADV_DONTNEED`, which leaves dirty pages alone): a sink writes far
+//! more than anyone rereads soon, and recycling a few MiB of cache pages is much cheaper than
+//! taking fresh ones for every write (on the VMs measured, a 2 GB snapshot spent a quarter of
+//! its CPU copying into new page-cache pages, against a twentieth with them recycled). Durability still comes only from that fsync, and the fsync runs in the
 //! background ([`Sink::begin_flush`]) on a second descriptor of the same file, so records keep
 //! being appended while it waits for the disk.
 //!
@@ -35,8 +39,8 @@ pub struct FileSink {
     size: u64,
     max_bytes: Option<u64>,
     separator: Vec<u8>,
-    /// File offset up to which writeback has been started.
-    written_back: u64,
+    /// How far writeback was started and the page cache dropped.
+    writeback: Writeback,
 }
 
 /// How many appended bytes make the sink start their writeback.
@@ -72,7 +76,7 @@ impl FileSink {
             size: 0,
             max_bytes,
             separator: b"\n".to_vec(),
-            written_back: 0,
+            writeback: Writeback::default(),
         };
         sink.reopen()?;
         Ok(sink)
@@ -86,7 +90,7 @@ impl FileSink {
             .open(&self.path)
             .map_err(|e| cannot_write(&self.path, e))?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        self.written_back = self.size;
+        self.writeback = Writeback::from(self.size);
         self.writer = Some(BufWriter::with_capacity(1 << 20, file));
         Ok(())
     }
@@ -152,11 +156,7 @@ impl FileSink {
             return;
         };
         let in_file = self.size.saturating_sub(w.buffer().len() as u64);
-        if in_file < self.written_back + WRITEBACK_EVERY {
-            return;
-        }
-        writeback(w.get_ref(), self.written_back, in_file - self.written_back);
-        self.written_back = in_file;
+        self.writeback.advance(w.get_ref(), in_file);
     }
 
     /// Appends a batch's records, noting each file it rotated away in `rotated`.
@@ -204,8 +204,55 @@ impl FileSink {
         file.set_len(start)?;
         file.sync_data()?;
         self.size = start;
-        self.written_back = self.written_back.min(start);
+        self.writeback.cut(start);
         Ok(())
+    }
+}
+
+/// Offsets into the file of the writeback started and the page cache dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Writeback {
+    /// Writeback was started up to here.
+    started: u64,
+    /// Up to here it was started a round before: it has had a round's time to reach the disk.
+    settled: u64,
+    /// The page cache was dropped up to here.
+    dropped: u64,
+}
+
+impl From<u64> for Writeback {
+    /// Everything up to `offset` is taken as handled (a reopened file's existing contents).
+    fn from(offset: u64) -> Writeback {
+        Writeback {
+            started: offset,
+            settled: offset,
+            dropped: offset,
+        }
+    }
+}
+
+impl Writeback {
+    /// With `in_file` bytes in the file: starts the writeback of what was appended since the
+    /// last start once that is [`WRITEBACK_EVERY`], and drops the range settled since the last
+    /// drop from the page cache.
+    fn advance(&mut self, file: &File, in_file: u64) {
+        if in_file < self.started + WRITEBACK_EVERY {
+            return;
+        }
+        writeback(file, self.started, in_file - self.started);
+        if self.settled > self.dropped {
+            drop_cached(file, self.dropped, self.settled - self.dropped);
+            self.dropped = self.settled;
+        }
+        self.settled = self.started;
+        self.started = in_file;
+    }
+
+    /// The file was cut back to `len` bytes.
+    fn cut(&mut self, len: u64) {
+        self.started = self.started.min(len);
+        self.settled = self.settled.min(len);
+        self.dropped = self.dropped.min(len);
     }
 }
 
@@ -232,6 +279,26 @@ fn writeback(file: &File, offset: u64, len: u64) {
 
 #[cfg(not(target_os = "linux"))]
 fn writeback(_file: &File, _offset: u64, _len: u64) {}
+
+/// Drops the clean pages of `len` bytes of `file` from `offset` from the page cache (dirty
+/// ones and those still being written stay). Best effort: a failure only leaves them cached.
+#[cfg(target_os = "linux")]
+fn drop_cached(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor belongs to `file`, which is open for the whole call, and the call
+    // takes only plain integers.
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::from_raw_os_error(rc), "dropping written file pages from the cache failed");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_cached(_file: &File, _offset: u64, _len: u64) {}
 
 /// Makes a rename in `path`'s directory durable (best effort).
 fn sync_dir(path: &Path) {
@@ -393,6 +460,71 @@ mod tests {
     use super::*;
     use crate::sink::EncodedRecord;
 
+    /// Pages of `len` bytes of `file` from `offset` that are in the page cache.
+    #[cfg(target_os = "linux")]
+    fn resident(file: &File, offset: u64, len: u64) -> usize {
+        use std::os::fd::AsRawFd;
+        let page = 4096;
+        // SAFETY: a read-only shared mapping of an open file, unmapped before returning;
+        // `mincore` writes one byte per page into a vector of that many bytes.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            let mut pages = vec![0u8; (len as usize).div_ceil(page)];
+            assert_eq!(libc::mincore(map, len as usize, pages.as_mut_ptr()), 0);
+            libc::munmap(map, len as usize);
+            pages.iter().filter(|p| **p & 1 == 1).count()
+        }
+    }
+
+    /// A range leaves the page cache once the writeback of the range after it has started
+    /// (then it has had a round to reach the disk); the newest ones stay.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn written_ranges_leave_the_page_cache_a_round_later() {
+        // Not /tmp, which may be tmpfs (whose pages are the file and never leave).
+        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+        let dir = tempfile::tempdir_in(target).unwrap();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("out"))
+            .unwrap();
+        let chunk = vec![b'x'; WRITEBACK_EVERY as usize];
+        let mut writeback = Writeback::default();
+        for round in 1..=3u64 {
+            file.write_all(&chunk).unwrap();
+            // Clean pages, so that dropping them is certain rather than timing-dependent.
+            file.sync_data().unwrap();
+            writeback.advance(&file, round * WRITEBACK_EVERY);
+        }
+        let step = WRITEBACK_EVERY;
+        assert_eq!(
+            writeback,
+            Writeback {
+                started: 3 * step,
+                settled: 2 * step,
+                dropped: step
+            }
+        );
+        assert_eq!(resident(&file, 0, step), 0, "the oldest range was dropped");
+        assert!(
+            resident(&file, 2 * step, step) > 0,
+            "the newest range stays"
+        );
+        writeback.cut(step / 2);
+        assert_eq!(writeback, Writeback::from(step / 2));
+    }
+
     #[test]
     fn a_torn_last_record_is_cut_and_whole_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -430,10 +562,10 @@ mod tests {
             sink.start_writeback();
         }
         let in_file = std::fs::metadata(&path).unwrap().len();
+        let started = sink.writeback.started;
         assert!(
-            sink.written_back >= WRITEBACK_EVERY && sink.written_back <= in_file,
-            "writeback started up to {} of {in_file} bytes",
-            sink.written_back
+            started >= WRITEBACK_EVERY && started <= in_file,
+            "writeback started up to {started} of {in_file} bytes"
         );
         sink.sync().unwrap();
         let text = std::fs::read(&path).unwrap();
