@@ -539,19 +539,31 @@ impl PluginInstance {
 
     /// Each event's answer from its table's (`keep-table`, `table-topic`), asking the plugin
     /// about tables it has not been asked about; `None` when some event needs the batch call
-    /// (its table's answer is `none`, or it is a logical message).
-    fn answers_by_table<T: Clone>(
+    /// (its table's answer is `none`, or it is a logical message). Each run of events of one
+    /// table shares one `local` copy of the answer: a topic's `Arc` is cloned and dropped once
+    /// per event on several threads, and the cached one, shared by every batch, would be
+    /// contended.
+    fn answers_by_table<T: Clone, U: Clone>(
         &mut self,
         events: &[Event],
         known: &mut v0_2::TableAnswers<T>,
         ask: impl Fn(&mut Self, &str, &Relation) -> Result<Option<T>, PluginError>,
-    ) -> Result<Option<Vec<T>>, PluginError> {
+        local: impl Fn(&T) -> U,
+    ) -> Result<Option<Vec<U>>, PluginError> {
         if events.iter().any(|e| e.op == Op::Message) {
             return Ok(None);
         }
         let mut answers = Vec::with_capacity(events.len());
+        let mut run: Option<(&Arc<Relation>, &Arc<str>, U)> = None;
         for event in events {
             let (relation, db) = (&event.relation, &event.source.db);
+            if let Some((r, d, answer)) = &run
+                && Arc::ptr_eq(r, relation)
+                && Arc::ptr_eq(d, db)
+            {
+                answers.push(answer.clone());
+                continue;
+            }
             let answer = match known.get(relation, db) {
                 Some(answer) => answer,
                 None => {
@@ -560,10 +572,12 @@ impl PluginInstance {
                     answer
                 }
             };
-            match answer {
-                Some(answer) => answers.push(answer),
-                None => return Ok(None),
-            }
+            let Some(answer) = answer else {
+                return Ok(None);
+            };
+            let answer = local(&answer);
+            answers.push(answer.clone());
+            run = Some((relation, db, answer));
         }
         Ok(Some(answers))
     }
@@ -589,9 +603,12 @@ impl PluginInstance {
         self.expect(Role::Filter)?;
         if self.by_table.is_some() {
             let mut known = std::mem::take(&mut self.kept_tables);
-            let keep = self.answers_by_table(events, &mut known, |this, db, table| {
-                this.ask_by_table::<bool>(db, table)
-            });
+            let keep = self.answers_by_table(
+                events,
+                &mut known,
+                |this, db, table| this.ask_by_table::<bool>(db, table),
+                |keep| *keep,
+            );
             self.kept_tables = known;
             if let Some(keep) = keep? {
                 return Ok(keep);
@@ -636,9 +653,12 @@ impl PluginInstance {
         self.expect(Role::TopicNamer)?;
         if self.by_table.is_some() {
             let mut known = std::mem::take(&mut self.table_topics);
-            let topics = self.answers_by_table(events, &mut known, |this, db, table| {
-                Ok(this.ask_by_table::<String>(db, table)?.map(Arc::from))
-            });
+            let topics = self.answers_by_table(
+                events,
+                &mut known,
+                |this, db, table| Ok(this.ask_by_table::<String>(db, table)?.map(Arc::from)),
+                |topic: &Arc<str>| Arc::<str>::from(&**topic),
+            );
             self.table_topics = known;
             if let Some(topics) = topics? {
                 return Ok(topics);
