@@ -346,8 +346,9 @@ impl Connection {
         self.io.flush().await.map_err(|e| self.broken(e))
     }
 
-    /// Splits the next whole frame off the read buffer, without I/O.
-    pub fn try_frame(&mut self) -> Result<Option<Frame>, ConnectError> {
+    /// The tag and whole length (header included) of the next frame, when the read buffer
+    /// holds all of it; otherwise makes room for it.
+    fn peek_frame(&mut self) -> Result<Option<(u8, usize)>, ConnectError> {
         if self.rbuf.len() < 5 {
             return Ok(None);
         }
@@ -363,7 +364,14 @@ impl Connection {
             self.rbuf.reserve(total - self.rbuf.len());
             return Ok(None);
         }
-        let tag = self.rbuf[0];
+        Ok(Some((self.rbuf[0], total)))
+    }
+
+    /// Splits the next whole frame off the read buffer, without I/O.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, ConnectError> {
+        let Some((tag, total)) = self.peek_frame()? else {
+            return Ok(None);
+        };
         let mut body = self.rbuf.split_to(total);
         body.advance(5);
         Ok(Some(Frame { tag, body }))
@@ -465,6 +473,81 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Sends a `COPY … TO STDOUT` and waits for the copy to open; then read its rows with
+    /// [`copy_out_buffered`](Self::copy_out_buffered) and [`fill`](Self::fill).
+    pub async fn start_copy_out(&mut self, sql: &str) -> Result<(), ConnectError> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| self.broken(e))?;
+        self.flush().await?;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'H' => return Ok(()),
+                b'N' => {}
+                b'E' => return Err(self.error_then_ready(frame).await),
+                other => {
+                    return Err(ConnectError::Protocol(format!(
+                        "expected CopyOutResponse, got message '{}'",
+                        other as char
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Hands each whole row (CopyData body) in the read buffer to `each`, in place: no I/O, no
+    /// copy, no allocation per row. `Ok(true)` once the server has ended the COPY and is ready
+    /// for the next statement; `Ok(false)` when it needs more input ([`fill`](Self::fill)).
+    /// After an error the connection is unusable.
+    pub fn copy_out_buffered<E: From<ConnectError>>(
+        &mut self,
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        while let Some((tag, total)) = self.peek_frame()? {
+            if tag == b'd' {
+                let row = each(&self.rbuf[5..total]);
+                self.rbuf.advance(total);
+                row?;
+                continue;
+            }
+            let frame = self
+                .try_frame()?
+                .ok_or_else(|| ConnectError::Protocol("a peeked frame went missing".into()))?;
+            match frame.tag {
+                b'Z' => return Ok(true),
+                b'c' | b'C' | b'N' | b'S' => {}
+                b'E' => {
+                    return Err(match parse_frame(frame)? {
+                        backend::Message::ErrorResponse(e) => {
+                            ServerError::from_fields(e.fields()).into_generic().into()
+                        }
+                        _ => ConnectError::Protocol("a malformed error response".into()).into(),
+                    });
+                }
+                other => {
+                    return Err(ConnectError::Protocol(format!(
+                        "unexpected message '{}' in a COPY",
+                        other as char
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The server error in `frame`, after reading on to the ReadyForQuery that follows it.
+    async fn error_then_ready(&mut self, frame: Frame) -> ConnectError {
+        let err = match parse_frame(frame) {
+            Ok(backend::Message::ErrorResponse(e)) => {
+                ServerError::from_fields(e.fields()).into_generic()
+            }
+            Ok(_) => ConnectError::Protocol("a malformed error response".into()),
+            Err(e) => return e,
+        };
+        let _ = self.read_message().await;
+        err
     }
 
     /// Reads the next message of the CopyBoth stream.

@@ -6,7 +6,11 @@
 //!   every reader imports the snapshot (`SET TRANSACTION SNAPSHOT`); then it is closed and the
 //!   stream later starts at the slot's consistent point.
 //! - Tables are split into heap page ranges (`ctid` ranges, PostgreSQL 14+ scans them
-//!   directly) and read with `COPY … TO STDOUT` by `snapshot_parallelism` connections.
+//!   directly) and read with `COPY … TO STDOUT` by `snapshot_parallelism` connections. Those
+//!   are walflow's own protocol connections (as the replication one), whose rows are decoded
+//!   straight out of the socket buffer: no task, channel or allocation per row between the
+//!   socket and the decoder. One more session, on the same snapshot, answers the catalog
+//!   queries and ends before the rows are read.
 //! - A table whose columns all have a binary decoder (integers, float8, text types, bytea,
 //!   uuid, json/jsonb, numeric, date/time/timestamp, and timestamptz in a UTC session) is read
 //!   with `(FORMAT binary)`: the server skips its costliest output functions and the host
@@ -23,7 +27,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
@@ -199,13 +202,16 @@ async fn run(
     out: Delivering<'_>,
 ) -> anyhow::Result<Outcome> {
     let source = &config.source;
-    let readers = open_readers(source, &mut plan.source).await?;
-    let leader = &readers[0];
+    let Sessions { catalog, readers } = open_sessions(source, &mut plan.source).await?;
+    let leader = &catalog;
     let registry = catalog::load_registry(leader).await?;
     let selector = TableSelector::from_source(source)?;
     let version = catalog::server_version(leader).await?;
     let mut tables = catalog::captured_tables(leader, source, &selector, &registry).await?;
     let utc = catalog::session_is_utc(leader).await?;
+    // The readers hold the snapshot now: the catalog session is done.
+    let _ = catalog.batch_execute("COMMIT").await;
+    drop(catalog);
     for t in &mut tables {
         t.binary = copy_binary::binary_columns(&t.relation, utc);
     }
@@ -244,57 +250,75 @@ async fn run(
     Ok(Outcome::Done(checkpoint))
 }
 
-/// Opens the readers, each in a repeatable-read transaction on the same snapshot, then lets
-/// the replication connection go (its exported snapshot is imported by then).
-async fn open_readers(
+/// The sessions of an initial snapshot, all in repeatable-read transactions on one snapshot.
+struct Sessions {
+    /// For the catalog queries (an SQL client).
+    catalog: Client,
+    /// One per `snapshot_parallelism`, for the COPYs.
+    readers: Vec<Connection>,
+}
+
+/// Opens the catalog session and the readers on the same snapshot, then lets the replication
+/// connection go (its exported snapshot is imported by then).
+async fn open_sessions(
     source: &SourceConfig,
     snapshot: &mut SnapshotSource,
-) -> anyhow::Result<Vec<Client>> {
-    let n = source.snapshot_parallelism.max(1);
-    let mut readers = Vec::with_capacity(n);
-    let mut name = match snapshot {
-        SnapshotSource::Exported(name, _) => Some(name.clone()),
-        SnapshotSource::Fresh => None,
-    };
-    for _ in 0..n {
-        let client = connect_sql(source).await?;
-        prepare_session(&client).await?;
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(catalog::sql_error)?;
-        match &name {
-            Some(name) => client
-                .batch_execute(&format!(
-                    "SET TRANSACTION SNAPSHOT {}",
-                    catalog::literal(name)
-                ))
+) -> anyhow::Result<Sessions> {
+    let catalog = connect_sql(source).await?;
+    prepare_session(&catalog).await?;
+    catalog
+        .batch_execute(BEGIN_SNAPSHOT)
+        .await
+        .map_err(catalog::sql_error)?;
+    let name = match snapshot {
+        SnapshotSource::Exported(name, _) => name.clone(),
+        SnapshotSource::Fresh => {
+            // The catalog session's transaction stays open until every reader imported it.
+            let row = catalog
+                .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
                 .await
-                .map_err(catalog::sql_error)
-                .context("cannot import the snapshot")?,
-            None => {
-                let row = client
-                    .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
-                    .await
-                    .map_err(catalog::sql_error)?;
-                name = Some(row.get(0));
-            }
+                .map_err(catalog::sql_error)?;
+            row.get(0)
         }
-        readers.push(client);
+    };
+    let import = format!("SET TRANSACTION SNAPSHOT {}", catalog::literal(&name));
+    if matches!(snapshot, SnapshotSource::Exported(..)) {
+        catalog
+            .batch_execute(&import)
+            .await
+            .map_err(catalog::sql_error)
+            .context("cannot import the snapshot")?;
+    }
+    let opts = ConnectOptions::from_source(source)?;
+    let mut readers = Vec::with_capacity(source.snapshot_parallelism.max(1));
+    for _ in 0..source.snapshot_parallelism.max(1) {
+        let mut reader = Connection::connect(&opts, false).await?;
+        reader.simple_query(SESSION_SETTINGS).await?;
+        reader.simple_query(BEGIN_SNAPSHOT).await?;
+        reader
+            .simple_query(&import)
+            .await
+            .context("cannot import the snapshot")?;
+        readers.push(reader);
     }
     if let SnapshotSource::Exported(_, conn) = std::mem::replace(snapshot, SnapshotSource::Fresh) {
         conn.close().await;
     }
-    Ok(readers)
+    Ok(Sessions { catalog, readers })
 }
 
 /// Session settings under which values print as the replication stream prints them.
+const SESSION_SETTINGS: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
+     SET extra_float_digits = 3; SET statement_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0";
+
+/// The transaction every snapshot session reads in.
+const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// Applies [`SESSION_SETTINGS`] to an SQL client.
 pub(super) async fn prepare_session(client: &Client) -> anyhow::Result<()> {
     client
-        .batch_execute(
-            "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; \
-             SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0",
-        )
+        .batch_execute(SESSION_SETTINGS)
         .await
         .map_err(catalog::sql_error)?;
     Ok(())
@@ -339,7 +363,7 @@ enum Read {
 
 /// Reads every chunk and delivers the rows; `Ok(false)` when stopped before the end.
 async fn copy_all(
-    readers: Vec<Client>,
+    readers: Vec<Connection>,
     tables: &HashMap<String, Arc<TableInfo>>,
     plan: &Plan,
     store: &CheckpointStore,
@@ -363,9 +387,9 @@ async fn copy_all(
         commit_time_us: crate::checkpoint::now_ms() * 1000,
         snapshot: SnapshotMarker::True,
     };
-    for client in readers {
+    for reader in readers {
         tokio::spawn(read_chunks(
-            client,
+            reader,
             queue.clone(),
             tables.clone(),
             meta.clone(),
@@ -408,7 +432,7 @@ fn track_tables(
 
 /// One reader: takes chunks off the queue until it is empty.
 async fn read_chunks(
-    client: Client,
+    mut reader: Connection,
     queue: Arc<Mutex<VecDeque<(usize, ChunkSpec)>>>,
     tables: HashMap<String, Arc<TableInfo>>,
     meta: Source,
@@ -420,7 +444,7 @@ async fn read_chunks(
         let Some(table) = tables.get(&chunk.qualified_name()) else {
             continue;
         };
-        let result = read_chunk(&client, index, &chunk, table, &meta, &out).await;
+        let result = read_chunk(&mut reader, index, &chunk, table, &meta, &out).await;
         let message = match result {
             Ok(()) => Ok(Read::Done(index)),
             Err(e) => Err(e.context(format!("cannot read {}", chunk.qualified_name()))),
@@ -430,38 +454,48 @@ async fn read_chunks(
             return;
         }
     }
-    let _ = client.batch_execute("COMMIT").await;
+    let _ = reader.simple_query("COMMIT").await;
+    reader.close().await;
 }
 
 async fn read_chunk(
-    client: &Client,
+    reader: &mut Connection,
     index: usize,
     chunk: &ChunkSpec,
     table: &TableInfo,
     meta: &Source,
     out: &mpsc::Sender<anyhow::Result<Read>>,
 ) -> anyhow::Result<()> {
-    let copy = client
-        .copy_out(&copy_statement(chunk, table))
-        .await
-        .map_err(catalog::sql_error)?;
-    futures::pin_mut!(copy);
+    reader.start_copy_out(&copy_statement(chunk, table)).await?;
     let mut binary = BinaryCopy::default();
     let mut rows = Vec::with_capacity(ROWS_PER_UNIT);
-    while let Some(message) = copy.next().await {
-        let message = message.map_err(catalog::sql_error)?;
-        match &table.binary {
-            Some(kinds) => binary.rows(&message, kinds, &table.codecs, |row| {
-                rows.push(row_event(table, row, meta))
-            })?,
-            None => rows.push(row_event(table, text_row(table, &message), meta)),
-        }
-        if rows.len() >= ROWS_PER_UNIT {
-            let full = std::mem::replace(&mut rows, Vec::with_capacity(ROWS_PER_UNIT));
-            if out.send(Ok(Read::Rows(index, full))).await.is_err() {
+    let mut full = Vec::new();
+    loop {
+        // Every row the socket buffer holds, decoded in place; whole units set aside.
+        let done = reader.copy_out_buffered(|message| -> anyhow::Result<()> {
+            match &table.binary {
+                Some(kinds) => binary.rows(message, kinds, &table.codecs, |row| {
+                    rows.push(row_event(table, row, meta))
+                })?,
+                None => rows.push(row_event(table, text_row(table, message), meta)),
+            }
+            if rows.len() >= ROWS_PER_UNIT {
+                full.push(std::mem::replace(
+                    &mut rows,
+                    Vec::with_capacity(ROWS_PER_UNIT),
+                ));
+            }
+            Ok(())
+        })?;
+        for unit in full.drain(..) {
+            if out.send(Ok(Read::Rows(index, unit))).await.is_err() {
                 return Ok(());
             }
         }
+        if done {
+            break;
+        }
+        reader.fill().await?;
     }
     if !rows.is_empty() {
         let _ = out.send(Ok(Read::Rows(index, rows))).await;
