@@ -160,6 +160,33 @@
 //! The benchmark itself on that VM afterwards, 5,000,000 rows (COPY 1.02–1.05M rows/s):
 //! parallelism 1 median 0.666 (best 0.667), parallelism 2 median 0.651 (best 0.690),
 //! 9.1–10.1 s of CPU — the highest ratios so far, still short of 0.8.
+//!
+//! 2026-12-06, later, same VM. The benchmark's walflow took 10–11.6 s of CPU for 5M rows
+//! where a native run of the same table took ~8 s, and a profile of the benchmark's child
+//! showed why: a quarter of its CPU was the kernel copying records into page-cache pages
+//! (`copy_folio_from_iter_atomic`), against ~5% natively. Every write of the 2 GB output
+//! landed in a fresh page, and first-touching memory is slow on these VMs. The file sink now
+//! drops each 8 MiB range from the page cache a round after starting its writeback
+//! (`POSIX_FADV_DONTNEED`, clean pages only), so a few MiB of cache pages are recycled:
+//! 8.3–8.9 s of CPU, ratios 0.73–0.81. The other changes of the day, each measured with old
+//! and new builds alternating on 2M rows (wall medians):
+//! - plugin ABI 0.2.1 `columns`: binary-repr asks for its byte columns only, and the host
+//!   sends it one value per row instead of seven (2.90 → 2.65 s, ~9% less CPU);
+//! - 0.2.1 `keep-table` and `table-topic`: table-filter and topic-name answer once per table
+//!   and most batches skip both calls (2.73 → 2.50 s, ~7% less CPU);
+//! - each batch encoded on the thread that ran its chain (2.74 → 2.69 s);
+//! - mimalloc without transparent huge pages: each first touch of the heap zeroed 2 MiB,
+//!   3.5–5% of the CPU in `clear_page_erms` (2.80 → 2.68 s);
+//! - COPY rows decoded straight out of walflow's own connection's read buffer instead of
+//!   coming one by one through tokio-postgres's connection task and channel (5M rows natively:
+//!   6.5–6.8 → 6.0–6.3 s, ~9% less CPU).
+//!
+//! Then the benchmark, 5,000,000 rows, COPY 0.85–1.0M rows/s, walflow 7.3–8.0 s of CPU
+//! (~1.5 µs per row): parallelism 1 median 0.850 (best 0.931), parallelism 2 median 0.810
+//! (best 0.945) — over issue 5's 0.8 at parallelism 2 for the first time, though a single
+//! round still ranges 0.79–0.95 with the VM. Run again straight after (COPY 0.85–0.92M
+//! rows/s, walflow 8.0–8.4 s of CPU): parallelism 1 median 0.827 (best 0.836), parallelism 2
+//! median 0.819 (best 0.854), every round at parallelism 2 between 0.809 and 0.854.
 
 use std::path::Path;
 use std::process::Command;

@@ -401,27 +401,8 @@ impl PluginInstance {
             .get_func(&mut store, plugin.exports.batch)
             .ok_or_else(|| link(wasmtime::format_err!("the batch function is missing")))?;
         check_batch_signature(&store, &batch, plugin.role, plugin.abi).map_err(link)?;
-        let columns = match plugin.exports.columns {
-            None => None,
-            Some(index) => Some(
-                *instance
-                    .get_typed_func::<(&RelationView<'static>,), Columns>(&mut store, index)
-                    .map_err(link)?
-                    .func(),
-            ),
-        };
-        let by_table = match plugin.exports.by_table {
-            None => None,
-            Some(index) => {
-                let func = instance.get_func(&mut store, index).ok_or_else(|| {
-                    link(wasmtime::format_err!(
-                        "`keep-table`/`table-topic` is missing"
-                    ))
-                })?;
-                check_by_table_signature(&store, &func, plugin.role).map_err(link)?;
-                Some(func)
-            }
-        };
+        let (columns, by_table) =
+            per_table_functions(&instance, &mut store, &plugin).map_err(link)?;
         let mut this = PluginInstance {
             plugin: plugin.clone(),
             store,
@@ -816,6 +797,34 @@ fn check_batch_signature(
             .typed::<(&BatchV0_1, &[String]), Answer<()>>(store)
             .map(drop),
     }
+}
+
+/// A 0.2.1 plugin's `columns` and its `keep-table` (filter) or `table-topic` (topic namer),
+/// checked against their signatures.
+fn per_table_functions(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<StoreState>,
+    plugin: &LoadedPlugin,
+) -> wasmtime::Result<(Option<Func>, Option<Func>)> {
+    let columns = match plugin.exports.columns {
+        None => None,
+        Some(index) => Some(
+            *instance
+                .get_typed_func::<(&RelationView<'static>,), Columns>(&mut *store, index)?
+                .func(),
+        ),
+    };
+    let by_table = match plugin.exports.by_table {
+        None => None,
+        Some(index) => {
+            let func = instance
+                .get_func(&mut *store, index)
+                .ok_or_else(|| wasmtime::format_err!("`keep-table`/`table-topic` is missing"))?;
+            check_by_table_signature(store, &func, plugin.role)?;
+            Some(func)
+        }
+    };
+    Ok((columns, by_table))
 }
 
 /// Checks `keep-table` (a filter's) or `table-topic` (a topic namer's) against its signature.
