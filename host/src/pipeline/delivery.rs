@@ -914,6 +914,29 @@ mod tests {
         );
     }
 
+    /// Batches of at most [`MAX`] events, and an input holding `n` whole units (LSNs 1 to `n`)
+    /// and then closed.
+    async fn whole_units(n: u64) -> (DeliveryOptions, mpsc::Receiver<Unit>) {
+        let options = DeliveryOptions {
+            max_events: MAX,
+            max_wait: Duration::from_millis(10),
+            ..DeliveryOptions::default()
+        };
+        let (input_tx, input) = mpsc::channel(n as usize);
+        for lsn in 1..=n {
+            input_tx.send(unit(lsn, MAX, WHOLE)).await.unwrap();
+        }
+        (options, input)
+    }
+
+    /// The JSON encoder with a pool of its own.
+    fn json_encoding() -> Encoding {
+        Encoding {
+            encoder: Encoder::new(crate::config::Encoding::Json, Default::default()),
+            payloads: Arc::new(PayloadPool::default()),
+        }
+    }
+
     /// Two workers; the batch numbered `slow` takes long, the others a moment. Records when
     /// each batch started and finished.
     struct OneSlowBatch {
@@ -960,22 +983,10 @@ mod tests {
             started: 0,
             times: times.clone(),
         };
-        let options = DeliveryOptions {
-            max_events: MAX,
-            max_wait: Duration::from_millis(10),
-            ..DeliveryOptions::default()
-        };
-        let (input_tx, input) = mpsc::channel(8);
-        for lsn in 1..=5 {
-            input_tx.send(unit(lsn, MAX, WHOLE)).await.unwrap();
-        }
-        drop(input_tx);
+        let (options, input) = whole_units(5).await;
         let (_stop_tx, stop) = watch::channel(false);
         let (out_tx, mut out) = mpsc::channel(8);
-        let encoding = Encoding {
-            encoder: Encoder::new(crate::config::Encoding::Json, Default::default()),
-            payloads: Arc::new(PayloadPool::default()),
-        };
+        let encoding = json_encoding();
         let metrics = Metrics::default();
         let preparing = prepare(
             &mut processor,
@@ -1057,21 +1068,9 @@ mod tests {
             fails: 2,
             started: 0,
         };
-        let encoding = Encoding {
-            encoder: Encoder::new(crate::config::Encoding::Json, Default::default()),
-            payloads: Arc::new(PayloadPool::default()),
-        };
+        let encoding = json_encoding();
         processor.follow_with(encoding.follow_up());
-        let options = DeliveryOptions {
-            max_events: MAX,
-            max_wait: Duration::from_millis(10),
-            ..DeliveryOptions::default()
-        };
-        let (input_tx, input) = mpsc::channel(8);
-        for lsn in 1..=3 {
-            input_tx.send(unit(lsn, MAX, WHOLE)).await.unwrap();
-        }
-        drop(input_tx);
+        let (options, input) = whole_units(3).await;
         let (_stop_tx, stop) = watch::channel(false);
         let (out_tx, mut out) = mpsc::channel(8);
         let metrics = Metrics::default();
