@@ -42,6 +42,13 @@ async fn every_auth_method_over_plain_and_tls() {
             assert_eq!(system.dbname, db.name());
             assert!(system.system_id > 0 && system.xlogpos > 0);
             conn.close().await;
+            // The same connection as a plain session (the snapshot's COPY readers).
+            let mut session = Connection::connect(&opts, false)
+                .await
+                .unwrap_or_else(|e| panic!("session {} with {mode:?}: {e}", user.name()));
+            let rows = session.simple_query("SELECT current_user").await.unwrap();
+            assert_eq!(rows, [vec![Some(user.name().to_string())]]);
+            session.close().await;
             let client = walflow::replication::sql::connect_sql_with(&opts)
                 .await
                 .unwrap_or_else(|e| panic!("sql {} with {mode:?}: {e}", user.name()));

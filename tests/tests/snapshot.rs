@@ -482,6 +482,64 @@ async fn kill9_during_the_initial_snapshot_resumes_it() {
     replay::assert_rebuilds(&client, &records(&config), &[("orders", BYTEA)]).await;
 }
 
+/// A reader's connection cut in the middle of a COPY (its backend terminated) stops walflow
+/// with an error that names the table, before the snapshot is marked delivered; a restart
+/// resumes it and the sink then rebuilds the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_cut_off_mid_copy_stops_the_snapshot_and_a_restart_finishes_it() {
+    let db = new_db().await;
+    let client = db.client().await;
+    fill(&client, 1, 120_000).await;
+    let config = file_sink(&db, &["snapshot_parallelism = 2"]);
+    let spawn = || {
+        walflow!("run", "-c", &config.path)
+            .env("WALFLOW_SNAPSHOT_CHUNK_PAGES", "32")
+            .spawn()
+            .unwrap()
+    };
+    let child = spawn();
+    wait_for_async(
+        "a reader's COPY cut off",
+        Duration::from_secs(60),
+        || async {
+            let cut: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity, pg_terminate_backend(pid) \
+                 WHERE query LIKE 'COPY %' AND datname = current_database() \
+                 AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (cut > 0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let out = child.wait_async(Duration::from_secs(60)).await.unwrap();
+    assert_ne!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stderr.contains("cannot read public.orders") && out.stderr.contains("terminat"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.contains("initial snapshot delivered"),
+        "{}",
+        out.describe()
+    );
+    let mut child = spawn();
+    wait_for_log(
+        &mut child,
+        "initial snapshot delivered",
+        Duration::from_secs(120),
+    )
+    .await;
+    finish(&db, child).await;
+    replay::assert_rebuilds(&client, &records(&config), &[("orders", BYTEA)]).await;
+}
+
 // ---------------------------------------------------------------- incremental snapshots
 
 /// Starts walflow, requests an incremental snapshot of `public.orders` while a churn of ids up
