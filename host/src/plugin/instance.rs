@@ -456,7 +456,7 @@ impl PluginInstance {
         let columns = unsafe { TypedFunc::<(&RelationView<'_>,), Columns>::new_unchecked(columns) };
         let mut projected = Vec::with_capacity(relations.len());
         for relation in relations {
-            let projection = match self.projections.get(relation) {
+            let projection = match self.projections.get(relation, None) {
                 Some(known) => known,
                 None => {
                     let view = RelationView::new(relation);
@@ -466,7 +466,7 @@ impl PluginInstance {
                         .map_err(|m| self.bad_output(m))?
                         .map(Arc::new);
                     self.projections
-                        .insert(relation.clone(), projection.clone());
+                        .insert(relation.clone(), None, projection.clone());
                     projection
                 }
             };
@@ -486,8 +486,10 @@ impl PluginInstance {
         }
         let projection = |event: u32| {
             let event = events.get(event as usize)?;
-            self.projections.get(&event.relation).flatten()
+            self.projections.get(&event.relation, None).flatten()
         };
+        // The batch's relations, which a replacement's `relation` indexes (once, if needed).
+        let mut sent = None;
         for edit in &mut edits {
             match edit {
                 Edit::Set { event, column, .. } | Edit::Remove { event, column } => {
@@ -502,10 +504,10 @@ impl PluginInstance {
                     })?;
                 }
                 Edit::Replace { event, replacement } => {
-                    let sent = relations_of(events);
+                    let sent = sent.get_or_insert_with(|| relations_of(events));
                     let into = sent.get(replacement.relation as usize);
                     let partial = projection(*event).is_some()
-                        || into.is_some_and(|r| self.projections.get(r).flatten().is_some());
+                        || into.is_some_and(|r| self.projections.get(r, None).flatten().is_some());
                     if partial {
                         return Err(self.bad_output(format!(
                             "event {event} was replaced, but the plugin reads only some columns of its table; a transform that replaces events must answer `none` from `columns`"
@@ -527,13 +529,28 @@ impl PluginInstance {
     fn answers_by_table<T: Clone, U: Clone>(
         &mut self,
         events: &[Event],
+        known: fn(&mut Self) -> &mut v0_2::TableAnswers<T>,
+        ask: impl Fn(&mut Self, &str, &Relation) -> Result<Option<T>, PluginError>,
+        local: impl Fn(&T) -> U,
+    ) -> Result<Option<Vec<U>>, PluginError> {
+        if self.by_table.is_none() || events.iter().any(|e| e.op == Op::Message) {
+            return Ok(None);
+        }
+        // Out of `self` while the plugin is asked (which needs `self`), and back after.
+        let mut answers = std::mem::take(known(self));
+        let result = self.answer_each(events, &mut answers, ask, local);
+        *known(self) = answers;
+        result
+    }
+
+    /// [`answers_by_table`](Self::answers_by_table), with the answers known so far in `known`.
+    fn answer_each<T: Clone, U: Clone>(
+        &mut self,
+        events: &[Event],
         known: &mut v0_2::TableAnswers<T>,
         ask: impl Fn(&mut Self, &str, &Relation) -> Result<Option<T>, PluginError>,
         local: impl Fn(&T) -> U,
     ) -> Result<Option<Vec<U>>, PluginError> {
-        if events.iter().any(|e| e.op == Op::Message) {
-            return Ok(None);
-        }
         let mut answers = Vec::with_capacity(events.len());
         let mut run: Option<(&Arc<Relation>, &Arc<str>, U)> = None;
         for event in events {
@@ -545,11 +562,11 @@ impl PluginInstance {
                 answers.push(answer.clone());
                 continue;
             }
-            let answer = match known.get(relation, db) {
+            let answer = match known.get(relation, Some(db)) {
                 Some(answer) => answer,
                 None => {
                     let answer = ask(self, db, relation)?;
-                    known.insert(relation.clone(), db.clone(), answer.clone());
+                    known.insert(relation.clone(), Some(db.clone()), answer.clone());
                     answer
                 }
             };
@@ -582,18 +599,14 @@ impl PluginInstance {
     /// Runs a filter over `events`: one flag per event, `true` keeps it.
     pub fn filter(&mut self, events: &[Event]) -> Result<Vec<bool>, PluginError> {
         self.expect(Role::Filter)?;
-        if self.by_table.is_some() {
-            let mut known = std::mem::take(&mut self.kept_tables);
-            let keep = self.answers_by_table(
-                events,
-                &mut known,
-                |this, db, table| this.ask_by_table::<bool>(db, table),
-                |keep| *keep,
-            );
-            self.kept_tables = known;
-            if let Some(keep) = keep? {
-                return Ok(keep);
-            }
+        let keep = self.answers_by_table(
+            events,
+            |this| &mut this.kept_tables,
+            |this, db, table| this.ask_by_table::<bool>(db, table),
+            |keep| *keep,
+        )?;
+        if let Some(keep) = keep {
+            return Ok(keep);
         }
         match self.plugin.abi {
             // SAFETY (both): a filter's batch function was checked to take `(batch)` and answer
@@ -632,18 +645,14 @@ impl PluginInstance {
     /// Runs a topic namer over `events`: one topic per event.
     pub fn name_topics(&mut self, events: &[Event]) -> Result<Vec<Arc<str>>, PluginError> {
         self.expect(Role::TopicNamer)?;
-        if self.by_table.is_some() {
-            let mut known = std::mem::take(&mut self.table_topics);
-            let topics = self.answers_by_table(
-                events,
-                &mut known,
-                |this, db, table| Ok(this.ask_by_table::<String>(db, table)?.map(Arc::from)),
-                |topic: &Arc<str>| Arc::<str>::from(&**topic),
-            );
-            self.table_topics = known;
-            if let Some(topics) = topics? {
-                return Ok(topics);
-            }
+        let topics = self.answers_by_table(
+            events,
+            |this| &mut this.table_topics,
+            |this, db, table| Ok(this.ask_by_table::<String>(db, table)?.map(Arc::from)),
+            |topic: &Arc<str>| Arc::<str>::from(&**topic),
+        )?;
+        if let Some(topics) = topics {
+            return Ok(topics);
         }
         match self.plugin.abi {
             AbiVersion::V0_2 | AbiVersion::V0_2_1 => {

@@ -102,8 +102,8 @@ macro_rules! enum_conversions {
 }
 use enum_conversions;
 
-mod by_table;
 mod canonical;
+mod per_table;
 mod projection;
 pub(crate) mod v0_1;
 pub(crate) mod v0_2;

@@ -71,44 +71,8 @@ impl Projection {
     }
 }
 
-/// What a plugin answered for each relation it has seen (`None`: every column).
-#[derive(Default)]
-pub(crate) struct Projections {
-    /// The relations are held, so a pointer match cannot be a freed relation's successor.
-    known: Vec<(Arc<Relation>, Option<Arc<Projection>>)>,
-}
-
-/// Relations remembered at most; past that, the plugin is asked again.
-const MAX_KNOWN: usize = 1024;
-
-impl Projections {
-    /// The projection of `relation`, if the plugin has been asked about it (or about a
-    /// relation just like it).
-    pub(crate) fn get(&self, relation: &Arc<Relation>) -> Option<Option<Arc<Projection>>> {
-        // The newest first: a stream's relations are usually the latest ones seen.
-        let known = self.known.iter().rev();
-        if let Some((_, p)) = known.clone().find(|(r, _)| Arc::ptr_eq(r, relation)) {
-            return Some(p.clone());
-        }
-        known
-            .into_iter()
-            .find(|(r, _)| **r == **relation)
-            .map(|(_, p)| p.clone())
-    }
-
-    /// Remembers the plugin's answer for `relation`.
-    pub(crate) fn insert(&mut self, relation: Arc<Relation>, projection: Option<Arc<Projection>>) {
-        if self.known.len() >= MAX_KNOWN {
-            self.known.clear();
-        }
-        self.known.push((relation, projection));
-    }
-
-    /// Whether any relation is projected.
-    pub(crate) fn any(&self) -> bool {
-        self.known.iter().any(|(_, p)| p.is_some())
-    }
-}
+/// What a plugin answered `columns` for each table it has seen (`None`: every column).
+pub(crate) type Projections = super::per_table::TableAnswers<Arc<Projection>>;
 
 #[cfg(test)]
 mod tests {
@@ -173,10 +137,10 @@ mod tests {
         let mut known = Projections::default();
         let t = Arc::new(table(&["a", "b"]));
         let p = Projection::new(&t, Some(vec![1])).unwrap().map(Arc::new);
-        known.insert(t.clone(), p.clone());
-        assert_eq!(known.get(&t), Some(p.clone()));
-        assert_eq!(known.get(&Arc::new(table(&["a", "b"]))), Some(p));
-        assert_eq!(known.get(&Arc::new(table(&["a", "c"]))), None);
+        known.insert(t.clone(), None, p.clone());
+        assert_eq!(known.get(&t, None), Some(p.clone()));
+        assert_eq!(known.get(&Arc::new(table(&["a", "b"])), None), Some(p));
+        assert_eq!(known.get(&Arc::new(table(&["a", "c"])), None), None);
         assert!(known.any());
     }
 }

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use wasmtime::component::{ComponentType, Lower};
 
-pub(crate) use super::by_table::TableAnswers;
 pub(crate) use super::canonical::LiftedEdits;
 use super::canonical::{EventBytes, LiftedEdit, ValueBytes};
+pub(crate) use super::per_table::TableAnswers;
 pub(crate) use super::projection::{Projection, Projections};
 use super::{RelationIndex, RelationView};
 use crate::event::{Array, Event, LogicalMessage, Relation, Source, Value};
@@ -90,7 +90,6 @@ impl FlatBatch {
         rows: bool,
     ) -> Result<(), String> {
         self.relations = relations;
-        self.projected = Vec::new();
         self.events.clear();
         self.values.clear();
         self.data.clear();
