@@ -456,15 +456,7 @@ impl Connection {
             match frame.tag {
                 b'W' => return Ok(()),
                 b'N' => {}
-                b'E' => {
-                    let err = match parse_frame(frame)? {
-                        backend::Message::ErrorResponse(e) => ServerError::from_fields(e.fields()),
-                        _ => unreachable!("tag E is an error response"),
-                    };
-                    // The server follows an error with ReadyForQuery; consume it.
-                    let _ = self.read_message().await;
-                    return Err(err.into_generic());
-                }
+                b'E' => return Err(self.error_then_ready(frame).await),
                 other => {
                     return Err(ConnectError::Protocol(format!(
                         "expected CopyBothResponse, got message '{}'",
@@ -517,14 +509,7 @@ impl Connection {
             match frame.tag {
                 b'Z' => return Ok(true),
                 b'c' | b'C' | b'N' | b'S' => {}
-                b'E' => {
-                    return Err(match parse_frame(frame)? {
-                        backend::Message::ErrorResponse(e) => {
-                            ServerError::from_fields(e.fields()).into_generic().into()
-                        }
-                        _ => ConnectError::Protocol("a malformed error response".into()).into(),
-                    });
-                }
+                b'E' => return Err(server_error(frame).into()),
                 other => {
                     return Err(ConnectError::Protocol(format!(
                         "unexpected message '{}' in a COPY",
@@ -538,15 +523,12 @@ impl Connection {
     }
 
     /// The server error in `frame`, after reading on to the ReadyForQuery that follows it.
+    /// (An error frame that does not parse is returned at once.)
     async fn error_then_ready(&mut self, frame: Frame) -> ConnectError {
-        let err = match parse_frame(frame) {
-            Ok(backend::Message::ErrorResponse(e)) => {
-                ServerError::from_fields(e.fields()).into_generic()
-            }
-            Ok(_) => ConnectError::Protocol("a malformed error response".into()),
-            Err(e) => return e,
-        };
-        let _ = self.read_message().await;
+        let err = server_error(frame);
+        if !matches!(err, ConnectError::Protocol(_)) {
+            let _ = self.read_message().await;
+        }
         err
     }
 
@@ -567,13 +549,7 @@ impl Connection {
                 b'd' => return parse_copy_data(frame.body).map(Some),
                 b'c' => return Ok(Some(CopyMessage::Done)),
                 b'N' | b'S' => {}
-                b'E' => {
-                    let err = match parse_frame(frame)? {
-                        backend::Message::ErrorResponse(e) => ServerError::from_fields(e.fields()),
-                        _ => unreachable!("tag E is an error response"),
-                    };
-                    return Err(err.into_generic());
-                }
+                b'E' => return Err(server_error(frame)),
                 other => {
                     return Err(ConnectError::Protocol(format!(
                         "unexpected message '{}' in the replication stream",
@@ -609,11 +585,7 @@ impl Connection {
             let frame = self.read_frame().await?;
             match frame.tag {
                 b'Z' => return Ok(()),
-                b'E' => {
-                    if let backend::Message::ErrorResponse(e) = parse_frame(frame)? {
-                        return Err(ServerError::from_fields(e.fields()).into_generic());
-                    }
-                }
+                b'E' => return Err(server_error(frame)),
                 _ => {}
             }
         }
@@ -662,6 +634,17 @@ fn parse_copy_data(mut body: BytesMut) -> Result<CopyMessage, ConnectError> {
             *other as char
         ))),
         None => Err(short()),
+    }
+}
+
+/// The error an ErrorResponse frame (tag `E`) carries.
+fn server_error(frame: Frame) -> ConnectError {
+    match parse_frame(frame) {
+        Ok(backend::Message::ErrorResponse(e)) => {
+            ServerError::from_fields(e.fields()).into_generic()
+        }
+        Ok(_) => ConnectError::Protocol("a malformed error response".into()),
+        Err(e) => e,
     }
 }
 
