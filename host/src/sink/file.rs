@@ -14,7 +14,8 @@
 //! the page cache (`POSIX_FADV_DONTNEED`, which leaves dirty pages alone): a sink writes far
 //! more than anyone rereads soon, and recycling a few MiB of cache pages is much cheaper than
 //! taking fresh ones for every write (on the VMs measured, a 2 GB snapshot spent a quarter of
-//! its CPU copying into new page-cache pages, against a twentieth with them recycled). Durability still comes only from that fsync, and the fsync runs in the
+//! its CPU copying into new page-cache pages, against a twentieth with them recycled).
+//! Durability still comes only from that fsync, and the fsync runs in the
 //! background ([`Sink::begin_flush`]) on a second descriptor of the same file, so records keep
 //! being appended while it waits for the disk.
 //!

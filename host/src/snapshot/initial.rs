@@ -202,16 +202,15 @@ async fn run(
     out: Delivering<'_>,
 ) -> anyhow::Result<Outcome> {
     let source = &config.source;
-    let Sessions { catalog, readers } = open_sessions(source, &mut plan.source).await?;
-    let leader = &catalog;
-    let registry = catalog::load_registry(leader).await?;
+    let Sessions { queries, readers } = open_sessions(source, &mut plan.source).await?;
+    let registry = catalog::load_registry(&queries).await?;
     let selector = TableSelector::from_source(source)?;
-    let version = catalog::server_version(leader).await?;
-    let mut tables = catalog::captured_tables(leader, source, &selector, &registry).await?;
-    let utc = catalog::session_is_utc(leader).await?;
+    let version = catalog::server_version(&queries).await?;
+    let mut tables = catalog::captured_tables(&queries, source, &selector, &registry).await?;
+    let utc = catalog::session_is_utc(&queries).await?;
     // The readers hold the snapshot now: the catalog session is done.
-    let _ = catalog.batch_execute("COMMIT").await;
-    drop(catalog);
+    let _ = queries.batch_execute("COMMIT").await;
+    drop(queries);
     for t in &mut tables {
         t.binary = copy_binary::binary_columns(&t.relation, utc);
     }
@@ -253,7 +252,7 @@ async fn run(
 /// The sessions of an initial snapshot, all in repeatable-read transactions on one snapshot.
 struct Sessions {
     /// For the catalog queries (an SQL client).
-    catalog: Client,
+    queries: Client,
     /// One per `snapshot_parallelism`, for the COPYs.
     readers: Vec<Connection>,
 }
@@ -264,9 +263,9 @@ async fn open_sessions(
     source: &SourceConfig,
     snapshot: &mut SnapshotSource,
 ) -> anyhow::Result<Sessions> {
-    let catalog = connect_sql(source).await?;
-    prepare_session(&catalog).await?;
-    catalog
+    let queries = connect_sql(source).await?;
+    prepare_session(&queries).await?;
+    queries
         .batch_execute(BEGIN_SNAPSHOT)
         .await
         .map_err(catalog::sql_error)?;
@@ -274,7 +273,7 @@ async fn open_sessions(
         SnapshotSource::Exported(name, _) => name.clone(),
         SnapshotSource::Fresh => {
             // The catalog session's transaction stays open until every reader imported it.
-            let row = catalog
+            let row = queries
                 .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
                 .await
                 .map_err(catalog::sql_error)?;
@@ -283,7 +282,7 @@ async fn open_sessions(
     };
     let import = format!("SET TRANSACTION SNAPSHOT {}", catalog::literal(&name));
     if matches!(snapshot, SnapshotSource::Exported(..)) {
-        catalog
+        queries
             .batch_execute(&import)
             .await
             .map_err(catalog::sql_error)
@@ -304,7 +303,7 @@ async fn open_sessions(
     if let SnapshotSource::Exported(_, conn) = std::mem::replace(snapshot, SnapshotSource::Fresh) {
         conn.close().await;
     }
-    Ok(Sessions { catalog, readers })
+    Ok(Sessions { queries, readers })
 }
 
 /// Session settings under which values print as the replication stream prints them.
