@@ -443,21 +443,42 @@ async fn when_needed_resnapshots_a_broken_slot_history() {
     replay::assert_rebuilds(&client, &records[second..], &[("orders", BYTEA)]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_during_the_initial_snapshot_resumes_it() {
+/// A database whose `orders` hold 120,000 rows, a client of it, and a file-sink config that
+/// snapshots them with two readers: for the tests that interrupt an initial snapshot.
+async fn orders_to_snapshot() -> (Arc<TestDb>, tokio_postgres::Client, ConfigFile) {
     let db = new_db().await;
     let client = db.client().await;
     fill(&client, 1, 120_000).await;
     let config = file_sink(&db, &["snapshot_parallelism = 2"]);
+    (db, client, config)
+}
+
+/// Starts walflow on `config` with 32-page snapshot chunks, so a snapshot is many COPYs.
+fn spawn_in_chunks(config: &ConfigFile) -> WalflowChild {
+    walflow!("run", "-c", &config.path)
+        .env("WALFLOW_LOG", "walflow=debug")
+        .env("WALFLOW_SNAPSHOT_CHUNK_PAGES", "32")
+        .spawn()
+        .unwrap()
+}
+
+/// Starts walflow again after an interruption and waits until the snapshot is delivered.
+async fn restart_until_delivered(config: &ConfigFile) -> WalflowChild {
+    let mut child = spawn_in_chunks(config);
+    wait_for_log(
+        &mut child,
+        "initial snapshot delivered",
+        Duration::from_secs(120),
+    )
+    .await;
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_the_initial_snapshot_resumes_it() {
+    let (db, client, config) = orders_to_snapshot().await;
     let (stop, churning) = start_churn(&db, 2, 120_000);
-    let spawn = || {
-        walflow!("run", "-c", &config.path)
-            .env("WALFLOW_LOG", "walflow=debug")
-            .env("WALFLOW_SNAPSHOT_CHUNK_PAGES", "32")
-            .spawn()
-            .unwrap()
-    };
-    let mut child = spawn();
+    let mut child = spawn_in_chunks(&config);
     wait_for_async("some snapshot rows", Duration::from_secs(60), || async {
         (count_live(&config, "true") > 3_000).then_some(())
     })
@@ -469,13 +490,7 @@ async fn kill9_during_the_initial_snapshot_resumes_it() {
         !first_log.contains("initial snapshot delivered"),
         "killed too late to test a resume"
     );
-    let mut child = spawn();
-    wait_for_log(
-        &mut child,
-        "initial snapshot delivered",
-        Duration::from_secs(120),
-    )
-    .await;
+    let child = restart_until_delivered(&config).await;
     assert!(child.stderr().contains("resuming the initial snapshot"));
     stop_churn(stop, churning).await;
     finish(&db, child).await;
@@ -487,17 +502,8 @@ async fn kill9_during_the_initial_snapshot_resumes_it() {
 /// resumes it and the sink then rebuilds the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_cut_off_mid_copy_stops_the_snapshot_and_a_restart_finishes_it() {
-    let db = new_db().await;
-    let client = db.client().await;
-    fill(&client, 1, 120_000).await;
-    let config = file_sink(&db, &["snapshot_parallelism = 2"]);
-    let spawn = || {
-        walflow!("run", "-c", &config.path)
-            .env("WALFLOW_SNAPSHOT_CHUNK_PAGES", "32")
-            .spawn()
-            .unwrap()
-    };
-    let child = spawn();
+    let (db, client, config) = orders_to_snapshot().await;
+    let child = spawn_in_chunks(&config);
     wait_for_async(
         "a reader's COPY cut off",
         Duration::from_secs(60),
@@ -529,13 +535,7 @@ async fn a_reader_cut_off_mid_copy_stops_the_snapshot_and_a_restart_finishes_it(
         "{}",
         out.describe()
     );
-    let mut child = spawn();
-    wait_for_log(
-        &mut child,
-        "initial snapshot delivered",
-        Duration::from_secs(120),
-    )
-    .await;
+    let child = restart_until_delivered(&config).await;
     finish(&db, child).await;
     replay::assert_rebuilds(&client, &records(&config), &[("orders", BYTEA)]).await;
 }
