@@ -12,17 +12,13 @@ use syn::{ItemFn, parse_macro_input};
 pub fn filter(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = parse_macro_input!(item as ItemFn);
     let name = &function.sig.ident;
+    let (init, columns) = (init_fn(), columns_fn());
     plugin(
         &function,
         quote! {
             impl ::walflow_sdk::bindings::filter::exports::walflow::plugin::filter_api::Guest for __WalflowPlugin {
-                fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
-                    __walflow_init(&config)?;
-                    ::std::result::Result::Ok(::walflow_sdk::__private::needs())
-                }
-                fn columns(table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::vec::Vec<u32>> {
-                    ::walflow_sdk::__private::columns(table)
-                }
+                #init
+                #columns
                 fn keep_table(db: ::std::string::String, table: ::walflow_sdk::Relation) -> ::std::option::Option<bool> {
                     ::walflow_sdk::__private::keep_table(db, table)
                 }
@@ -41,17 +37,13 @@ pub fn filter(_attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn transform(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = parse_macro_input!(item as ItemFn);
     let name = &function.sig.ident;
+    let (init, columns) = (init_fn(), columns_fn());
     plugin(
         &function,
         quote! {
             impl ::walflow_sdk::bindings::transform::exports::walflow::plugin::transform_api::Guest for __WalflowPlugin {
-                fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
-                    __walflow_init(&config)?;
-                    ::std::result::Result::Ok(::walflow_sdk::__private::needs())
-                }
-                fn columns(table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::vec::Vec<u32>> {
-                    ::walflow_sdk::__private::columns(table)
-                }
+                #init
+                #columns
                 fn transform(batch: ::walflow_sdk::types::Batch) -> ::std::result::Result<::walflow_sdk::types::Edits, ::std::string::String> {
                     ::walflow_sdk::__private::run_transform(batch, #name)
                 }
@@ -67,17 +59,13 @@ pub fn transform(_attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = parse_macro_input!(item as ItemFn);
     let name = &function.sig.ident;
+    let (init, columns) = (init_fn(), columns_fn());
     plugin(
         &function,
         quote! {
             impl ::walflow_sdk::bindings::topic_namer::exports::walflow::plugin::topic_namer_api::Guest for __WalflowPlugin {
-                fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
-                    __walflow_init(&config)?;
-                    ::std::result::Result::Ok(::walflow_sdk::__private::needs())
-                }
-                fn columns(table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::vec::Vec<u32>> {
-                    ::walflow_sdk::__private::columns(table)
-                }
+                #init
+                #columns
                 fn table_topic(db: ::std::string::String, table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::string::String> {
                     ::walflow_sdk::__private::table_topic(db, table)
                 }
@@ -97,14 +85,12 @@ pub fn topic_namer(_attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn sink(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = parse_macro_input!(item as ItemFn);
     let name = &function.sig.ident;
+    let init = init_fn();
     plugin(
         &function,
         quote! {
             impl ::walflow_sdk::bindings::sink::exports::walflow::plugin::sink_api::Guest for __WalflowPlugin {
-                fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
-                    __walflow_init(&config)?;
-                    ::std::result::Result::Ok(::walflow_sdk::__private::needs())
-                }
+                #init
                 fn write(batch: ::walflow_sdk::types::Batch, topics: ::walflow_sdk::types::Topics) -> ::std::result::Result<(), ::std::string::String> {
                     ::walflow_sdk::__private::run_sink(batch, topics, #name)
                 }
@@ -130,6 +116,25 @@ pub fn init(_attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
     .into()
+}
+
+/// The role interface's `init`: the plugin's own (see [`init`]) or none, then its needs.
+fn init_fn() -> proc_macro2::TokenStream {
+    quote! {
+        fn init(config: ::std::string::String) -> ::std::result::Result<::walflow_sdk::Needs, ::std::string::String> {
+            __walflow_init(&config)?;
+            ::std::result::Result::Ok(::walflow_sdk::__private::needs())
+        }
+    }
+}
+
+/// The role interface's `columns` (filters, transforms and topic namers).
+fn columns_fn() -> proc_macro2::TokenStream {
+    quote! {
+        fn columns(table: ::walflow_sdk::Relation) -> ::std::option::Option<::std::vec::Vec<u32>> {
+            ::walflow_sdk::__private::columns(table)
+        }
+    }
 }
 
 /// The function itself, the plugin type, the `init` dispatch and the role's impl.
