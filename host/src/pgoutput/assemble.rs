@@ -213,6 +213,11 @@ impl Assembler {
         self.prepared.values().map(|p| p.prepare_lsn).min()
     }
 
+    /// The prepare LSN of the held prepared transaction `gid`, if it is held.
+    pub fn prepare_lsn_of(&self, gid: &str) -> Option<u64> {
+        self.prepared.get(gid).map(|p| p.prepare_lsn)
+    }
+
     /// How many events the open (non-streamed) transaction has buffered so far.
     pub fn open_events(&self) -> usize {
         self.current.as_ref().map_or(0, |t| t.events.len())

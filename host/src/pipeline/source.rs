@@ -55,7 +55,9 @@ impl Output {
     /// `false` once the delivery loop is gone.
     async fn send(&self, unit: Unit) -> bool {
         self.metrics.record_in(&unit.events);
-        self.budget.acquire(unit.events.len()).await;
+        self.budget
+            .acquire(super::weight::of_events(&unit.events))
+            .await;
         self.units.send(unit).await.is_ok()
     }
 }
@@ -160,7 +162,8 @@ pub async fn acknowledge(
 ) -> anyhow::Result<Option<u64>> {
     let mut last = None;
     while acks.changed().await.is_ok() {
-        let lsn = *acks.borrow_and_update();
+        // Never past a prepared transaction whose changes are not all acknowledged yet.
+        let lsn = control.safe_lsn(*acks.borrow_and_update());
         if lsn == 0 || Some(lsn) <= last {
             continue;
         }

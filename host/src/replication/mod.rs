@@ -8,6 +8,7 @@
 //! - [`conn`]: startup, authentication, simple queries and CopyBoth framing.
 //! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
 //! - [`continuity`]: the check at every start that the slot continues the checkpoint.
+//! - [`holds`]: [`PreparedHolds`], how far two-phase transactions let a slot be confirmed.
 //! - [`stream`]: [`ReplicationStream`], committed transactions with feedback and reconnects.
 //! - [`tail`]: the `walflow tail` command.
 
@@ -15,6 +16,7 @@ pub mod commands;
 pub mod conn;
 pub mod continuity;
 pub mod error;
+pub mod holds;
 pub mod options;
 pub mod sql;
 pub mod stream;
@@ -25,6 +27,7 @@ pub use commands::{PublicationAction, PublicationError, SlotInfo, SlotSnapshot, 
 pub use conn::{Connection, CopyMessage};
 pub use continuity::{ContinuityError, Verified};
 pub use error::{ConnectError, ServerError};
+pub use holds::PreparedHolds;
 pub use options::ConnectOptions;
 pub use sql::connect_sql;
 pub use stream::{ReplicationStream, StreamError, StreamItem, StreamOptions};

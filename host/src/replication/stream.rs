@@ -127,9 +127,17 @@ pub struct StreamControl {
     interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
     position: std::sync::Arc<std::sync::atomic::AtomicBool>,
     wake: std::sync::Arc<tokio::sync::Notify>,
+    holds: super::PreparedHolds,
 }
 
 impl StreamControl {
+    /// The highest position at most `acked` that may be checkpointed once everything up to
+    /// `acked` is acknowledged: never at or past a prepared transaction that is held or whose
+    /// changes are not acknowledged yet (see [`PreparedHolds`](super::PreparedHolds)).
+    pub fn safe_lsn(&self, acked: u64) -> u64 {
+        self.holds.clamp(acked)
+    }
+
     /// Everything before `lsn` is durably delivered and checkpointed; report it promptly.
     pub fn confirm(&self, lsn: u64) {
         self.confirmed
@@ -166,6 +174,16 @@ impl StreamControl {
     fn stop_requested(&self) -> bool {
         self.stop.load(std::sync::atomic::Ordering::Acquire)
     }
+}
+
+/// A two-phase message's effect on [`PreparedHolds`](super::PreparedHolds).
+enum TwoPhaseStep {
+    /// Prepared under this gid.
+    Prepare(String),
+    /// Committed; the transaction was prepared at this LSN.
+    Commit(u64),
+    /// Rolled back; the transaction was prepared at this LSN.
+    Rollback(u64),
 }
 
 /// Least time between two status updates that ask the server for its position.
@@ -342,11 +360,8 @@ impl ReplicationStream {
     /// caller got from [`next`](Self::next)) is acknowledged: never past what was handed over,
     /// and never at or past a prepared transaction still held.
     pub fn safe_lsn(&self, acked: u64) -> u64 {
-        let mut lsn = acked.min(self.delivered.max(self.idle_lsn().unwrap_or(0)));
-        if let Some(held) = self.assembler.held_since_lsn() {
-            lsn = lsn.min(held.saturating_sub(1));
-        }
-        lsn.max(self.confirmed)
+        let lsn = acked.min(self.delivered.max(self.idle_lsn().unwrap_or(0)));
+        self.control.holds.clamp(lsn).max(self.confirmed)
     }
 
     /// When nothing is in flight or unacknowledged, the server's current position: confirming
@@ -385,7 +400,8 @@ impl ReplicationStream {
     pub async fn next_item(&mut self) -> Result<StreamItem, StreamError> {
         let mut failures = 0u32;
         loop {
-            if self.ended {
+            // A stop also ends a run of failed reconnects.
+            if self.ended || (self.conn.is_none() && self.control.stop_requested()) {
                 return Ok(StreamItem::End);
             }
             match self.next_once().await {
@@ -402,7 +418,7 @@ impl ReplicationStream {
                     let delay = backoff(&self.options, failures);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
                     self.conn = None;
-                    tokio::time::sleep(delay).await;
+                    self.pause(delay).await;
                     if let Err(e) = self.reconnect().await {
                         if !e.is_retryable() {
                             return Err(e);
@@ -411,6 +427,17 @@ impl ReplicationStream {
                     }
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits `delay` before a reconnect, or less when a stop is requested meanwhile.
+    async fn pause(&self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        while !self.control.stop_requested() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return,
+                _ = self.control.wake.notified() => {}
             }
         }
     }
@@ -546,6 +573,7 @@ impl ReplicationStream {
     ) -> Result<Option<Transaction>, StreamError> {
         let msg = decode(&data, self.assembler.in_stream()).map_err(AssembleError::from)?;
         self.track(&msg);
+        let two_phase = self.two_phase_step(&msg);
         if let Message::Relation(r) = &msg {
             let unknown: Vec<u32> = r
                 .columns
@@ -558,10 +586,47 @@ impl ReplicationStream {
             }
         }
         let txn = self.assembler.push(start, msg)?;
+        self.record_two_phase(two_phase, txn.as_ref());
         if !self.in_txn && self.open_streams.is_empty() {
             self.server_end = self.server_end.max(end);
         }
         Ok(txn)
+    }
+
+    /// What a two-phase message will do to the holds, read before the assembler consumes it.
+    fn two_phase_step(&self, msg: &Message<'_>) -> Option<TwoPhaseStep> {
+        match msg {
+            Message::Prepare(p) | Message::StreamPrepare(p) => {
+                Some(TwoPhaseStep::Prepare(p.gid.to_owned()))
+            }
+            Message::CommitPrepared(c) => self
+                .assembler
+                .prepare_lsn_of(c.gid)
+                .map(TwoPhaseStep::Commit),
+            Message::RollbackPrepared(r) => self
+                .assembler
+                .prepare_lsn_of(r.gid)
+                .map(TwoPhaseStep::Rollback),
+            _ => None,
+        }
+    }
+
+    /// Holds a prepared transaction's position until its changes are acknowledged.
+    fn record_two_phase(&self, step: Option<TwoPhaseStep>, txn: Option<&Transaction>) {
+        let holds = &self.control.holds;
+        match step {
+            Some(TwoPhaseStep::Prepare(gid)) => {
+                if let Some(lsn) = self.assembler.prepare_lsn_of(&gid) {
+                    holds.hold(lsn);
+                }
+            }
+            Some(TwoPhaseStep::Commit(lsn)) => match txn {
+                Some(txn) => holds.release_at(lsn, txn.end_lsn),
+                None => holds.forget(lsn),
+            },
+            Some(TwoPhaseStep::Rollback(lsn)) => holds.forget(lsn),
+            None => {}
+        }
     }
 
     fn track(&mut self, msg: &Message<'_>) {
@@ -636,7 +701,11 @@ impl ReplicationStream {
         let Some(_) = self.conn.as_ref() else {
             return Ok(());
         };
-        self.send_status().await?;
+        if let Err(e) = self.send_status().await {
+            // The checkpoint holds the position; the next start confirms it.
+            tracing::warn!(error = %e, "the connection was gone at stop; the next start confirms the last checkpoint");
+            return Ok(());
+        }
         let mut conn = self.conn.take().expect("checked above");
         let result = tokio::time::timeout(Duration::from_secs(10), conn.finish_copy()).await;
         conn.close().await;
