@@ -11,8 +11,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
-use super::source;
 use super::{Delivery, DeliveryOptions, Passthrough, Processor, QueueBudget, Unit};
+use super::{source, startup};
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, OnError, SinkOnError, SnapshotMode};
 use crate::encode::{EncodeOptions, Encoder};
@@ -48,7 +48,8 @@ pub struct RunSummary {
 /// Channel capacity between the reader and the delivery loop, in transactions.
 const UNIT_QUEUE: usize = 64;
 
-/// Most events waiting between the reader and the delivery loop (see [`QueueBudget`]).
+/// Most events waiting between the reader and the delivery loop (see [`QueueBudget`]); the
+/// bytes they may hold are a share of `[memory] budget_mb`.
 const QUEUED_EVENTS: usize = 16_384;
 
 /// Runs the pipeline `config` describes until stopped.
@@ -74,8 +75,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         },
     );
     let accept_gap = options.accept_gap || config.source.accept_gap;
-    let budget = Arc::new(QueueBudget::new(QUEUED_EVENTS));
-    let mut delivery = Delivery::new(
+    let budget = Arc::new(QueueBudget::new(super::Weight {
+        events: QUEUED_EVENTS,
+        bytes: config.memory.queue_bytes(),
+    }));
+    let delivery = Delivery::new(
         processor,
         encoder,
         sinks,
@@ -95,7 +99,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
             .map(|s| s.on_error == SinkOnError::DeadLetter)
             .collect(),
     );
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let (ack_tx, ack_rx) = watch::channel(0u64);
     spawn_stop_triggers(
         stop_tx.clone(),
@@ -103,11 +107,53 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         options.until_lsn,
         options.stop,
     );
-
+    let started = startup::gate(&config).await?;
     let store = CheckpointStore::new(&config.state.dir, &config.source.slot);
+    let running = Running {
+        delivery,
+        budget,
+        metrics,
+        selector,
+        accept_gap,
+        stop: (stop_tx, stop_rx),
+        acks: (ack_tx, ack_rx),
+    };
+    let result = follow(&config, &store, running).await;
+    if result.is_err() {
+        startup::undo(&config, started, &store).await;
+    }
+    result
+}
+
+/// What a started run streams with.
+struct Running {
+    delivery: Delivery,
+    budget: Arc<QueueBudget>,
+    metrics: Arc<Metrics>,
+    selector: TableSelector,
+    accept_gap: bool,
+    stop: (watch::Sender<bool>, watch::Receiver<bool>),
+    acks: (watch::Sender<u64>, watch::Receiver<u64>),
+}
+
+/// Takes the initial snapshot when one is due, then streams until stopped.
+async fn follow(
+    config: &Config,
+    store: &CheckpointStore,
+    running: Running,
+) -> anyhow::Result<RunSummary> {
+    let Running {
+        mut delivery,
+        budget,
+        metrics,
+        selector,
+        accept_gap,
+        stop: (stop_tx, mut stop_rx),
+        acks: (ack_tx, ack_rx),
+    } = running;
     let snapshot = initial::take_if_needed(
-        &config,
-        &store,
+        config,
+        store,
         accept_gap,
         Delivering {
             delivery: &mut delivery,
@@ -133,12 +179,12 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         });
     }
 
-    let opened = source::open(&config, accept_gap).await?;
+    let opened = source::open(config, accept_gap).await?;
     let control = opened.stream.control();
     let identity = opened.stream.identity().clone();
     let progress = store.load()?.map(|c| c.snapshot).unwrap_or_default();
     let (incremental, marks, _listening) =
-        start_incremental(&config, &opened.stream, &progress, &metrics).await?;
+        start_incremental(config, &opened.stream, &progress, &metrics).await?;
     metrics.set_healthy(true);
 
     let _heartbeat = config.source.heartbeat_interval.map(|every| {
