@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::payloads::PayloadPool;
+use super::retry::Retry;
 use super::{Processor, Started, Unit};
 use crate::encode::Encoder;
 use crate::event::Event;
@@ -136,6 +137,7 @@ impl Delivery {
             budget: budget.clone(),
             dead_letter_rejected: dead_letter_rejected.clone(),
             payloads: payloads.clone(),
+            retry: Retry::new(options.max_backoff, metrics.clone(), stop.clone()),
         };
         let writing = tokio::spawn(async move {
             let result = writer.write_all(rx, acks).await;
@@ -167,15 +169,22 @@ impl Delivery {
         Ok(acked)
     }
 
-    /// Closes every sink (after the last [`drive`](Self::drive)).
+    /// Closes every sink (after the last [`drive`](Self::drive)). A sink that is down does
+    /// not hold the exit: each close gets [`CLOSE_TIMEOUT`], and nothing it might still have
+    /// taken was acknowledged anyway.
     pub async fn close(&mut self) {
         for sink in self.sinks.iter_mut().chain(self.dead_letter.iter_mut()) {
-            if let Err(e) = sink.close().await {
-                tracing::warn!(sink = sink.name(), error = %e, "closing sink failed");
+            match tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(sink = sink.name(), error = %e, "closing sink failed"),
+                Err(_) => tracing::warn!(sink = sink.name(), "sink did not close in time; left it"),
             }
         }
     }
 }
+
+/// Longest a sink may take to close at the end of a run.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Batches between the two stages of [`Delivery::drive`].
 const PIPELINE_DEPTH: usize = 2;
@@ -187,8 +196,8 @@ struct Prepared {
     encoded: Option<Encoded>,
     /// Events a plugin failed on under `on_error = "dead-letter"`.
     dead_letters: Vec<(Event, String)>,
-    /// Events taken from the input (for the queue budget).
-    taken: usize,
+    /// The weight of the events taken from the input (for the queue budget).
+    weight: super::Weight,
     /// The last position all of whose events are in this or earlier batches.
     complete_lsn: Option<u64>,
     /// Nothing more was waiting in the input when this batch was cut: a good moment to flush.
@@ -243,6 +252,8 @@ struct Chaining {
     /// `None` when the batch took no events (it only moves the position on).
     started: Option<Started>,
     taken: usize,
+    /// The weight of the events taken, as the queue budget counted them.
+    weight: super::Weight,
     complete_lsn: Option<u64>,
     at: Instant,
 }
@@ -251,6 +262,7 @@ impl Chaining {
     /// Hands a collected batch to the processor.
     async fn start(processor: &mut dyn Processor, batch: Pending) -> Chaining {
         let taken = batch.events.len();
+        let weight = super::weight::of_events(&batch.events);
         let at = Instant::now();
         let started = if taken == 0 {
             None
@@ -260,6 +272,7 @@ impl Chaining {
         Chaining {
             started,
             taken,
+            weight,
             complete_lsn: batch.complete_lsn,
             at,
         }
@@ -291,7 +304,7 @@ impl Chaining {
         Ok(Prepared {
             encoded,
             dead_letters,
-            taken: self.taken,
+            weight: self.weight,
             complete_lsn: self.complete_lsn,
             input_idle,
         })
@@ -393,6 +406,8 @@ struct Writer {
     dead_letter_rejected: Vec<bool>,
     /// Where written records' buffers go back to the encoder.
     payloads: Arc<PayloadPool>,
+    /// How failing sinks are retried, and whether a stop cut a retry short.
+    retry: Retry,
 }
 
 impl Writer {
@@ -403,18 +418,33 @@ impl Writer {
     /// Returns the last acknowledged LSN.
     async fn write_all(
         &mut self,
-        mut batches: mpsc::Receiver<Prepared>,
+        batches: mpsc::Receiver<Prepared>,
         acks: watch::Sender<u64>,
     ) -> Result<Option<u64>, DeliveryError> {
         let mut flush = FlushState::new();
+        match self.write_each(batches, &acks, &mut flush).await {
+            // A stop during a sink outage: what was acknowledged stands, the rest is retried
+            // by the next run.
+            Err(_) if self.retry.abandoned() => Ok(flush.acked),
+            Err(e) => Err(e),
+            Ok(()) => Ok(flush.acked),
+        }
+    }
+
+    async fn write_each(
+        &mut self,
+        mut batches: mpsc::Receiver<Prepared>,
+        acks: &watch::Sender<u64>,
+        flush: &mut FlushState,
+    ) -> Result<(), DeliveryError> {
         loop {
             let batch = tokio::select! {
                 biased;
                 results = in_flight(&mut flush.running), if flush.running.is_some() => {
                     let lsn = flush.running.take().map(|f| f.lsn);
                     self.settle(results).await?;
-                    self.acknowledge(lsn, &mut flush, &acks);
-                    self.flush_if_due(&mut flush, &acks).await?;
+                    self.acknowledge(lsn, flush, acks);
+                    self.flush_if_due(flush, acks).await?;
                     continue;
                 }
                 batch = batches.recv() => batch,
@@ -425,7 +455,7 @@ impl Writer {
                 let (events, records) = encoded(encoding).await?;
                 self.deliver(events, records, batch.dead_letters).await?;
                 if let Some(budget) = &self.budget {
-                    budget.release(batch.taken);
+                    budget.release(batch.weight);
                 }
                 flush.dirty = true;
             }
@@ -433,18 +463,18 @@ impl Writer {
                 flush.unflushed = Some(lsn);
             }
             flush.idle = batch.input_idle && batches.is_empty();
-            self.flush_if_due(&mut flush, &acks).await?;
+            self.flush_if_due(flush, acks).await?;
         }
         if let Some(running) = flush.running.take() {
             self.settle(running.done.await).await?;
-            self.acknowledge(Some(running.lsn), &mut flush, &acks);
+            self.acknowledge(Some(running.lsn), flush, acks);
         }
         if flush.dirty {
             self.flush_all().await?;
         }
         let last = flush.unflushed.take();
-        self.acknowledge(last, &mut flush, &acks);
-        Ok(flush.acked)
+        self.acknowledge(last, flush, acks);
+        Ok(())
     }
 
     /// Flushes when the input is idle or `flush_interval` passed: starts a flush, or, when
@@ -490,12 +520,13 @@ impl Writer {
     /// Starts a flush of every sink: in the background where the sink can, in place (and
     /// waited for) where not. `None` when every sink is already flushed.
     async fn begin_flush_all(&mut self) -> Result<Option<Flushing>, DeliveryError> {
-        let backoff = self.options.max_backoff;
         let mut running = Vec::new();
         for (i, sink) in self.sinks.iter_mut().enumerate() {
             match sink.begin_flush() {
                 Some(flush) => running.push(async move { (i, flush.await) }),
-                None => flush_with_retry(sink.as_mut(), backoff, &self.metrics)
+                None => self
+                    .retry
+                    .flush(sink.as_mut())
                     .await
                     .map_err(|e| sink_failed(sink.as_ref(), e))?,
             }
@@ -510,14 +541,14 @@ impl Writer {
     /// A background flush's outcome: a sink that failed retryably is flushed again in place
     /// (with backoff) before anything is acknowledged; a fatal failure stops delivery.
     async fn settle(&mut self, results: FlushResults) -> Result<(), DeliveryError> {
-        let backoff = self.options.max_backoff;
         for (i, result) in results {
             let sink = self.sinks[i].as_mut();
             match result {
                 Ok(()) => {}
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(sink = sink.name(), error = %e, "flush failed; retrying");
-                    flush_with_retry(sink, backoff, &self.metrics)
+                    self.retry
+                        .flush(sink)
                         .await
                         .map_err(|e| sink_failed(sink, e))?;
                 }
@@ -571,12 +602,11 @@ impl Writer {
     /// Writes to sink `i`, retrying transient failures. A sink that dead-letters rejected data
     /// is flushed right away, so that a rejection names exactly this batch.
     async fn write_to(&mut self, i: usize, batch: SinkBatch<'_>) -> Result<(), SinkError> {
-        let max_backoff = self.options.max_backoff;
         let flush = self.dead_letters_rejected(i);
         let sink = self.sinks[i].as_mut();
-        write_with_retry(sink, batch, max_backoff, &self.metrics).await?;
+        self.retry.write(sink, batch).await?;
         if flush {
-            flush_with_retry(sink, max_backoff, &self.metrics).await?;
+            self.retry.flush(sink).await?;
         }
         Ok(())
     }
@@ -607,11 +637,12 @@ impl Writer {
             records: &records,
             events: &events,
         };
-        let max_backoff = self.options.max_backoff;
-        write_with_retry(sink.as_mut(), batch, max_backoff, &self.metrics)
+        self.retry
+            .write(sink.as_mut(), batch)
             .await
             .map_err(|e| sink_failed(sink.as_ref(), e))?;
-        flush_with_retry(sink.as_mut(), max_backoff, &self.metrics)
+        self.retry
+            .flush(sink.as_mut())
             .await
             .map_err(|e| sink_failed(sink.as_ref(), e))
     }
@@ -749,60 +780,11 @@ async fn wait_stop(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn write_with_retry(
-    sink: &mut dyn Sink,
-    batch: SinkBatch<'_>,
-    max_backoff: Duration,
-    metrics: &Metrics,
-) -> Result<(), SinkError> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match sink.write(batch).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                backoff = retry_or_fail(sink.name(), e, backoff, max_backoff, metrics).await?
-            }
-        }
-    }
-}
-
-async fn flush_with_retry(
-    sink: &mut dyn Sink,
-    max_backoff: Duration,
-    metrics: &Metrics,
-) -> Result<(), SinkError> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match sink.flush().await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                backoff = retry_or_fail(sink.name(), e, backoff, max_backoff, metrics).await?
-            }
-        }
-    }
-}
-
 fn sink_failed(sink: &dyn Sink, e: SinkError) -> DeliveryError {
     DeliveryError::Sink {
         sink: sink.name().to_owned(),
         message: e.to_string(),
     }
-}
-
-async fn retry_or_fail(
-    name: &str,
-    e: SinkError,
-    backoff: Duration,
-    max_backoff: Duration,
-    metrics: &Metrics,
-) -> Result<Duration, SinkError> {
-    metrics.record_sink_error(name);
-    if !e.is_retryable() {
-        return Err(e);
-    }
-    tracing::warn!(sink = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink failed; retrying");
-    tokio::time::sleep(backoff).await;
-    Ok((backoff * 2).min(max_backoff))
 }
 
 #[cfg(test)]

@@ -1,0 +1,113 @@
+//! Retrying a failing sink: capped exponential backoff for as long as the sink says trying
+//! again can help — but never past a stop request.
+//!
+//! A sink that is down (a broker restarting, a full disk) is retried forever, so nothing is
+//! lost and nothing is confirmed. A SIGTERM during such an outage must still end the run
+//! promptly: the wait between attempts gives way to the stop, the batch being retried is
+//! abandoned unacknowledged (the next run delivers it again from the last checkpoint), and
+//! [`Retry::abandoned`] tells the writer to end cleanly instead of failing. An attempt already
+//! under way is never cancelled, so a sink is not cut off mid-record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::sink::{Sink, SinkBatch, SinkError};
+
+/// First wait after a failed attempt; doubled per failure up to the cap.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How the writer retries its sinks.
+pub(super) struct Retry {
+    max_backoff: Duration,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    abandoned: bool,
+}
+
+impl Retry {
+    /// Retries with backoff capped at `max_backoff` until `stop` turns `true`.
+    pub(super) fn new(
+        max_backoff: Duration,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+    ) -> Retry {
+        Retry {
+            max_backoff,
+            metrics,
+            stop,
+            abandoned: false,
+        }
+    }
+
+    /// Whether a stop request ended a retry: the error it returned means "stopped", not
+    /// "failed".
+    pub(super) fn abandoned(&self) -> bool {
+        self.abandoned
+    }
+
+    /// Writes `batch` to `sink`, retrying retryable failures.
+    pub(super) async fn write(
+        &mut self,
+        sink: &mut dyn Sink,
+        batch: SinkBatch<'_>,
+    ) -> Result<(), SinkError> {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match sink.write(batch).await {
+                Ok(()) => return Ok(()),
+                Err(e) => backoff = self.wait_or_fail(sink.name(), e, backoff).await?,
+            }
+        }
+    }
+
+    /// Flushes `sink`, retrying retryable failures.
+    pub(super) async fn flush(&mut self, sink: &mut dyn Sink) -> Result<(), SinkError> {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match sink.flush().await {
+                Ok(()) => return Ok(()),
+                Err(e) => backoff = self.wait_or_fail(sink.name(), e, backoff).await?,
+            }
+        }
+    }
+
+    /// After a failed attempt: the next backoff once `backoff` has passed, or the error when
+    /// it is fatal or a stop came first.
+    async fn wait_or_fail(
+        &mut self,
+        name: &str,
+        e: SinkError,
+        backoff: Duration,
+    ) -> Result<Duration, SinkError> {
+        self.metrics.record_sink_error(name);
+        if !e.is_retryable() {
+            return Err(e);
+        }
+        if *self.stop.borrow() {
+            return Err(self.abandon(name, e));
+        }
+        tracing::warn!(sink = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink failed; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => Ok((backoff * 2).min(self.max_backoff)),
+            _ = stopped(&mut self.stop) => Err(self.abandon(name, e)),
+        }
+    }
+
+    fn abandon(&mut self, name: &str, e: SinkError) -> SinkError {
+        tracing::warn!(sink = name, error = %e, "stopping while the sink fails; what it has not taken stays unconfirmed");
+        self.abandoned = true;
+        e
+    }
+}
+
+/// Resolves once `stop` is `true` (never, if its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
