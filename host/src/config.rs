@@ -27,6 +27,9 @@ pub struct Config {
     /// Batching of events through the chain and into sinks.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// How much event data the pipeline may hold at once.
+    #[serde(default)]
+    pub memory: MemoryConfig,
     /// Where events go.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
@@ -250,6 +253,43 @@ fn default_batch_size() -> usize {
 }
 fn default_batch_wait() -> Duration {
     Duration::from_millis(100)
+}
+
+/// `[memory]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// The memory walflow aims to stay under, in MiB. The event data it holds — queued behind a
+    /// slow sink, in the plugin chain, being written — is bounded by shares of it, so an
+    /// outage with large rows makes walflow wait, not grow.
+    #[serde(default = "default_memory_budget")]
+    pub budget_mb: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            budget_mb: default_memory_budget(),
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Bytes of events that may wait between the reader and the delivery loop: an eighth of
+    /// the budget (the rest covers batches in the chain, encoded records, sink buffers and
+    /// walflow itself).
+    pub fn queue_bytes(&self) -> usize {
+        (self.budget_mb.max(16) as usize * 1024 * 1024) / 8
+    }
+
+    /// Most bytes of events in one batch: a thirty-second of the budget.
+    pub fn batch_bytes(&self) -> usize {
+        (self.budget_mb.max(16) as usize * 1024 * 1024) / 32
+    }
+}
+
+fn default_memory_budget() -> u64 {
+    256
 }
 
 /// Encoding of sink records.

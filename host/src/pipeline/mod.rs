@@ -15,8 +15,11 @@ mod delivery;
 pub mod heartbeat;
 mod payloads;
 mod plugins;
+mod retry;
 mod run;
 pub mod source;
+mod startup;
+mod weight;
 
 use std::sync::Arc;
 
@@ -24,6 +27,7 @@ use async_trait::async_trait;
 
 pub use delivery::{Delivery, DeliveryError, DeliveryOptions};
 pub use run::{RunOptions, RunSummary, run};
+pub use weight::{Weight, of_events as weigh};
 
 use crate::encode::Encoder;
 use crate::event::Event;
@@ -34,43 +38,48 @@ use crate::sink::Sink;
 /// snapshot rows) and the LSN that may be confirmed once all its events are delivered.
 pub type Unit = crate::pgoutput::Transaction;
 
-/// Bounds the events waiting between the reader and the delivery loop.
+/// Bounds the events waiting between the reader and the delivery loop, in number and in bytes.
 ///
 /// The channel between them counts transactions, and one transaction may hold thousands of
-/// rows; this counts events, so memory stays bounded whatever the transaction sizes. A unit
-/// larger than the whole budget still passes once the queue is empty, so nothing deadlocks.
+/// rows, each of any size; this counts events and their weight in bytes ([`weigh`]), so memory
+/// stays bounded whatever the transaction and row sizes (and few rows wait to be read again
+/// after a crash). A unit larger than the whole budget still passes once the queue is empty,
+/// so nothing deadlocks.
 #[derive(Debug)]
 pub struct QueueBudget {
-    queued: std::sync::atomic::AtomicUsize,
-    limit: usize,
+    events: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
+    limit: Weight,
     freed: tokio::sync::Notify,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl QueueBudget {
-    /// A budget of `limit` queued events.
-    pub fn new(limit: usize) -> QueueBudget {
+    /// A budget of at most `limit` queued (each bound on its own).
+    pub fn new(limit: Weight) -> QueueBudget {
         QueueBudget {
-            queued: std::sync::atomic::AtomicUsize::new(0),
+            events: std::sync::atomic::AtomicUsize::new(0),
+            bytes: std::sync::atomic::AtomicUsize::new(0),
             limit,
             freed: tokio::sync::Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Waits until the queue is under its limit, then counts `events` as queued.
-    pub async fn acquire(&self, events: usize) {
+    /// Waits until the queue is under both limits, then counts `weight` more as queued.
+    pub async fn acquire(&self, weight: Weight) {
         use std::sync::atomic::Ordering;
         loop {
             let freed = self.freed.notified();
-            if self.queued.load(Ordering::Acquire) < self.limit
-                || self.closed.load(Ordering::Acquire)
-            {
+            let room = self.events.load(Ordering::Acquire) < self.limit.events
+                && self.bytes.load(Ordering::Acquire) < self.limit.bytes;
+            if room || self.closed.load(Ordering::Acquire) {
                 break;
             }
             freed.await;
         }
-        self.queued.fetch_add(events, Ordering::AcqRel);
+        self.events.fetch_add(weight.events, Ordering::AcqRel);
+        self.bytes.fetch_add(weight.bytes, Ordering::AcqRel);
     }
 
     /// The delivery loop has ended: nobody waits for room any more.
@@ -80,10 +89,11 @@ impl QueueBudget {
         self.freed.notify_waiters();
     }
 
-    /// `events` left the queue (delivered, or dropped by the plugins).
-    pub fn release(&self, events: usize) {
-        self.queued
-            .fetch_sub(events, std::sync::atomic::Ordering::AcqRel);
+    /// `weight` left the queue (delivered, or dropped by the plugins).
+    pub fn release(&self, weight: Weight) {
+        use std::sync::atomic::Ordering;
+        self.events.fetch_sub(weight.events, Ordering::AcqRel);
+        self.bytes.fetch_sub(weight.bytes, Ordering::AcqRel);
         self.freed.notify_waiters();
     }
 }
@@ -203,22 +213,33 @@ impl Delivery {
 mod tests {
     use std::time::Duration;
 
-    use super::QueueBudget;
+    use super::{QueueBudget, Weight};
+
+    fn events(events: usize) -> Weight {
+        Weight { events, bytes: 0 }
+    }
+
+    fn bytes(bytes: usize) -> Weight {
+        Weight { events: 0, bytes }
+    }
 
     #[tokio::test]
     async fn the_budget_holds_the_reader_until_events_are_delivered() {
-        let budget = std::sync::Arc::new(QueueBudget::new(10));
-        budget.acquire(25).await; // a unit larger than the budget passes an empty queue
+        let budget = std::sync::Arc::new(QueueBudget::new(Weight {
+            events: 10,
+            bytes: 1000,
+        }));
+        budget.acquire(events(25)).await; // a unit larger than the budget passes an empty queue
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.acquire(1).await }
+            async move { budget.acquire(events(1)).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             !waiting.is_finished(),
             "acquired while the queue was over its limit"
         );
-        budget.release(20);
+        budget.release(events(20));
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("released room wakes the reader")
@@ -226,12 +247,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn closing_the_budget_frees_a_waiting_reader() {
-        let budget = std::sync::Arc::new(QueueBudget::new(1));
-        budget.acquire(1).await;
+    async fn a_few_large_events_fill_the_budget_by_their_bytes() {
+        let budget = std::sync::Arc::new(QueueBudget::new(Weight {
+            events: 1000,
+            bytes: 1 << 20,
+        }));
+        budget
+            .acquire(Weight {
+                events: 4,
+                bytes: 1 << 20,
+            })
+            .await;
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.acquire(1).await }
+            async move { budget.acquire(events(1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "acquired past the byte limit");
+        budget.release(bytes(1 << 19));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("released bytes wake the reader")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn closing_the_budget_frees_a_waiting_reader() {
+        let budget = std::sync::Arc::new(QueueBudget::new(Weight {
+            events: 1,
+            bytes: usize::MAX,
+        }));
+        budget.acquire(events(1)).await;
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.acquire(events(1)).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         budget.close();
