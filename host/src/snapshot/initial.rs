@@ -45,19 +45,32 @@ use crate::replication::{
 };
 use crate::tables::TableSelector;
 
-/// Heap pages per chunk (16 MiB with 8 KiB pages): small enough to spread a table over the
-/// readers and to resume without much repetition, large enough that a chunk is one cheap scan.
+/// Most heap pages per chunk (16 MiB with 8 KiB pages): large enough that a chunk is one
+/// cheap scan.
 const CHUNK_PAGES: u64 = 2048;
 
-/// Pages per chunk: [`CHUNK_PAGES`], or `WALFLOW_SNAPSHOT_CHUNK_PAGES` (a knob for tests and
-/// benchmarks that need many chunks from a small table).
-fn chunk_pages() -> u64 {
+/// Fewest heap pages per chunk of a table split at all (256 KiB).
+const MIN_CHUNK_PAGES: u64 = 32;
+
+/// Chunks a large table is split into at least. A stopped or killed snapshot resumes at
+/// chunk granularity, so what it repeats is the chunks in flight: with two readers, about
+/// 2 / 256 of the table, besides the rows queued for delivery.
+const CHUNKS_PER_TABLE: u64 = 256;
+
+/// Pages per chunk of a table of `pages` pages: 1 / [`CHUNKS_PER_TABLE`] of it, between
+/// [`MIN_CHUNK_PAGES`] and [`CHUNK_PAGES`] — or `WALFLOW_SNAPSHOT_CHUNK_PAGES` (a knob for
+/// tests and benchmarks that need many chunks from a small table).
+fn chunk_pages(pages: u64) -> u64 {
     std::env::var("WALFLOW_SNAPSHOT_CHUNK_PAGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(CHUNK_PAGES)
+        .unwrap_or_else(|| (pages / CHUNKS_PER_TABLE).clamp(MIN_CHUNK_PAGES, CHUNK_PAGES))
 }
+
+/// Reader messages (up to [`ROWS_PER_UNIT`] rows each) waiting for the coordinator. Rows read
+/// but not delivered are read again after a crash: keep this small.
+const READS_QUEUED: usize = 4;
 
 /// Rows per unit handed to the delivery loop.
 const ROWS_PER_UNIT: usize = 1024;
@@ -215,7 +228,7 @@ async fn run(
         t.binary = copy_binary::binary_columns(&t.relation, utc);
     }
     if plan.chunks.is_empty() {
-        plan.chunks = split(&tables, version, chunk_pages());
+        plan.chunks = split(&tables, version, chunk_pages);
     }
     let tables: HashMap<String, Arc<TableInfo>> = tables
         .into_iter()
@@ -324,9 +337,14 @@ pub(super) async fn prepare_session(client: &Client) -> anyhow::Result<()> {
 }
 
 /// Splits each table into page ranges where the server can scan a range directly.
-fn split(tables: &[TableInfo], server_version: u32, chunk_pages: u64) -> Vec<ChunkSpec> {
+fn split(
+    tables: &[TableInfo],
+    server_version: u32,
+    chunk_pages: impl Fn(u64) -> u64,
+) -> Vec<ChunkSpec> {
     let mut chunks = Vec::new();
     for t in tables {
+        let chunk_pages = chunk_pages(t.pages);
         let whole = ChunkSpec {
             schema: t.relation.schema.clone(),
             table: t.relation.table.clone(),
@@ -378,7 +396,7 @@ async fn copy_all(
             .enumerate()
             .collect::<VecDeque<_>>(),
     ));
-    let (read_tx, read_rx) = mpsc::channel::<anyhow::Result<Read>>(16);
+    let (read_tx, read_rx) = mpsc::channel::<anyhow::Result<Read>>(READS_QUEUED);
     let meta = Source {
         db: plan.identity.database.as_str().into(),
         lsn: plan.lsn,
@@ -611,7 +629,7 @@ async fn coordinate(
 }
 
 async fn send(units: &mpsc::Sender<Unit>, budget: &QueueBudget, unit: Unit) -> bool {
-    budget.acquire(unit.events.len()).await;
+    budget.acquire(crate::pipeline::weigh(&unit.events)).await;
     units.send(unit).await.is_ok()
 }
 
@@ -686,7 +704,7 @@ mod tests {
 
     #[test]
     fn large_tables_split_into_page_ranges_with_an_open_end() {
-        let chunks = split(&[table(CHUNK_PAGES * 2 + 1, 'r')], 160000, CHUNK_PAGES);
+        let chunks = split(&[table(CHUNK_PAGES * 2 + 1, 'r')], 160000, |_| CHUNK_PAGES);
         let ranges: Vec<_> = chunks.iter().map(|c| (c.first_page, c.end_page)).collect();
         assert_eq!(
             ranges,
@@ -701,11 +719,11 @@ mod tests {
     #[test]
     fn old_servers_and_partitioned_tables_read_whole() {
         assert_eq!(
-            split(&[table(CHUNK_PAGES * 4, 'r')], 130000, CHUNK_PAGES).len(),
+            split(&[table(CHUNK_PAGES * 4, 'r')], 130000, |_| CHUNK_PAGES).len(),
             1
         );
         assert_eq!(
-            split(&[table(CHUNK_PAGES * 4, 'p')], 170000, CHUNK_PAGES).len(),
+            split(&[table(CHUNK_PAGES * 4, 'p')], 170000, |_| CHUNK_PAGES).len(),
             1
         );
     }
@@ -713,7 +731,7 @@ mod tests {
     #[test]
     fn copy_statements_quote_names_and_bound_ranges() {
         let t = table(10, 'r');
-        let whole = split(&[t], 170000, CHUNK_PAGES).remove(0);
+        let whole = split(&[t], 170000, |_| CHUNK_PAGES).remove(0);
         let t = table(10, 'r');
         assert_eq!(
             copy_statement(&whole, &t),
