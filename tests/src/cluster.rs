@@ -250,6 +250,34 @@ impl Cluster {
         launch(&base_dir, &options, &install, None, owner)
     }
 
+    /// Crashes the server (`pg_ctl stop -m immediate`: SIGQUIT to the postmaster, no
+    /// checkpoint, crash recovery at the next start), keeps it down for `down_for`, then starts
+    /// it again on the same port and data directory.
+    pub fn crash_and_restart(&self, down_for: Duration) -> anyhow::Result<()> {
+        let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut child) = guard.take() {
+            child_process::signal(&child, libc::SIGQUIT);
+            let _ = child.wait();
+        }
+        std::thread::sleep(down_for);
+        let owner = server_owner()?;
+        let mut command = server_command(
+            &self.info.bin_dir.join("postgres"),
+            &self.info.base_dir,
+            owner,
+            &self.info.log_path,
+        )?;
+        command.arg("-D").arg(&self.info.data_dir);
+        let mut child =
+            child_process::spawn_tied(command, libc::SIGQUIT).context("cannot start postgres")?;
+        if let Err(e) = wait_ready(&mut child, &self.info.data_dir, &self.info.log_path) {
+            stop_postmaster(&mut child);
+            return Err(e);
+        }
+        *guard = Some(child);
+        Ok(())
+    }
+
     /// Stops the server now (fast shutdown), waiting up to 30 s.
     pub fn stop(&self) {
         let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());

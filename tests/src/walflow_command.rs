@@ -177,6 +177,15 @@ impl WalflowChild {
         read_lossy(&self.stderr_path)
     }
 
+    /// Its peak resident memory so far in MiB (`VmHWM`), while it runs: the memory bound a
+    /// fault test checks after the fault.
+    pub fn peak_rss_mib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024)
+    }
+
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
