@@ -1,9 +1,11 @@
 //! End to end through `walflow run`: real changes from the shared cluster, real destinations,
 //! the slot's `confirmed_flush_lsn` watched from PostgreSQL.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use serde_json::Value as Json;
 use walflow_tests::{Cluster, ClusterOptions, walflow};
 
 use super::brokers::{Broker, Kind};
@@ -228,4 +230,191 @@ async fn a_stopped_redis_holds_back_the_slot_until_it_is_back() {
         })
         .collect();
     assert_eq!(ids, (1..=500).collect(), "every inserted row reached redis");
+}
+
+/// How long the sinks stay down in the outage test (`WALFLOW_CHAOS_OUTAGE_SECS`, default 60).
+fn outage() -> Duration {
+    let secs = std::env::var("WALFLOW_CHAOS_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+/// Inserts one row a transaction, ids from 1, until `stop`; `last` is the last id committed.
+fn steady_writer(
+    client: tokio_postgres::Client,
+    last: std::sync::Arc<std::sync::atomic::AtomicI32>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut id = 1;
+        while !stop.load(Ordering::Relaxed) {
+            client
+                .execute("INSERT INTO ns VALUES ($1, md5($1::int::text))", &[&id])
+                .await
+                .expect("the source stays up");
+            last.store(id, Ordering::Relaxed);
+            id += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+fn ids_of(records: &[Json]) -> BTreeSet<i64> {
+    records
+        .iter()
+        .filter_map(|r| r["value"]["after"]["id"].as_i64())
+        .collect()
+}
+
+/// Every network sink down at once for a minute while rows keep coming: nothing is confirmed
+/// that a sink does not have, walflow keeps running with bounded memory, and once they are back
+/// each sink holds every row (Kafka: every row from the outage on — tansu keeps topics in memory
+/// only, so what it had before its restart is gone with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_network_sink_down_for_a_minute_under_load_loses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    let mut redis = Broker::start(Kind::Redis);
+    let mut nats = Broker::start(Kind::Nats);
+    let mut tansu = Broker::start(Kind::Tansu);
+    let endpoint = crate::Endpoint::start(Vec::new()).await;
+    let target_cluster = Arc::new(Cluster::start(ClusterOptions::default()).unwrap());
+    let target = target_cluster.new_database().await;
+    let table = "CREATE TABLE ns (id int PRIMARY KEY, v text)";
+    target.client().await.batch_execute(table).await.unwrap();
+    let source = Cluster::shared().new_database().await;
+    let client = source.client().await;
+    client.batch_execute(table).await.unwrap();
+
+    let base = |slot: &str| {
+        source
+            .config()
+            .slot(slot)
+            .source("tables = [\"public.ns\"]")
+            .source("snapshot = \"never\"")
+            .source("topic_prefix = \"app\"")
+            .append("[batch]\nmax_wait = \"10ms\"\n")
+    };
+    let persistent = base(&format!("{}_a", source.name()))
+        .append(&format!(
+            "[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ))
+        .append(&format!("[[sinks]]\n{}\n", crate::nats_entry(&nats.url())))
+        .append(&format!(
+            "[[sinks]]\ntype = \"http\"\nurl = \"{}\"\ntimeout = \"2s\"\n",
+            endpoint.url()
+        ))
+        .append(&format!(
+            "[[sinks]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            target.url("postgres")
+        ));
+    let kafka = base(&format!("{}_k", source.name())).append(&format!(
+        "[[sinks]]\n{}\n",
+        crate::kafka_entry(&tansu.url())
+    ));
+    let slots = [
+        persistent.slot_name().to_string(),
+        kafka.slot_name().to_string(),
+    ];
+    let configs = [persistent.write().unwrap(), kafka.write().unwrap()];
+    // One after the other: creating a logical slot waits for transactions in flight.
+    let mut children = Vec::new();
+    for (slot, config) in slots.iter().zip(&configs) {
+        let child = walflow!("run", "-c", &config.path).spawn().unwrap();
+        source
+            .wait_for_slot(slot, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+        children.push(child);
+    }
+    let last = Arc::new(AtomicI32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = steady_writer(source.client().await, last.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Everything down at once.
+    redis.stop();
+    nats.stop();
+    tansu.stop();
+    endpoint.set_down(true);
+    let outage = outage();
+    let crashing = target_cluster.clone();
+    let target_back = tokio::task::spawn_blocking(move || crashing.crash_and_restart(outage));
+    let outage_from = last.load(Ordering::Relaxed) + 1;
+    tokio::time::sleep(outage / 2).await;
+    let during = source.emit_marker().await;
+    tokio::time::sleep(outage / 2).await;
+    for (slot, child) in slots.iter().zip(children.iter_mut()) {
+        assert!(
+            !source.slot_reached(slot, &during).await,
+            "slot {slot} was confirmed past rows its sinks never got"
+        );
+        assert!(child.is_running(), "walflow gave up:\n{}", child.stderr());
+        let peak = child.peak_rss_mib().unwrap();
+        assert!(peak < 256, "peak RSS {peak} MiB during the outage");
+    }
+
+    // Back up.
+    redis.restart();
+    nats.restart();
+    tansu.restart();
+    endpoint.set_down(false);
+    target_back.await.unwrap().expect("the target restarts");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let written = last.load(Ordering::Relaxed) as i64;
+    let end = source.emit_marker().await;
+    for (slot, child) in slots.iter().zip(children.iter()) {
+        source
+            .wait_for_confirmed(slot, &end, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    }
+    for mut child in children {
+        child.terminate();
+        let out = child.wait_async(Duration::from_secs(30)).await.unwrap();
+        assert!(out.status.success(), "{}", out.describe());
+    }
+
+    let all: BTreeSet<i64> = (1..=written).collect();
+    let streams = ["app.public.ns"];
+    assert_eq!(
+        ids_of(&crate::redis_records(&redis.url(), &streams).await),
+        all,
+        "redis"
+    );
+    assert_eq!(ids_of(&crate::nats_records(&nats.url()).await), all, "nats");
+    let posted: Vec<Json> = endpoint
+        .seen
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .flat_map(|(_, body)| serde_json::from_slice::<Vec<Json>>(body).unwrap())
+        .collect();
+    assert_eq!(ids_of(&posted), all, "http");
+    let target_client = target.client().await;
+    assert_eq!(
+        dump(&target_client, "ns").await,
+        dump(&client, "ns").await,
+        "postgres"
+    );
+    let in_kafka = ids_of(
+        &crate::kafka_records(&tansu.url(), &streams)
+            .await
+            .into_iter()
+            .map(|(_, r, _)| r)
+            .collect::<Vec<_>>(),
+    );
+    let since: BTreeSet<i64> = (i64::from(outage_from)..=written).collect();
+    assert!(
+        since.is_subset(&in_kafka),
+        "kafka lacks {} rows written during or after the outage",
+        since.difference(&in_kafka).count()
+    );
 }

@@ -34,6 +34,7 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Seen>>,
     script: Script,
+    down: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,15 +45,17 @@ impl Endpoint {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
-        let (s, sc) = (seen.clone(), script.clone());
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, sc, d) = (seen.clone(), script.clone(), down.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (s, sc) = (s.clone(), sc.clone());
+                let (s, sc, d) = (s.clone(), sc.clone(), d.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, s.clone(), sc.clone()));
+                    let service =
+                        service_fn(move |req| handle(req, s.clone(), sc.clone(), d.clone()));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -63,6 +66,7 @@ impl Endpoint {
             addr,
             seen,
             script,
+            down,
             task,
         }
     }
@@ -70,6 +74,13 @@ impl Endpoint {
     /// The URL to POST to.
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
+    }
+
+    /// While down, every request is answered 503 (what a load balancer says of a service
+    /// behind it that is down) and nothing is accepted.
+    #[allow(dead_code)]
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Release);
     }
 
     /// Makes the next requests get these answers.
@@ -89,6 +100,7 @@ async fn handle(
     req: Request<Incoming>,
     seen: Arc<Mutex<Seen>>,
     script: Script,
+    down: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let content_type = req
         .headers()
@@ -107,7 +119,11 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let (status, retry_after) = script.lock().unwrap().pop_front().unwrap_or((200, None));
+    let (status, retry_after) = if down.load(std::sync::atomic::Ordering::Acquire) {
+        (503, None)
+    } else {
+        script.lock().unwrap().pop_front().unwrap_or((200, None))
+    };
     let mut seen = seen.lock().unwrap();
     seen.answers.push((status, Instant::now()));
     seen.auth.push(auth);
