@@ -36,6 +36,9 @@ pub struct DeliveryOptions {
     pub flush_interval: Duration,
     /// Cap of the retry backoff for retryable sink errors.
     pub max_backoff: Duration,
+    /// Most bytes of events (as [`weigh`](super::weigh) counts them) in one batch, so that
+    /// large rows make small batches.
+    pub max_bytes: usize,
 }
 
 impl Default for DeliveryOptions {
@@ -45,6 +48,7 @@ impl Default for DeliveryOptions {
             max_wait: Duration::from_millis(100),
             flush_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
+            max_bytes: 8 << 20,
         }
     }
 }
@@ -720,6 +724,7 @@ async fn collect(
 ) -> Option<Pending> {
     let max = options.max_events;
     let mut events = Vec::new();
+    let mut bytes = 0;
     let mut complete_lsn = None;
     let first = match carry.take() {
         Some(u) => u,
@@ -733,19 +738,28 @@ async fn collect(
     let mut next = Some(first);
     while let Some(mut unit) = next.take() {
         let room = max - events.len();
-        if unit.events.len() > room {
-            // A unit that does not fit starts the next batch whole; only one larger than a
-            // batch by itself is split.
-            if events.is_empty() {
-                let rest = unit.events.split_off(room);
+        let unit_bytes = super::weight::of_events(&unit.events).bytes;
+        let fits = unit.events.len() <= room && bytes + unit_bytes <= options.max_bytes;
+        // A unit that does not fit starts the next batch whole; only one larger than a batch
+        // by itself is split (a single event larger than `max_bytes` goes alone).
+        let split_at = match (fits, events.is_empty()) {
+            (true, _) => None,
+            (false, false) => Some(0),
+            (false, true) => Some(fitting(&unit.events, room, options.max_bytes))
+                .filter(|n| *n < unit.events.len()),
+        };
+        if let Some(at) = split_at {
+            if at > 0 {
+                let rest = unit.events.split_off(at);
                 events = std::mem::replace(&mut unit.events, rest);
             }
             *carry = Some(unit);
             break;
         }
         add_events(&mut events, &mut unit.events, max);
+        bytes += unit_bytes;
         complete_lsn = Some(unit.end_lsn);
-        if events.len() >= max || *stop.borrow() {
+        if events.len() >= max || bytes >= options.max_bytes || *stop.borrow() {
             break;
         }
         next = tokio::select! {
@@ -760,9 +774,20 @@ async fn collect(
     })
 }
 
-/// Moves a unit's events into the batch being gathered. A unit whose buffer can hold a whole
-/// batch (a snapshot's units can) becomes the batch's buffer as it is, so its events are not
-/// copied; small units (transactions) are appended into one buffer sized for a batch.
+/// How many of `events` (at least one) fit in a batch of `max_events` and `max_bytes`.
+fn fitting(events: &[Event], max_events: usize, max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    let fit = events
+        .iter()
+        .take(max_events)
+        .take_while(|e| {
+            bytes += super::weight::of_events(std::slice::from_ref(e)).bytes;
+            bytes <= max_bytes
+        })
+        .count();
+    fit.max(1)
+}
+
 fn add_events(batch: &mut Vec<Event>, unit: &mut Vec<Event>, max: usize) {
     if batch.is_empty() && unit.capacity() >= max {
         std::mem::swap(batch, unit);
@@ -881,6 +906,36 @@ mod tests {
                 (lsns(3, 0..1), Some(3), MAX),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn large_rows_make_small_batches() {
+        let big = |end_lsn: u64, events: usize| {
+            let mut u = unit(end_lsn, events, events);
+            for e in &mut u.events {
+                e.after = Some(vec![crate::event::Value::Bytes(vec![0; 100_000])]);
+            }
+            u
+        };
+        let options = DeliveryOptions {
+            max_events: 1000,
+            max_bytes: 250_000,
+            max_wait: Duration::from_millis(10),
+            ..DeliveryOptions::default()
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        for u in [big(1, 1), big(2, 1), big(3, 1), big(4, 5)] {
+            tx.send(u).await.unwrap();
+        }
+        drop(tx);
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let mut carry = None;
+        let mut sizes = Vec::new();
+        while let Some(batch) = collect(&options, &mut rx, &mut carry, &mut stop).await {
+            sizes.push(batch.events.len());
+        }
+        // Two rows of 100 kB fit under 250 kB, three do not; a unit of five is split.
+        assert_eq!(sizes, vec![2, 1, 2, 2, 1]);
     }
 
     #[tokio::test]

@@ -87,6 +87,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         DeliveryOptions {
             max_events: config.batch.max_events,
             max_wait: config.batch.max_wait,
+            max_bytes: config.memory.batch_bytes(),
             ..DeliveryOptions::default()
         },
         metrics.clone(),

@@ -274,6 +274,7 @@ impl Running {
                 max_wait: Duration::from_millis(20),
                 flush_interval: Duration::from_millis(200),
                 max_backoff: Duration::from_millis(400),
+                ..DeliveryOptions::default()
             },
             Arc::new(Metrics::default()),
         );
