@@ -255,6 +255,13 @@ fn array_text(array: &Array) -> String {
     if array.dims.is_empty() || array.elements.is_empty() {
         return "{}".into();
     }
+    if array.lower_bounds.len() == array.dims.len() {
+        for (&lower, &length) in array.lower_bounds.iter().zip(&array.dims) {
+            let upper = i64::from(lower) + i64::from(length) - 1;
+            out.push_str(&format!("[{lower}:{upper}]"));
+        }
+        out.push('=');
+    }
     let mut elements = array.elements.iter();
     write_dim(&array.dims, &mut elements, &mut out);
     out
@@ -295,6 +302,7 @@ mod tests {
     fn arrays_are_quoted_literals() {
         let a = Array {
             dims: vec![2, 2],
+            lower_bounds: Vec::new(),
             elements: vec![
                 Value::Int(1),
                 Value::Null,
