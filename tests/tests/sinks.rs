@@ -895,6 +895,31 @@ async fn unreachable_destinations_are_named_at_start() {
     assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
 }
 
+/// A password inline in a sink's URL never appears in its errors or its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_urls_in_errors_and_names_hide_their_password() {
+    let port = brokers::free_port();
+    for url in [
+        format!("postgres://postgres:url-secret@127.0.0.1:{port}/x"),
+        format!("redis://:url-secret@127.0.0.1:{port}"),
+        format!("nats://walflow:url-secret@127.0.0.1:{port}"),
+    ] {
+        let kind = url.split("://").next().unwrap();
+        let m = fatal_message(sink(&format!("type = \"{kind}\"\nurl = \"{url}\"")).await);
+        assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+        assert!(!m.contains("url-secret"), "{m}");
+    }
+    let url = format!("http://walflow:url-secret@127.0.0.1:{port}/hook");
+    let mut http = sink(&format!("type = \"http\"\nurl = \"{url}\""))
+        .await
+        .unwrap();
+    assert!(!http.name().contains("url-secret"), "{}", http.name());
+    http.write(batch(&numbered_records(0, 1))).await.unwrap();
+    let m = http.flush().await.expect_err("nothing listens").to_string();
+    assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+    assert!(!m.contains("url-secret"), "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_settings_name_the_key() {
     let cases = [

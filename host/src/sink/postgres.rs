@@ -79,7 +79,7 @@ impl PostgresSink {
             ..SourceConfig::default()
         };
         let mut sink = PostgresSink {
-            name: format!("postgres:{url}"),
+            name: format!("postgres:{}", crate::redact::url(url)),
             connection,
             schema: s.str("schema")?.map(str::to_owned),
             client: None,
@@ -106,7 +106,7 @@ impl PostgresSink {
                 .map_err(|e| {
                     SinkError::Retryable(format!(
                         "postgres sink cannot connect to {}: {e}",
-                        self.connection.url
+                        crate::redact::url(&self.connection.url)
                     ))
                 })?;
             self.statements.clear();
