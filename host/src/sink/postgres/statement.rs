@@ -117,13 +117,7 @@ impl Target {
     /// What finds `row` in the target: the key columns and their values as text (under
     /// whole-row matching, every column the source sent).
     pub fn locator(&self, row: Option<&Row>, event: &Event) -> Result<Locator, SinkError> {
-        let row = row.ok_or_else(|| {
-            SinkError::Fatal(format!(
-                "a {} event of {} carries no row to find its target row by",
-                event.op.code(),
-                event.relation.qualified_name()
-            ))
-        })?;
+        let row = row.ok_or_else(|| self.no_row(event))?;
         let columns: Vec<usize> = self
             .key
             .iter()
@@ -135,6 +129,18 @@ impl Target {
             .map(|&i| row.get(i).and_then(value_text))
             .collect();
         Ok(Locator { columns, values })
+    }
+
+    /// Why an event without the row to locate cannot be applied.
+    fn no_row(&self, event: &Event) -> SinkError {
+        let (op, table) = (event.op.code(), event.relation.qualified_name());
+        SinkError::Fatal(if self.whole_row {
+            format!(
+                "a {op} event of {table} carries no old row, and without a key the postgres sink finds target rows by their old values; set REPLICA IDENTITY FULL on the source table or give both tables a primary key"
+            )
+        } else {
+            format!("a {op} event of {table} carries no row to find its target row by")
+        })
     }
 
     /// `DELETE … WHERE key = …`; parameters: the locator's values.
@@ -456,6 +462,45 @@ mod tests {
             let value = Value::Temporal(kind, iso.into());
             assert_eq!(value_text(&value).as_deref(), Some(pg), "{iso}");
         }
+    }
+
+    /// A keyless table whose changes carry no old row cannot be matched: say what to set.
+    #[test]
+    fn whole_row_matching_without_an_old_row_names_the_fix() {
+        let relation = Relation::one_column("keyless", "n", "int4", 23);
+        let target = Target {
+            table: quote("keyless"),
+            names: vec![quote("n")],
+            types: vec!["integer".into()],
+            key: vec![0],
+            whole_row: true,
+            source_columns: vec!["n".into()],
+            source_key: vec![0],
+        };
+        let update = Event {
+            op: crate::event::Op::Update,
+            relation,
+            source: Default::default(),
+            before: None,
+            after: Some(vec![Value::Int(1)]),
+            topic: None,
+            message: None,
+        };
+        let Err(SinkError::Fatal(message)) = target.locator(update.before.as_ref(), &update) else {
+            panic!("an update without its old row is fatal");
+        };
+        assert!(message.contains("REPLICA IDENTITY FULL"), "{message}");
+        let found = target.locator(update.after.as_ref(), &update).unwrap();
+        assert_eq!(
+            (found.columns, found.values),
+            (vec![0], vec![Some("1".into())])
+        );
+        let (sql, _) = target.delete(&[0]);
+        assert_eq!(
+            sql,
+            "DELETE FROM \"keyless\" WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM \"keyless\" \
+             WHERE \"n\"::text IS NOT DISTINCT FROM ($1::integer)::text LIMIT 1)"
+        );
     }
 
     #[test]
