@@ -224,6 +224,11 @@ pub enum Value {
 pub struct Array {
     /// Length of each dimension; empty for an empty array.
     pub dims: Vec<u32>,
+    /// The index of each dimension's first element when one is not 1, PostgreSQL's default
+    /// (`'[2:3]={7,8}'` has `[2]`); empty when they all are. The JSON and MessagePack forms
+    /// list the elements only, as Debezium's do; the postgres sink writes the bounds back, so
+    /// the replica's `v[2]` is the source's.
+    pub lower_bounds: Vec<i32>,
     /// Elements in row-major order; each is a scalar `Value` or `Value::Null`.
     pub elements: Vec<Value>,
 }

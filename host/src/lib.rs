@@ -17,6 +17,7 @@ pub mod pgoutput;
 pub mod pipeline;
 pub mod plugin;
 pub mod preflight;
+pub mod redact;
 pub mod replication;
 pub mod setup_sql;
 pub mod sink;

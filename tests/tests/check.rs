@@ -297,6 +297,36 @@ async fn unreachable_server_is_one_failed_finding() {
     );
 }
 
+/// A source URL of another scheme is refused by `check` and `run` alike, naming the URL
+/// without the password written in it.
+#[tokio::test]
+async fn a_url_of_another_scheme_is_refused_without_showing_its_password() {
+    let db = Cluster::shared().new_database().await;
+    let (_dir, path) = config(&db, "walflow_scram", "[[sinks]]\ntype = \"stdout\"");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "postgres://walflow_scram@",
+        "mysql://walflow_scram:url-secret@",
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = check(&path).await;
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let run = walflow!("run", "-c", &path)
+        .output_async(TIMEOUT)
+        .await
+        .unwrap();
+    assert!(!run.status.success(), "{}", run.describe());
+    for out in [&out, &run] {
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            all.contains("must start with postgres://")
+                && all.contains("mysql://walflow_scram:***@"),
+            "{}",
+            out.describe()
+        );
+        assert!(!all.contains("url-secret"), "{}", out.describe());
+    }
+}
+
 #[tokio::test]
 async fn read_replica_is_found() {
     let primary = Cluster::start(ClusterOptions::default().without_tls()).unwrap();

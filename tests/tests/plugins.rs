@@ -134,6 +134,7 @@ fn binary_repr_re_represents_every_bytea_value() {
         Value::Bytes(vec![0xfb, 0xff, 0x00]),
         Value::Array(Array {
             dims: vec![2],
+            lower_bounds: Vec::new(),
             elements: vec![Value::Bytes(vec![1, 2]), Value::Null],
         }),
     ];
@@ -157,6 +158,7 @@ fn binary_repr_re_represents_every_bytea_value() {
             after(e, "many"),
             &Value::Array(Array {
                 dims: vec![2],
+                lower_bounds: Vec::new(),
                 elements: vec![text(element), Value::Null]
             }),
             "mode {mode}"
@@ -284,6 +286,7 @@ fn every_kind_of_value_crosses_the_abi_both_ways_unchanged() {
         Value::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
         Value::Array(Array {
             dims: vec![2],
+            lower_bounds: Vec::new(),
             elements: vec![Value::Int(1), Value::Null],
         }),
         Value::UnchangedToast,

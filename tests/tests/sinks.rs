@@ -481,6 +481,55 @@ async fn dead_letters_go_to_a_broker_sink_with_their_error() {
     );
 }
 
+/// The mode bits of every file in `dir`, in octal, by name.
+fn file_modes(dir: &std::path::Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .map(|entry| {
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                format!("{mode:o}"),
+            )
+        })
+        .collect()
+}
+
+/// Records hold source rows: the file sink's files, rotated ones and dead letters included,
+/// are readable by their owner only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_and_dead_letter_files_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = workload::random(17, 60, false);
+    let file_sink = |name: &str, extra: &str| {
+        let path = dir.path().join(name);
+        format!("type = \"file\"\npath = \"{}\"\n{extra}", path.display())
+    };
+    let main = sink(&file_sink("events.jsonl", "max_bytes = 4000"))
+        .await
+        .unwrap();
+    let dead = sink(&file_sink("dead.jsonl", "")).await.unwrap();
+    let delivery = Delivery::new(
+        Box::new(FailItems),
+        workload::encoder(),
+        vec![main],
+        Some(dead),
+        DeliveryOptions::default(),
+        Default::default(),
+    );
+    let (result, _) = workload::run_to_end(delivery, &workload).await;
+    assert_eq!(result.unwrap(), Some(workload.last_lsn()));
+
+    let modes = file_modes(dir.path());
+    assert!(
+        modes.contains_key("dead.jsonl") && modes.contains_key("events.jsonl.000002"),
+        "rotated files and dead letters were written: {modes:?}"
+    );
+    assert!(modes.values().all(|m| m == "600"), "{modes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_sinks_nothing_is_confirmed_until_both_have_it() {
     let mut redis = Broker::start(Kind::Redis);
@@ -893,6 +942,31 @@ async fn unreachable_destinations_are_named_at_start() {
         .await,
     );
     assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+}
+
+/// A password inline in a sink's URL never appears in its errors or its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_urls_in_errors_and_names_hide_their_password() {
+    let port = brokers::free_port();
+    for url in [
+        format!("postgres://postgres:url-secret@127.0.0.1:{port}/x"),
+        format!("redis://:url-secret@127.0.0.1:{port}"),
+        format!("nats://walflow:url-secret@127.0.0.1:{port}"),
+    ] {
+        let kind = url.split("://").next().unwrap();
+        let m = fatal_message(sink(&format!("type = \"{kind}\"\nurl = \"{url}\"")).await);
+        assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+        assert!(!m.contains("url-secret"), "{m}");
+    }
+    let url = format!("http://walflow:url-secret@127.0.0.1:{port}/hook");
+    let mut http = sink(&format!("type = \"http\"\nurl = \"{url}\""))
+        .await
+        .unwrap();
+    assert!(!http.name().contains("url-secret"), "{}", http.name());
+    http.write(batch(&numbered_records(0, 1))).await.unwrap();
+    let m = http.flush().await.expect_err("nothing listens").to_string();
+    assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+    assert!(!m.contains("url-secret"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,9 @@
 //!
 //! Files are written atomically: a temporary file in the same directory is written and
 //! fsynced, renamed over the old one, and the directory is fsynced, so a reader sees either
-//! the old or the new checkpoint, whole.
+//! the old or the new checkpoint, whole. They are readable by their owner only (mode 0600,
+//! narrowed further by the umask): a checkpoint holds snapshot progress, including key values
+//! of the source's rows.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -159,7 +161,7 @@ impl CheckpointStore {
         let mut bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| io(e.into()))?;
         bytes.push(b'\n');
         {
-            let mut f = File::create(&tmp).map_err(io)?;
+            let mut f = create_private(&tmp).map_err(io)?;
             f.write_all(&bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
@@ -197,6 +199,21 @@ impl CheckpointStore {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Creates `path` afresh with mode 0600. A file left there by a crash is removed first, since
+/// opening it would keep whatever mode it had.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Unix milliseconds now.
@@ -238,6 +255,23 @@ mod tests {
         assert!(!store.path().with_extension("json.tmp").exists());
         store.remove().unwrap();
         assert_eq!(store.load().unwrap(), None);
+    }
+
+    #[test]
+    fn checkpoints_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path(), "walflow_slot");
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        store.save(&sample(10)).unwrap();
+        assert_eq!(mode(&store.path()), 0o600);
+        // A temporary file a crash left behind, world-readable, is not what gets renamed.
+        let tmp = store.path().with_extension("json.tmp");
+        fs::write(&tmp, b"{}").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+        store.save(&sample(20)).unwrap();
+        assert_eq!(mode(&store.path()), 0o600);
+        assert_eq!(store.load().unwrap().unwrap().lsn, 20);
     }
 
     #[test]

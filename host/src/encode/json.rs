@@ -441,10 +441,12 @@ mod tests {
                 Value::Float(f64::NAN),
                 Value::Array(Array {
                     dims: vec![2],
+                    lower_bounds: Vec::new(),
                     elements: vec![Value::Text("x".into()), Value::Null],
                 }),
                 Value::Array(Array {
                     dims: vec![2, 2],
+                    lower_bounds: Vec::new(),
                     elements: vec![Value::Int(1), Value::Int(2), Value::Int(3), Value::Int(4)],
                 }),
                 Value::UnchangedToast,

@@ -411,6 +411,7 @@ mod tests {
             Value::Float([1.0, -0.0, 1e300, f64::NAN, f64::INFINITY][seed.rem_euclid(5) as usize]),
             Value::Array(Array {
                 dims: vec![2, 1],
+                lower_bounds: Vec::new(),
                 elements: vec![Value::Bytes(vec![1]), Value::Null],
             }),
             Value::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),

@@ -302,5 +302,9 @@ impl Serialize for ArrayRef<'_> {
 
 /// Builds an array value from nested element lists (used when reading records back).
 pub(crate) fn array_from_nested(dims: Vec<u32>, elements: Vec<Value>) -> Value {
-    Value::Array(Array { dims, elements })
+    Value::Array(Array {
+        dims,
+        lower_bounds: Vec::new(),
+        elements,
+    })
 }

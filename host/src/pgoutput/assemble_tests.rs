@@ -141,6 +141,7 @@ fn a_plain_transaction_becomes_typed_events() {
     let insert = &txn.events[0];
     let tags = Value::Array(crate::event::Array {
         dims: vec![3],
+        lower_bounds: Vec::new(),
         elements: vec![t("a"), t("b c"), Value::Null],
     });
     assert_eq!(insert.after, Some(vec![Value::Int(1), t("one"), tags]));

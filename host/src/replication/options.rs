@@ -97,7 +97,8 @@ fn parse_url(url: &str) -> Result<Parsed, ConnectError> {
         .or_else(|| url.strip_prefix("postgresql://"))
         .ok_or_else(|| {
             bad(format!(
-                "[source] url `{url}` must start with postgres:// (e.g. postgres://user@host:5432/db)"
+                "[source] url `{}` must start with postgres:// (e.g. postgres://user@host:5432/db)",
+                crate::redact::url(url)
             ))
         })?;
     let (main, query) = rest.split_once('?').unwrap_or((rest, ""));

@@ -19,6 +19,10 @@
 //! background ([`Sink::begin_flush`]) on a second descriptor of the same file, so records keep
 //! being appended while it waits for the disk.
 //!
+//! Files are created readable by their owner only (mode 0600, narrowed further by the umask):
+//! records hold whole rows of the source database, which its own access rules protected. A
+//! file that already exists keeps the mode it has.
+//!
 //! A failed fsync is fatal, not retried: Linux may mark the pages it could not write as clean,
 //! so a second fsync can succeed without the data ever reaching the disk (PostgreSQL stops on
 //! it for the same reason). Nothing written since the last good flush is acknowledged, so a
@@ -26,6 +30,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -88,6 +93,7 @@ impl FileSink {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)
             .map_err(|e| cannot_write(&self.path, e))?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);

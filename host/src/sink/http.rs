@@ -29,6 +29,8 @@ enum Format {
 pub struct HttpSink {
     name: String,
     url: String,
+    /// `url` without its password, for messages.
+    shown_url: String,
     client: reqwest::Client,
     format: Format,
     max_records: usize,
@@ -76,8 +78,9 @@ impl HttpSink {
             .duration("max_retry_after")?
             .unwrap_or(Duration::from_secs(60));
         Ok(HttpSink {
-            name: format!("http:{url}"),
+            name: format!("http:{}", crate::redact::url(url)),
             url: url.to_owned(),
+            shown_url: crate::redact::url(url).into_owned(),
             client,
             format,
             max_records,
@@ -126,8 +129,8 @@ impl HttpSink {
             .map_err(|e| {
                 SinkError::Retryable(format!(
                     "http sink cannot POST to {}: {}",
-                    self.url,
-                    error_chain(&e)
+                    self.shown_url,
+                    error_chain(&e.without_url())
                 ))
             })?;
         let status = response.status();
@@ -139,22 +142,22 @@ impl HttpSink {
         let detail = snippet(&text);
         if status == StatusCode::TOO_MANY_REQUESTS {
             let wait = retry_after.unwrap_or(Duration::from_secs(1));
-            tracing::warn!(url = %self.url, wait_ms = wait.as_millis() as u64, "http endpoint asks to slow down");
+            tracing::warn!(url = %self.shown_url, wait_ms = wait.as_millis() as u64, "http endpoint asks to slow down");
             tokio::time::sleep(wait).await;
             return Err(SinkError::Retryable(format!(
                 "http endpoint {} answered 429 Too Many Requests{detail}",
-                self.url
+                self.shown_url
             )));
         }
         if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
             return Err(SinkError::Retryable(format!(
                 "http endpoint {} answered {status}{detail}",
-                self.url
+                self.shown_url
             )));
         }
         Err(SinkError::Rejected(format!(
             "http endpoint {} rejected a batch with {status}{detail}; fix the endpoint or the data (retrying cannot help), or set on_error = \"dead-letter\"",
-            self.url
+            self.shown_url
         )))
     }
 }

@@ -33,6 +33,7 @@ struct Message {
 /// Publishes records to JetStream.
 pub struct NatsSink {
     name: String,
+    /// The URL without its password, for messages.
     url: String,
     jetstream: jetstream::Context,
     pending: Vec<Message>,
@@ -76,8 +77,8 @@ impl NatsSink {
             ensure_stream(&s, &jetstream, stream, url).await?;
         }
         Ok(NatsSink {
-            name: format!("nats:{url}"),
-            url: url.to_owned(),
+            name: format!("nats:{}", crate::redact::url(url)),
+            url: crate::redact::url(url).into_owned(),
             jetstream,
             pending: Vec::new(),
             last_lsn: None,
@@ -180,7 +181,8 @@ async fn connect(
     }
     options.connect(url).await.map_err(|e| {
         SinkError::Fatal(format!(
-            "cannot reach nats at {url}: {e}; check `url` and that nats-server is running"
+            "cannot reach nats at {}: {e}; check `url` and that nats-server is running",
+            crate::redact::url(url)
         ))
     })
 }
@@ -208,7 +210,8 @@ async fn ensure_stream(
     };
     jetstream.get_or_create_stream(config).await.map_err(|e| {
         SinkError::Fatal(format!(
-            "cannot create JetStream stream `{stream}` at {url}: {e}; is JetStream enabled (nats-server -js)?"
+            "cannot create JetStream stream `{stream}` at {}: {e}; is JetStream enabled (nats-server -js)?",
+            crate::redact::url(url)
         ))
     })?;
     Ok(())

@@ -8,7 +8,8 @@
 //! the acknowledgement, so a failed flush leaves nothing behind and is simply applied again.
 //! Each statement sets a row to a state that does not depend on the row's previous state, so
 //! applying a redelivered tail again yields the same tables: the replica is idempotent under
-//! redelivery without bookkeeping tables.
+//! redelivery without bookkeeping tables. The exception is a table without any key, matched by
+//! whole rows (see `statement`): a redelivered insert there adds the row again.
 //!
 //! The target tables must exist with the source's column names; values travel as text and are
 //! cast to the target column's type, so compatible types (e.g. `int4` into `int8`) work too.
@@ -24,7 +25,7 @@ use self::statement::{Target, value_text};
 use super::settings::Settings;
 use super::{Sink, SinkBatch, SinkError};
 use crate::config::{SourceConfig, SslMode};
-use crate::event::{Event, Op, Value};
+use crate::event::{Event, Op, Row, Value};
 
 /// Applies changes to another database.
 pub struct PostgresSink {
@@ -78,7 +79,7 @@ impl PostgresSink {
             ..SourceConfig::default()
         };
         let mut sink = PostgresSink {
-            name: format!("postgres:{url}"),
+            name: format!("postgres:{}", crate::redact::url(url)),
             connection,
             schema: s.str("schema")?.map(str::to_owned),
             client: None,
@@ -105,7 +106,7 @@ impl PostgresSink {
                 .map_err(|e| {
                     SinkError::Retryable(format!(
                         "postgres sink cannot connect to {}: {e}",
-                        self.connection.url
+                        crate::redact::url(&self.connection.url)
                     ))
                 })?;
             self.statements.clear();
@@ -161,9 +162,9 @@ impl PostgresSink {
             }
             Op::Delete => {
                 let row = event.before.as_ref().or(event.after.as_ref());
-                let key = target.key_values(row, event)?;
-                let (sql, types) = target.delete();
-                self.enqueue(&target, &sql, &types, key).await
+                let found = target.locator(row, event)?;
+                let (sql, types) = target.delete(&found.columns);
+                self.enqueue(&target, &sql, &types, found.values).await
             }
             Op::Create | Op::Read | Op::Update => self.apply_row(&target, event).await,
             Op::Message => Ok(()),
@@ -175,21 +176,23 @@ impl PostgresSink {
         let Some(after) = event.after.as_ref() else {
             return Ok(());
         };
-        let new_key = target.key_values(Some(after), event)?;
+        if target.whole_row() {
+            return self.apply_whole_row(target, event, after).await;
+        }
+        let new_key = target.locator(Some(after), event)?;
         let old_key = match (&event.op, &event.before) {
-            (Op::Update, Some(before)) => Some(target.key_values(Some(before), event)?),
+            (Op::Update, Some(before)) => Some(target.locator(Some(before), event)?.values),
             _ => None,
         };
+        let (found, new_key) = (new_key.columns, new_key.values);
         let moved = old_key.as_ref().filter(|k| **k != new_key);
-        let columns: Vec<usize> = (0..after.len())
-            .filter(|&i| !matches!(after[i], Value::UnchangedToast))
-            .collect();
+        let columns = sent_columns(after);
         let values: Vec<Option<String>> = columns.iter().map(|&i| value_text(&after[i])).collect();
         if columns.len() < after.len() {
             // The source did not send unchanged TOAST values: keep the target's. What to do
             // next depends on the rows this updates, so run it on its own.
             self.drain().await?;
-            let (sql, types) = target.update(&columns);
+            let (sql, types) = target.update(&columns, &found);
             let mut params = values.clone();
             params.extend(moved.cloned().unwrap_or_else(|| new_key.clone()));
             if self.run(target, &sql, &types, &params).await? > 0 || moved.is_none() {
@@ -201,11 +204,32 @@ impl PostgresSink {
             return self.run(target, &sql, &types, &params).await.map(|_| ());
         }
         if let Some(old) = moved {
-            let (sql, types) = target.delete();
+            let (sql, types) = target.delete(&found);
             self.enqueue(target, &sql, &types, old.clone()).await?;
         }
         let (sql, types) = target.upsert(&columns);
         self.enqueue(target, &sql, &types, values).await
+    }
+
+    /// Applies a row change to a table matched by whole rows: an insert inserts, an update
+    /// changes one target row equal to the old row (none when a redelivery already did).
+    async fn apply_whole_row(
+        &mut self,
+        target: &Target,
+        event: &Event,
+        after: &Row,
+    ) -> Result<(), SinkError> {
+        let columns = sent_columns(after);
+        let mut params: Vec<Option<String>> =
+            columns.iter().map(|&i| value_text(&after[i])).collect();
+        if event.op != Op::Update {
+            let (sql, types) = target.insert(&columns);
+            return self.enqueue(target, &sql, &types, params).await;
+        }
+        let old = target.locator(event.before.as_ref(), event)?;
+        let (sql, types) = target.update(&columns, &old.columns);
+        params.extend(old.values);
+        self.enqueue(target, &sql, &types, params).await
     }
 
     /// The prepared statement for `sql` on the current connection.
@@ -355,6 +379,13 @@ impl PostgresSink {
             SinkError::Fatal(message)
         }
     }
+}
+
+/// The columns of `row` the source sent (all but unchanged TOAST values).
+fn sent_columns(row: &Row) -> Vec<usize> {
+    (0..row.len())
+        .filter(|&i| !matches!(row[i], Value::UnchangedToast))
+        .collect()
 }
 
 #[async_trait]

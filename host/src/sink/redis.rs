@@ -56,8 +56,8 @@ impl RedisSink {
         let stream_prefix = s.str("stream_prefix")?.unwrap_or_default().to_owned();
         let connection = connect(info, url).await?;
         Ok(RedisSink {
-            name: format!("redis:{}", redact(url)),
-            url: redact(url),
+            name: format!("redis:{}", crate::redact::url(url)),
+            url: crate::redact::url(url).into_owned(),
             connection,
             maxlen,
             stream_prefix,
@@ -70,7 +70,7 @@ async fn connect(info: redis::ConnectionInfo, url: &str) -> Result<ConnectionMan
     let unreachable = |e: redis::RedisError| {
         SinkError::Fatal(format!(
             "cannot reach redis at {}: {e}; check `url` and that the server is running",
-            redact(url)
+            crate::redact::url(url)
         ))
     };
     let client = redis::Client::open(info).map_err(unreachable)?;
@@ -86,7 +86,7 @@ async fn connect(info: redis::ConnectionInfo, url: &str) -> Result<ConnectionMan
     .map_err(|_| {
         SinkError::Fatal(format!(
             "cannot reach redis at {}: timed out; check `url` and that the server is running",
-            redact(url)
+            crate::redact::url(url)
         ))
     })?
     .map_err(unreachable)?;
@@ -95,17 +95,6 @@ async fn connect(info: redis::ConnectionInfo, url: &str) -> Result<ConnectionMan
         .await
         .map_err(unreachable)?;
     Ok(connection)
-}
-
-/// The URL without its password, for names and messages.
-fn redact(url: &str) -> String {
-    match url.parse::<reqwest::Url>() {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }
 
 fn classify(url: &str, e: redis::RedisError) -> SinkError {

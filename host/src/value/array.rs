@@ -3,8 +3,9 @@
 //! Handles quoting (`"a,b"`), backslash escapes, unquoted `NULL` elements, nested
 //! multi-dimensional arrays (`{{1,2},{3,4}}`, which must be rectangular) and the explicit
 //! bounds prefix PostgreSQL prints when a lower bound is not 1 (`[0:1]={7,8}`; the bounds are
-//! checked against the data and then dropped, since [`crate::event::Array`] keeps only
-//! lengths). Anything else is rejected with `None` so the caller can keep the value raw.
+//! checked against the data and kept as [`crate::event::Array::lower_bounds`], so that a
+//! replica's `v[0]` is the source's). Anything else is rejected with `None` so the caller can
+//! keep the value raw.
 //! The parser is iterative: hostile nesting cannot overflow the stack.
 
 use std::borrow::Cow;
@@ -19,6 +20,8 @@ pub const MAX_DIMS: usize = 6;
 pub struct ParsedArray<'a> {
     /// Length of each dimension; empty for `{}`.
     pub dims: Vec<u32>,
+    /// First index of each dimension, when the literal gave one that is not 1; else empty.
+    pub lower_bounds: Vec<i32>,
     /// Element texts in row-major order.
     pub elements: Vec<Option<Cow<'a, str>>>,
 }
@@ -36,6 +39,7 @@ impl ParsedArray<'_> {
             .collect();
         Value::Array(Array {
             dims: self.dims,
+            lower_bounds: self.lower_bounds,
             elements,
         })
     }
@@ -61,31 +65,46 @@ pub fn parse(text: &str) -> Option<ParsedArray<'_>> {
         return None;
     }
     let dims: Vec<u32> = p.dims.iter().map(|d| d.unwrap_or(0)).collect();
-    if let Some(bounds) = bounds
-        && bounds != dims
-    {
-        return None;
+    let mut lower_bounds = Vec::new();
+    if let Some(bounds) = bounds {
+        if bounds.iter().map(|b| b.length).ne(dims.iter().copied()) {
+            return None;
+        }
+        if bounds.iter().any(|b| b.lower != 1) {
+            lower_bounds = bounds.iter().map(|b| b.lower).collect();
+        }
     }
     Some(ParsedArray {
         dims,
+        lower_bounds,
         elements: p.elements,
     })
 }
 
-/// The optional `[lo:hi][lo:hi]=` prefix: the lengths it declares, and where the body starts.
-fn parse_bounds(bytes: &[u8]) -> Option<(Option<Vec<u32>>, usize)> {
+/// One `[lo:hi]` of a bounds prefix.
+struct Bound {
+    lower: i32,
+    length: u32,
+}
+
+/// The optional `[lo:hi][lo:hi]=` prefix: the bounds it declares, and where the body starts.
+fn parse_bounds(bytes: &[u8]) -> Option<(Option<Vec<Bound>>, usize)> {
     if bytes.first() != Some(&b'[') {
         return Some((None, 0));
     }
-    let mut lengths = Vec::new();
+    let mut bounds = Vec::new();
     let mut pos = 0;
     while bytes.get(pos) == Some(&b'[') {
         let close = pos + bytes.get(pos..)?.iter().position(|&b| b == b']')?;
         let inner = std::str::from_utf8(bytes.get(pos + 1..close)?).ok()?;
         let (lo, hi) = inner.split_once(':')?;
-        let (lo, hi): (i64, i64) = (lo.parse().ok()?, hi.parse().ok()?);
-        lengths.push(u32::try_from(hi.checked_sub(lo)?.checked_add(1)?).ok()?);
-        if lengths.len() > MAX_DIMS {
+        let (lo, hi): (i32, i32) = (lo.parse().ok()?, hi.parse().ok()?);
+        let length = i64::from(hi) - i64::from(lo) + 1;
+        bounds.push(Bound {
+            lower: lo,
+            length: u32::try_from(length).ok()?,
+        });
+        if bounds.len() > MAX_DIMS {
             return None;
         }
         pos = close + 1;
@@ -93,7 +112,7 @@ fn parse_bounds(bytes: &[u8]) -> Option<(Option<Vec<u32>>, usize)> {
     if bytes.get(pos) != Some(&b'=') {
         return None;
     }
-    Some((Some(lengths), pos + 1))
+    Some((Some(bounds), pos + 1))
 }
 
 struct Parser<'a> {
@@ -382,10 +401,26 @@ mod tests {
     #[test]
     fn explicit_bounds() {
         assert_eq!(elems("[0:1]={7,8}"), (vec![2], s(&[Some("7"), Some("8")])));
+        assert_eq!(parse("[0:1]={7,8}").unwrap().lower_bounds, vec![0]);
         assert_eq!(
             elems("[-1:0][3:4]={{1,2},{3,4}}"),
             (vec![2, 2], s(&[Some("1"), Some("2"), Some("3"), Some("4")]))
         );
+        assert_eq!(
+            parse("[-1:0][3:4]={{1,2},{3,4}}").unwrap().lower_bounds,
+            vec![-1, 3]
+        );
+        // Bounds of 1 are PostgreSQL's default, and no bounds are kept for them.
+        assert_eq!(
+            parse("[1:2]={7,8}").unwrap().lower_bounds,
+            Vec::<i32>::new()
+        );
+        assert_eq!(parse("{7,8}").unwrap().lower_bounds, Vec::<i32>::new());
+        assert_eq!(
+            parse("[2147483647:2147483647]={7}").unwrap().lower_bounds,
+            vec![i32::MAX]
+        );
+        assert_eq!(parse("[2147483648:2147483648]={7}"), None);
         assert_eq!(parse("[0:2]={7,8}"), None);
         assert_eq!(parse("[0:1]{7,8}"), None);
         assert_eq!(parse("[0:1][1:1]={7,8}"), None);

@@ -10,6 +10,7 @@
 //! for `timestamptz`: other zones print offsets this module cannot know, so such columns stay
 //! in text). Malformed input becomes [`Value::Raw`] holding `\x` and the bytes, never a panic.
 
+use super::temporal::Civil;
 use crate::event::{TemporalKind, Value};
 
 /// A type read in binary: the column's own type oid must be one of these built-ins (a domain
@@ -245,9 +246,10 @@ fn timestamp(micros: i64, offset: &str) -> String {
 }
 
 /// Appends the proleptic Gregorian date `days` after 2000-01-01 as `YYYY-MM-DD`, years before
-/// 1 in astronomical numbering (1 BC is `0000`, 2 BC `-0001`), as the text path writes them.
+/// 1 in astronomical numbering (1 BC is `0000`, 2 BC `-0001`) and years after 9999 with a `+`,
+/// as the text path writes them.
 fn push_date(out: &mut impl Digits, days: i64) {
-    let (year, month, day) = civil_from_days(days);
+    let Civil { year, month, day } = Civil::from_days(days);
     if let Ok(year @ 0..=9999) = u32::try_from(year) {
         // Nearly every date: ten bytes, written in one go.
         let [y1, y2, y3, y4] = fixed::<4>(year.into());
@@ -255,30 +257,12 @@ fn push_date(out: &mut impl Digits, days: i64) {
         out.put(&[y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2]);
         return;
     }
-    if year < 0 {
-        out.put(b"-");
-    }
+    out.put(if year < 0 { b"-" } else { b"+" });
     push_padded(out, year.unsigned_abs(), 4);
     out.put(b"-");
     out.put(&fixed::<2>(month.into()));
     out.put(b"-");
     out.put(&fixed::<2>(day.into()));
-}
-
-/// Year, month and day of the day `days` after 2000-01-01 (Howard Hinnant's
-/// `civil_from_days`, shifted to PostgreSQL's epoch).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Days since 0000-03-01, so that leap days fall at the end of each 400-year era.
-    let z = days + 730_425;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Appends `HH:MM:SS` and the fraction without trailing zeros, as `DateStyle = ISO` prints.
@@ -527,7 +511,7 @@ mod tests {
         assert_eq!(date(-730_119), "0001-01-01");
         assert_eq!(date(-730_120), "0000-12-31");
         assert_eq!(date(-730_120 - 366), "-0001-12-31");
-        assert_eq!(date(2_921_940), "10000-01-01");
+        assert_eq!(date(2_921_940), "+10000-01-01");
         let ts = |micros: i64, kind| temporal_text(d(kind, &micros.to_be_bytes()));
         assert_eq!(ts(0, BinaryKind::Timestamp), "2000-01-01T00:00:00");
         assert_eq!(ts(-1, BinaryKind::Timestamp), "1999-12-31T23:59:59.999999");
@@ -590,10 +574,10 @@ mod tests {
 
     #[test]
     fn binary_dates_agree_with_parsed_text_over_many_days() {
-        // Each day from 4713 BC to 9999 AD, printed as the server would print it, through the
+        // Each day from 4713 BC to 10188 AD, printed as the server would print it, through the
         // text decoder: the same text as from the binary one.
-        for days in (-2_451_545..2_914_000).step_by(97) {
-            let (year, month, day) = civil_from_days(days);
+        for days in (-2_451_545..3_000_000).step_by(97) {
+            let Civil { year, month, day } = Civil::from_days(days);
             let text = if year <= 0 {
                 format!("{:04}-{month:02}-{day:02} BC", 1 - year)
             } else {

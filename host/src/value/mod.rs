@@ -59,9 +59,11 @@ pub enum TypeKind {
         /// `typelem`.
         elem_oid: u32,
     },
-    /// A composite (row) type (`typtype = 'c'`): kept raw.
+    /// A composite (row) type (`typtype = 'c'`): kept raw; an array of them is an array of
+    /// raw elements.
     Composite,
-    /// A range or multirange (`typtype = 'r'` / `'m'`): kept raw.
+    /// A range or multirange (`typtype = 'r'` / `'m'`): kept raw; an array of them is an array
+    /// of raw elements.
     Range,
     /// Anything else (pseudo-types, types learned only by name): kept raw.
     Other,
@@ -333,9 +335,9 @@ impl TypeRegistry {
             TypeKind::Array { elem_oid } => {
                 let elem_name: Arc<str> = Arc::from(self.type_name(elem_oid));
                 let scalar = self.scalar_kind(elem_oid);
-                if scalar == ScalarKind::Raw {
-                    // Elements we cannot type (composites, boxes with their `;` delimiter…):
-                    // keep the whole array raw rather than guess at its syntax.
+                if scalar == ScalarKind::Raw && !self.listed_raw(elem_oid) {
+                    // Other elements we cannot type (boxes with their `;` delimiter…): keep
+                    // the whole array raw rather than guess at its syntax.
                     return TextCodec::raw(&type_name);
                 }
                 TextCodec {
@@ -374,6 +376,14 @@ impl TypeRegistry {
             }
         }
         None
+    }
+
+    /// Whether an array of this element type is an array of raw elements: composites and
+    /// ranges, whose arrays use `,` like every built-in but the geometric types, so each
+    /// element is shown as it would be outside an array.
+    fn listed_raw(&self, elem_oid: u32) -> bool {
+        self.base_of(elem_oid)
+            .is_some_and(|info| matches!(info.kind, TypeKind::Composite | TypeKind::Range))
     }
 
     /// The scalar kind of a non-array type (through domains).
@@ -615,6 +625,7 @@ mod tests {
             r.decode_text(1007, "{{1,2},{3,NULL}}"),
             Value::Array(Array {
                 dims: vec![2, 2],
+                lower_bounds: Vec::new(),
                 elements: vec![Value::Int(1), Value::Int(2), Value::Int(3), Value::Null],
             })
         );
@@ -622,6 +633,7 @@ mod tests {
             r.decode_text(1009, "{}"),
             Value::Array(Array {
                 dims: vec![],
+                lower_bounds: Vec::new(),
                 elements: vec![],
             })
         );
@@ -629,6 +641,7 @@ mod tests {
             r.decode_text(1185, "{\"2024-01-02 03:04:05+00\",infinity}"),
             Value::Array(Array {
                 dims: vec![2],
+                lower_bounds: Vec::new(),
                 elements: vec![
                     Value::Temporal(
                         TemporalKind::TimestampTz,
@@ -642,6 +655,7 @@ mod tests {
             r.decode_text(1001, "{\"\\\\x01ff\"}"),
             Value::Array(Array {
                 dims: vec![1],
+                lower_bounds: Vec::new(),
                 elements: vec![Value::Bytes(vec![1, 255])],
             })
         );
@@ -649,6 +663,7 @@ mod tests {
             r.decode_text(1231, "[0:1]={1.5,NaN}"),
             Value::Array(Array {
                 dims: vec![2],
+                lower_bounds: vec![0],
                 elements: vec![Value::Numeric("1.5".into()), Value::Numeric("NaN".into())],
             })
         );
@@ -657,11 +672,29 @@ mod tests {
             r.decode_text(1007, "{1,x}"),
             Value::Array(Array {
                 dims: vec![2],
+                lower_bounds: Vec::new(),
                 elements: vec![Value::Int(1), raw("int4", "x")],
             })
         );
         // A malformed literal is raw under the array's type name.
         assert_eq!(r.decode_text(1007, "{1,2"), raw("_int4", "{1,2"));
+        // Arrays of ranges and multiranges are arrays of raw elements.
+        assert_eq!(
+            r.decode_text(3905, r#"{"[1,5)",empty}"#),
+            Value::Array(Array {
+                dims: vec![2],
+                lower_bounds: Vec::new(),
+                elements: vec![raw("int4range", "[1,5)"), raw("int4range", "empty")],
+            })
+        );
+        assert_eq!(
+            r.decode_text(6150, r#"[0:0]={"{[1,2),[3,4)}"}"#),
+            Value::Array(Array {
+                dims: vec![1],
+                lower_bounds: vec![0],
+                elements: vec![raw("int4multirange", "{[1,2),[3,4)}")],
+            })
+        );
         // Arrays of untyped elements (boxes use `;` as delimiter) stay raw as a whole.
         assert_eq!(
             r.decode_text(1020, "{(1,1),(0,0);(2,2),(1,1)}"),
@@ -704,6 +737,7 @@ mod tests {
             r.decode_text(16_401, "{happy,sad}"),
             Value::Array(Array {
                 dims: vec![2],
+                lower_bounds: Vec::new(),
                 elements: vec![t("happy"), t("sad")],
             })
         );
@@ -714,14 +748,23 @@ mod tests {
             r.decode_text(16_404, "{1,2}"),
             Value::Array(Array {
                 dims: vec![2],
+                lower_bounds: Vec::new(),
                 elements: vec![Value::Int(1), Value::Int(2)],
             })
         );
         assert!(matches!(r.decode_text(16_405, "{1,2}"), Value::Array(_)));
         assert_eq!(r.decode_text(16_406, "(1,x)"), raw("pair", "(1,x)"));
         assert_eq!(
-            r.decode_text(16_407, "{\"(1,x)\"}"),
-            raw("_pair", "{\"(1,x)\"}")
+            r.decode_text(16_407, r#"{"(1,x)",NULL,"(2,\"y z\")"}"#),
+            Value::Array(Array {
+                dims: vec![3],
+                lower_bounds: Vec::new(),
+                elements: vec![
+                    raw("pair", "(1,x)"),
+                    Value::Null,
+                    raw("pair", "(2,\"y z\")")
+                ],
+            })
         );
         assert_eq!(r.decode_text(16_408, "[1,2)"), raw("floatrange", "[1,2)"));
         assert_eq!(r.decode_text(16_409, "1"), raw("loop_a", "1"));
@@ -743,6 +786,7 @@ mod tests {
             r.decode_text(16_701, "{a,B}"),
             Value::Array(Array {
                 dims: vec![2],
+                lower_bounds: Vec::new(),
                 elements: vec![t("a"), t("B")],
             })
         );

@@ -142,6 +142,127 @@ async fn postgres_replica_equals_the_source_after_a_random_workload_and_sigkill(
     }
 }
 
+/// Values that ISO-8601 and JSON arrays make awkward, and a keyless table, on both sides.
+const AWKWARD_SQL: &str = "
+    CREATE TYPE pair AS (n int, s text);
+    CREATE TABLE dates (id int PRIMARY KEY, d date, ts timestamp, tstz timestamptz);
+    CREATE TABLE arrays (
+        id int PRIMARY KEY,
+        pairs pair[],
+        ranges int4range[],
+        spans tstzrange[],
+        bounded int[],
+        grid text[]
+    );
+    CREATE TABLE keyless (n int, s text, j json);
+    ALTER TABLE keyless REPLICA IDENTITY FULL;
+";
+
+/// Rows the initial snapshot copies (`dates` has only columns read in binary).
+const AWKWARD_SNAPSHOT_SQL: &str = r#"
+    INSERT INTO dates VALUES
+        (1, '2040-04-10 BC', '2040-04-10 01:02:03.5 BC', '2040-04-10 01:02:03.5+00 BC'),
+        (2, '10000-01-01', '12024-01-02 03:04:05', '1850-01-01 00:00:00+00'),
+        (3, '0001-01-01 BC', '0001-12-31 23:59:59 BC', '1883-11-18 12:00:00-04:56:02');
+    INSERT INTO arrays VALUES (
+        1,
+        ARRAY[ROW(1, 'a'), ROW(2, 'b "q", c'), NULL]::pair[],
+        ARRAY['[1,5)', 'empty']::int4range[],
+        ARRAY['[2024-01-01 00:00+00,2024-02-01 00:00+00)']::tstzrange[],
+        '[2:3]={1,2}',
+        '[0:1][-1:0]={{a,b},{c,NULL}}'
+    );
+    INSERT INTO keyless VALUES (1, 'a', '{"x": 1}'), (1, 'a', '{"x": 1}'), (2, NULL, NULL);
+"#;
+
+/// Changes streamed after the snapshot.
+const AWKWARD_CHANGES_SQL: &str = r#"
+    INSERT INTO dates VALUES
+        (4, '4713-01-01 BC', '4713-01-01 00:00:00 BC', '1800-06-01 12:00:00.25-04:56:02'),
+        (5, '5874897-12-31', '294276-12-31 23:59:59', '294276-12-31 23:59:59+00'),
+        (6, '0044-03-15 BC', '0044-03-15 12:00:00 BC', '0044-03-15 12:00:00+00 BC');
+    UPDATE dates SET d = d - 1, tstz = tstz - interval '1 second' WHERE id = 1;
+    INSERT INTO arrays VALUES
+        (2, '{"(3,\"x,y\")"}', '{"[3,4]"}', NULL, '[-5:-4]={7,8}', '{{x}}');
+    UPDATE arrays SET bounded = '[0:0]={9}', pairs = pairs || ROW(4, NULL)::pair WHERE id = 1;
+    INSERT INTO keyless VALUES (3, 'c', '[1]'), (3, 'c', '[1]'), (4, NULL, '{}');
+    UPDATE keyless SET s = 'b' WHERE ctid = (SELECT min(ctid) FROM keyless WHERE n = 1);
+    UPDATE keyless SET s = 'n' WHERE n = 2;
+    DELETE FROM keyless WHERE ctid = (SELECT min(ctid) FROM keyless WHERE n = 3);
+    DELETE FROM keyless WHERE n = 4;
+"#;
+
+/// Every row of a table as text in UTC, sorted (keyless tables have no better order).
+async fn dump_utc(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    dump(client, table).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replica_keeps_bc_dates_array_bounds_and_keyless_rows() {
+    let source = Cluster::shared().new_database().await;
+    let client = source.client().await;
+    client.batch_execute(AWKWARD_SQL).await.unwrap();
+    // Before 1883 New York kept local mean time: offsets such as -04:56:02.
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET TimeZone = 'America/New_York'",
+            source.name()
+        ))
+        .await
+        .unwrap();
+    client.batch_execute(AWKWARD_SNAPSHOT_SQL).await.unwrap();
+    let target_cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let target = target_cluster.new_database().await;
+    let target_client = target.client().await;
+    target_client.batch_execute(AWKWARD_SQL).await.unwrap();
+
+    let config = source
+        .config()
+        .source("tables = [\"public.dates\", \"public.arrays\", \"public.keyless\"]")
+        .source("snapshot = \"initial\"")
+        .append(&format!(
+            "[[sinks]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            target.url("postgres")
+        ))
+        .write()
+        .unwrap();
+    let slot = source.config().slot_name().to_string();
+    let child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    source
+        .wait_for_slot(&slot, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    client.batch_execute(AWKWARD_CHANGES_SQL).await.unwrap();
+    let end = source.emit_marker().await;
+    source
+        .wait_for_confirmed(&slot, &end, Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    let mut child = child;
+    child.terminate();
+    let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(output.status.success(), "{}", output.describe());
+
+    for table in ["dates", "arrays", "keyless"] {
+        let (want, got) = (
+            dump_utc(&client, table).await,
+            dump_utc(&target_client, table).await,
+        );
+        assert!(!want.is_empty(), "the source has rows in {table}");
+        assert_eq!(got, want, "replica table {table} differs from the source");
+    }
+    let bounds: String = target_client
+        .query_one("SELECT array_dims(grid) FROM arrays WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        bounds, "[0:1][-1:0]",
+        "the replica keeps the array's bounds"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_redis_holds_back_the_slot_until_it_is_back() {
     let mut redis = Broker::start(Kind::Redis);

@@ -109,6 +109,7 @@ pub fn identity(record: &Json) -> String {
 fn order_row(rng: &mut rand::rngs::StdRng, id: i64) -> Row {
     let tags = Value::Array(Array {
         dims: vec![2],
+        lower_bounds: Vec::new(),
         elements: vec![
             Value::Text(format!("t{}", rng.random_range(0..5))),
             Value::Null,

@@ -324,6 +324,7 @@ fn value_from_wit(value: wit::Value) -> Value {
         wit::Value::Uuid(s) => Value::Uuid(s),
         wit::Value::Array(a) => Value::Array(Array {
             dims: a.dims,
+            lower_bounds: Vec::new(),
             elements: a.elements.into_iter().map(scalar_from_wit).collect(),
         }),
         wit::Value::UnchangedToast => Value::UnchangedToast,

@@ -377,6 +377,7 @@ impl Answer<'_> {
             wit::Value::Uuid(s) => Value::Uuid(self.text(*s)?),
             wit::Value::Array(a) => Value::Array(Array {
                 dims: a.dims.clone(),
+                lower_bounds: Vec::new(),
                 elements: a
                     .elements
                     .iter()

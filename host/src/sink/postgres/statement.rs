@@ -1,9 +1,17 @@
 //! A target table as the postgres sink sees it, the statements it runs against it, and values
 //! as PostgreSQL text.
+//!
+//! A target row is found by its key: the target's primary key, or the source's replica
+//! identity. A table with neither (a keyless source table under `REPLICA IDENTITY FULL`, whose
+//! changes carry the whole old row) is matched by whole rows instead: an update or a delete
+//! touches one target row whose every column equals the old row's. Columns are compared as
+//! text with `IS NOT DISTINCT FROM`, so NULLs match NULLs and types without an equality
+//! operator (`json`, `point`, `xml`) can be compared too; both sides are cast to the target
+//! column's type first, so they print alike.
 
 use tokio_postgres::types::Type;
 
-use crate::event::{Array, Event, Relation, Row, Value};
+use crate::event::{Array, Event, Relation, Row, TemporalKind, Value};
 use crate::sink::SinkError;
 
 /// The target of one source table: its quoted name, column types and key.
@@ -15,11 +23,20 @@ pub(super) struct Target {
     names: Vec<String>,
     /// The target column's type as `format_type` writes it, in source column order.
     types: Vec<String>,
-    /// Source column indices of the key.
+    /// Source column indices of the key (every column when matching whole rows).
     key: Vec<usize>,
+    /// Whether rows are found by all their values: neither the target nor the source has a
+    /// key.
+    whole_row: bool,
     /// The source columns and replica identity this was built for.
     source_columns: Vec<String>,
     source_key: Vec<usize>,
+}
+
+/// The columns that find a row in the target, and their values as text.
+pub(super) struct Locator {
+    pub columns: Vec<usize>,
+    pub values: Vec<Option<String>>,
 }
 
 /// Why a target could not be described.
@@ -68,17 +85,14 @@ impl Target {
                 })?;
             types.push(ty);
         }
-        let key = key_columns(client, &qualified, relation).await?;
-        if key.is_empty() {
-            return Err(LoadError::Invalid(format!(
-                "the postgres sink cannot locate rows of {schema}.{table}: give the target table a primary key (the source's key columns)"
-            )));
-        }
+        let primary_key = primary_key(client, &qualified, relation).await?;
+        let (key, whole_row) = locating_columns(primary_key, relation);
         Ok(Target {
             table: qualified,
             names: relation.columns.iter().map(|c| quote(&c.name)).collect(),
             types,
             key,
+            whole_row,
             source_columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
             source_key: relation.key_indices().collect(),
         })
@@ -95,34 +109,49 @@ impl Target {
             && self.source_key.iter().copied().eq(relation.key_indices())
     }
 
-    /// The key values of `row` as text.
-    pub fn key_values(
-        &self,
-        row: Option<&Row>,
-        event: &Event,
-    ) -> Result<Vec<Option<String>>, SinkError> {
-        let row = row.ok_or_else(|| {
-            SinkError::Fatal(format!(
-                "a {} event of {} carries no row to take its key from",
-                event.op.code(),
-                event.relation.qualified_name()
-            ))
-        })?;
-        Ok(self
+    /// Whether rows are matched by all their values (see the module docs).
+    pub fn whole_row(&self) -> bool {
+        self.whole_row
+    }
+
+    /// What finds `row` in the target: the key columns and their values as text (under
+    /// whole-row matching, every column the source sent).
+    pub fn locator(&self, row: Option<&Row>, event: &Event) -> Result<Locator, SinkError> {
+        let row = row.ok_or_else(|| self.no_row(event))?;
+        let columns: Vec<usize> = self
             .key
             .iter()
+            .copied()
+            .filter(|&i| !(self.whole_row && matches!(row.get(i), Some(Value::UnchangedToast))))
+            .collect();
+        let values = columns
+            .iter()
             .map(|&i| row.get(i).and_then(value_text))
-            .collect())
+            .collect();
+        Ok(Locator { columns, values })
     }
 
-    /// `DELETE … WHERE key = …`; parameters: the key.
-    pub fn delete(&self) -> (String, Vec<Type>) {
-        let sql = format!("DELETE FROM {} WHERE {}", self.table, self.key_condition(1));
-        (sql, vec![Type::TEXT; self.key.len()])
+    /// Why an event without the row to locate cannot be applied.
+    fn no_row(&self, event: &Event) -> SinkError {
+        let (op, table) = (event.op.code(), event.relation.qualified_name());
+        SinkError::Fatal(if self.whole_row {
+            format!(
+                "a {op} event of {table} carries no old row, and without a key the postgres sink finds target rows by their old values; set REPLICA IDENTITY FULL on the source table or give both tables a primary key"
+            )
+        } else {
+            format!("a {op} event of {table} carries no row to find its target row by")
+        })
     }
 
-    /// `UPDATE … SET columns WHERE key = …`; parameters: the columns, then the key.
-    pub fn update(&self, columns: &[usize]) -> (String, Vec<Type>) {
+    /// `DELETE … WHERE key = …`; parameters: the locator's values.
+    pub fn delete(&self, found: &[usize]) -> (String, Vec<Type>) {
+        let sql = format!("DELETE FROM {} WHERE {}", self.table, self.locate(found, 1));
+        (sql, vec![Type::TEXT; found.len()])
+    }
+
+    /// `UPDATE … SET columns WHERE key = …`; parameters: the columns, then the locator's
+    /// values.
+    pub fn update(&self, columns: &[usize], found: &[usize]) -> (String, Vec<Type>) {
         let set: Vec<String> = columns
             .iter()
             .enumerate()
@@ -132,9 +161,27 @@ impl Target {
             "UPDATE {} SET {} WHERE {}",
             self.table,
             set.join(", "),
-            self.key_condition(columns.len() + 1)
+            self.locate(found, columns.len() + 1)
         );
-        (sql, vec![Type::TEXT; columns.len() + self.key.len()])
+        (sql, vec![Type::TEXT; columns.len() + found.len()])
+    }
+
+    /// `INSERT …`; parameters: the columns. Only for whole-row matching, where nothing
+    /// identifies a row to upsert.
+    pub fn insert(&self, columns: &[usize]) -> (String, Vec<Type>) {
+        let names: Vec<&str> = columns.iter().map(|&i| self.names[i].as_str()).collect();
+        let values: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| self.param(n + 1, i))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.table,
+            names.join(", "),
+            values.join(", ")
+        );
+        (sql, vec![Type::TEXT; columns.len()])
     }
 
     /// `INSERT … ON CONFLICT (key) DO UPDATE`; parameters: the columns.
@@ -166,13 +213,37 @@ impl Target {
         (sql, vec![Type::TEXT; columns.len()])
     }
 
-    fn key_condition(&self, first: usize) -> String {
-        self.key
+    /// The condition finding the row whose `columns` equal parameters `first`, … in order:
+    /// by key, or one row (of possibly several alike) equal in every column.
+    fn locate(&self, columns: &[usize], first: usize) -> String {
+        if !self.whole_row {
+            return columns
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| format!("{} = {}", self.names[i], self.param(first + n, i)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+        }
+        let equal: Vec<String> = columns
             .iter()
             .enumerate()
-            .map(|(n, &i)| format!("{} = {}", self.names[i], self.param(first + n, i)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
+            .map(|(n, &i)| {
+                format!(
+                    "{}::text IS NOT DISTINCT FROM ({})::text",
+                    self.names[i],
+                    self.param(first + n, i)
+                )
+            })
+            .collect();
+        let condition = if equal.is_empty() {
+            "true".to_owned()
+        } else {
+            equal.join(" AND ")
+        };
+        format!(
+            "(tableoid, ctid) = (SELECT tableoid, ctid FROM {} WHERE {condition} LIMIT 1)",
+            self.table
+        )
     }
 
     /// Parameter `n` (text) cast to column `column`'s type.
@@ -181,9 +252,23 @@ impl Target {
     }
 }
 
-/// The source column indices of the target's primary key, or of the source's replica
-/// identity when the target has none. Empty when neither exists.
-async fn key_columns(
+/// The columns that find a target row, and whether they are the whole row: the target's
+/// primary key, else the source's replica identity key, else every column. Under `REPLICA
+/// IDENTITY FULL` a source without a primary key flags every column as key (and none in its
+/// snapshot rows), which is no key either.
+fn locating_columns(primary_key: Vec<usize>, relation: &Relation) -> (Vec<usize>, bool) {
+    if !primary_key.is_empty() {
+        return (primary_key, false);
+    }
+    let source_key: Vec<usize> = relation.key_indices().collect();
+    if source_key.is_empty() || source_key.len() == relation.columns.len() {
+        return ((0..relation.columns.len()).collect(), true);
+    }
+    (source_key, false)
+}
+
+/// The source column indices of the target's primary key; empty when it has none.
+async fn primary_key(
     client: &tokio_postgres::Client,
     qualified: &str,
     relation: &Relation,
@@ -198,9 +283,6 @@ async fn key_columns(
         )
         .await
         .map_err(LoadError::Sql)?;
-    if rows.is_empty() {
-        return Ok(relation.key_indices().collect());
-    }
     let mut key = Vec::with_capacity(rows.len());
     for row in rows {
         let name: String = row.get(0);
@@ -228,11 +310,8 @@ pub(super) fn value_text(value: &Value) -> Option<String> {
         Value::Bool(b) => if *b { "t" } else { "f" }.to_owned(),
         Value::Int(n) => n.to_string(),
         Value::Float(f) => float_text(*f),
-        Value::Text(s)
-        | Value::Numeric(s)
-        | Value::Json(s)
-        | Value::Uuid(s)
-        | Value::Temporal(_, s) => s.clone(),
+        Value::Text(s) | Value::Numeric(s) | Value::Json(s) | Value::Uuid(s) => s.clone(),
+        Value::Temporal(kind, s) => temporal_text(*kind, s),
         Value::Raw { text, .. } => text.clone(),
         Value::Bytes(b) => format!("\\x{}", hex::encode(b)),
         Value::Array(a) => array_text(a),
@@ -249,11 +328,48 @@ fn float_text(f: f64) -> String {
     }
 }
 
-/// An array literal such as `{{1,2},{3,NULL}}`.
+/// A date or timestamp as PostgreSQL reads it. Events carry ISO-8601's expanded years,
+/// which PostgreSQL does not read: the astronomical `-2039-04-10` is written `2040-04-10 BC`
+/// (year 0 is 1 BC) and `+10000-01-01` loses its sign. Anything else is already its input.
+fn temporal_text(kind: TemporalKind, text: &str) -> String {
+    if !matches!(
+        kind,
+        TemporalKind::Date | TemporalKind::Timestamp | TemporalKind::TimestampTz
+    ) {
+        return text.to_owned();
+    }
+    if let Some(after_9999) = text.strip_prefix('+') {
+        return after_9999.to_owned();
+    }
+    let (negative, body) = match text.strip_prefix('-') {
+        Some(body) if body.starts_with(|c: char| c.is_ascii_digit()) => (true, body),
+        _ => (false, text),
+    };
+    let Some((year, rest)) = body.split_once('-') else {
+        return text.to_owned();
+    };
+    match year.parse::<i64>() {
+        Ok(year) if negative || year == 0 => {
+            let astronomical = if negative { -year } else { year };
+            format!("{:04}-{rest} BC", 1 - astronomical)
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// An array literal such as `{{1,2},{3,NULL}}`, with its bounds (`[0:1]={7,8}`) when they
+/// are not the default.
 fn array_text(array: &Array) -> String {
     let mut out = String::new();
     if array.dims.is_empty() || array.elements.is_empty() {
         return "{}".into();
+    }
+    if array.lower_bounds.len() == array.dims.len() {
+        for (&lower, &length) in array.lower_bounds.iter().zip(&array.dims) {
+            let upper = i64::from(lower) + i64::from(length) - 1;
+            out.push_str(&format!("[{lower}:{upper}]"));
+        }
+        out.push('=');
     }
     let mut elements = array.elements.iter();
     write_dim(&array.dims, &mut elements, &mut out);
@@ -295,6 +411,7 @@ mod tests {
     fn arrays_are_quoted_literals() {
         let a = Array {
             dims: vec![2, 2],
+            lower_bounds: Vec::new(),
             elements: vec![
                 Value::Int(1),
                 Value::Null,
@@ -303,6 +420,87 @@ mod tests {
             ],
         };
         assert_eq!(array_text(&a), r#"{{"1",NULL},{"a\"b","c\\d"}}"#);
+    }
+
+    #[test]
+    fn arrays_keep_bounds_that_are_not_one() {
+        let a = Array {
+            dims: vec![2, 1],
+            lower_bounds: vec![-1, 5],
+            elements: vec![Value::Int(7), Value::Null],
+        };
+        assert_eq!(array_text(&a), r#"[-1:0][5:5]={{"7"},{NULL}}"#);
+    }
+
+    #[test]
+    fn expanded_years_become_what_postgresql_reads() {
+        use TemporalKind::*;
+        for (kind, iso, pg) in [
+            (Date, "-2039-04-10", "2040-04-10 BC"),
+            (Date, "0000-01-01", "0001-01-01 BC"),
+            (Date, "0001-01-01", "0001-01-01"),
+            (Date, "+10000-01-01", "10000-01-01"),
+            (Date, "-infinity", "-infinity"),
+            (
+                Timestamp,
+                "-0043-03-15T12:00:00.5",
+                "0044-03-15T12:00:00.5 BC",
+            ),
+            (
+                TimestampTz,
+                "-2039-04-10T01:02:03+00:00",
+                "2040-04-10T01:02:03+00:00 BC",
+            ),
+            (
+                TimestampTz,
+                "2024-01-02T03:04:05-08:00",
+                "2024-01-02T03:04:05-08:00",
+            ),
+            (Interval, "P-1Y-2M", "P-1Y-2M"),
+            (TimeTz, "03:04:05-08:00", "03:04:05-08:00"),
+        ] {
+            let value = Value::Temporal(kind, iso.into());
+            assert_eq!(value_text(&value).as_deref(), Some(pg), "{iso}");
+        }
+    }
+
+    /// A keyless table whose changes carry no old row cannot be matched: say what to set.
+    #[test]
+    fn whole_row_matching_without_an_old_row_names_the_fix() {
+        let relation = Relation::one_column("keyless", "n", "int4", 23);
+        let target = Target {
+            table: quote("keyless"),
+            names: vec![quote("n")],
+            types: vec!["integer".into()],
+            key: vec![0],
+            whole_row: true,
+            source_columns: vec!["n".into()],
+            source_key: vec![0],
+        };
+        let update = Event {
+            op: crate::event::Op::Update,
+            relation,
+            source: Default::default(),
+            before: None,
+            after: Some(vec![Value::Int(1)]),
+            topic: None,
+            message: None,
+        };
+        let Err(SinkError::Fatal(message)) = target.locator(update.before.as_ref(), &update) else {
+            panic!("an update without its old row is fatal");
+        };
+        assert!(message.contains("REPLICA IDENTITY FULL"), "{message}");
+        let found = target.locator(update.after.as_ref(), &update).unwrap();
+        assert_eq!(
+            (found.columns, found.values),
+            (vec![0], vec![Some("1".into())])
+        );
+        let (sql, _) = target.delete(&[0]);
+        assert_eq!(
+            sql,
+            "DELETE FROM \"keyless\" WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM \"keyless\" \
+             WHERE \"n\"::text IS NOT DISTINCT FROM ($1::integer)::text LIMIT 1)"
+        );
     }
 
     #[test]
