@@ -134,6 +134,9 @@ impl Connection {
         })?
         .map_err(|e| io_error(opts, e))?;
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = super::socket::configure(&tcp) {
+            tracing::warn!(error = %e, "cannot set tcp keepalive; a silently dead link will go unnoticed longer");
+        }
         let io = negotiate_tls(opts, tcp).await?;
         let tls = matches!(io, Transport::Tls(_));
         let mut conn = Connection {
