@@ -6,6 +6,7 @@
 //! - [`sql`]: [`connect_sql`], ordinary tokio-postgres connections with the same rules.
 //! - [`error`]: [`ConnectError`], classified into retryable and fatal.
 //! - [`socket`]: TCP keepalive and user timeout on every socket to PostgreSQL.
+//! - [`silence`]: the stream's receive timeout.
 //! - [`conn`]: startup, authentication, simple queries and CopyBoth framing.
 //! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
 //! - [`continuity`]: the check at every start that the slot continues the checkpoint.
@@ -17,6 +18,7 @@ pub mod conn;
 pub mod continuity;
 pub mod error;
 pub mod options;
+pub mod silence;
 pub mod socket;
 pub mod sql;
 pub mod stream;

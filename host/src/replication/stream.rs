@@ -35,6 +35,7 @@ use super::conn::{Connection, CopyMessage};
 use super::continuity::{self, ContinuityError, Verified};
 use super::error::ConnectError;
 use super::options::ConnectOptions;
+use super::silence::Silence;
 use super::sql::connect_sql_with;
 use crate::checkpoint::{Checkpoint, SlotIdentity};
 use crate::config::SourceConfig;
@@ -101,6 +102,9 @@ pub struct StreamOptions {
     pub max_backoff: Duration,
     /// Give up after this many consecutive failed reconnects (`None`: never).
     pub max_reconnects: Option<u32>,
+    /// Declare the connection dead after this long without a byte from the server (`None`:
+    /// never); see [`Silence`].
+    pub receive_timeout: Option<Duration>,
 }
 
 impl StreamOptions {
@@ -113,6 +117,7 @@ impl StreamOptions {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             max_reconnects: None,
+            receive_timeout: source.receive_timeout(),
         }
     }
 }
@@ -200,6 +205,8 @@ pub struct ReplicationStream {
     sql: Option<tokio_postgres::Client>,
     ended: bool,
     control: StreamControl,
+    /// Time waited on the socket without hearing from the server.
+    silence: Silence,
 }
 
 impl ReplicationStream {
@@ -235,6 +242,7 @@ impl ReplicationStream {
             source: source.clone(),
             opts,
             proto: protocol_version(verified.server_version_num),
+            silence: Silence::new(options.receive_timeout),
             options,
             conn: None,
             assembler,
@@ -277,6 +285,7 @@ impl ReplicationStream {
         self.proto = proto;
         self.conn = Some(conn);
         self.last_status = Instant::now();
+        self.silence.heard();
         Ok(())
     }
 
@@ -401,8 +410,13 @@ impl ReplicationStream {
                     }
                     let delay = backoff(&self.options, failures);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
-                    self.conn = None;
-                    tokio::time::sleep(delay).await;
+                    if self.conn.take().is_some() {
+                        // The next connection's silence is counted afresh.
+                        self.silence.heard();
+                    }
+                    if !self.pause(delay).await {
+                        continue;
+                    }
                     if let Err(e) = self.reconnect().await {
                         if !e.is_retryable() {
                             return Err(e);
@@ -413,6 +427,18 @@ impl ReplicationStream {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Sleeps `delay`, cut short by a stop request; `false` when stopping.
+    async fn pause(&self, delay: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        while !self.control.stop_requested() {
+            let wake = self.control.wake.notified();
+            if tokio::time::timeout_at(deadline, wake).await.is_err() {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether a whole message is already buffered (the next call will not wait on the
@@ -493,6 +519,7 @@ impl ReplicationStream {
             if self.control.position.swap(false, Ordering::AcqRel) {
                 self.ask_reply = true;
             }
+            self.check_silence()?;
             let ask_due = self.ask_reply && self.last_status.elapsed() >= ASK_POSITION_EVERY;
             if self.status_due_reply
                 || ask_due
@@ -514,13 +541,37 @@ impl ReplicationStream {
             if self.ask_reply {
                 wait = wait.min(ASK_POSITION_EVERY.saturating_sub(self.last_status.elapsed()));
             }
+            wait = wait.min(self.silence.next_check());
             let wake = self.control.wake.clone();
+            let waiting = Instant::now();
             tokio::select! {
-                r = conn.fill() => r?,
-                _ = tokio::time::sleep(wait) => {}
-                _ = wake.notified() => {}
+                r = conn.fill() => {
+                    r?;
+                    self.silence.heard();
+                }
+                _ = tokio::time::sleep(wait) => self.silence.waited(waiting.elapsed()),
+                _ = wake.notified() => self.silence.waited(waiting.elapsed()),
             }
         }
+    }
+
+    /// Asks the server for a reply halfway through a silence, and fails the connection once
+    /// the silence reaches the receive timeout (retryable: the stream reconnects).
+    fn check_silence(&mut self) -> Result<(), ConnectError> {
+        if self.silence.ping_due() {
+            self.ask_reply = true;
+        }
+        if !self.silence.is_dead() {
+            return Ok(());
+        }
+        let secs = self.silence.timeout().unwrap_or_default().as_secs_f64();
+        Err(ConnectError::Broken {
+            addr: self.opts.addr(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing received for {secs}s (receive_timeout)"),
+            ),
+        })
     }
 
     async fn send_status(&mut self) -> Result<(), StreamError> {
@@ -736,6 +787,7 @@ mod tests {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             max_reconnects: None,
+            receive_timeout: None,
         };
         assert_eq!(backoff(&o, 1), Duration::from_millis(100));
         assert_eq!(backoff(&o, 2), Duration::from_millis(200));
