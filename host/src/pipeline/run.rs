@@ -2,7 +2,9 @@
 //!
 //! Everything that can be checked before touching the source is checked first (sinks can be
 //! opened, plugins load), so a bad configuration fails with one sentence and no checkpoint
-//! written. Then the reader task streams committed transactions into a bounded channel, the
+//! written. A source that is down (refused, timed out, starting up) is then waited for, as an
+//! outage later on is, while one that rejects us (login, database, privilege) fails at once.
+//! Then the reader task streams committed transactions into a bounded channel, the
 //! delivery loop drains it, and acknowledged LSNs flow back: checkpoint first, then the
 //! confirmation to PostgreSQL.
 
@@ -17,6 +19,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, OnError, SinkOnError, SnapshotMode};
 use crate::encode::{EncodeOptions, Encoder};
 use crate::metrics::Metrics;
+use crate::replication::{Link, wait_until_reachable};
 use crate::sink::Sink;
 use crate::snapshot::control;
 use crate::snapshot::incremental::{Incremental, Marks, Setup};
@@ -105,6 +108,12 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
     );
 
     let store = CheckpointStore::new(&config.state.dir, &config.source.slot);
+    let startup = Link::default();
+    metrics.watch_link(startup.clone());
+    if !wait_until_reachable(&config.source, &startup, stop_rx.clone()).await? {
+        delivery.close().await;
+        return Ok(RunSummary::default());
+    }
     let snapshot = initial::take_if_needed(
         &config,
         &store,
@@ -134,6 +143,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
     }
 
     let opened = source::open(&config, accept_gap).await?;
+    metrics.watch_link(opened.stream.link());
     let control = opened.stream.control();
     let identity = opened.stream.identity().clone();
     let progress = store.load()?.map(|c| c.snapshot).unwrap_or_default();

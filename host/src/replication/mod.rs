@@ -6,6 +6,7 @@
 //! - [`sql`]: [`connect_sql`], ordinary tokio-postgres connections with the same rules.
 //! - [`error`]: [`ConnectError`], classified into retryable and fatal.
 //! - [`socket`]: TCP keepalive and user timeout on every socket to PostgreSQL.
+//! - [`link`]: [`Link`], whether the connection is up (for `/health`), and the startup wait.
 //! - [`silence`]: the stream's receive timeout.
 //! - [`conn`]: startup, authentication, simple queries and CopyBoth framing.
 //! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
@@ -17,6 +18,7 @@ pub mod commands;
 pub mod conn;
 pub mod continuity;
 pub mod error;
+pub mod link;
 pub mod options;
 pub mod silence;
 pub mod socket;
@@ -29,6 +31,7 @@ pub use commands::{PublicationAction, PublicationError, SlotInfo, SlotSnapshot, 
 pub use conn::{Connection, CopyMessage};
 pub use continuity::{ContinuityError, Verified};
 pub use error::{ConnectError, ServerError};
+pub use link::{Link, LinkState, wait_until_reachable};
 pub use options::ConnectOptions;
 pub use sql::connect_sql;
 pub use stream::{ReplicationStream, StreamError, StreamItem, StreamOptions};

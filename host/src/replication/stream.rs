@@ -34,6 +34,7 @@ use super::commands::protocol_version;
 use super::conn::{Connection, CopyMessage};
 use super::continuity::{self, ContinuityError, Verified};
 use super::error::ConnectError;
+use super::link::Link;
 use super::options::ConnectOptions;
 use super::silence::Silence;
 use super::sql::connect_sql_with;
@@ -105,6 +106,8 @@ pub struct StreamOptions {
     /// Declare the connection dead after this long without a byte from the server (`None`:
     /// never); see [`Silence`].
     pub receive_timeout: Option<Duration>,
+    /// Where the stream records whether it is connected (read by `/health`).
+    pub link: Link,
 }
 
 impl StreamOptions {
@@ -118,6 +121,7 @@ impl StreamOptions {
             max_backoff: Duration::from_secs(30),
             max_reconnects: None,
             receive_timeout: source.receive_timeout(),
+            link: Link::default(),
         }
     }
 }
@@ -286,12 +290,18 @@ impl ReplicationStream {
         self.conn = Some(conn);
         self.last_status = Instant::now();
         self.silence.heard();
+        self.options.link.up();
         Ok(())
     }
 
     /// The source this stream reads.
     pub fn source(&self) -> &SourceConfig {
         &self.source
+    }
+
+    /// Whether the stream is connected, for `/health`.
+    pub fn link(&self) -> Link {
+        self.options.link.clone()
     }
 
     /// A handle to confirm and stop this stream from another task.
@@ -411,6 +421,7 @@ impl ReplicationStream {
                     let delay = backoff(&self.options, failures);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
                     if self.conn.take().is_some() {
+                        self.options.link.down(&e);
                         // The next connection's silence is counted afresh.
                         self.silence.heard();
                     }
@@ -421,6 +432,7 @@ impl ReplicationStream {
                         if !e.is_retryable() {
                             return Err(e);
                         }
+                        self.options.link.down(&e);
                         tracing::warn!(error = %e, "reconnect failed");
                     }
                 }
@@ -788,6 +800,7 @@ mod tests {
             max_backoff: Duration::from_secs(2),
             max_reconnects: None,
             receive_timeout: None,
+            link: Link::default(),
         };
         assert_eq!(backoff(&o, 1), Duration::from_millis(100));
         assert_eq!(backoff(&o, 2), Duration::from_millis(200));
