@@ -250,6 +250,30 @@ impl Cluster {
         launch(&base_dir, &options, &install, None, owner)
     }
 
+    /// Starts a server [`stop`](Self::stop)ped before again, on the same port and data
+    /// directory (to test what walflow does while its database is away).
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            bail!("the cluster is running; stop it first");
+        }
+        let mut command = server_command(
+            &self.info.bin_dir.join("postgres"),
+            &self.info.base_dir,
+            server_owner()?,
+            &self.info.log_path,
+        )?;
+        command.arg("-D").arg(&self.info.data_dir);
+        let mut child =
+            child_process::spawn_tied(command, libc::SIGQUIT).context("cannot start postgres")?;
+        if let Err(e) = wait_ready(&mut child, &self.info.data_dir, &self.info.log_path) {
+            stop_postmaster(&mut child);
+            return Err(e);
+        }
+        *guard = Some(child);
+        Ok(())
+    }
+
     /// Stops the server now (fast shutdown), waiting up to 30 s.
     pub fn stop(&self) {
         let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
