@@ -205,6 +205,11 @@ async fn a_database_down_at_startup_is_waited_for() {
     child.terminate();
     let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(output.status.success(), "{}", output.describe());
+    assert!(
+        output.stderr.contains("postgresql is reachable again"),
+        "{}",
+        output.describe()
+    );
     let records = replay::read_records(&config.dir().join("out.jsonl"));
     replay::assert_rebuilds(&db.client().await, &records, &[("t", &[])]).await;
 }

@@ -105,6 +105,9 @@ pub async fn wait_until_reachable(
         match attempt {
             Ok(conn) => {
                 conn.close().await;
+                if link.state() != LinkState::Connecting {
+                    tracing::info!("postgresql is reachable again");
+                }
                 link.up();
                 return Ok(true);
             }
