@@ -329,3 +329,29 @@ async fn every_postgres_socket_has_keepalive_on() {
     reader.close().await;
     replication.close().await;
 }
+
+/// The startup wait's probe session must be gone before walflow opens the real one, or a server
+/// with a single walsender slot refuses the second ("too many clients").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_probe_frees_its_walsender_slot_at_once() {
+    use walflow::replication::{ConnectOptions, Connection};
+    let cluster = Cluster::start(
+        ClusterOptions::default()
+            .without_tls()
+            .setting("max_wal_senders", "1"),
+    )
+    .unwrap();
+    let db = cluster.new_database().await;
+    let source = walflow::config::SourceConfig {
+        url: db.url("postgres"),
+        sslmode: walflow::config::SslMode::Disable,
+        ..Default::default()
+    };
+    let opts = ConnectOptions::from_source(&source).unwrap();
+    for attempt in 0..20 {
+        let conn = Connection::connect(&opts, true)
+            .await
+            .unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
+        conn.close_and_wait(Duration::from_secs(2)).await;
+    }
+}

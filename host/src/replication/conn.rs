@@ -594,6 +594,22 @@ impl Connection {
         }
     }
 
+    /// Sends Terminate and waits up to `wait` for the server to close the connection. A backend
+    /// closes its socket only after releasing its connection and walsender slots, so a session
+    /// opened next does not find them still taken (with a tight `max_wal_senders`).
+    pub async fn close_and_wait(mut self, wait: std::time::Duration) {
+        frontend::terminate(&mut self.wbuf);
+        if self.flush().await.is_err() {
+            return;
+        }
+        let until_closed = async {
+            while self.fill().await.is_ok() {
+                self.rbuf.clear();
+            }
+        };
+        let _ = tokio::time::timeout(wait, until_closed).await;
+    }
+
     /// Sends Terminate and closes the socket.
     pub async fn close(mut self) {
         frontend::terminate(&mut self.wbuf);

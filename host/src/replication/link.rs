@@ -104,7 +104,7 @@ pub async fn wait_until_reachable(
         };
         match attempt {
             Ok(conn) => {
-                conn.close().await;
+                conn.close_and_wait(Duration::from_secs(2)).await;
                 if link.state() != LinkState::Connecting {
                     tracing::info!("postgresql is reachable again");
                 }
