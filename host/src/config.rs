@@ -138,12 +138,34 @@ pub struct SourceConfig {
     /// Heartbeat interval (e.g. `"10s"`); also the standby status interval.
     #[serde(default, with = "duration_opt")]
     pub heartbeat_interval: Option<Duration>,
+    /// How long the replication stream waits without a byte from the server before it
+    /// declares the connection dead and reconnects (e.g. `"30s"`; `"0s"` never). Halfway
+    /// through it asks the server for a reply, so a live idle server is never mistaken for a
+    /// dead one. Default [`DEFAULT_RECEIVE_TIMEOUT`].
+    #[serde(default, with = "duration_opt")]
+    pub receive_timeout: Option<Duration>,
     /// Prefix of default topic names.
     #[serde(default)]
     pub topic_prefix: Option<String>,
     /// Continue even though the slot's history has a gap (an explicit, logged choice).
     #[serde(default)]
     pub accept_gap: bool,
+}
+
+/// `receive_timeout` when the config does not set one (PostgreSQL's own
+/// `wal_receiver_timeout` is 60 s; walflow reconnects sooner, as a standby with a 10 s status
+/// interval would).
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl SourceConfig {
+    /// The receive timeout in effect: `None` when disabled with `"0s"`.
+    pub fn receive_timeout(&self) -> Option<Duration> {
+        match self.receive_timeout {
+            None => Some(DEFAULT_RECEIVE_TIMEOUT),
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+        }
+    }
 }
 
 fn default_slot() -> String {
@@ -514,6 +536,25 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn receive_timeout_defaults_and_turns_off_with_zero() {
+        let parse = |extra: &str| {
+            Config::parse(
+                &format!("[source]\nurl = \"postgres://u@h/db\"\n{extra}"),
+                Path::new("w.toml"),
+            )
+            .unwrap()
+            .source
+            .receive_timeout()
+        };
+        assert_eq!(parse(""), Some(DEFAULT_RECEIVE_TIMEOUT));
+        assert_eq!(
+            parse("receive_timeout = \"5s\""),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(parse("receive_timeout = \"0s\""), None);
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Pipeline metrics and the optional HTTP listener serving them (`/metrics` in Prometheus text
 //! format, `/health` as a one-line status).
 //!
+//! `/health` is 200 only while the pipeline streams over a working connection: before that,
+//! and while the connection to PostgreSQL is down and being retried, it is 503 with the reason
+//! (see [`Link`]), so a load balancer or orchestrator sees an outage while walflow rides it out.
+//!
 //! Counters are plain atomics updated on the hot path; per-table counts sit behind a mutex that
 //! is taken once per batch, not per event. The listener is a few lines of HTTP/1.1 on tokio:
 //! a scrape endpoint needs no framework.
@@ -14,6 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::event::Event;
+use crate::replication::Link;
 use crate::sink::EncodedRecord;
 
 /// Counters of one pipeline.
@@ -34,6 +39,7 @@ pub struct Metrics {
     plugin_reloads: AtomicU64,
     plugin_reload_failures: AtomicU64,
     healthy: AtomicBool,
+    link: Mutex<Option<Link>>,
     snapshot_rows: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
@@ -57,6 +63,24 @@ impl Metrics {
     /// Marks the pipeline as streaming (or not) for `/health`.
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Follows `link` for `/health` from now on (the startup wait's, then the stream's).
+    pub fn watch_link(&self, link: Link) {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
+    }
+
+    /// `Ok` when streaming over a working connection; otherwise why not.
+    pub fn health(&self) -> Result<(), String> {
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(problem) = link.and_then(|l| l.problem()) {
+            return Err(problem);
+        }
+        if self.healthy.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("not streaming".into())
+        }
     }
 
     /// Events written to the sinks so far.
@@ -252,6 +276,12 @@ impl Metrics {
                 escape(sink)
             );
         }
+        gauge(
+            &mut out,
+            "walflow_replication_connected",
+            "1 while streaming over a working connection, 0 while connecting or reconnecting.",
+            if self.health().is_ok() { 1.0 } else { 0.0 },
+        );
         let acked = load(&self.acked_lsn);
         let server = load(&self.server_lsn);
         gauge(
@@ -299,10 +329,10 @@ impl Metrics {
                     let path = request.split_whitespace().nth(1).unwrap_or("/");
                     let (status, body) = match path {
                         "/metrics" => ("200 OK", metrics.render()),
-                        "/health" if metrics.healthy.load(Ordering::Relaxed) => {
-                            ("200 OK", "ok\n".to_owned())
-                        }
-                        "/health" => ("503 Service Unavailable", "not streaming\n".to_owned()),
+                        "/health" => match metrics.health() {
+                            Ok(()) => ("200 OK", "ok\n".to_owned()),
+                            Err(why) => ("503 Service Unavailable", format!("{why}\n")),
+                        },
                         _ => ("404 Not Found", "try /metrics or /health\n".to_owned()),
                     };
                     let response = format!(
@@ -354,6 +384,24 @@ mod tests {
             topic: None,
             message: None,
         }
+    }
+
+    #[test]
+    fn health_follows_the_link_and_says_why() {
+        let metrics = Metrics::default();
+        assert_eq!(metrics.health(), Err("not streaming".into()));
+        let link = Link::default();
+        metrics.watch_link(link.clone());
+        link.up();
+        metrics.set_healthy(true);
+        assert_eq!(metrics.health(), Ok(()));
+        assert!(metrics.render().contains("walflow_replication_connected 1"));
+        link.down(&"nothing received for 5s");
+        let why = metrics.health().unwrap_err();
+        assert!(why.contains("nothing received for 5s"), "{why}");
+        assert!(metrics.render().contains("walflow_replication_connected 0"));
+        link.up();
+        assert_eq!(metrics.health(), Ok(()));
     }
 
     #[test]

@@ -254,17 +254,28 @@ impl Cluster {
     /// checkpoint, crash recovery at the next start), keeps it down for `down_for`, then starts
     /// it again on the same port and data directory.
     pub fn crash_and_restart(&self, down_for: Duration) -> anyhow::Result<()> {
-        let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut child) = guard.take() {
-            child_process::signal(&child, libc::SIGQUIT);
-            let _ = child.wait();
+        {
+            let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(mut child) = guard.take() {
+                child_process::signal(&child, libc::SIGQUIT);
+                let _ = child.wait();
+            }
         }
         std::thread::sleep(down_for);
-        let owner = server_owner()?;
+        self.start_again()
+    }
+
+    /// Starts a server [`stop`](Self::stop)ped before again, on the same port and data
+    /// directory (to test what walflow does while its database is away).
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            bail!("the cluster is running; stop it first");
+        }
         let mut command = server_command(
             &self.info.bin_dir.join("postgres"),
             &self.info.base_dir,
-            owner,
+            server_owner()?,
             &self.info.log_path,
         )?;
         command.arg("-D").arg(&self.info.data_dir);

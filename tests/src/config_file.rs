@@ -67,6 +67,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Connects to database `name` instead of the test's own (e.g. one that does not exist).
+    pub fn database(mut self, name: &str) -> Self {
+        self.database = name.to_string();
+        self
+    }
+
     /// `sslmode`, e.g. `verify-full`.
     pub fn sslmode(mut self, mode: &str) -> Self {
         self.sslmode = mode.to_string();

@@ -18,7 +18,9 @@
 //! - [`config_file`]: `walflow.toml` files for a test database.
 //! - [`walflow_command`]: running the program under test as a child ([`walflow!`]).
 //! - [`wait`]: waiting on conditions with deadlines.
+//! - [`black_hole`]: dropping a server's packets with nftables, for silent link failures.
 
+pub mod black_hole;
 pub mod certificates;
 pub mod child_process;
 pub mod cluster;
@@ -29,6 +31,7 @@ pub mod slot;
 pub mod wait;
 pub mod walflow_command;
 
+pub use black_hole::BlackHole;
 pub use cluster::{
     Cluster, ClusterInfo, ClusterOptions, PASSWORD_ENV, TEST_PASSWORD, TestDb, TestUser, WRONG_HOST,
 };

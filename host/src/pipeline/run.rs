@@ -2,7 +2,9 @@
 //!
 //! Everything that can be checked before touching the source is checked first (sinks can be
 //! opened, plugins load), so a bad configuration fails with one sentence and no checkpoint
-//! written. Then the reader task streams committed transactions into a bounded channel, the
+//! written. A source that is down (refused, timed out, starting up) is then waited for, as an
+//! outage later on is, while one that rejects us (login, database, privilege) fails at once.
+//! Then the reader task streams committed transactions into a bounded channel, the
 //! delivery loop drains it, and acknowledged LSNs flow back: checkpoint first, then the
 //! confirmation to PostgreSQL.
 
@@ -17,6 +19,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, OnError, SinkOnError, SnapshotMode};
 use crate::encode::{EncodeOptions, Encoder};
 use crate::metrics::Metrics;
+use crate::replication::{Link, wait_until_reachable};
 use crate::sink::Sink;
 use crate::snapshot::control;
 use crate::snapshot::incremental::{Incremental, Marks, Setup};
@@ -79,7 +82,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         events: QUEUED_EVENTS,
         bytes: config.memory.queue_bytes(),
     }));
-    let delivery = Delivery::new(
+    let mut delivery = Delivery::new(
         processor,
         encoder,
         sinks,
@@ -108,6 +111,12 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         options.until_lsn,
         options.stop,
     );
+    let startup_link = Link::default();
+    metrics.watch_link(startup_link.clone());
+    if !wait_until_reachable(&config.source, &startup_link, stop_rx.clone()).await? {
+        delivery.close().await;
+        return Ok(RunSummary::default());
+    }
     let started = startup::gate(&config).await?;
     let store = CheckpointStore::new(&config.state.dir, &config.source.slot);
     let running = Running {
@@ -181,6 +190,7 @@ async fn follow(
     }
 
     let opened = source::open(config, accept_gap).await?;
+    metrics.watch_link(opened.stream.link());
     let control = opened.stream.control();
     let identity = opened.stream.identity().clone();
     let progress = store.load()?.map(|c| c.snapshot).unwrap_or_default();

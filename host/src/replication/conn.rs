@@ -134,6 +134,9 @@ impl Connection {
         })?
         .map_err(|e| io_error(opts, e))?;
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = super::socket::configure(&tcp) {
+            tracing::warn!(error = %e, "cannot set tcp keepalive; a silently dead link will go unnoticed longer");
+        }
         let io = negotiate_tls(opts, tcp).await?;
         let tls = matches!(io, Transport::Tls(_));
         let mut conn = Connection {
@@ -589,6 +592,22 @@ impl Connection {
                 _ => {}
             }
         }
+    }
+
+    /// Sends Terminate and waits up to `wait` for the server to close the connection. A backend
+    /// closes its socket only after releasing its connection and walsender slots, so a session
+    /// opened next does not find them still taken (with a tight `max_wal_senders`).
+    pub async fn close_and_wait(mut self, wait: std::time::Duration) {
+        frontend::terminate(&mut self.wbuf);
+        if self.flush().await.is_err() {
+            return;
+        }
+        let until_closed = async {
+            while self.fill().await.is_ok() {
+                self.rbuf.clear();
+            }
+        };
+        let _ = tokio::time::timeout(wait, until_closed).await;
     }
 
     /// Sends Terminate and closes the socket.

@@ -5,6 +5,9 @@
 //! - [`tls`]: rustls for every sslmode, shared with ordinary SQL connections.
 //! - [`sql`]: [`connect_sql`], ordinary tokio-postgres connections with the same rules.
 //! - [`error`]: [`ConnectError`], classified into retryable and fatal.
+//! - [`socket`]: TCP keepalive and user timeout on every socket to PostgreSQL.
+//! - [`link`]: [`Link`], whether the connection is up (for `/health`), and the startup wait.
+//! - [`silence`]: the stream's receive timeout.
 //! - [`conn`]: startup, authentication, simple queries and CopyBoth framing.
 //! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
 //! - [`continuity`]: the check at every start that the slot continues the checkpoint.
@@ -17,7 +20,10 @@ pub mod conn;
 pub mod continuity;
 pub mod error;
 pub mod holds;
+pub mod link;
 pub mod options;
+pub mod silence;
+pub mod socket;
 pub mod sql;
 pub mod stream;
 pub mod tail;
@@ -28,6 +34,7 @@ pub use conn::{Connection, CopyMessage};
 pub use continuity::{ContinuityError, Verified};
 pub use error::{ConnectError, ServerError};
 pub use holds::PreparedHolds;
+pub use link::{Link, LinkState, wait_until_reachable};
 pub use options::ConnectOptions;
 pub use sql::connect_sql;
 pub use stream::{ReplicationStream, StreamError, StreamItem, StreamOptions};

@@ -32,6 +32,7 @@ pub async fn connect_sql_with(
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
+    super::socket::configure_sql(&mut config);
     if let Some(p) = &opts.password {
         config.password(p);
     }

@@ -34,7 +34,9 @@ use super::commands::protocol_version;
 use super::conn::{Connection, CopyMessage};
 use super::continuity::{self, ContinuityError, Verified};
 use super::error::ConnectError;
+use super::link::Link;
 use super::options::ConnectOptions;
+use super::silence::Silence;
 use super::sql::connect_sql_with;
 use crate::checkpoint::{Checkpoint, SlotIdentity};
 use crate::config::SourceConfig;
@@ -101,6 +103,11 @@ pub struct StreamOptions {
     pub max_backoff: Duration,
     /// Give up after this many consecutive failed reconnects (`None`: never).
     pub max_reconnects: Option<u32>,
+    /// Declare the connection dead after this long without a byte from the server (`None`:
+    /// never); see [`Silence`].
+    pub receive_timeout: Option<Duration>,
+    /// Where the stream records whether it is connected (read by `/health`).
+    pub link: Link,
 }
 
 impl StreamOptions {
@@ -113,6 +120,8 @@ impl StreamOptions {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             max_reconnects: None,
+            receive_timeout: source.receive_timeout(),
+            link: Link::default(),
         }
     }
 }
@@ -218,6 +227,8 @@ pub struct ReplicationStream {
     sql: Option<tokio_postgres::Client>,
     ended: bool,
     control: StreamControl,
+    /// Time waited on the socket without hearing from the server.
+    silence: Silence,
 }
 
 impl ReplicationStream {
@@ -253,6 +264,7 @@ impl ReplicationStream {
             source: source.clone(),
             opts,
             proto: protocol_version(verified.server_version_num),
+            silence: Silence::new(options.receive_timeout),
             options,
             conn: None,
             assembler,
@@ -295,12 +307,19 @@ impl ReplicationStream {
         self.proto = proto;
         self.conn = Some(conn);
         self.last_status = Instant::now();
+        self.silence.heard();
+        self.options.link.up();
         Ok(())
     }
 
     /// The source this stream reads.
     pub fn source(&self) -> &SourceConfig {
         &self.source
+    }
+
+    /// Whether the stream is connected, for `/health`.
+    pub fn link(&self) -> Link {
+        self.options.link.clone()
     }
 
     /// A handle to confirm and stop this stream from another task.
@@ -417,12 +436,19 @@ impl ReplicationStream {
                     }
                     let delay = backoff(&self.options, failures);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
-                    self.conn = None;
-                    self.pause(delay).await;
+                    if self.conn.take().is_some() {
+                        self.options.link.down(&e);
+                        // The next connection's silence is counted afresh.
+                        self.silence.heard();
+                    }
+                    if !self.pause(delay).await {
+                        continue;
+                    }
                     if let Err(e) = self.reconnect().await {
                         if !e.is_retryable() {
                             return Err(e);
                         }
+                        self.options.link.down(&e);
                         tracing::warn!(error = %e, "reconnect failed");
                     }
                 }
@@ -431,15 +457,16 @@ impl ReplicationStream {
         }
     }
 
-    /// Waits `delay` before a reconnect, or less when a stop is requested meanwhile.
-    async fn pause(&self, delay: Duration) {
-        let until = tokio::time::Instant::now() + delay;
+    /// Sleeps `delay`, cut short by a stop request; `false` when stopping.
+    async fn pause(&self, delay: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
         while !self.control.stop_requested() {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return,
-                _ = self.control.wake.notified() => {}
+            let wake = self.control.wake.notified();
+            if tokio::time::timeout_at(deadline, wake).await.is_err() {
+                return true;
             }
         }
+        false
     }
 
     /// Whether a whole message is already buffered (the next call will not wait on the
@@ -520,6 +547,7 @@ impl ReplicationStream {
             if self.control.position.swap(false, Ordering::AcqRel) {
                 self.ask_reply = true;
             }
+            self.check_silence()?;
             let ask_due = self.ask_reply && self.last_status.elapsed() >= ASK_POSITION_EVERY;
             if self.status_due_reply
                 || ask_due
@@ -541,13 +569,37 @@ impl ReplicationStream {
             if self.ask_reply {
                 wait = wait.min(ASK_POSITION_EVERY.saturating_sub(self.last_status.elapsed()));
             }
+            wait = wait.min(self.silence.next_check());
             let wake = self.control.wake.clone();
+            let waiting = Instant::now();
             tokio::select! {
-                r = conn.fill() => r?,
-                _ = tokio::time::sleep(wait) => {}
-                _ = wake.notified() => {}
+                r = conn.fill() => {
+                    r?;
+                    self.silence.heard();
+                }
+                _ = tokio::time::sleep(wait) => self.silence.waited(waiting.elapsed()),
+                _ = wake.notified() => self.silence.waited(waiting.elapsed()),
             }
         }
+    }
+
+    /// Asks the server for a reply halfway through a silence, and fails the connection once
+    /// the silence reaches the receive timeout (retryable: the stream reconnects).
+    fn check_silence(&mut self) -> Result<(), ConnectError> {
+        if self.silence.ping_due() {
+            self.ask_reply = true;
+        }
+        if !self.silence.is_dead() {
+            return Ok(());
+        }
+        let secs = self.silence.timeout().unwrap_or_default().as_secs_f64();
+        Err(ConnectError::Broken {
+            addr: self.opts.addr(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing received for {secs}s (receive_timeout)"),
+            ),
+        })
     }
 
     async fn send_status(&mut self) -> Result<(), StreamError> {
@@ -805,6 +857,8 @@ mod tests {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             max_reconnects: None,
+            receive_timeout: None,
+            link: Link::default(),
         };
         assert_eq!(backoff(&o, 1), Duration::from_millis(100));
         assert_eq!(backoff(&o, 2), Duration::from_millis(200));
