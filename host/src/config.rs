@@ -297,16 +297,22 @@ impl Default for MemoryConfig {
 }
 
 impl MemoryConfig {
-    /// Bytes of events that may wait between the reader and the delivery loop: an eighth of
-    /// the budget (the rest covers batches in the chain, encoded records, sink buffers and
-    /// walflow itself).
+    /// Bytes of events that may wait between the reader and the delivery loop: a sixteenth
+    /// of the budget (the rest covers the transaction being read, batches in the chain,
+    /// encoded records, sink buffers and walflow itself).
     pub fn queue_bytes(&self) -> usize {
-        (self.budget_mb.max(16) as usize * 1024 * 1024) / 8
+        (self.budget_mb.max(16) as usize * 1024 * 1024) / 16
     }
 
-    /// Most bytes of events in one batch: a thirty-second of the budget.
+    /// Most bytes of events in one batch: a sixty-fourth of the budget.
     pub fn batch_bytes(&self) -> usize {
-        (self.budget_mb.max(16) as usize * 1024 * 1024) / 32
+        (self.budget_mb.max(16) as usize * 1024 * 1024) / 64
+    }
+
+    /// Most bytes of records written to the sinks and not yet flushed: a sixteenth of the
+    /// budget (a sink may hold two or three copies of them while it sends).
+    pub fn unflushed_bytes(&self) -> usize {
+        (self.budget_mb.max(16) as usize * 1024 * 1024) / 16
     }
 }
 

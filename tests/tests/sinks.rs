@@ -115,14 +115,24 @@ async fn redis_records(url: &str, streams: &[&str]) -> Vec<Json> {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut out = Vec::new();
     for stream in streams {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        for entry in reply.ids {
+        // Paged: a stream of large records would make one huge reply.
+        let mut entries = Vec::new();
+        let mut from = "-".to_string();
+        loop {
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(&from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(20)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let Some(last) = reply.ids.last() else { break };
+            from = format!("({}", last.id);
+            entries.extend(reply.ids);
+        }
+        for entry in entries {
             let value: Vec<u8> = entry.get("value").expect("value field");
             let record: Json = serde_json::from_slice(&value).unwrap();
             let lsn: String = entry.get("lsn").expect("lsn field");

@@ -39,6 +39,10 @@ pub struct DeliveryOptions {
     /// Most bytes of events (as [`weigh`](super::weigh) counts them) in one batch, so that
     /// large rows make small batches.
     pub max_bytes: usize,
+    /// Most bytes of records written to the sinks but not flushed: past it a flush is due, and
+    /// while one runs no more is written. Sinks that hold records until their flush (redis,
+    /// kafka, http) would otherwise gather a whole `flush_interval` of a catch-up in memory.
+    pub max_unflushed_bytes: usize,
 }
 
 impl Default for DeliveryOptions {
@@ -49,6 +53,7 @@ impl Default for DeliveryOptions {
             flush_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
             max_bytes: 8 << 20,
+            max_unflushed_bytes: 32 << 20,
         }
     }
 }
@@ -442,6 +447,7 @@ impl Writer {
         flush: &mut FlushState,
     ) -> Result<(), DeliveryError> {
         loop {
+            let full = flush.dirty_bytes >= self.options.max_unflushed_bytes;
             let batch = tokio::select! {
                 biased;
                 results = in_flight(&mut flush.running), if flush.running.is_some() => {
@@ -451,12 +457,13 @@ impl Writer {
                     self.flush_if_due(flush, acks).await?;
                     continue;
                 }
-                batch = batches.recv() => batch,
+                batch = batches.recv(), if !(full && flush.running.is_some()) => batch,
             };
             let Some(batch) = batch else { break };
             // A batch that took input has an encoding (see `prepare`).
             if let Some(encoding) = batch.encoded {
                 let (events, records) = encoded(encoding).await?;
+                flush.dirty_bytes += records.iter().map(|r| r.payload.len()).sum::<usize>();
                 self.deliver(events, records, batch.dead_letters).await?;
                 if let Some(budget) = &self.budget {
                     budget.release(batch.weight);
@@ -490,7 +497,9 @@ impl Writer {
         flush: &mut FlushState,
         acks: &watch::Sender<u64>,
     ) -> Result<(), DeliveryError> {
-        let due = flush.idle || flush.last_flush.elapsed() >= self.options.flush_interval;
+        let due = flush.idle
+            || flush.last_flush.elapsed() >= self.options.flush_interval
+            || flush.dirty_bytes >= self.options.max_unflushed_bytes;
         let Some(lsn) = flush.unflushed.filter(|_| due) else {
             return Ok(());
         };
@@ -505,6 +514,7 @@ impl Writer {
         }
         flush.unflushed = None;
         flush.dirty = false;
+        flush.dirty_bytes = 0;
         flush.last_flush = Instant::now();
         if flush.running.is_none() {
             self.acknowledge(Some(lsn), flush, acks);
@@ -666,6 +676,8 @@ struct FlushState {
     unflushed: Option<u64>,
     /// Whether anything was written since the last flush began.
     dirty: bool,
+    /// Bytes of records written since the last flush began.
+    dirty_bytes: usize,
     /// When the last flush began.
     last_flush: Instant,
     /// Whether the input was empty after the last batch.
@@ -681,6 +693,7 @@ impl FlushState {
         FlushState {
             unflushed: None,
             dirty: false,
+            dirty_bytes: 0,
             last_flush: Instant::now(),
             idle: false,
             running: None,
