@@ -11,6 +11,8 @@
 //! `walflow-bench snapshot [ROWS] [RUNS]` — the initial snapshot (three plugins, JSON to a
 //! file) at parallelism 1 and 2 vs `psql -c "COPY … TO STDOUT"` on the same table (default
 //! 5,000,000 rows, 3 runs; the median and best ratios are printed).
+//! `walflow-bench soak [MINUTES]` — a mixed workload through `walflow run` for a while (default
+//! 10 minutes), sampling RSS, file descriptors and the WAL the slot retains.
 
 mod backlog;
 mod pipeline;
@@ -18,6 +20,7 @@ mod plugin_chain;
 mod process;
 mod sinks;
 mod snapshot;
+mod soak;
 mod tail;
 
 // The `walflow` binary's allocator (see host/src/main.rs), so in-process measurements match it.
@@ -31,7 +34,8 @@ const USAGE: &str = "usage: walflow-bench BENCHMARK [COUNT]
   tail [CHANGES]          walflow tail vs pg_recvlogical on the same backlog (1,000,000)
   pipeline [CHANGES]      walflow run (three plugins, JSON file) vs pg_recvlogical (1,000,000)
   snapshot [ROWS] [RUNS]  initial snapshot at parallelism 1 and 2 vs psql COPY (5,000,000 rows,
-                          3 runs: median and best ratio)";
+                          3 runs: median and best ratio)
+  soak [MINUTES]          a mixed workload for MINUTES (10): RSS, descriptors, WAL kept";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -52,6 +56,15 @@ async fn main() -> anyhow::Result<()> {
             snapshot::run(count("ROWS", 5_000_000)?, runs).await
         }
         Some("__walflow-snapshot") => snapshot::child(&args[1..]).await,
+        Some("soak") => {
+            let minutes = match args.get(1) {
+                Some(m) => m
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("MINUTES must be a number, not `{m}`\n{USAGE}"))?,
+                None => 10.0,
+            };
+            soak::run(minutes).await
+        }
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
