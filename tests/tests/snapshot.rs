@@ -682,6 +682,7 @@ async fn incremental_read_only_under_a_role_that_cannot_write() {
     let config = db
         .config()
         .login(&role)
+        .source("tables = [\"public.orders\"]")
         .source("snapshot = \"never\"")
         .source("read_only = true")
         .source("publication_autocreate = \"disabled\"")
@@ -911,7 +912,12 @@ async fn bad_signal_rows_are_skipped_and_bad_requests_refused() {
     let client = db.client().await;
     fill(&client, 1, 500).await;
     client
-        .batch_execute("CREATE TABLE nopk (v text); CREATE TABLE other (id int PRIMARY KEY);")
+        // Without a key walflow refuses to snapshot nopk; its replica identity lets the
+        // publication carry its updates (without one, `walflow run` refuses to start).
+        .batch_execute(
+            "CREATE TABLE nopk (v text); ALTER TABLE nopk REPLICA IDENTITY FULL;
+             CREATE TABLE other (id int PRIMARY KEY);",
+        )
         .await
         .unwrap();
     let config = file_sink(

@@ -610,3 +610,69 @@ async fn large_rows_behind_a_redis_outage_stay_within_the_memory_budget() {
         "every row reached redis"
     );
 }
+
+/// The network between walflow and its broker drops every packet for 30 s (no RST: nftables),
+/// while rows keep coming: nothing is confirmed that redis does not have, and once the link is
+/// back every row arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_broker_link_holds_the_slot_and_recovers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    let redis = Broker::start(Kind::Redis);
+    let source = Cluster::shared().new_database().await;
+    let client = source.client().await;
+    client
+        .batch_execute("CREATE TABLE ns (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let builder = source
+        .config()
+        .source("tables = [\"public.ns\"]")
+        .source("snapshot = \"never\"")
+        .source("topic_prefix = \"app\"")
+        .append(&format!(
+            "[batch]\nmax_wait = \"10ms\"\n\n[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ));
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    source
+        .wait_for_slot(&slot, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    let last = Arc::new(AtomicI32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = steady_writer(source.client().await, last.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let hole = walflow_tests::black_hole::BlackHole::drop_traffic(
+        std::net::Ipv4Addr::LOCALHOST,
+        redis.port(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let during = source.emit_marker().await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(
+        !source.slot_reached(&slot, &during).await,
+        "the slot was confirmed past rows redis never got"
+    );
+    assert!(child.is_running(), "walflow gave up:\n{}", child.stderr());
+    hole.lift();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let written = i64::from(last.load(Ordering::Relaxed));
+    let end = source.emit_marker().await;
+    source
+        .wait_for_confirmed(&slot, &end, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    child.terminate();
+    let out = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+    let ids = ids_of(&crate::redis_records(&redis.url(), &["app.public.ns"]).await);
+    assert_eq!(ids, (1..=written).collect(), "every row reached redis");
+}
