@@ -11,8 +11,12 @@
 //! `walflow-bench snapshot [ROWS] [RUNS]` — the initial snapshot (three plugins, JSON to a
 //! file) at parallelism 1 and 2 vs `psql -c "COPY … TO STDOUT"` on the same table (default
 //! 5,000,000 rows, 3 runs; the median and best ratios are printed).
+//! `walflow-bench latency [SECONDS]` — commit → durable in walflow's file sink vs commit →
+//! arrival at `pg_recvlogical`, single-row transactions at fixed rates, same run (default 5 s
+//! per rate; p50/p95/p99/max printed).
 
 mod backlog;
+mod latency;
 mod pipeline;
 mod plugin_chain;
 mod process;
@@ -31,7 +35,9 @@ const USAGE: &str = "usage: walflow-bench BENCHMARK [COUNT]
   tail [CHANGES]          walflow tail vs pg_recvlogical on the same backlog (1,000,000)
   pipeline [CHANGES]      walflow run (three plugins, JSON file) vs pg_recvlogical (1,000,000)
   snapshot [ROWS] [RUNS]  initial snapshot at parallelism 1 and 2 vs psql COPY (5,000,000 rows,
-                          3 runs: median and best ratio)";
+                          3 runs: median and best ratio)
+  latency [SECONDS]       commit → durable in the file sink vs pg_recvlogical, single-row
+                          transactions at 1k, 10k, 50k/s and 70% of the maximum (5 s each)";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -51,6 +57,8 @@ async fn main() -> anyhow::Result<()> {
             let runs = nth(&args, 2, "RUNS", 3)?.max(1);
             snapshot::run(count("ROWS", 5_000_000)?, runs).await
         }
+        Some("latency") => latency::run(count("SECONDS", 5)?).await,
+        Some("__walflow-latency") => latency::child(&args[1..]).await,
         Some("__walflow-snapshot") => snapshot::child(&args[1..]).await,
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
