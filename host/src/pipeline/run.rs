@@ -82,7 +82,6 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         dead_letter,
         DeliveryOptions {
             max_events: config.batch.max_events,
-            max_wait: config.batch.max_wait,
             ..DeliveryOptions::default()
         },
         metrics.clone(),
