@@ -13,8 +13,12 @@
 //! 5,000,000 rows, 3 runs; the median and best ratios are printed).
 //! `walflow-bench soak [MINUTES]` — a mixed workload through `walflow run` for a while (default
 //! 10 minutes), sampling RSS, file descriptors and the WAL the slot retains.
+//! `walflow-bench latency [SECONDS]` — commit → durable in walflow's file sink vs commit →
+//! arrival at `pg_recvlogical`, single-row transactions at fixed rates, same run (default 5 s
+//! per rate; p50/p95/p99/max printed).
 
 mod backlog;
+mod latency;
 mod pipeline;
 mod plugin_chain;
 mod process;
@@ -35,7 +39,9 @@ const USAGE: &str = "usage: walflow-bench BENCHMARK [COUNT]
   pipeline [CHANGES]      walflow run (three plugins, JSON file) vs pg_recvlogical (1,000,000)
   snapshot [ROWS] [RUNS]  initial snapshot at parallelism 1 and 2 vs psql COPY (5,000,000 rows,
                           3 runs: median and best ratio)
-  soak [MINUTES]          a mixed workload for MINUTES (10): RSS, descriptors, WAL kept";
+  soak [MINUTES]          a mixed workload for MINUTES (10): RSS, descriptors, WAL kept
+  latency [SECONDS]       commit → durable in the file sink vs pg_recvlogical, single-row
+                          transactions at 1k, 10k, 50k/s and 70% of the maximum (5 s each)";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -55,6 +61,8 @@ async fn main() -> anyhow::Result<()> {
             let runs = nth(&args, 2, "RUNS", 3)?.max(1);
             snapshot::run(count("ROWS", 5_000_000)?, runs).await
         }
+        Some("latency") => latency::run(count("SECONDS", 5)?).await,
+        Some("__walflow-latency") => latency::child(&args[1..]).await,
         Some("__walflow-snapshot") => snapshot::child(&args[1..]).await,
         Some("soak") => {
             let minutes = match args.get(1) {

@@ -256,7 +256,9 @@ pub struct BatchConfig {
     /// Most events in one batch.
     #[serde(default = "default_batch_size")]
     pub max_events: usize,
-    /// Longest a batch waits to fill, e.g. `"100ms"`.
+    /// Accepted so that older configurations still load, and otherwise ignored: a batch no
+    /// longer waits to fill (it takes what is queued, and grows while the sinks are busy), so
+    /// a change in a quiet period is not held back by it.
     #[serde(default = "default_batch_wait", with = "duration")]
     pub max_wait: Duration,
 }

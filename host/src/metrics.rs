@@ -6,7 +6,8 @@
 //! (see [`Link`]), so a load balancer or orchestrator sees an outage while walflow rides it out.
 //!
 //! Counters are plain atomics updated on the hot path; per-table counts sit behind a mutex that
-//! is taken once per batch, not per event. The listener is a few lines of HTTP/1.1 on tokio:
+//! is taken once per batch, not per event. Latencies are Prometheus histograms with fixed
+//! buckets (cumulative `_bucket{le=…}`, `_sum`, `_count`), also plain atomics. The listener is a few lines of HTTP/1.1 on tokio:
 //! a scrape endpoint needs no framework.
 
 use std::collections::BTreeMap;
@@ -41,6 +42,47 @@ pub struct Metrics {
     healthy: AtomicBool,
     link: Mutex<Option<Link>>,
     snapshot_rows: Mutex<BTreeMap<String, (u64, u64)>>,
+    commit_to_ack: Histogram,
+}
+
+/// Upper bounds, in seconds, of the latency histograms' buckets: fine around the few
+/// milliseconds a durable sink takes, coarse up to the minutes a stalled one can.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+    60.0,
+];
+
+/// A Prometheus histogram over [`LATENCY_BUCKETS`] (plus `+Inf`).
+#[derive(Default)]
+struct Histogram {
+    /// Observations per bucket (not cumulative; the last is `+Inf`).
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let i = LATENCY_BUCKETS.partition_point(|le| *le < seconds);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        let bounds = LATENCY_BUCKETS.iter().map(|le| le.to_string());
+        for (n, le) in self.buckets.iter().zip(bounds.chain(["+Inf".into()])) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
+    }
 }
 
 /// Adds events to per-table counts. Consecutive events of one table (the usual case: a
@@ -128,6 +170,22 @@ impl Metrics {
     /// Counts a successful flush of every sink (an acknowledgement).
     pub fn record_flush(&self) {
         self.sink_flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Transactions (their commit times, µs since the Unix epoch) that every sink has just
+    /// acknowledged: observes how long after its commit each became durable. A commit time
+    /// ahead of this host's clock (skew) counts as no time at all.
+    pub fn record_acked_commits(&self, commit_times_us: &[i64]) {
+        if commit_times_us.is_empty() {
+            return;
+        }
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        for commit in commit_times_us {
+            let took = u64::try_from(now_us - commit).unwrap_or(0);
+            self.commit_to_ack.observe(Duration::from_micros(took));
+        }
     }
 
     /// The LSN every sink has acknowledged.
@@ -253,6 +311,11 @@ impl Metrics {
             "walflow_plugin_reload_failures_total",
             "Rejected plugin hot reloads.",
             load(&self.plugin_reload_failures),
+        );
+        self.commit_to_ack.render(
+            &mut out,
+            "walflow_commit_to_ack_seconds",
+            "Time from a transaction's commit on the source to the end of the sink flush that made it durable.",
         );
         counter(
             &mut out,
@@ -384,6 +447,42 @@ mod tests {
             topic: None,
             message: None,
         }
+    }
+
+    /// Buckets are cumulative and end at `+Inf`; a commit "in the future" (clock skew) counts
+    /// as zero; `_count` and `_sum` follow every observation.
+    #[test]
+    fn acknowledged_commits_fill_the_latency_histogram() {
+        let metrics = Metrics::default();
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        metrics.record_acked_commits(&[
+            now_us + 10_000_000,
+            now_us - 3_000_000,
+            now_us - 120_000_000,
+        ]);
+        let text = metrics.render();
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no `{prefix}` in {text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let name = "walflow_commit_to_ack_seconds";
+        assert!(text.contains(&format!("# TYPE {name} histogram")), "{text}");
+        assert_eq!(line(&format!("{name}_bucket{{le=\"0.001\"}}")), "1");
+        assert_eq!(line(&format!("{name}_bucket{{le=\"2.5\"}}")), "1");
+        assert_eq!(line(&format!("{name}_bucket{{le=\"10\"}}")), "2");
+        assert_eq!(line(&format!("{name}_bucket{{le=\"60\"}}")), "2");
+        assert_eq!(line(&format!("{name}_bucket{{le=\"+Inf\"}}")), "3");
+        assert_eq!(line(&format!("{name}_count")), "3");
+        let sum: f64 = line(&format!("{name}_sum")).parse().unwrap();
+        assert!((123.0..124.0).contains(&sum), "{sum}");
     }
 
     #[test]

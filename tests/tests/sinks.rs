@@ -388,7 +388,6 @@ async fn http_400_dead_letters_the_batch_under_on_error_dead_letter() {
         Some(dead),
         DeliveryOptions {
             max_events: 16,
-            max_wait: Duration::from_millis(20),
             max_backoff: Duration::from_millis(300),
             ..DeliveryOptions::default()
         },

@@ -115,7 +115,6 @@ dir = "{state}"
 
 [batch]
 max_events = 256
-max_wait = "50ms"
 
 [[plugins]]
 path = "{table_filter}"

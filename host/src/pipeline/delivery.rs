@@ -8,6 +8,11 @@
 //!
 //! An LSN is acknowledged only after every sink has flushed every event of every transaction up
 //! to it (group commit: flush when the input is momentarily empty or `flush_interval` passed).
+//!
+//! Nothing waits for a batch to fill: a batch is whatever is queued when the previous one has
+//! moved on, so a lone change goes straight through, and under load batches grow by
+//! themselves — the same group commit, one stage earlier. How long each transaction took from
+//! its commit on the source to the flush that made it durable is observed into the metrics.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,8 +35,6 @@ use crate::sink::{EncodedRecord, Sink, SinkBatch, SinkError};
 pub struct DeliveryOptions {
     /// Most events handed to the chain at once.
     pub max_events: usize,
-    /// Longest a batch waits to fill.
-    pub max_wait: Duration,
     /// Longest written data stays unflushed while more input keeps arriving.
     pub flush_interval: Duration,
     /// Cap of the retry backoff for retryable sink errors.
@@ -49,7 +52,6 @@ impl Default for DeliveryOptions {
     fn default() -> Self {
         DeliveryOptions {
             max_events: 1024,
-            max_wait: Duration::from_millis(100),
             flush_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
             max_bytes: 8 << 20,
@@ -451,9 +453,9 @@ impl Writer {
             let batch = tokio::select! {
                 biased;
                 results = in_flight(&mut flush.running), if flush.running.is_some() => {
-                    let lsn = flush.running.take().map(|f| f.lsn);
+                    let done = flush.running.take();
                     self.settle(results).await?;
-                    self.acknowledge(lsn, flush, acks);
+                    self.flushed(done.map(|f| (f.lsn, f.commits)), flush, acks);
                     self.flush_if_due(flush, acks).await?;
                     continue;
                 }
@@ -464,6 +466,7 @@ impl Writer {
             if let Some(encoding) = batch.encoded {
                 let (events, records) = encoded(encoding).await?;
                 flush.dirty_bytes += records.iter().map(|r| r.payload.len()).sum::<usize>();
+                flush.note_commits(&events);
                 self.deliver(events, records, batch.dead_letters).await?;
                 if let Some(budget) = &self.budget {
                     budget.release(batch.weight);
@@ -478,13 +481,14 @@ impl Writer {
         }
         if let Some(running) = flush.running.take() {
             self.settle(running.done.await).await?;
-            self.acknowledge(Some(running.lsn), flush, acks);
+            self.flushed(Some((running.lsn, running.commits)), flush, acks);
         }
         if flush.dirty {
             self.flush_all().await?;
         }
-        let last = flush.unflushed.take();
-        self.acknowledge(last, flush, acks);
+        let commits = std::mem::take(&mut flush.commits);
+        let last = flush.unflushed.take().map(|lsn| (lsn, commits));
+        self.flushed(last, flush, acks);
         Ok(())
     }
 
@@ -507,8 +511,10 @@ impl Writer {
             (Some(_), true) => return Ok(()),
             (Some(running), false) => running.lsn = lsn,
             (None, true) => {
-                let done = self.begin_flush_all().await?;
-                flush.running = done.map(|done| InFlight { lsn, done });
+                if let Some(done) = self.begin_flush_all().await? {
+                    let commits = std::mem::take(&mut flush.commits);
+                    flush.running = Some(InFlight { lsn, done, commits });
+                }
             }
             (None, false) => {}
         }
@@ -517,18 +523,25 @@ impl Writer {
         flush.dirty_bytes = 0;
         flush.last_flush = Instant::now();
         if flush.running.is_none() {
-            self.acknowledge(Some(lsn), flush, acks);
+            let commits = std::mem::take(&mut flush.commits);
+            self.flushed(Some((lsn, commits)), flush, acks);
         }
         Ok(())
     }
 
-    /// Confirms `lsn` to the metrics and the source.
-    fn acknowledge(&self, lsn: Option<u64>, flush: &mut FlushState, acks: &watch::Sender<u64>) {
-        if let Some(lsn) = lsn {
-            flush.acked = Some(lsn);
-            self.metrics.set_acked_lsn(lsn);
-            let _ = acks.send(lsn);
-        }
+    /// A flush covering `lsn` and the transactions committed at `commits` is done: observes
+    /// their commit-to-acknowledgement latency and acknowledges.
+    fn flushed(
+        &self,
+        done: Option<(u64, Vec<i64>)>,
+        flush: &mut FlushState,
+        acks: &watch::Sender<u64>,
+    ) {
+        let Some((lsn, commits)) = done else { return };
+        self.metrics.record_acked_commits(&commits);
+        flush.acked = Some(lsn);
+        self.metrics.set_acked_lsn(lsn);
+        let _ = acks.send(lsn);
     }
 
     /// Starts a flush of every sink: in the background where the sink can, in place (and
@@ -686,6 +699,11 @@ struct FlushState {
     running: Option<InFlight>,
     /// The last acknowledged position.
     acked: Option<u64>,
+    /// Commit times (µs) of the transactions written since the last flush began.
+    commits: Vec<i64>,
+    /// The last transaction noted in `commits` (xid, commit time), so that one split over
+    /// batches counts once.
+    last_commit: Option<(Option<u32>, i64)>,
 }
 
 impl FlushState {
@@ -698,6 +716,21 @@ impl FlushState {
             idle: false,
             running: None,
             acked: None,
+            commits: Vec::new(),
+            last_commit: None,
+        }
+    }
+
+    /// Notes the commit time of each transaction among `events` (written to the sinks), for
+    /// the latency observed when the flush covering them is done. Snapshot rows carry no
+    /// commit time and are left out.
+    fn note_commits(&mut self, events: &[Event]) {
+        for event in events {
+            let commit = (event.source.xid, event.source.commit_time_us);
+            if commit.1 != 0 && self.last_commit != Some(commit) {
+                self.commits.push(commit.1);
+                self.last_commit = Some(commit);
+            }
         }
     }
 }
@@ -708,6 +741,8 @@ struct InFlight {
     lsn: u64,
     /// Each sink's flush, by sink index.
     done: Flushing,
+    /// Commit times (µs) of the transactions it makes durable.
+    commits: Vec<i64>,
 }
 
 /// The background flushes of the sinks, resolving to each one's outcome.
@@ -725,10 +760,13 @@ async fn in_flight(flushing: &mut Option<InFlight>) -> FlushResults {
     }
 }
 
-/// Gathers whole units (transactions, runs of snapshot rows) up to `max_events` events,
-/// waiting at most `max_wait` after the first; a unit that does not fit starts the next batch,
-/// and only a unit larger than a batch by itself is split. `None` when the input ended (or
-/// stop was requested) with nothing left.
+/// Gathers whole units (transactions, runs of snapshot rows) up to `max_events` events: it
+/// waits for the first, then takes only what is already queued behind it, so a lone change
+/// leaves at once. Batches grow by themselves while the stages after this one are busy,
+/// because the input queues up meanwhile (natural batching, as in group commit); waiting for
+/// more would only add the wait to every quiet-period change. A unit that does not fit starts
+/// the next batch, and only a unit larger than a batch by itself is split. `None` when the
+/// input ended (or stop was requested) with nothing left.
 async fn collect(
     options: &DeliveryOptions,
     input: &mut mpsc::Receiver<Unit>,
@@ -747,7 +785,6 @@ async fn collect(
             u = input.recv() => u?,
         },
     };
-    let deadline = tokio::time::Instant::now() + options.max_wait;
     let mut next = Some(first);
     while let Some(mut unit) = next.take() {
         let room = max - events.len();
@@ -775,11 +812,7 @@ async fn collect(
         if events.len() >= max || bytes >= options.max_bytes || *stop.borrow() {
             break;
         }
-        next = tokio::select! {
-            biased;
-            u = input.recv() => u,
-            _ = tokio::time::sleep_until(deadline) => None,
-        };
+        next = input.try_recv().ok();
     }
     Some(Pending {
         events,
@@ -874,7 +907,6 @@ mod tests {
     async fn batches(units: Vec<Unit>) -> Vec<(Vec<u64>, Option<u64>, usize)> {
         let options = DeliveryOptions {
             max_events: MAX,
-            max_wait: Duration::from_millis(10),
             ..DeliveryOptions::default()
         };
         let (tx, mut rx) = mpsc::channel(units.len().max(1));
@@ -933,7 +965,6 @@ mod tests {
         let options = DeliveryOptions {
             max_events: 1000,
             max_bytes: 250_000,
-            max_wait: Duration::from_millis(10),
             ..DeliveryOptions::default()
         };
         let (tx, mut rx) = mpsc::channel(4);
@@ -964,12 +995,36 @@ mod tests {
         );
     }
 
+    /// A lone unit leaves at once, with the input still open: the batch does not wait for a
+    /// unit that arrives after it (that one starts the next batch).
+    #[tokio::test]
+    async fn a_lone_unit_leaves_without_waiting_for_more() {
+        let options = DeliveryOptions {
+            max_events: MAX,
+            ..DeliveryOptions::default()
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        tx.send(unit(1, 1, 1)).await.unwrap();
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let mut carry = None;
+        // `join!` polls the collection first: a collection that waited for more input would
+        // still be pending when the second unit is sent, and would take it too.
+        let (first, sent) = tokio::join!(
+            collect(&options, &mut rx, &mut carry, &mut stop),
+            tx.send(unit(2, 1, 1))
+        );
+        sent.unwrap();
+        let lsns = |batch: Option<Pending>| batch.map(|b| (b.events.len(), b.complete_lsn));
+        assert_eq!(lsns(first), Some((1, Some(1))), "the batch waited to fill");
+        let second = collect(&options, &mut rx, &mut carry, &mut stop).await;
+        assert_eq!(lsns(second), Some((1, Some(2))));
+    }
+
     /// Batches of at most [`MAX`] events, and an input holding `n` whole units (LSNs 1 to `n`)
     /// and then closed.
     async fn whole_units(n: u64) -> (DeliveryOptions, mpsc::Receiver<Unit>) {
         let options = DeliveryOptions {
             max_events: MAX,
-            max_wait: Duration::from_millis(10),
             ..DeliveryOptions::default()
         };
         let (input_tx, input) = mpsc::channel(n as usize);

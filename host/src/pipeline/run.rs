@@ -89,7 +89,6 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<RunSumma
         dead_letter,
         DeliveryOptions {
             max_events: config.batch.max_events,
-            max_wait: config.batch.max_wait,
             max_bytes: config.memory.batch_bytes(),
             max_unflushed_bytes: config.memory.unflushed_bytes(),
             ..DeliveryOptions::default()

@@ -272,7 +272,6 @@ impl Running {
             dead_letter,
             DeliveryOptions {
                 max_events: 64,
-                max_wait: Duration::from_millis(20),
                 flush_interval: Duration::from_millis(200),
                 max_backoff: Duration::from_millis(400),
                 ..DeliveryOptions::default()
