@@ -4,18 +4,39 @@
 //! Every change becomes a statement on the target table of the same name (or in `schema`),
 //! located by the target's primary key: inserts and snapshot rows are upserts, updates set the
 //! new values (moving the row when its key changed), deletes delete, truncates truncate. The events written
-//! since the last flush are applied in source order in one target transaction, and its commit is
+//! since the last flush take effect as if applied in source order, in one target transaction; its commit is
 //! the acknowledgement, so a failed flush leaves nothing behind and is simply applied again.
 //! Each statement sets a row to a state that does not depend on the row's previous state, so
 //! applying a redelivered tail again yields the same tables: the replica is idempotent under
 //! redelivery without bookkeeping tables.
 //!
+//! A flush is applied in bulk, because one statement per event is slow (tens of thousands of
+//! events per second, the server's per-statement cost). Since every change sets one row to
+//! a state of its own, the tables after a run of changes depend only on each key's last change:
+//! the flush is cut into segments (`segment`) that keep one final state per (table, key) — an
+//! insert, update, delete and reinsert of a key keep the reinsert, a key change deletes the old
+//! key and sets the new one, so a chain a→b→c leaves c. A segment ends where order across
+//! rows matters: at a truncate (what came before is applied, then the truncate, then the
+//! rest), and at an update that left unchanged TOAST values out for a row the segment does
+//! not hold (it runs on its own against the target as it is then). Each table of a segment
+//! is then applied with a `COPY` of its final rows into a temporary staging table and one
+//! merge: a delete of the deleted keys and an `INSERT … SELECT … ON CONFLICT (key) DO UPDATE`
+//! of the rest (`bulk`, `statement::stage`); a table with only a few final rows gets single
+//! statements, pipelined, instead. Tables are applied in the order of their first change.
+//!
+//! Bulk application reorders rows within a segment, which only a target with more constraints
+//! than its key can notice (a foreign key between replicated tables, another unique index).
+//! When a flush fails in bulk for a reason retrying cannot fix, it is applied again event by
+//! event in source order, in a new transaction, and only that attempt's failure counts.
+//!
 //! The target tables must exist with the source's column names; values travel as text and are
 //! cast to the target column's type, so compatible types (e.g. `int4` into `int8`) work too.
 
+mod bulk;
+mod segment;
 mod statement;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use tokio_postgres::types::{ToSql, Type};
@@ -37,6 +58,10 @@ pub struct PostgresSink {
     pending: Vec<Event>,
     /// Statements sent together (pipelined) once their results are not needed one by one.
     queue: Vec<Queued>,
+    /// Staging tables created on this connection (see `statement::stage`).
+    stages: HashSet<String>,
+    /// Staging tables the current transaction has filled.
+    staged: HashSet<String>,
 }
 
 /// A statement waiting in the pipeline.
@@ -86,6 +111,8 @@ impl PostgresSink {
             statements: HashMap::new(),
             pending: Vec::new(),
             queue: Vec::new(),
+            stages: HashSet::new(),
+            staged: HashSet::new(),
         };
         sink.connect().await.map_err(|e| match e {
             SinkError::Retryable(m) | SinkError::Fatal(m) | SinkError::Rejected(m) => {
@@ -109,35 +136,59 @@ impl PostgresSink {
                     ))
                 })?;
             self.statements.clear();
+            self.stages.clear();
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("connected above"))
     }
 
-    /// Applies every pending event in one transaction.
+    /// Applies every pending event in one transaction: in bulk, or, when that fails for good,
+    /// event by event (a target whose other constraints notice the bulk path's reordering, see
+    /// the module docs). The second attempt's failure is the flush's.
     async fn apply_pending(&mut self) -> Result<(), SinkError> {
+        let pending = std::mem::take(&mut self.pending);
+        let result = match self.transaction(&pending, true).await {
+            Err(SinkError::Fatal(e)) => {
+                tracing::info!(sink = %self.name, error = %e, "bulk apply failed; applying the flush event by event");
+                self.transaction(&pending, false).await
+            }
+            other => other,
+        };
+        self.pending = pending;
+        result
+    }
+
+    /// Applies `events` in one transaction, in bulk or one by one.
+    async fn transaction(&mut self, events: &[Event], bulk: bool) -> Result<(), SinkError> {
         self.connect().await?;
         self.execute_simple("BEGIN").await?;
-        let pending = std::mem::take(&mut self.pending);
-        let mut result = Ok(());
-        for event in &pending {
-            result = self.apply(event).await;
-            if result.is_err() {
-                break;
-            }
-        }
+        self.staged.clear();
+        let mut result = match bulk {
+            true => self.apply_segments(events).await,
+            false => self.apply_each(events).await,
+        };
         if result.is_ok() {
             result = self.drain().await;
         }
         self.queue.clear();
-        self.pending = pending;
-        match result {
-            Ok(()) => self.execute_simple("COMMIT").await,
-            Err(e) => {
-                let _ = self.execute_simple("ROLLBACK").await;
-                Err(e)
-            }
+        if result.is_ok() {
+            result = self.execute_simple("COMMIT").await;
+        } else if self.client.is_some() {
+            let _ = self.execute_simple("ROLLBACK").await;
         }
+        if result.is_err() {
+            // Staging tables created in the transaction are gone with it.
+            self.stages.clear();
+        }
+        result
+    }
+
+    /// Applies `events` one statement each, in order.
+    async fn apply_each(&mut self, events: &[Event]) -> Result<(), SinkError> {
+        for event in events {
+            self.apply(event).await?;
+        }
+        Ok(())
     }
 
     async fn execute_simple(&mut self, sql: &str) -> Result<(), SinkError> {

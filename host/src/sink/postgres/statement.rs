@@ -6,6 +6,8 @@ use tokio_postgres::types::Type;
 use crate::event::{Array, Event, Relation, Row, Value};
 use crate::sink::SinkError;
 
+mod stage;
+
 /// The target of one source table: its quoted name, column types and key.
 #[derive(Debug, Clone)]
 pub(super) struct Target {
