@@ -37,18 +37,30 @@ mod segment;
 mod statement;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio_postgres::types::{ToSql, Type};
 
 use self::statement::{Target, value_text};
 use super::settings::Settings;
-use super::{Sink, SinkBatch, SinkError};
+use super::{PendingFlush, Sink, SinkBatch, SinkError};
 use crate::config::{SourceConfig, SslMode};
 use crate::event::{Event, Op, Value};
 
-/// Applies changes to another database.
+/// Applies changes to another database: events written are handed to the replica when a flush
+/// begins, and applied there in the background while the next ones are written.
 pub struct PostgresSink {
+    name: String,
+    /// Written since the last flush began.
+    written: Vec<Event>,
+    /// Held by one flush at a time.
+    replica: Arc<tokio::sync::Mutex<Replica>>,
+}
+
+/// The target database: the connection, what the sink knows about its tables, and the events
+/// not yet committed there (a failed flush keeps them for the next).
+struct Replica {
     name: String,
     connection: SourceConfig,
     schema: Option<String>,
@@ -78,6 +90,17 @@ impl PostgresSink {
     /// Connects using its settings: `url` (required), `password_env`, `sslmode`, `sslrootcert`,
     /// `schema` (put every table in this schema instead of its source schema).
     pub async fn from_settings(settings: &toml::Table) -> Result<PostgresSink, SinkError> {
+        let replica = Replica::from_settings(settings).await?;
+        Ok(PostgresSink {
+            name: replica.name.clone(),
+            written: Vec::new(),
+            replica: Arc::new(tokio::sync::Mutex::new(replica)),
+        })
+    }
+}
+
+impl Replica {
+    async fn from_settings(settings: &toml::Table) -> Result<Replica, SinkError> {
         let s = Settings::new(
             "postgres",
             settings,
@@ -102,7 +125,7 @@ impl PostgresSink {
             sslrootcert: s.str("sslrootcert")?.map(Into::into),
             ..SourceConfig::default()
         };
-        let mut sink = PostgresSink {
+        let mut replica = Replica {
             name: format!("postgres:{url}"),
             connection,
             schema: s.str("schema")?.map(str::to_owned),
@@ -114,12 +137,12 @@ impl PostgresSink {
             stages: HashSet::new(),
             staged: HashSet::new(),
         };
-        sink.connect().await.map_err(|e| match e {
+        replica.connect().await.map_err(|e| match e {
             SinkError::Retryable(m) | SinkError::Fatal(m) | SinkError::Rejected(m) => {
                 SinkError::Fatal(m)
             }
         })?;
-        Ok(sink)
+        Ok(replica)
     }
 
     async fn connect(&mut self) -> Result<&tokio_postgres::Client, SinkError> {
@@ -140,6 +163,17 @@ impl PostgresSink {
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("connected above"))
+    }
+
+    /// Applies `events` after those a failed flush left; they stay pending until committed.
+    async fn flush(&mut self, events: Vec<Event>) -> Result<(), SinkError> {
+        self.pending.extend(events);
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.apply_pending().await?;
+        self.pending.clear();
+        Ok(())
     }
 
     /// Applies every pending event in one transaction: in bulk, or, when that fails for good,
@@ -415,16 +449,28 @@ impl Sink for PostgresSink {
     }
 
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
-        self.pending.extend_from_slice(batch.events);
+        self.written.extend_from_slice(batch.events);
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        self.apply_pending().await?;
-        self.pending.clear();
-        Ok(())
+        let events = std::mem::take(&mut self.written);
+        self.replica.lock().await.flush(events).await
+    }
+
+    /// Applies what was written so far on a task of its own, so the server's work overlaps
+    /// the writing of the next events.
+    fn begin_flush(&mut self) -> Option<PendingFlush> {
+        tokio::runtime::Handle::try_current().ok()?;
+        let events = std::mem::take(&mut self.written);
+        let replica = self.replica.clone();
+        let task = tokio::spawn(async move { replica.lock().await.flush(events).await });
+        Some(Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                Err(SinkError::Fatal(format!(
+                    "the postgres sink's flush ended abnormally: {e}"
+                )))
+            })
+        }))
     }
 }

@@ -5,7 +5,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::SinkExt;
 
-use super::PostgresSink;
+use super::Replica;
 use super::segment::{Changes, Segment, Values};
 use super::statement::Target;
 use crate::event::Event;
@@ -18,7 +18,7 @@ const BULK_ROWS: usize = 16;
 /// Bytes of `COPY` data sent at a time.
 const COPY_CHUNK: usize = 1 << 20;
 
-impl PostgresSink {
+impl Replica {
     /// Applies `events` in segments: each segment's final rows, then what ended it on its own.
     pub(super) async fn apply_segments(&mut self, events: &[Event]) -> Result<(), SinkError> {
         let mut segment = Segment::default();
