@@ -2,13 +2,15 @@
 //! and one merge (see the parent module's docs for why that is the same as applying every
 //! event in order).
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::SinkExt;
 
 use super::Replica;
 use super::segment::{Changes, Segment, Values};
 use super::statement::Target;
-use crate::event::Event;
+use crate::event::{Event, Op, Relation};
 use crate::sink::SinkError;
 
 /// A table's final rows below this many go out as single statements, all in one round trip;
@@ -22,23 +24,34 @@ impl Replica {
     /// Applies `events` in segments: each segment's final rows, then what ended it on its own.
     pub(super) async fn apply_segments(&mut self, events: &[Event]) -> Result<(), SinkError> {
         let mut segment = Segment::default();
+        let mut targets: Vec<(&Arc<Relation>, Target)> = Vec::new();
         for event in events {
-            if event.op == crate::event::Op::Message {
+            if event.op == Op::Message {
                 continue;
             }
-            let target = self.target(event).await?;
-            if segment.take(&target, event)? {
+            let target = match targets
+                .iter()
+                .find(|(r, _)| Arc::ptr_eq(r, &event.relation))
+            {
+                Some((_, target)) => target,
+                None => {
+                    let target = self.target(event).await?;
+                    targets.push((&event.relation, target));
+                    &targets.last().expect("just pushed").1
+                }
+            };
+            if segment.take(target, event)? {
                 continue;
             }
             self.apply_segment(std::mem::take(&mut segment)).await?;
-            if !segment.take(&target, event)? {
+            if !segment.take(target, event)? {
                 self.apply(event).await?;
             }
         }
         self.apply_segment(segment).await
     }
 
-    async fn apply_segment(&mut self, segment: Segment) -> Result<(), SinkError> {
+    async fn apply_segment(&mut self, segment: Segment<'_>) -> Result<(), SinkError> {
         for (target, changes) in segment.into_tables() {
             if changes.len() < BULK_ROWS {
                 self.enqueue_changes(&target, changes).await?;

@@ -15,32 +15,59 @@
 //! table whose source columns changed since the segment took its first change.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::statement::{Target, value_text};
-use crate::event::{Event, Op, Value};
+use crate::event::{Event, Op, Relation, Row, Value};
 use crate::sink::SinkError;
 
 /// Column values as PostgreSQL text, `None` for NULL.
 pub(super) type Values = Vec<Option<String>>;
 
-/// The final state of each changed row, per table.
+/// The final state of each changed row, per table. Rows are kept as the events carry them and
+/// written as text only once final: most of a large flush's changes are superseded.
 #[derive(Default)]
-pub(super) struct Segment {
-    tables: Vec<TableChanges>,
+pub(super) struct Segment<'a> {
+    tables: Vec<TableChanges<'a>>,
     /// Changes taken, to order final states by when they happened.
     taken: usize,
 }
 
 /// The final states of one table's rows.
-pub(super) struct TableChanges {
-    pub target: Target,
-    rows: HashMap<Values, Final>,
+struct TableChanges<'a> {
+    target: Target,
+    /// The source relation of its first change: the same one for most changes that follow.
+    relation: &'a Arc<Relation>,
+    rows: HashMap<Values, Final<'a>>,
 }
 
 /// The last change of a key: the whole new row, or `None` for a delete.
-struct Final {
+struct Final<'a> {
     order: usize,
-    row: Option<Values>,
+    row: Option<NewRow<'a>>,
+}
+
+/// A row as an event carries it, or completed with values an earlier event carried.
+enum NewRow<'a> {
+    Sent(&'a Row),
+    Completed(Values),
+}
+
+impl NewRow<'_> {
+    /// Column `i` as text.
+    fn text(&self, i: usize) -> Option<String> {
+        match self {
+            NewRow::Sent(row) => row.get(i).and_then(value_text),
+            NewRow::Completed(values) => values.get(i).cloned().flatten(),
+        }
+    }
+
+    fn into_values(self) -> Values {
+        match self {
+            NewRow::Sent(row) => row.iter().map(value_text).collect(),
+            NewRow::Completed(values) => values,
+        }
+    }
 }
 
 /// A table's final states, ready to apply: keys to delete, then rows to upsert, each in the
@@ -57,10 +84,10 @@ impl Changes {
     }
 }
 
-impl Segment {
+impl<'a> Segment<'a> {
     /// Folds `event` into the segment; `false` when it does not fit (see the module docs) and
     /// the segment was left as it was.
-    pub fn take(&mut self, target: &Target, event: &Event) -> Result<bool, SinkError> {
+    pub fn take(&mut self, target: &Target, event: &'a Event) -> Result<bool, SinkError> {
         match event.op {
             Op::Message => Ok(true),
             Op::Truncate => Ok(false),
@@ -80,7 +107,7 @@ impl Segment {
 
     /// An insert, snapshot row or update: the new row replaces the key's state, and a key
     /// change deletes the old key.
-    fn take_row(&mut self, target: &Target, event: &Event) -> Result<bool, SinkError> {
+    fn take_row(&mut self, target: &Target, event: &'a Event) -> Result<bool, SinkError> {
         let Some(after) = event.after.as_ref() else {
             return Ok(true);
         };
@@ -93,17 +120,20 @@ impl Segment {
             _ => None,
         };
         let moved = old_key.filter(|old| *old != new_key);
-        let mut row: Values = after.iter().map(value_text).collect();
         let changes = &mut self.tables[table];
-        let unchanged = after.iter().enumerate();
-        for (i, _) in unchanged.filter(|(_, v)| matches!(v, Value::UnchangedToast)) {
-            // The source left out a value that did not change: the row's current one, known
+        let mut row = NewRow::Sent(after);
+        if after.iter().any(|v| matches!(v, Value::UnchangedToast)) {
+            // The source left out values that did not change: the row's current ones, known
             // only when the segment holds the row.
             let was = moved.as_ref().unwrap_or(&new_key);
             let Some(known) = changes.rows.get(was).and_then(|f| f.row.as_ref()) else {
                 return Ok(false);
             };
-            row[i] = known.get(i).cloned().flatten();
+            let completed = after.iter().enumerate().map(|(i, v)| match v {
+                Value::UnchangedToast => known.text(i),
+                v => value_text(v),
+            });
+            row = NewRow::Completed(completed.collect());
         }
         self.taken += 1;
         if let Some(old) = moved {
@@ -115,7 +145,11 @@ impl Segment {
 
     /// The index of the changes of `target`, added when new; `None` when the segment holds
     /// changes of the same table made for other source columns.
-    fn table(&mut self, target: &Target, event: &Event) -> Option<usize> {
+    fn table(&mut self, target: &Target, event: &'a Event) -> Option<usize> {
+        let same = |t: &TableChanges| Arc::ptr_eq(t.relation, &event.relation);
+        if let Some(i) = self.tables.iter().position(same) {
+            return Some(i);
+        }
         let found = self
             .tables
             .iter()
@@ -126,6 +160,7 @@ impl Segment {
             None => {
                 self.tables.push(TableChanges {
                     target: target.clone(),
+                    relation: &event.relation,
                     rows: HashMap::new(),
                 });
                 Some(self.tables.len() - 1)
@@ -134,7 +169,7 @@ impl Segment {
     }
 
     /// Each table's final states, tables in the order of their first change.
-    pub fn into_tables(self) -> impl Iterator<Item = (Target, Changes)> {
+    pub fn into_tables(self) -> impl Iterator<Item = (Target, Changes)> + use<'a> {
         self.tables
             .into_iter()
             .filter(|t| !t.rows.is_empty())
@@ -142,13 +177,13 @@ impl Segment {
     }
 }
 
-impl TableChanges {
-    fn set(&mut self, key: Values, row: Option<Values>, order: usize) {
+impl<'a> TableChanges<'a> {
+    fn set(&mut self, key: Values, row: Option<NewRow<'a>>, order: usize) {
         self.rows.insert(key, Final { order, row });
     }
 
     fn into_changes(self) -> (Target, Changes) {
-        let mut finals: Vec<(Values, Final)> = self.rows.into_iter().collect();
+        let mut finals: Vec<(Values, Final<'a>)> = self.rows.into_iter().collect();
         finals.sort_unstable_by_key(|(_, f)| f.order);
         let mut changes = Changes {
             deletes: Vec::new(),
@@ -156,7 +191,7 @@ impl TableChanges {
         };
         for (key, f) in finals {
             match f.row {
-                Some(row) => changes.upserts.push(row),
+                Some(row) => changes.upserts.push(row.into_values()),
                 None => changes.deletes.push(key),
             }
         }
@@ -343,7 +378,7 @@ mod tests {
         assert_eq!(tables, ["1,large,a"], "only what fitted");
     }
 
-    fn fold_segment(segment: Segment) -> Vec<String> {
+    fn fold_segment(segment: Segment<'_>) -> Vec<String> {
         segment
             .into_tables()
             .flat_map(|(_, c)| c.upserts)
