@@ -83,6 +83,9 @@ struct Queued {
     table: String,
 }
 
+/// Events written while a background flush runs beyond which writing waits for it.
+const WRITTEN_LIMIT: usize = 1 << 18;
+
 /// Most statements in flight at once.
 const PIPELINE: usize = 512;
 
@@ -449,6 +452,11 @@ impl Sink for PostgresSink {
     }
 
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
+        if self.written.len() >= WRITTEN_LIMIT {
+            // Waits only while a flush runs: the target is slower than the source, so hold the
+            // source back instead of holding ever more events here.
+            drop(self.replica.lock().await);
+        }
         self.written.extend_from_slice(batch.events);
         Ok(())
     }
