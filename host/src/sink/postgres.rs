@@ -83,8 +83,10 @@ struct Queued {
     table: String,
 }
 
-/// Events written while a background flush runs beyond which writing waits for it.
-const WRITTEN_LIMIT: usize = 1 << 18;
+/// Events written while a background flush runs beyond which writing waits for it: about what
+/// a second of writing held before flushes ran in the background (a lower limit splits large
+/// flushes, and the bulk path gains most from large ones).
+const WRITTEN_LIMIT: usize = 1 << 20;
 
 /// Most statements in flight at once.
 const PIPELINE: usize = 512;
