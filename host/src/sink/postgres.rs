@@ -4,31 +4,64 @@
 //! Every change becomes a statement on the target table of the same name (or in `schema`),
 //! located by the target's primary key: inserts and snapshot rows are upserts, updates set the
 //! new values (moving the row when its key changed), deletes delete, truncates truncate. The events written
-//! since the last flush are applied in source order in one target transaction, and its commit is
+//! since the last flush take effect as if applied in source order, in one target transaction; its commit is
 //! the acknowledgement, so a failed flush leaves nothing behind and is simply applied again.
 //! Each statement sets a row to a state that does not depend on the row's previous state, so
 //! applying a redelivered tail again yields the same tables: the replica is idempotent under
 //! redelivery without bookkeeping tables. The exception is a table without any key, matched by
 //! whole rows (see `statement`): a redelivered insert there adds the row again.
 //!
+//! A flush is applied in bulk, because one statement per event is slow (tens of thousands of
+//! events per second, the server's per-statement cost). Since every change sets one row to
+//! a state of its own, the tables after a run of changes depend only on each key's last change:
+//! the flush is cut into segments (`segment`) that keep one final state per (table, key) — an
+//! insert, update, delete and reinsert of a key keep the reinsert, a key change deletes the old
+//! key and sets the new one, so a chain a→b→c leaves c. A segment ends where order across
+//! rows matters: at a truncate (what came before is applied, then the truncate, then the
+//! rest), and at an update that left unchanged TOAST values out for a row the segment does
+//! not hold (it runs on its own against the target as it is then). Each table of a segment
+//! is then applied with a `COPY` of its final rows into a temporary staging table and one
+//! merge: a delete of the deleted keys and an `INSERT … SELECT … ON CONFLICT (key) DO UPDATE`
+//! of the rest (`bulk`, `statement::stage`); a table with only a few final rows gets single
+//! statements, pipelined, instead. Tables are applied in the order of their first change.
+//!
+//! Bulk application reorders rows within a segment, which only a target with more constraints
+//! than its key can notice (a foreign key between replicated tables, another unique index).
+//! When a flush fails in bulk for a reason retrying cannot fix, it is applied again event by
+//! event in source order, in a new transaction, and only that attempt's failure counts.
+//!
 //! The target tables must exist with the source's column names; values travel as text and are
 //! cast to the target column's type, so compatible types (e.g. `int4` into `int8`) work too.
 
+mod bulk;
+mod segment;
 mod statement;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio_postgres::types::{ToSql, Type};
 
 use self::statement::{Target, value_text};
 use super::settings::Settings;
-use super::{Sink, SinkBatch, SinkError};
+use super::{PendingFlush, Sink, SinkBatch, SinkError};
 use crate::config::{SourceConfig, SslMode};
 use crate::event::{Event, Op, Row, Value};
 
-/// Applies changes to another database.
+/// Applies changes to another database: events written are handed to the replica when a flush
+/// begins, and applied there in the background while the next ones are written.
 pub struct PostgresSink {
+    name: String,
+    /// Written since the last flush began.
+    written: Vec<Event>,
+    /// Held by one flush at a time.
+    replica: Arc<tokio::sync::Mutex<Replica>>,
+}
+
+/// The target database: the connection, what the sink knows about its tables, and the events
+/// not yet committed there (a failed flush keeps them for the next).
+struct Replica {
     name: String,
     connection: SourceConfig,
     schema: Option<String>,
@@ -38,6 +71,10 @@ pub struct PostgresSink {
     pending: Vec<Event>,
     /// Statements sent together (pipelined) once their results are not needed one by one.
     queue: Vec<Queued>,
+    /// Staging tables created on this connection (see `statement::stage`).
+    stages: HashSet<String>,
+    /// Staging tables the current transaction has filled.
+    staged: HashSet<String>,
 }
 
 /// A statement waiting in the pipeline.
@@ -47,6 +84,11 @@ struct Queued {
     table: String,
 }
 
+/// Events written while a background flush runs beyond which writing waits for it: about what
+/// a second of writing held before flushes ran in the background (a lower limit splits large
+/// flushes, and the bulk path gains most from large ones).
+const WRITTEN_LIMIT: usize = 1 << 20;
+
 /// Most statements in flight at once.
 const PIPELINE: usize = 512;
 
@@ -54,6 +96,17 @@ impl PostgresSink {
     /// Connects using its settings: `url` (required), `password_env`, `sslmode`, `sslrootcert`,
     /// `schema` (put every table in this schema instead of its source schema).
     pub async fn from_settings(settings: &toml::Table) -> Result<PostgresSink, SinkError> {
+        let replica = Replica::from_settings(settings).await?;
+        Ok(PostgresSink {
+            name: replica.name.clone(),
+            written: Vec::new(),
+            replica: Arc::new(tokio::sync::Mutex::new(replica)),
+        })
+    }
+}
+
+impl Replica {
+    async fn from_settings(settings: &toml::Table) -> Result<Replica, SinkError> {
         let s = Settings::new(
             "postgres",
             settings,
@@ -78,7 +131,7 @@ impl PostgresSink {
             sslrootcert: s.str("sslrootcert")?.map(Into::into),
             ..SourceConfig::default()
         };
-        let mut sink = PostgresSink {
+        let mut replica = Replica {
             name: format!("postgres:{}", crate::redact::url(url)),
             connection,
             schema: s.str("schema")?.map(str::to_owned),
@@ -87,13 +140,15 @@ impl PostgresSink {
             statements: HashMap::new(),
             pending: Vec::new(),
             queue: Vec::new(),
+            stages: HashSet::new(),
+            staged: HashSet::new(),
         };
-        sink.connect().await.map_err(|e| match e {
+        replica.connect().await.map_err(|e| match e {
             SinkError::Retryable(m) | SinkError::Fatal(m) | SinkError::Rejected(m) => {
                 SinkError::Fatal(m)
             }
         })?;
-        Ok(sink)
+        Ok(replica)
     }
 
     async fn connect(&mut self) -> Result<&tokio_postgres::Client, SinkError> {
@@ -110,35 +165,70 @@ impl PostgresSink {
                     ))
                 })?;
             self.statements.clear();
+            self.stages.clear();
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("connected above"))
     }
 
-    /// Applies every pending event in one transaction.
+    /// Applies `events` after those a failed flush left; they stay pending until committed.
+    async fn flush(&mut self, events: Vec<Event>) -> Result<(), SinkError> {
+        self.pending.extend(events);
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.apply_pending().await?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Applies every pending event in one transaction: in bulk, or, when that fails for good,
+    /// event by event (a target whose other constraints notice the bulk path's reordering, see
+    /// the module docs). The second attempt's failure is the flush's.
     async fn apply_pending(&mut self) -> Result<(), SinkError> {
+        let pending = std::mem::take(&mut self.pending);
+        let result = match self.transaction(&pending, true).await {
+            Err(SinkError::Fatal(e)) => {
+                tracing::info!(sink = %self.name, error = %e, "bulk apply failed; applying the flush event by event");
+                self.transaction(&pending, false).await
+            }
+            other => other,
+        };
+        self.pending = pending;
+        result
+    }
+
+    /// Applies `events` in one transaction, in bulk or one by one.
+    async fn transaction(&mut self, events: &[Event], bulk: bool) -> Result<(), SinkError> {
         self.connect().await?;
         self.execute_simple("BEGIN").await?;
-        let pending = std::mem::take(&mut self.pending);
-        let mut result = Ok(());
-        for event in &pending {
-            result = self.apply(event).await;
-            if result.is_err() {
-                break;
-            }
-        }
+        self.staged.clear();
+        let mut result = match bulk {
+            true => self.apply_segments(events).await,
+            false => self.apply_each(events).await,
+        };
         if result.is_ok() {
             result = self.drain().await;
         }
         self.queue.clear();
-        self.pending = pending;
-        match result {
-            Ok(()) => self.execute_simple("COMMIT").await,
-            Err(e) => {
-                let _ = self.execute_simple("ROLLBACK").await;
-                Err(e)
-            }
+        if result.is_ok() {
+            result = self.execute_simple("COMMIT").await;
+        } else if self.client.is_some() {
+            let _ = self.execute_simple("ROLLBACK").await;
         }
+        if result.is_err() {
+            // Staging tables created in the transaction are gone with it.
+            self.stages.clear();
+        }
+        result
+    }
+
+    /// Applies `events` one statement each, in order.
+    async fn apply_each(&mut self, events: &[Event]) -> Result<(), SinkError> {
+        for event in events {
+            self.apply(event).await?;
+        }
+        Ok(())
     }
 
     async fn execute_simple(&mut self, sql: &str) -> Result<(), SinkError> {
@@ -395,16 +485,33 @@ impl Sink for PostgresSink {
     }
 
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
-        self.pending.extend_from_slice(batch.events);
+        if self.written.len() >= WRITTEN_LIMIT {
+            // Waits only while a flush runs: the target is slower than the source, so hold the
+            // source back instead of holding ever more events here.
+            drop(self.replica.lock().await);
+        }
+        self.written.extend_from_slice(batch.events);
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        self.apply_pending().await?;
-        self.pending.clear();
-        Ok(())
+        let events = std::mem::take(&mut self.written);
+        self.replica.lock().await.flush(events).await
+    }
+
+    /// Applies what was written so far on a task of its own, so the server's work overlaps
+    /// the writing of the next events.
+    fn begin_flush(&mut self) -> Option<PendingFlush> {
+        tokio::runtime::Handle::try_current().ok()?;
+        let events = std::mem::take(&mut self.written);
+        let replica = self.replica.clone();
+        let task = tokio::spawn(async move { replica.lock().await.flush(events).await });
+        Some(Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                Err(SinkError::Fatal(format!(
+                    "the postgres sink's flush ended abnormally: {e}"
+                )))
+            })
+        }))
     }
 }

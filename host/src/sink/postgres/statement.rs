@@ -14,6 +14,8 @@ use tokio_postgres::types::Type;
 use crate::event::{Array, Event, Relation, Row, TemporalKind, Value};
 use crate::sink::SinkError;
 
+mod stage;
+
 /// The target of one source table: its quoted name, column types and key.
 #[derive(Debug, Clone)]
 pub(super) struct Target {
@@ -129,6 +131,20 @@ impl Target {
             .map(|&i| row.get(i).and_then(value_text))
             .collect();
         Ok(Locator { columns, values })
+    }
+
+    /// The key columns (for a keyed target, what [`locator`](Self::locator) finds rows by).
+    pub fn key(&self) -> &[usize] {
+        &self.key
+    }
+
+    /// The key values of `row` as text, for a keyed target (the bulk path folds by them).
+    pub fn key_values(
+        &self,
+        row: Option<&Row>,
+        event: &Event,
+    ) -> Result<Vec<Option<String>>, SinkError> {
+        Ok(self.locator(row, event)?.values)
     }
 
     /// Why an event without the row to locate cannot be applied.
