@@ -90,6 +90,7 @@ impl Target {
                 .collect(),
             types: vec!["text".into(); relation.columns.len()],
             key: relation.key_indices().collect(),
+            whole_row: false,
             source_columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
             source_key: relation.key_indices().collect(),
         }
