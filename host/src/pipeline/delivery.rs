@@ -95,6 +95,8 @@ pub struct Delivery {
 /// A batch on its way: events of whole transactions (and the tail of a large one).
 struct Pending {
     events: Vec<Event>,
+    /// Bytes of `events` as [`weigh`](super::weigh) counts them (computed while collecting).
+    bytes: usize,
     /// The end LSN of the last transaction whose events are all in this or earlier batches.
     complete_lsn: Option<u64>,
 }
@@ -273,7 +275,10 @@ impl Chaining {
     /// Hands a collected batch to the processor.
     async fn start(processor: &mut dyn Processor, batch: Pending) -> Chaining {
         let taken = batch.events.len();
-        let weight = super::weight::of_events(&batch.events);
+        let weight = super::Weight {
+            events: taken,
+            bytes: batch.bytes,
+        };
         let at = Instant::now();
         let started = if taken == 0 {
             None
@@ -802,6 +807,7 @@ async fn collect(
             if at > 0 {
                 let rest = unit.events.split_off(at);
                 events = std::mem::replace(&mut unit.events, rest);
+                bytes = super::weight::of_events(&events).bytes;
             }
             *carry = Some(unit);
             break;
@@ -816,6 +822,7 @@ async fn collect(
     }
     Some(Pending {
         events,
+        bytes,
         complete_lsn,
     })
 }
