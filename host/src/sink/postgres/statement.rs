@@ -182,8 +182,8 @@ impl Target {
         (sql, vec![Type::TEXT; columns.len() + found.len()])
     }
 
-    /// `INSERT …`; parameters: the columns. Only for whole-row matching, where nothing
-    /// identifies a row to upsert.
+    /// `INSERT …`; parameters: the columns. On its own only for whole-row matching, where
+    /// nothing identifies a row to upsert.
     pub fn insert(&self, columns: &[usize]) -> (String, Vec<Type>) {
         let names: Vec<&str> = columns.iter().map(|&i| self.names[i].as_str()).collect();
         let values: Vec<String> = columns
@@ -202,12 +202,7 @@ impl Target {
 
     /// `INSERT … ON CONFLICT (key) DO UPDATE`; parameters: the columns.
     pub fn upsert(&self, columns: &[usize]) -> (String, Vec<Type>) {
-        let names: Vec<&str> = columns.iter().map(|&i| self.names[i].as_str()).collect();
-        let values: Vec<String> = columns
-            .iter()
-            .enumerate()
-            .map(|(n, &i)| self.param(n + 1, i))
-            .collect();
+        let (insert, types) = self.insert(columns);
         let key: Vec<&str> = self.key.iter().map(|&i| self.names[i].as_str()).collect();
         let updates: Vec<String> = columns
             .iter()
@@ -219,14 +214,8 @@ impl Target {
         } else {
             format!("UPDATE SET {}", updates.join(", "))
         };
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
-            self.table,
-            names.join(", "),
-            values.join(", "),
-            key.join(", ")
-        );
-        (sql, vec![Type::TEXT; columns.len()])
+        let sql = format!("{insert} ON CONFLICT ({}) DO {action}", key.join(", "));
+        (sql, types)
     }
 
     /// The condition finding the row whose `columns` equal parameters `first`, … in order:
