@@ -23,7 +23,9 @@ fn ids_in(out: &Path, table: &str) -> BTreeSet<i64> {
 fn file_sink(config: &walflow_tests::ConfigBuilder) -> ConfigFile {
     config
         .clone()
-        .append("[batch]\nmax_events = 64\nmax_wait = \"10ms\"\n\n[[sinks]]\ntype = \"file\"\npath = \"out/events.jsonl\"")
+        .append(
+            "[batch]\nmax_events = 64\n\n[[sinks]]\ntype = \"file\"\npath = \"out/events.jsonl\"",
+        )
         .write()
         .unwrap()
 }
@@ -38,6 +40,28 @@ async fn slot_exists(db: &TestDb, slot: &str) -> bool {
         .await
         .unwrap()
         .is_some()
+}
+
+/// The server's current WAL position as text: once the slot reaches it, everything committed
+/// so far was delivered.
+async fn wal_now(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until walflow logs that its sink fails and is being retried.
+async fn wait_for_retries(child: &walflow_tests::WalflowChild) {
+    wait_for_async("the sink to fail", RUN_TIMEOUT, || async {
+        child
+            .stderr()
+            .contains("sink failed; retrying")
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
 }
 
 /// Runs until everything committed so far is confirmed, then stops with SIGTERM (exit 0).
@@ -275,19 +299,8 @@ async fn sigterm_during_a_sink_outage_exits_promptly_and_loses_nothing() {
         .batch_execute("INSERT INTO so SELECT generate_series(1, 20)")
         .await
         .unwrap();
-    let written: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    wait_for_async("the sink to fail", RUN_TIMEOUT, || async {
-        child
-            .stderr()
-            .contains("sink failed; retrying")
-            .then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    let written = wal_now(&client).await;
+    wait_for_retries(&child).await;
     // Let it retry a few times (backoff grows) before stopping.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let asked = std::time::Instant::now();
@@ -305,7 +318,7 @@ async fn sigterm_during_a_sink_outage_exits_promptly_and_loses_nothing() {
     let text = down.text();
     let sink_at = text.find("[[sinks]]").unwrap();
     let working = format!(
-        "{}[batch]\nmax_wait = \"10ms\"\n\n[[sinks]]\ntype = \"file\"\npath = \"out/events.jsonl\"\n",
+        "{}[[sinks]]\ntype = \"file\"\npath = \"out/events.jsonl\"\n",
         &text[..sink_at]
     );
     let path = down.dir().join("working.toml");
@@ -553,19 +566,8 @@ async fn a_full_disk_holds_the_file_sink_back_without_loss_or_torn_lines() {
         )
         .await
         .unwrap();
-    let written: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    wait_for_async("the disk to fill", RUN_TIMEOUT, || async {
-        child
-            .stderr()
-            .contains("sink failed; retrying")
-            .then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    let written = wal_now(&client).await;
+    wait_for_retries(&child).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(child.is_running(), "{}", child.stderr());
     assert!(

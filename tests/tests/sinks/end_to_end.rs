@@ -417,7 +417,6 @@ async fn every_network_sink_down_for_a_minute_under_load_loses_nothing() {
             .source("tables = [\"public.ns\"]")
             .source("snapshot = \"never\"")
             .source("topic_prefix = \"app\"")
-            .append("[batch]\nmax_wait = \"10ms\"\n")
     };
     let persistent = base(&format!("{}_a", source.name()))
         .append(&format!(
@@ -540,6 +539,45 @@ async fn every_network_sink_down_for_a_minute_under_load_loses_nothing() {
     );
 }
 
+/// Creates `table` (`name (columns)`) on `source` and starts `walflow run` streaming it (no
+/// snapshot, topics `app.public.name`) into `redis`, with `extra` TOML before the sink; waits
+/// until the slot exists. The config directory lives as long as the returned file.
+async fn stream_into_redis(
+    source: &walflow_tests::TestDb,
+    table: &str,
+    extra: &str,
+    redis: &Broker,
+) -> (
+    String,
+    walflow_tests::ConfigFile,
+    walflow_tests::WalflowChild,
+) {
+    let name = table.split_whitespace().next().unwrap_or(table);
+    source
+        .client()
+        .await
+        .batch_execute(&format!("CREATE TABLE {table}"))
+        .await
+        .unwrap();
+    let builder = source
+        .config()
+        .source(&format!("tables = [\"public.{name}\"]"))
+        .source("snapshot = \"never\"")
+        .source("topic_prefix = \"app\"")
+        .append(&format!(
+            "{extra}\n[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ));
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    source
+        .wait_for_slot(&slot, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    (slot, config, child)
+}
+
 /// Rows of 256 KiB keep coming while redis is down: memory stays under `[memory] budget_mb`
 /// during the outage and the catch-up (it went past 2 GB when the queue counted events), and
 /// every row arrives once redis is back.
@@ -550,26 +588,13 @@ async fn large_rows_behind_a_redis_outage_stay_within_the_memory_budget() {
     let mut redis = Broker::start(Kind::Redis);
     let source = Cluster::shared().new_database().await;
     let client = source.client().await;
-    client
-        .batch_execute("CREATE TABLE wide (id int PRIMARY KEY, payload bytea)")
-        .await
-        .unwrap();
-    let builder = source
-        .config()
-        .source("tables = [\"public.wide\"]")
-        .source("snapshot = \"never\"")
-        .source("topic_prefix = \"app\"")
-        .append(&format!(
-            "[memory]\nbudget_mb = {BUDGET_MIB}\n\n[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url()
-        ));
-    let slot = builder.slot_name().to_string();
-    let config = builder.write().unwrap();
-    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
-    source
-        .wait_for_slot(&slot, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    let (slot, _config, mut child) = stream_into_redis(
+        &source,
+        "wide (id int PRIMARY KEY, payload bytea)",
+        &format!("[memory]\nbudget_mb = {BUDGET_MIB}\n"),
+        &redis,
+    )
+    .await;
     redis.stop();
     // 256 KiB a row, 100 rows a transaction.
     for from in (1..=ROWS).step_by(100) {
@@ -620,27 +645,8 @@ async fn a_black_holed_broker_link_holds_the_slot_and_recovers() {
     use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
     let redis = Broker::start(Kind::Redis);
     let source = Cluster::shared().new_database().await;
-    let client = source.client().await;
-    client
-        .batch_execute("CREATE TABLE ns (id int PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let builder = source
-        .config()
-        .source("tables = [\"public.ns\"]")
-        .source("snapshot = \"never\"")
-        .source("topic_prefix = \"app\"")
-        .append(&format!(
-            "[batch]\nmax_wait = \"10ms\"\n\n[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url()
-        ));
-    let slot = builder.slot_name().to_string();
-    let config = builder.write().unwrap();
-    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
-    source
-        .wait_for_slot(&slot, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    let (slot, _config, mut child) =
+        stream_into_redis(&source, "ns (id int PRIMARY KEY, v text)", "", &redis).await;
     let last = Arc::new(AtomicI32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = steady_writer(source.client().await, last.clone(), stop.clone());
