@@ -543,7 +543,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         let _ = stop_tx.send(true);
     });
-    walflow::pipeline::run(
+    walflow::run(
         config,
         walflow::pipeline::RunOptions {
             extra_sinks: vec![Box::new(sink)],

@@ -27,7 +27,7 @@ mod snapshot;
 mod soak;
 mod tail;
 
-// The `walflow` binary's allocator (see host/src/main.rs), so in-process measurements match it.
+// The `walflow` binary's allocator (see host/cli/src/main.rs), so in-process measurements match it.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

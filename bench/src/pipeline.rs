@@ -99,7 +99,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
     let until = walflow::event::parse_lsn(until).context("UNTIL_LSN is not an LSN")?;
     let config = walflow::config::Config::load(Path::new(config))?;
     let (_tx, rx) = tokio::sync::watch::channel(Some(until));
-    walflow::pipeline::run(
+    walflow::run(
         config,
         walflow::pipeline::RunOptions {
             until_lsn: Some(rx),

@@ -334,6 +334,6 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
         bail!("usage: __walflow-snapshot CONFIG");
     };
     let config = walflow::config::Config::load(Path::new(config))?;
-    walflow::pipeline::run(config, walflow::pipeline::RunOptions::default()).await?;
+    walflow::run(config, walflow::pipeline::RunOptions::default()).await?;
     Ok(())
 }

@@ -111,7 +111,7 @@ pub async fn soak(length: Duration, plugins: &Path) -> anyhow::Result<Report> {
             stop: Some(stopped),
             ..Default::default()
         };
-        runtime.block_on(walflow::pipeline::run(config, options))?;
+        runtime.block_on(walflow::run(config, options))?;
         Ok(())
     });
     let stop = Arc::new(AtomicBool::new(false));

@@ -63,17 +63,13 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
     let [url, slot, publication, until] = args else {
         bail!("usage: __walflow-tail URL SLOT PUBLICATION UNTIL_LSN");
     };
-    let tail = walflow::cli::TailArgs {
-        config: None,
+    let tail = walflow::replication::tail::TailOptions {
         url: Some(url.clone()),
-        password_env: None,
         sslmode: Some("disable".into()),
-        sslrootcert: None,
         slot: Some(slot.clone()),
         publication: Some(publication.clone()),
         until_lsn: Some(until.clone()),
-        confirm: false,
-        accept_gap: false,
+        ..Default::default()
     };
     walflow::replication::tail::run(&tail).await
 }

@@ -286,7 +286,7 @@ async fn a_missing_database_or_a_wrong_password_fails_at_once() {
 /// Every TCP socket the library opens to PostgreSQL — replication, SQL — probes a silent peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_postgres_socket_has_keepalive_on() {
-    use walflow::replication::{ConnectOptions, Connection, connect_sql};
+    use walflow::pg::{ConnectOptions, Connection, connect_sql};
     let db = Cluster::shared().new_database().await;
     let source = walflow::config::SourceConfig {
         url: db.url("postgres"),
@@ -334,7 +334,7 @@ async fn every_postgres_socket_has_keepalive_on() {
 /// with a single walsender slot refuses the second ("too many clients").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_probe_frees_its_walsender_slot_at_once() {
-    use walflow::replication::{ConnectOptions, Connection};
+    use walflow::pg::{ConnectOptions, Connection};
     let cluster = Cluster::start(
         ClusterOptions::default()
             .without_tls()

@@ -4,8 +4,8 @@
 //! XLogData, so these tests exercise `walflow::pgoutput` and `walflow::value` on real bytes
 //! without depending on the replication connection.
 
+use walflow::assemble::{Assembler, Transaction};
 use walflow::event::{Array, Event, Op, TemporalKind, Value, parse_lsn};
-use walflow::pgoutput::{Assembler, Transaction};
 use walflow::value::{TypeInfo, TypeRegistry};
 use walflow_tests::{Cluster, TestDb};
 

@@ -288,7 +288,7 @@ impl BigPipeline {
         let file = builder.write().unwrap();
         let config = walflow::config::Config::load(&file.path).unwrap();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let run = tokio::spawn(walflow::pipeline::run(
+        let run = tokio::spawn(walflow::run(
             config,
             walflow::pipeline::RunOptions {
                 extra_sinks: vec![sink],

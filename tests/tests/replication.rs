@@ -12,8 +12,9 @@ use std::time::Duration;
 use support::*;
 use walflow::config::SslMode;
 use walflow::event::{Op, Value};
-use walflow::replication::conn::Connection;
-use walflow::replication::{ConnectError, StreamOptions};
+use walflow::pg::ConnectError;
+use walflow::pg::conn::Connection;
+use walflow::replication::StreamOptions;
 use walflow_tests::{Cluster, ClusterOptions, TestUser, WRONG_HOST, pg_installs, walflow};
 
 // ---- connecting --------------------------------------------------------------------------
@@ -49,7 +50,7 @@ async fn every_auth_method_over_plain_and_tls() {
             let rows = session.simple_query("SELECT current_user").await.unwrap();
             assert_eq!(rows, [vec![Some(user.name().to_string())]]);
             session.close().await;
-            let client = walflow::replication::sql::connect_sql_with(&opts)
+            let client = walflow::pg::sql::connect_sql_with(&opts)
                 .await
                 .unwrap_or_else(|e| panic!("sql {} with {mode:?}: {e}", user.name()));
             let who: String = client
@@ -98,7 +99,7 @@ async fn verify_full_refuses_a_wrong_host_name_and_verify_ca_does_not() {
         "{text}"
     );
     assert!(!err.is_retryable());
-    let sql_err = walflow::replication::sql::connect_sql_with(&options(
+    let sql_err = walflow::pg::sql::connect_sql_with(&options(
         &db,
         TestUser::Scram,
         SslMode::VerifyFull,

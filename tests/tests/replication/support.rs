@@ -6,10 +6,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use walflow::assemble::Transaction;
 use walflow::config::{Config, SourceConfig, SslMode};
 use walflow::event::{Op, Value};
-use walflow::pgoutput::Transaction;
-use walflow::replication::{ConnectOptions, ReplicationStream, StreamItem, StreamOptions};
+use walflow::pg::ConnectOptions;
+use walflow::replication::{ReplicationStream, StreamItem, StreamOptions};
 use walflow::value::{TypeInfo, TypeRegistry};
 use walflow_tests::{TEST_PASSWORD, TestDb, TestUser, WalflowChild};
 

@@ -1,0 +1,615 @@
+//! The pipeline configuration (`walflow.toml`), kept separate from the runtime that executes it.
+//!
+//! Parsing is strict: unknown keys and wrong types are errors that name the key and the line, so
+//! a typo never silently turns a feature off. Secrets never live in the file: `password_env` names
+//! an environment variable instead.
+
+pub mod redact;
+pub mod tables;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The PostgreSQL source.
+    pub source: SourceConfig,
+    /// Where checkpoints live.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Optional Prometheus listener.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// The plugin chain, in order.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+    /// Batching of events through the chain and into sinks.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// How much event data the pipeline may hold at once.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// Where events go.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    /// Where events a plugin fails on go under `on_error = "dead-letter"` (same keys as a
+    /// `[[sinks]]` entry); a file `dead-letter.jsonl` in the state directory when omitted.
+    #[serde(default)]
+    pub dead_letter: Option<SinkConfig>,
+    /// Encoder for sinks that take bytes.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// The directory of the config file; relative paths in it (sink files too) start here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// TLS mode, with libpq's names and meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS if the server offers it, without verification; plain otherwise.
+    #[default]
+    Prefer,
+    /// TLS, without certificate verification.
+    Require,
+    /// TLS, certificate chain verified against the root certificates.
+    VerifyCa,
+    /// TLS, chain and host name verified.
+    VerifyFull,
+}
+
+/// What to do about the publication at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PublicationAutocreate {
+    /// Create it `FOR ALL TABLES` if missing.
+    AllTables,
+    /// Create it for the configured tables if missing, and keep it following the list.
+    #[default]
+    Filtered,
+    /// Never create or alter it; fail if missing.
+    Disabled,
+}
+
+/// When to take a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Snapshot when there is no checkpoint, then stream.
+    #[default]
+    Initial,
+    /// Never snapshot.
+    Never,
+    /// Snapshot, then exit.
+    InitialOnly,
+    /// Like `initial`, and also re-snapshot when the slot's history is broken.
+    WhenNeeded,
+}
+
+/// `[source]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user@host:port/db` (no password here).
+    pub url: String,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// TLS mode.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM file of root certificates for verify-ca/verify-full.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Replication slot name.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication name.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// Publication handling.
+    #[serde(default)]
+    pub publication_autocreate: PublicationAutocreate,
+    /// Table globs (`schema.table`, `*` wildcards). Empty means all tables.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// A CSV file of `schema,table` rows (no header), added to `tables`.
+    #[serde(default)]
+    pub tables_csv: Option<PathBuf>,
+    /// Snapshots without writing to the source.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Snapshot mode.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Parallel connections for snapshots.
+    #[serde(default = "default_parallelism")]
+    pub snapshot_parallelism: usize,
+    /// Rows per chunk of an incremental snapshot.
+    #[serde(default = "default_chunk_size")]
+    pub snapshot_chunk_size: usize,
+    /// Signal table for incremental snapshots.
+    #[serde(default)]
+    pub signal_table: Option<String>,
+    /// Heartbeat interval (e.g. `"10s"`); also the standby status interval.
+    #[serde(default, with = "duration_opt")]
+    pub heartbeat_interval: Option<Duration>,
+    /// How long the replication stream waits without a byte from the server before it
+    /// declares the connection dead and reconnects (e.g. `"30s"`; `"0s"` never). Halfway
+    /// through it asks the server for a reply, so a live idle server is never mistaken for a
+    /// dead one. Default [`DEFAULT_RECEIVE_TIMEOUT`].
+    #[serde(default, with = "duration_opt")]
+    pub receive_timeout: Option<Duration>,
+    /// Prefix of default topic names.
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    /// Continue even though the slot's history has a gap (an explicit, logged choice).
+    #[serde(default)]
+    pub accept_gap: bool,
+}
+
+/// `receive_timeout` when the config does not set one (PostgreSQL's own
+/// `wal_receiver_timeout` is 60 s; walflow reconnects sooner, as a standby with a 10 s status
+/// interval would).
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl SourceConfig {
+    /// The receive timeout in effect: `None` when disabled with `"0s"`.
+    pub fn receive_timeout(&self) -> Option<Duration> {
+        match self.receive_timeout {
+            None => Some(DEFAULT_RECEIVE_TIMEOUT),
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+        }
+    }
+}
+
+fn default_slot() -> String {
+    "walflow_slot".into()
+}
+fn default_publication() -> String {
+    "walflow_pub".into()
+}
+fn default_parallelism() -> usize {
+    2
+}
+fn default_chunk_size() -> usize {
+    1024
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for checkpoints and the slot identity.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(".walflow")
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener serving `/metrics` and `/health`.
+    pub listen: String,
+}
+
+/// What the pipeline does when a plugin fails on a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Stop the pipeline; nothing from the failing batch on is emitted or confirmed.
+    #[default]
+    Stop,
+    /// Drop the events the plugin fails on and continue.
+    Skip,
+    /// Send the events the plugin fails on, with the error, to the dead-letter sink.
+    DeadLetter,
+}
+
+/// `[[plugins]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path of the component (`.wasm`).
+    pub path: PathBuf,
+    /// Name used in logs and metrics (defaults to the file stem).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Plugin configuration, passed to its `init` as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Value>,
+    /// Failure policy.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Memory cap in MiB.
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    /// Deadline of one call in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Optional fuel per call.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+}
+
+/// `[batch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events in one batch.
+    #[serde(default = "default_batch_size")]
+    pub max_events: usize,
+    /// Accepted so that older configurations still load, and otherwise ignored: a batch no
+    /// longer waits to fill (it takes what is queued, and grows while the sinks are busy), so
+    /// a change in a quiet period is not held back by it.
+    #[serde(default = "default_batch_wait", with = "duration")]
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_batch_size(),
+            max_wait: default_batch_wait(),
+        }
+    }
+}
+
+fn default_batch_size() -> usize {
+    1024
+}
+fn default_batch_wait() -> Duration {
+    Duration::from_millis(100)
+}
+
+/// `[memory]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// The memory walflow aims to stay under, in MiB. The event data it holds — queued behind a
+    /// slow sink, in the plugin chain, being written — is bounded by shares of it, so an
+    /// outage with large rows makes walflow wait, not grow.
+    #[serde(default = "default_memory_budget")]
+    pub budget_mb: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            budget_mb: default_memory_budget(),
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Bytes of events that may wait between the reader and the delivery loop: a sixteenth
+    /// of the budget (the rest covers the transaction being read, batches in the chain,
+    /// encoded records, sink buffers and walflow itself).
+    pub fn queue_bytes(&self) -> usize {
+        (self.budget_mb.max(16) as usize * 1024 * 1024) / 16
+    }
+
+    /// Most bytes of events in one batch: a sixty-fourth of the budget.
+    pub fn batch_bytes(&self) -> usize {
+        (self.budget_mb.max(16) as usize * 1024 * 1024) / 64
+    }
+
+    /// Most bytes of records written to the sinks and not yet flushed: a sixteenth of the
+    /// budget (a sink may hold two or three copies of them while it sends).
+    pub fn unflushed_bytes(&self) -> usize {
+        (self.budget_mb.max(16) as usize * 1024 * 1024) / 16
+    }
+}
+
+fn default_memory_budget() -> u64 {
+    256
+}
+
+/// Encoding of sink records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// The Debezium-compatible JSON envelope.
+    #[default]
+    Json,
+    /// The same structure in MessagePack.
+    Msgpack,
+}
+
+/// `[[sinks]]`: the `type` picks the sink; its other keys are the sink's own settings, checked
+/// by that sink when it is built.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SinkConfig {
+    /// `file`, `stdout`, `kafka`, `nats`, `redis`, `http`, `postgres` or `plugin`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What to do with events the destination rejects.
+    #[serde(default)]
+    pub on_error: SinkOnError,
+    /// The sink's settings.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+/// `on_error` of a `[[sinks]]` entry: what happens to events the destination rejects (an HTTP
+/// 400, say — data that retrying cannot get accepted). Transient failures are always retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkOnError {
+    /// Stop the pipeline without confirming the batch.
+    #[default]
+    Stop,
+    /// Send the rejected batch, with the error, to the `[dead_letter]` sink and go on.
+    DeadLetter,
+}
+
+/// A configuration problem, with where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not parse or has wrong keys or types.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and key.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` is used in messages and to resolve relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| invalid(one_line(&e)))?;
+        config.validate().map_err(invalid)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.base_dir = base.to_owned();
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.source.url.is_empty() {
+            return Err("[source] url is required".into());
+        }
+        if self.batch.max_events == 0 {
+            return Err("[batch] max_events must be at least 1".into());
+        }
+        if self.source.snapshot_parallelism == 0 {
+            return Err("[source] snapshot_parallelism must be at least 1".into());
+        }
+        if self.source.snapshot_chunk_size == 0 {
+            return Err("[source] snapshot_chunk_size must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Makes relative paths relative to the config file's directory.
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for plugin in &mut self.plugins {
+            fix(&mut plugin.path);
+        }
+        if let Some(csv) = &mut self.source.tables_csv {
+            fix(csv);
+        }
+        if let Some(cert) = &mut self.source.sslrootcert {
+            fix(cert);
+        }
+        fix(&mut self.state.dir);
+    }
+}
+
+/// Folds toml's multi-line diagnostic into one line that keeps the line number and the message.
+fn one_line(e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(_) => {
+            let rendered = e.to_string();
+            let line = rendered
+                .lines()
+                .next()
+                .map(str::trim)
+                .unwrap_or_default()
+                .trim_end_matches(':')
+                .to_string();
+            format!("{message} ({line})")
+        }
+        None => message.to_string(),
+    }
+}
+
+/// Parses durations such as `"250ms"`, `"10s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like \"10s\" or \"250ms\""))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+mod duration {
+    use super::*;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod duration_opt {
+    use super::*;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = "[source]\nurl = \"postgres://u@h/db\"\nslott = \"x\"\n";
+        let err = Config::parse(text, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("slott"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected() {
+        let text = "[source]\nurl = \"postgres://u@h/db\"\nread_only = \"yes\"\n";
+        let err = Config::parse(text, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn a_sink_on_error_is_not_one_of_its_settings() {
+        let sink: SinkConfig =
+            toml::from_str("type = \"http\"\nurl = \"http://x\"\non_error = \"dead-letter\"")
+                .unwrap();
+        assert_eq!(sink.on_error, SinkOnError::DeadLetter);
+        assert!(!sink.settings.contains_key("on_error"));
+        assert!(sink.settings.contains_key("url"));
+        let sink: SinkConfig = toml::from_str("type = \"stdout\"").unwrap();
+        assert_eq!(sink.on_error, SinkOnError::Stop);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn receive_timeout_defaults_and_turns_off_with_zero() {
+        let parse = |extra: &str| {
+            Config::parse(
+                &format!("[source]\nurl = \"postgres://u@h/db\"\n{extra}"),
+                Path::new("w.toml"),
+            )
+            .unwrap()
+            .source
+            .receive_timeout()
+        };
+        assert_eq!(parse(""), Some(DEFAULT_RECEIVE_TIMEOUT));
+        assert_eq!(
+            parse("receive_timeout = \"5s\""),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(parse("receive_timeout = \"0s\""), None);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+[source]
+url = "postgres://walflow_user@db.example.com:5432/app"
+password_env = "WALFLOW_PASSWORD"
+sslmode = "require"
+slot = "walflow_slot"
+publication = "walflow_pub"
+tables = ["public.orders", "inventory.*"]
+read_only = true
+snapshot = "initial"
+signal_table = "walflow.walflow_signal"
+heartbeat_interval = "10s"
+topic_prefix = "app"
+
+[state]
+dir = ".walflow"
+
+[metrics]
+listen = "127.0.0.1:9187"
+
+[[plugins]]
+path = "plugins/table_filter.wasm"
+config = { include = ["public.*"] }
+on_error = "stop"
+
+[[sinks]]
+type = "file"
+path = "out/events.jsonl"
+
+[[sinks]]
+type = "redis"
+url = "redis://127.0.0.1:6379"
+"#;
+        let c = Config::parse(text, Path::new("/etc/walflow/w.toml")).unwrap();
+        assert_eq!(c.source.sslmode, SslMode::Require);
+        assert_eq!(
+            c.plugins[0].path,
+            Path::new("/etc/walflow/plugins/table_filter.wasm")
+        );
+        assert_eq!(c.sinks.len(), 2);
+        assert_eq!(c.source.heartbeat_interval, Some(Duration::from_secs(10)));
+    }
+}

@@ -1,0 +1,870 @@
+//! [`ReplicationStream`]: committed transactions from a slot, with keepalive replies, periodic
+//! standby status updates, type-registry refreshes and reconnects with capped exponential
+//! backoff — everything the pipeline needs from PostgreSQL, and nothing it must not have.
+//!
+//! # How the pipeline drives it
+//!
+//! ```text
+//! let mut stream = ReplicationStream::open(&source, checkpoint.as_ref(), options).await?;
+//! while let Some(txn) = stream.next().await? {
+//!     deliver txn.events to every sink and wait for their acknowledgements;
+//!     let lsn = stream.safe_lsn(txn.end_lsn);          // never past a held prepared txn
+//!     store.save(&Checkpoint { lsn, identity: stream.identity().clone(), .. })?;
+//!     stream.confirm(txn.end_lsn);                       // cut back to `lsn`; sent with the
+//!                                                        // next status update
+//! }
+//! // when idle (no transaction for a while), let the slot follow the server:
+//! if let Some(lsn) = stream.idle_lsn() { save the checkpoint at lsn; stream.confirm(lsn) }
+//! stream.stop().await?;                                  // CopyDone, clean close
+//! ```
+//!
+//! The flush position sent to PostgreSQL is only ever what the caller passed to
+//! [`ReplicationStream::confirm`] — the caller writes its checkpoint first, so the slot never
+//! runs ahead of the checkpoint. [`ReplicationStream::next`] returns `Ok(None)` only when the
+//! server ends the stream on purpose; connection failures are retried inside `next` (resuming
+//! from the last confirmed position and skipping transactions already handed over), and a
+//! fatal error is returned once.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::continuity::{self, ContinuityError, Verified};
+use crate::assemble::{AssembleError, Assembler, Transaction};
+use crate::checkpoint::{Checkpoint, SlotIdentity};
+use crate::event::format_lsn;
+use crate::value::{TypeInfo, TypeKind, TypeRegistry};
+use walflow_config::SourceConfig;
+use walflow_pg::commands::protocol_version;
+use walflow_pg::conn::{Connection, CopyMessage};
+use walflow_pg::error::ConnectError;
+use walflow_pg::link::Link;
+use walflow_pg::options::ConnectOptions;
+use walflow_pg::silence::Silence;
+use walflow_pg::sql::connect_sql_with;
+use walflow_pgoutput::{Message, decode};
+
+/// Why the stream stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Connecting or talking to the server failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The server or the slot is not fit to continue from the checkpoint.
+    #[error(transparent)]
+    Continuity(#[from] ContinuityError),
+    /// The publication is missing or cannot be created.
+    #[error(transparent)]
+    Publication(#[from] walflow_pg::commands::PublicationError),
+    /// The server sent a pgoutput stream walflow cannot follow.
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+}
+
+impl StreamError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StreamError::Connect(e) => e.is_retryable(),
+            StreamError::Continuity(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// What [`ReplicationStream::next_item`] yields.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// A committed transaction (or non-transactional logical message) to deliver.
+    Transaction(Transaction),
+    /// The server reported this LSN while no transaction was in flight: everything committed
+    /// before it has been handed over. Once the caller acknowledged all of it,
+    /// [`ReplicationStream::idle_lsn`] is `Some` and may be checkpointed and confirmed.
+    Idle(u64),
+    /// The server ended the stream.
+    End,
+    /// Another task asked the reader to look at something ([`StreamControl::interrupt`]);
+    /// nothing was in flight.
+    Interrupted,
+}
+
+/// Knobs of the stream.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// How often a standby status update is sent even when nothing changed.
+    pub status_interval: Duration,
+    /// Continue past a gap in the slot's history (logged).
+    pub accept_gap: bool,
+    /// Create or adjust the publication per `publication_autocreate`.
+    pub manage_publication: bool,
+    /// First reconnect delay; doubled per failure up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+    /// Give up after this many consecutive failed reconnects (`None`: never).
+    pub max_reconnects: Option<u32>,
+    /// Declare the connection dead after this long without a byte from the server (`None`:
+    /// never); see [`Silence`].
+    pub receive_timeout: Option<Duration>,
+    /// Where the stream records whether it is connected (read by `/health`).
+    pub link: Link,
+}
+
+impl StreamOptions {
+    /// The defaults for `source` (status interval = `heartbeat_interval` or 10 s).
+    pub fn for_source(source: &SourceConfig) -> StreamOptions {
+        StreamOptions {
+            status_interval: source.heartbeat_interval.unwrap_or(Duration::from_secs(10)),
+            accept_gap: source.accept_gap,
+            manage_publication: true,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            max_reconnects: None,
+            receive_timeout: source.receive_timeout(),
+            link: Link::default(),
+        }
+    }
+}
+
+/// Confirms and stops a [`ReplicationStream`] from another task while it waits in
+/// [`ReplicationStream::next_item`]: the pipeline acknowledges from its delivery task, and
+/// cancelling `next_item` mid-read or mid-write could corrupt the protocol stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamControl {
+    confirmed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    position: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    holds: super::PreparedHolds,
+}
+
+impl StreamControl {
+    /// The highest position at most `acked` that may be checkpointed once everything up to
+    /// `acked` is acknowledged: never at or past a prepared transaction that is held or whose
+    /// changes are not acknowledged yet (see [`PreparedHolds`](super::PreparedHolds)).
+    pub fn safe_lsn(&self, acked: u64) -> u64 {
+        self.holds.clamp(acked)
+    }
+
+    /// Everything before `lsn` is durably delivered and checkpointed; report it promptly.
+    pub fn confirm(&self, lsn: u64) {
+        self.confirmed
+            .fetch_max(lsn, std::sync::atomic::Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Makes a waiting `next_item` return [`StreamItem::Interrupted`] as soon as no
+    /// transaction is in flight, so its caller can act on news from another task.
+    pub fn interrupt(&self) {
+        self.interrupt
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Asks the server to report its position now (a status update requesting a reply), so an
+    /// idle stream yields [`StreamItem::Idle`] without waiting for the next keepalive.
+    pub fn request_position(&self) {
+        if !self
+            .position
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Ends the stream: `next_item` returns [`StreamItem::End`]; then call
+    /// [`ReplicationStream::stop`] for a clean CopyDone.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// A two-phase message's effect on [`PreparedHolds`](super::PreparedHolds).
+enum TwoPhaseStep {
+    /// Prepared under this gid.
+    Prepare(String),
+    /// Committed; the transaction was prepared at this LSN.
+    Commit(u64),
+    /// Rolled back; the transaction was prepared at this LSN.
+    Rollback(u64),
+}
+
+/// Least time between two status updates that ask the server for its position.
+const ASK_POSITION_EVERY: Duration = Duration::from_millis(200);
+
+/// Committed transactions from a replication slot. See the module docs for the protocol.
+pub struct ReplicationStream {
+    source: SourceConfig,
+    opts: ConnectOptions,
+    options: StreamOptions,
+    conn: Option<Connection>,
+    assembler: Assembler,
+    verified: Verified,
+    proto: u32,
+    /// Highest LSN the caller confirmed (sent as write/flush/apply).
+    confirmed: u64,
+    /// Last LSN sent to the server.
+    reported: u64,
+    /// Highest `end_lsn` handed to the caller.
+    delivered: u64,
+    /// Highest LSN the caller acknowledged (before clamping to what is safe to confirm).
+    acked: u64,
+    /// The server's WAL end from the latest keepalive, valid when nothing is in flight.
+    server_end: u64,
+    in_txn: bool,
+    open_streams: HashSet<u32>,
+    last_status: Instant,
+    status_due_reply: bool,
+    /// Ask the server to answer the next status update with its position.
+    ask_reply: bool,
+    refreshed_types: HashSet<u32>,
+    sql: Option<tokio_postgres::Client>,
+    ended: bool,
+    control: StreamControl,
+    /// Time waited on the socket without hearing from the server.
+    silence: Silence,
+}
+
+impl ReplicationStream {
+    /// Connects, runs the continuity check against `checkpoint`, makes sure slot and
+    /// publication exist, loads the type catalog and starts streaming.
+    pub async fn open(
+        source: &SourceConfig,
+        checkpoint: Option<&Checkpoint>,
+        options: StreamOptions,
+    ) -> Result<ReplicationStream, StreamError> {
+        let opts = ConnectOptions::from_source(source)?;
+        let mut conn = Connection::connect(&opts, true).await?;
+        // The publication must exist before the slot: pgoutput reads it through the catalog as
+        // of each change, so a publication created after the slot's consistent point makes
+        // START_REPLICATION fail with "publication does not exist".
+        if options.manage_publication {
+            let action = conn.ensure_publication(source).await?;
+            tracing::debug!(?action, publication = %source.publication, "publication ready");
+        } else if !conn.publication_exists(&source.publication).await? {
+            return Err(walflow_pg::commands::PublicationError::Missing {
+                publication: source.publication.clone(),
+            }
+            .into());
+        }
+        let verified =
+            continuity::check(&mut conn, &source.slot, checkpoint, options.accept_gap).await?;
+        let mut registry = TypeRegistry::new();
+        load_types(&mut conn, &mut registry, None).await?;
+        let mut assembler = Assembler::new(opts.dbname.clone(), registry);
+        load_primary_keys(&mut conn, &mut assembler).await?;
+        let start = verified.start_lsn;
+        let mut stream = ReplicationStream {
+            source: source.clone(),
+            opts,
+            proto: protocol_version(verified.server_version_num),
+            silence: Silence::new(options.receive_timeout),
+            options,
+            conn: None,
+            assembler,
+            confirmed: start,
+            reported: 0,
+            delivered: start,
+            acked: start,
+            server_end: 0,
+            in_txn: false,
+            open_streams: HashSet::new(),
+            last_status: Instant::now(),
+            status_due_reply: false,
+            ask_reply: false,
+            refreshed_types: HashSet::new(),
+            sql: None,
+            ended: false,
+            control: StreamControl::default(),
+            verified,
+        };
+        stream.start(conn).await?;
+        Ok(stream)
+    }
+
+    async fn start(&mut self, mut conn: Connection) -> Result<(), StreamError> {
+        let proto = conn
+            .start_replication(
+                &self.source.slot,
+                &self.source.publication,
+                self.confirmed,
+                self.verified.server_version_num,
+            )
+            .await?;
+        tracing::info!(
+            slot = %self.source.slot,
+            from = %format_lsn(self.confirmed),
+            proto,
+            tls = conn.is_tls(),
+            "streaming started"
+        );
+        self.proto = proto;
+        self.conn = Some(conn);
+        self.last_status = Instant::now();
+        self.silence.heard();
+        self.options.link.up();
+        Ok(())
+    }
+
+    /// The source this stream reads.
+    pub fn source(&self) -> &SourceConfig {
+        &self.source
+    }
+
+    /// Whether the stream is connected, for `/health`.
+    pub fn link(&self) -> Link {
+        self.options.link.clone()
+    }
+
+    /// A handle to confirm and stop this stream from another task.
+    pub fn control(&self) -> StreamControl {
+        self.control.clone()
+    }
+
+    /// Applies what other tasks asked through [`StreamControl`].
+    fn apply_control(&mut self) {
+        let lsn = self
+            .control
+            .confirmed
+            .load(std::sync::atomic::Ordering::Acquire);
+        if lsn > self.confirmed {
+            self.confirm(lsn);
+            if self.confirmed > self.reported {
+                self.status_due_reply = true;
+            }
+        }
+    }
+
+    /// The slot's identity, to store with every checkpoint.
+    pub fn identity(&self) -> &SlotIdentity {
+        &self.verified.identity
+    }
+
+    /// What the continuity check established at open.
+    pub fn verified(&self) -> &Verified {
+        &self.verified
+    }
+
+    /// The pgoutput protocol version in use.
+    pub fn protocol_version(&self) -> u32 {
+        self.proto
+    }
+
+    /// The highest LSN confirmed so far.
+    pub fn confirmed_lsn(&self) -> u64 {
+        self.confirmed
+    }
+
+    /// The server's WAL end as last reported (0 before the first keepalive).
+    pub fn server_lsn(&self) -> u64 {
+        self.server_end
+    }
+
+    /// A transaction is partly received, or prepared and held.
+    fn in_flight(&self) -> bool {
+        self.in_txn || !self.open_streams.is_empty() || self.assembler.held_since_lsn().is_some()
+    }
+
+    fn pending(&self) -> bool {
+        self.in_flight() || self.delivered > self.acked
+    }
+
+    /// The LSN safe to checkpoint and confirm once everything up to `acked` (an `end_lsn` the
+    /// caller got from [`next`](Self::next)) is acknowledged: never past what was handed over,
+    /// and never at or past a prepared transaction still held.
+    pub fn safe_lsn(&self, acked: u64) -> u64 {
+        let lsn = acked.min(self.delivered.max(self.idle_lsn().unwrap_or(0)));
+        self.control.holds.clamp(lsn).max(self.confirmed)
+    }
+
+    /// When nothing is in flight or unacknowledged, the server's current position: confirming
+    /// it lets an idle slot release WAL. Checkpoint it before [`confirm`](Self::confirm)ing.
+    pub fn idle_lsn(&self) -> Option<u64> {
+        (!self.pending() && self.server_end > self.confirmed).then_some(self.server_end)
+    }
+
+    /// Records that everything before `lsn` is acknowledged, after the checkpoint at
+    /// [`safe_lsn(lsn)`](Self::safe_lsn) was written. What is reported with the next status
+    /// update is `safe_lsn(lsn)`, never more; call it right after saving, with no `await` in
+    /// between, so both see the same state.
+    pub fn confirm(&mut self, lsn: u64) {
+        self.acked = self.acked.max(lsn);
+        let lsn = self.safe_lsn(lsn);
+        if lsn > self.confirmed {
+            self.confirmed = lsn;
+        }
+    }
+
+    /// The next committed transaction (or non-transactional logical message). Reconnects on
+    /// retryable failures. `Ok(None)` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Transaction>, StreamError> {
+        loop {
+            match self.next_item().await? {
+                StreamItem::Transaction(t) => return Ok(Some(t)),
+                StreamItem::Idle(_) | StreamItem::Interrupted => {}
+                StreamItem::End => return Ok(None),
+            }
+        }
+    }
+
+    /// Like [`next`](Self::next), but also returns [`StreamItem::Idle`] when the server reports
+    /// its position while nothing is pending, so the caller can checkpoint and confirm
+    /// [`idle_lsn`](Self::idle_lsn) (or stop at an LSN) without waiting for a transaction.
+    pub async fn next_item(&mut self) -> Result<StreamItem, StreamError> {
+        let mut failures = 0u32;
+        loop {
+            // A stop also ends a run of failed reconnects.
+            if self.ended || (self.conn.is_none() && self.control.stop_requested()) {
+                return Ok(StreamItem::End);
+            }
+            match self.next_once().await {
+                Ok(StreamItem::End) => {
+                    self.ended = true;
+                    return Ok(StreamItem::End);
+                }
+                Ok(item) => return Ok(item),
+                Err(e) if e.is_retryable() => {
+                    failures += 1;
+                    if self.options.max_reconnects.is_some_and(|m| failures > m) {
+                        return Err(e);
+                    }
+                    let delay = backoff(&self.options, failures);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
+                    if self.conn.take().is_some() {
+                        self.options.link.down(&e);
+                        // The next connection's silence is counted afresh.
+                        self.silence.heard();
+                    }
+                    if !self.pause(delay).await {
+                        continue;
+                    }
+                    if let Err(e) = self.reconnect().await {
+                        if !e.is_retryable() {
+                            return Err(e);
+                        }
+                        self.options.link.down(&e);
+                        tracing::warn!(error = %e, "reconnect failed");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sleeps `delay`, cut short by a stop request; `false` when stopping.
+    async fn pause(&self, delay: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        while !self.control.stop_requested() {
+            let wake = self.control.wake.notified();
+            if tokio::time::timeout_at(deadline, wake).await.is_err() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether a whole message is already buffered (the next call will not wait on the
+    /// network); callers flush their own output when it is not.
+    pub fn has_buffered(&self) -> bool {
+        self.conn.as_ref().is_some_and(Connection::has_buffered)
+    }
+
+    async fn reconnect(&mut self) -> Result<(), StreamError> {
+        let mut conn = Connection::connect(&self.opts, true).await?;
+        let cp = Checkpoint {
+            lsn: self.confirmed,
+            identity: self.verified.identity.clone(),
+            written_at_ms: 0,
+            snapshot: Default::default(),
+        };
+        let had_checkpoint = self.confirmed > 0;
+        let verified = continuity::check(
+            &mut conn,
+            &self.source.slot,
+            had_checkpoint.then_some(&cp),
+            self.options.accept_gap,
+        )
+        .await?;
+        self.assembler.reset_in_flight();
+        self.in_txn = false;
+        self.open_streams.clear();
+        self.server_end = 0;
+        self.reported = 0;
+        self.verified.server_version_num = verified.server_version_num;
+        self.start(conn).await
+    }
+
+    async fn next_once(&mut self) -> Result<StreamItem, StreamError> {
+        loop {
+            let Some(msg) = self.read_copy().await? else {
+                return Ok(StreamItem::Interrupted);
+            };
+            match msg {
+                CopyMessage::XLogData { start, end, data } => {
+                    if let Some(txn) = self.on_data(start, end, data).await? {
+                        if txn.end_lsn <= self.delivered && self.delivered > 0 {
+                            // Sent again after a reconnect; the caller has it already.
+                            continue;
+                        }
+                        self.delivered = self.delivered.max(txn.end_lsn);
+                        return Ok(StreamItem::Transaction(txn));
+                    }
+                }
+                CopyMessage::Keepalive { end, reply } => {
+                    if !self.in_txn && self.open_streams.is_empty() {
+                        self.server_end = self.server_end.max(end);
+                    }
+                    if reply {
+                        self.status_due_reply = true;
+                    }
+                    if !self.in_flight() && self.server_end > 0 {
+                        return Ok(StreamItem::Idle(self.server_end));
+                    }
+                }
+                CopyMessage::Done => return Ok(StreamItem::End),
+            }
+        }
+    }
+
+    /// The next CopyBoth message, sending status updates when due; `None` when interrupted
+    /// (see [`StreamControl::interrupt`]) between transactions.
+    async fn read_copy(&mut self) -> Result<Option<CopyMessage>, StreamError> {
+        use std::sync::atomic::Ordering;
+        loop {
+            self.apply_control();
+            if self.control.stop_requested() {
+                return Ok(Some(CopyMessage::Done));
+            }
+            if !self.in_flight() && self.control.interrupt.swap(false, Ordering::AcqRel) {
+                return Ok(None);
+            }
+            if self.control.position.swap(false, Ordering::AcqRel) {
+                self.ask_reply = true;
+            }
+            self.check_silence()?;
+            let ask_due = self.ask_reply && self.last_status.elapsed() >= ASK_POSITION_EVERY;
+            if self.status_due_reply
+                || ask_due
+                || self.last_status.elapsed() >= self.options.status_interval
+            {
+                self.send_status().await?;
+            }
+            let conn = self.conn.as_mut().ok_or_else(|| ConnectError::Broken {
+                addr: self.opts.addr(),
+                source: std::io::Error::other("not connected"),
+            })?;
+            if let Some(m) = conn.try_copy()? {
+                return Ok(Some(m));
+            }
+            let mut wait = self
+                .options
+                .status_interval
+                .saturating_sub(self.last_status.elapsed());
+            if self.ask_reply {
+                wait = wait.min(ASK_POSITION_EVERY.saturating_sub(self.last_status.elapsed()));
+            }
+            wait = wait.min(self.silence.next_check());
+            let wake = self.control.wake.clone();
+            let waiting = Instant::now();
+            tokio::select! {
+                r = conn.fill() => {
+                    r?;
+                    self.silence.heard();
+                }
+                _ = tokio::time::sleep(wait) => self.silence.waited(waiting.elapsed()),
+                _ = wake.notified() => self.silence.waited(waiting.elapsed()),
+            }
+        }
+    }
+
+    /// Asks the server for a reply halfway through a silence, and fails the connection once
+    /// the silence reaches the receive timeout (retryable: the stream reconnects).
+    fn check_silence(&mut self) -> Result<(), ConnectError> {
+        if self.silence.ping_due() {
+            self.ask_reply = true;
+        }
+        if !self.silence.is_dead() {
+            return Ok(());
+        }
+        let secs = self.silence.timeout().unwrap_or_default().as_secs_f64();
+        Err(ConnectError::Broken {
+            addr: self.opts.addr(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing received for {secs}s (receive_timeout)"),
+            ),
+        })
+    }
+
+    async fn send_status(&mut self) -> Result<(), StreamError> {
+        let reply = std::mem::take(&mut self.status_due_reply);
+        let ask = std::mem::take(&mut self.ask_reply);
+        if let Some(conn) = self.conn.as_mut() {
+            conn.queue_status(self.confirmed, ask);
+            conn.flush().await?;
+            if self.confirmed != self.reported {
+                tracing::debug!(lsn = %format_lsn(self.confirmed), reply, "confirmed flush position");
+            }
+            self.reported = self.confirmed;
+        }
+        self.last_status = Instant::now();
+        Ok(())
+    }
+
+    async fn on_data(
+        &mut self,
+        start: u64,
+        end: u64,
+        data: Bytes,
+    ) -> Result<Option<Transaction>, StreamError> {
+        let msg = decode(&data, self.assembler.in_stream()).map_err(AssembleError::from)?;
+        self.track(&msg);
+        let two_phase = self.two_phase_step(&msg);
+        if let Message::Relation(r) = &msg {
+            let unknown: Vec<u32> = r
+                .columns
+                .iter()
+                .map(|c| c.type_oid)
+                .filter(|oid| self.needs_type(*oid))
+                .collect();
+            if !unknown.is_empty() {
+                self.refresh_types(&unknown).await;
+            }
+        }
+        let txn = self.assembler.push(start, msg)?;
+        self.record_two_phase(two_phase, txn.as_ref());
+        if !self.in_txn && self.open_streams.is_empty() {
+            self.server_end = self.server_end.max(end);
+        }
+        Ok(txn)
+    }
+
+    /// What a two-phase message will do to the holds, read before the assembler consumes it.
+    fn two_phase_step(&self, msg: &Message<'_>) -> Option<TwoPhaseStep> {
+        match msg {
+            Message::Prepare(p) | Message::StreamPrepare(p) => {
+                Some(TwoPhaseStep::Prepare(p.gid.to_owned()))
+            }
+            Message::CommitPrepared(c) => self
+                .assembler
+                .prepare_lsn_of(c.gid)
+                .map(TwoPhaseStep::Commit),
+            Message::RollbackPrepared(r) => self
+                .assembler
+                .prepare_lsn_of(r.gid)
+                .map(TwoPhaseStep::Rollback),
+            _ => None,
+        }
+    }
+
+    /// Holds a prepared transaction's position until its changes are acknowledged.
+    fn record_two_phase(&self, step: Option<TwoPhaseStep>, txn: Option<&Transaction>) {
+        let holds = &self.control.holds;
+        match step {
+            Some(TwoPhaseStep::Prepare(gid)) => {
+                if let Some(lsn) = self.assembler.prepare_lsn_of(&gid) {
+                    holds.hold(lsn);
+                }
+            }
+            Some(TwoPhaseStep::Commit(lsn)) => match txn {
+                Some(txn) => holds.release_at(lsn, txn.end_lsn),
+                None => holds.forget(lsn),
+            },
+            Some(TwoPhaseStep::Rollback(lsn)) => holds.forget(lsn),
+            None => {}
+        }
+    }
+
+    fn track(&mut self, msg: &Message<'_>) {
+        match msg {
+            Message::Begin(_) | Message::BeginPrepare(_) => self.in_txn = true,
+            Message::Commit(_) | Message::Prepare(_) => self.in_txn = false,
+            Message::StreamStart(s) => {
+                self.open_streams.insert(s.xid);
+            }
+            Message::StreamCommit(c) => {
+                self.open_streams.remove(&c.xid);
+            }
+            Message::StreamPrepare(p) => {
+                self.open_streams.remove(&p.xid);
+            }
+            Message::StreamAbort(a) if a.is_top_level() => {
+                self.open_streams.remove(&a.xid);
+            }
+            _ => {}
+        }
+    }
+
+    fn needs_type(&self, oid: u32) -> bool {
+        if self.refreshed_types.contains(&oid) {
+            return false;
+        }
+        match self.assembler.registry().get(oid) {
+            None => true,
+            Some(info) => info.kind == TypeKind::Other,
+        }
+    }
+
+    /// Loads types created after connect over a separate SQL connection (the replication
+    /// connection cannot run SQL while streaming). On failure the values stay raw text.
+    async fn refresh_types(&mut self, oids: &[u32]) {
+        self.refreshed_types.extend(oids.iter().copied());
+        if self.sql.is_none() {
+            match connect_sql_with(&self.opts).await {
+                Ok(c) => self.sql = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load new types; their values stay raw text");
+                    return;
+                }
+            }
+        }
+        let Some(sql) = &self.sql else { return };
+        let query = format!("{TYPE_QUERY} WHERE t.oid >= 10000");
+        match sql.simple_query(&query).await {
+            Ok(messages) => {
+                let registry = self.assembler.registry_mut();
+                for m in messages {
+                    if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+                        let cells: Vec<Option<String>> = (0..row.len())
+                            .map(|i| row.get(i).map(str::to_string))
+                            .collect();
+                        if let Some(info) = type_info(&cells) {
+                            registry.insert(info);
+                        }
+                    }
+                }
+                tracing::debug!(?oids, "reloaded types");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load new types; their values stay raw text");
+                self.sql = None;
+            }
+        }
+    }
+
+    /// Ends streaming cleanly: a last status update, CopyDone, and Terminate.
+    pub async fn stop(mut self) -> Result<(), StreamError> {
+        let Some(_) = self.conn.as_ref() else {
+            return Ok(());
+        };
+        if let Err(e) = self.send_status().await {
+            // The checkpoint holds the position; the next start confirms it.
+            tracing::warn!(error = %e, "the connection was gone at stop; the next start confirms the last checkpoint");
+            return Ok(());
+        }
+        let mut conn = self.conn.take().expect("checked above");
+        let result = tokio::time::timeout(Duration::from_secs(10), conn.finish_copy()).await;
+        conn.close().await;
+        match result {
+            Ok(r) => r.map_err(StreamError::from),
+            Err(_) => {
+                tracing::warn!(
+                    "the server did not finish the copy within 10s; closed the connection"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Primary-key columns of tables whose replica identity is FULL (in key order).
+const FULL_IDENTITY_KEYS_QUERY: &str = "SELECT c.oid, a.attname \
+     FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary \
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey) \
+     WHERE c.relreplident = 'f' \
+     ORDER BY c.oid, array_position(i.indkey::int2[], a.attnum)";
+
+/// Under `REPLICA IDENTITY FULL` pgoutput flags every column as part of the key, but the event
+/// key (as in Debezium) is the primary key: teach the assembler those tables' primary keys.
+async fn load_primary_keys(
+    conn: &mut Connection,
+    assembler: &mut Assembler,
+) -> Result<(), ConnectError> {
+    let mut keys: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for row in conn.simple_query(FULL_IDENTITY_KEYS_QUERY).await? {
+        let (Some(Some(oid)), Some(Some(column))) = (row.first(), row.get(1)) else {
+            continue;
+        };
+        if let Ok(oid) = oid.parse() {
+            keys.entry(oid).or_default().push(column.clone());
+        }
+    }
+    for (oid, columns) in keys {
+        assembler.set_key_columns(oid, Some(columns));
+    }
+    Ok(())
+}
+
+pub(crate) const TYPE_QUERY: &str = "SELECT t.oid, t.typname, t.typtype, t.typbasetype, t.typelem, t.typcategory FROM pg_catalog.pg_type t";
+
+pub(crate) fn type_info(cells: &[Option<String>]) -> Option<TypeInfo> {
+    let get = |i: usize| cells.get(i).and_then(|c| c.as_deref());
+    let char_at = |i: usize| get(i).and_then(|s| s.chars().next()).unwrap_or(' ');
+    Some(TypeInfo::from_catalog(
+        get(0)?.parse().ok()?,
+        get(1)?,
+        char_at(2),
+        get(3)?.parse().ok()?,
+        get(4)?.parse().ok()?,
+        char_at(5),
+    ))
+}
+
+/// Adds every catalog type the registry does not know (enums, domains, extension types, and
+/// built-ins outside its table) over the replication connection before streaming.
+async fn load_types(
+    conn: &mut Connection,
+    registry: &mut TypeRegistry,
+    only: Option<&[u32]>,
+) -> Result<(), ConnectError> {
+    let rows = conn.simple_query(TYPE_QUERY).await?;
+    for row in rows {
+        if let Some(info) = type_info(&row) {
+            let wanted = only.is_none_or(|o| o.contains(&info.oid));
+            if wanted && registry.get(info.oid).is_none() {
+                registry.insert(info);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn backoff(options: &StreamOptions, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    options
+        .min_backoff
+        .saturating_mul(factor)
+        .min(options.max_backoff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_exponential() {
+        let o = StreamOptions {
+            status_interval: Duration::from_secs(10),
+            accept_gap: false,
+            manage_publication: true,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            max_reconnects: None,
+            receive_timeout: None,
+            link: Link::default(),
+        };
+        assert_eq!(backoff(&o, 1), Duration::from_millis(100));
+        assert_eq!(backoff(&o, 2), Duration::from_millis(200));
+        assert_eq!(backoff(&o, 4), Duration::from_millis(800));
+        assert_eq!(backoff(&o, 10), Duration::from_secs(2));
+        assert_eq!(backoff(&o, 1000), Duration::from_secs(2));
+    }
+}

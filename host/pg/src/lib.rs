@@ -1,0 +1,36 @@
+//! The PostgreSQL connection walflow talks through: our own replication connection on
+//! postgres-protocol's message codecs over a tokio TCP or TLS stream (tokio-postgres cannot
+//! stream replication, CopyBoth), ordinary SQL connections with the same TLS and auth rules,
+//! and the catalog and replication commands built on them. Nothing here knows about events,
+//! snapshots or sinks (see `docs/architecture.md`).
+//!
+//! - [`options`]: connection options from `[source]` (URL, password from the environment).
+//! - [`tls`]: rustls for every sslmode, shared with ordinary SQL connections.
+//! - [`sql`]: [`connect_sql`], ordinary tokio-postgres connections with the same rules.
+//! - [`error`]: [`ConnectError`], classified into retryable and fatal.
+//! - [`socket`]: TCP keepalive and user timeout on every socket to PostgreSQL.
+//! - [`link`]: [`Link`], whether the connection is up (for `/health`), and the startup wait.
+//! - [`silence`]: the stream's receive timeout.
+//! - [`conn`]: startup, authentication, simple queries and CopyBoth framing.
+//! - [`lsn`]: WAL positions as text.
+//! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
+//! - [`setup_sql`]: the setup script `walflow setup-sql` prints.
+
+pub mod commands;
+pub mod conn;
+pub mod error;
+pub mod link;
+pub mod lsn;
+pub mod options;
+pub mod setup_sql;
+pub mod silence;
+pub mod socket;
+pub mod sql;
+pub mod tls;
+
+pub use commands::{PublicationAction, PublicationError, SlotInfo, SlotSnapshot, SystemIdentity};
+pub use conn::{Connection, CopyMessage};
+pub use error::{ConnectError, ServerError};
+pub use link::{Link, LinkState, wait_until_reachable};
+pub use options::ConnectOptions;
+pub use sql::connect_sql;
