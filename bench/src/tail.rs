@@ -3,7 +3,7 @@
 //! One throwaway PostgreSQL 15, one table, one publication, two fresh pgoutput slots created
 //! before the backlog is written, so both readers decode exactly the same WAL. pg_recvlogical
 //! only copies pgoutput's bytes to /dev/null; walflow decodes every message into typed events
-//! and prints the DESIGN.md JSON envelope of each to /dev/null — the work a user gets from it.
+//! and prints the JSON envelope (the README's Events section) of each to /dev/null — the work a user gets from it.
 //! Printed: events/s of each, the ratio, and each process's peak resident memory.
 
 use std::process::Command;

@@ -1,9 +1,10 @@
 //! `walflow plugin run --plugin FILE[=JSON] … [--input FILE]`: the plugin author's inner loop.
 //!
-//! Reads sink records as JSON lines (the format of DESIGN.md; with a `types` object the input is
-//! lossless: bytea as base64, numeric as exact strings, temporal values as ISO-8601 strings, see
-//! [`walflow_core::encode::json`]), runs them through the chain in batches, and writes the resulting
-//! records as JSON lines with their `types`, so the output can be fed to another run.
+//! Reads sink records as JSON lines (the record format of the README's Events section; with a
+//! `types` object the input is lossless: bytea as base64, numeric as exact strings, temporal
+//! values as ISO-8601 strings, see [`walflow_core::encode::json`]), runs them through the
+//! chain in batches, and writes the resulting records as JSON lines with their `types`, so the
+//! output can be fed to another run.
 //! Dead-lettered and skipped events are reported on standard error.
 
 use std::io::{BufRead, BufWriter, Write};

@@ -1,8 +1,9 @@
 //! The JSON form of sink records, both ways.
 //!
-//! Writing follows DESIGN.md: integers and floats as numbers (NaN/Infinity as strings), numeric
-//! as an exact string, bytea as base64, temporal values as ISO-8601 strings, json embedded,
-//! arrays as (nested) arrays, an unchanged TOAST value as `"__walflow_unavailable_value"`.
+//! Writing follows the README's Events section: integers and floats as numbers (NaN/Infinity
+//! as strings), numeric as an exact string, bytea as base64, temporal values as ISO-8601
+//! strings, json embedded, arrays as (nested) arrays, an unchanged TOAST value as
+//! `"__walflow_unavailable_value"`.
 //!
 //! Reading (for `walflow plugin run` and tests) is lossless when the record carries a `types`
 //! object mapping each column to its PostgreSQL type name, as records written with
@@ -60,7 +61,7 @@ fn shape(msg: impl Into<String>) -> ParseError {
     ParseError::Shape(msg.into())
 }
 
-/// Parses the sink record of DESIGN.md back into an [`Event`] (lossless given `types`).
+/// Parses the sink record (the README's Events section) back into an [`Event`] (lossless given `types`).
 pub fn parse_record(record: &Json) -> Result<Event, ParseError> {
     RecordParser::default().parse(record)
 }

@@ -1,5 +1,5 @@
 //! `walflow tail`: a decoded pg_recvlogical. Streams a slot and prints every event as a
-//! DESIGN.md JSON line on standard output, without plugins or sinks.
+//! JSON line (the README's Events section) on standard output, without plugins or sinks.
 //!
 //! Without `--confirm` the slot never moves (nothing is confirmed, no checkpoint written), so
 //! tailing is safe to repeat. With `--confirm`, what was printed and flushed is checkpointed in
