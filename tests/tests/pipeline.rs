@@ -198,7 +198,7 @@ async fn bad_config_fails_with_one_line_and_no_checkpoint() {
         .unwrap();
     assert!(!output.status.success());
     assert!(
-        output.stderr.contains("unknown key `flush`"),
+        output.stderr.contains("unknown field `flush`") && output.stderr.contains("line "),
         "{}",
         output.describe()
     );
@@ -801,4 +801,102 @@ async fn a_plugin_replaced_mid_stream_takes_over_without_losing_or_repeating_eve
         "the rejected reload is logged:\n{}",
         out.stderr
     );
+}
+
+/// The same configuration as JSON runs the same pipeline (the coming control API takes JSON).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_config_runs_the_pipeline() {
+    let db = Cluster::shared().new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE from_json (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let builder = db
+        .config()
+        .source("snapshot = \"never\"")
+        .append("[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"");
+    let slot = builder.slot_name().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let toml_text = builder.to_toml(&dir.path().join("state"));
+    let value: toml::Value = toml::from_str(&toml_text).unwrap();
+    let path = dir.path().join("walflow.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+    let mut child = walflow!("run", "-c", &path).spawn().unwrap();
+    wait_for_async("the slot", Duration::from_secs(30), || async {
+        db.slot_confirmed(&slot).await
+    })
+    .await
+    .unwrap();
+    client
+        .batch_execute("INSERT INTO from_json VALUES (7)")
+        .await
+        .unwrap();
+    let out_path = dir.path().join("out.jsonl");
+    wait_for_async(
+        "the change in the file",
+        Duration::from_secs(30),
+        || async {
+            let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+            text.contains("\"table\":\"from_json\"").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    child.terminate();
+    let out = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+}
+
+/// A JSON config with an unknown key fails with the key and where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_config_with_an_unknown_key_names_it_and_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walflow.json");
+    std::fs::write(
+        &path,
+        r#"{"source": {"url": "postgres://u@127.0.0.1:1/db"},
+            "sinks": [{"type": "file", "path": "out.jsonl", "max_byte": 10}]}"#,
+    )
+    .unwrap();
+    let output = walflow!("run", "-c", &path)
+        .output_async(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        output.stderr.contains("max_byte") && output.stderr.contains("sinks[0]"),
+        "{}",
+        output.describe()
+    );
+    assert_eq!(
+        output.stderr.trim().lines().count(),
+        1,
+        "{}",
+        output.describe()
+    );
+}
+
+/// `walflow config schema` prints a JSON Schema that knows every sink's settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_schema_describes_every_sink() {
+    let output = walflow!("config", "schema")
+        .output_async(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", output.describe());
+    let schema: Json = serde_json::from_str(&output.stdout).unwrap();
+    assert_eq!(schema["title"], "Config");
+    let text = output.stdout;
+    for kind in walflow::config::SINK_TYPES {
+        assert!(text.contains(&format!("\"{kind}\"")), "no {kind} sink");
+    }
+    for key in [
+        "brokers",
+        "librdkafka_options",
+        "max_retry_after",
+        "stream_prefix",
+    ] {
+        assert!(text.contains(key), "no sink key {key}");
+    }
 }

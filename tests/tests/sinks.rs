@@ -34,8 +34,11 @@ use workload::{Running, Workload, identity};
 const LONG: Duration = Duration::from_secs(60);
 
 /// Builds a sink from the body of a `[[sinks]]` entry.
+/// Builds the sink an entry describes; a refused entry (when read or when built) is a fatal
+/// error, as `walflow run` reports it.
 async fn sink(entry: &str) -> Result<Box<dyn Sink>, SinkError> {
-    let config: SinkConfig = toml::from_str(entry).expect("test config parses");
+    let config: SinkConfig =
+        toml::from_str(entry).map_err(|e| SinkError::Fatal(e.message().to_owned()))?;
     walflow::sink::build(&config, std::path::Path::new(".")).await
 }
 
@@ -1221,13 +1224,13 @@ async fn malformed_settings_name_the_key() {
     let cases = [
         (
             "type = \"redis\"\nurl = \"redis://x\"\nmax_len = 3",
-            "unknown key `max_len`",
+            "unknown field `max_len`",
         ),
         (
             "type = \"redis\"\nurl = \"redis://x\"\nmaxlen = \"3\"",
             "`maxlen` of a redis sink",
         ),
-        ("type = \"http\"", "needs `url"),
+        ("type = \"http\"", "missing field `url`"),
         ("type = \"http\"\nurl = \"ftp://x\"", "`url` of a http sink"),
         (
             "type = \"http\"\nurl = \"http://x\"\nformat = \"xml\"",

@@ -34,6 +34,16 @@ pub enum Command {
     SetupSql(SetupSqlArgs),
     /// Request an incremental snapshot of tables.
     Snapshot(SnapshotArgs),
+    /// Work with configurations.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `walflow config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the JSON Schema of a configuration (TOML or JSON files follow it alike).
+    Schema,
 }
 
 /// `-c walflow.toml`
@@ -244,6 +254,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => walflow_core::preflight::run(&args.config).await,
         Command::SetupSql(args) => setup_sql(&args),
         Command::Snapshot(args) => snapshot(args).await,
+        Command::Config(ConfigCommand::Schema) => {
+            let schema = walflow_config::Config::json_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(())
+        }
     }
 }
 

@@ -5,15 +5,19 @@
 //! an environment variable instead.
 
 pub mod redact;
+pub mod sinks;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
+pub use sinks::{SINK_TYPES, SinkConfig, SinkKind, SinkOnError, StringList};
+
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The PostgreSQL source.
@@ -49,7 +53,7 @@ pub struct Config {
 }
 
 /// TLS mode, with libpq's names and meanings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// Plain TCP only.
@@ -66,7 +70,7 @@ pub enum SslMode {
 }
 
 /// What to do about the publication at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PublicationAutocreate {
     /// Create it `FOR ALL TABLES` if missing.
@@ -79,7 +83,7 @@ pub enum PublicationAutocreate {
 }
 
 /// When to take a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotMode {
     /// Snapshot when there is no checkpoint, then stream.
@@ -94,7 +98,7 @@ pub enum SnapshotMode {
 }
 
 /// `[source]`
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `postgres://user@host:port/db` (no password here).
@@ -139,13 +143,15 @@ pub struct SourceConfig {
     #[serde(default)]
     pub signal_table: Option<String>,
     /// Heartbeat interval (e.g. `"10s"`); also the standby status interval.
-    #[serde(default, with = "duration_opt")]
+    #[serde(default, deserialize_with = "duration_opt::deserialize")]
+    #[schemars(with = "Option<String>")]
     pub heartbeat_interval: Option<Duration>,
     /// How long the replication stream waits without a byte from the server before it
     /// declares the connection dead and reconnects (e.g. `"30s"`; `"0s"` never). Halfway
     /// through it asks the server for a reply, so a live idle server is never mistaken for a
     /// dead one. Default [`DEFAULT_RECEIVE_TIMEOUT`].
-    #[serde(default, with = "duration_opt")]
+    #[serde(default, deserialize_with = "duration_opt::deserialize")]
+    #[schemars(with = "Option<String>")]
     pub receive_timeout: Option<Duration>,
     /// Prefix of default topic names.
     #[serde(default)]
@@ -185,7 +191,7 @@ fn default_chunk_size() -> usize {
 }
 
 /// `[state]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Directory for checkpoints and the slot identity.
@@ -206,7 +212,7 @@ fn default_state_dir() -> PathBuf {
 }
 
 /// `[metrics]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP listener serving `/metrics` and `/health`.
@@ -214,7 +220,7 @@ pub struct MetricsConfig {
 }
 
 /// What the pipeline does when a plugin fails on a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnError {
     /// Stop the pipeline; nothing from the failing batch on is emitted or confirmed.
@@ -227,7 +233,7 @@ pub enum OnError {
 }
 
 /// `[[plugins]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Path of the component (`.wasm`).
@@ -237,7 +243,7 @@ pub struct PluginConfig {
     pub name: Option<String>,
     /// Plugin configuration, passed to its `init` as JSON.
     #[serde(default)]
-    pub config: Option<toml::Value>,
+    pub config: Option<serde_json::Value>,
     /// Failure policy.
     #[serde(default)]
     pub on_error: OnError,
@@ -253,7 +259,7 @@ pub struct PluginConfig {
 }
 
 /// `[batch]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most events in one batch.
@@ -262,7 +268,11 @@ pub struct BatchConfig {
     /// Accepted so that older configurations still load, and otherwise ignored: a batch no
     /// longer waits to fill (it takes what is queued, and grows while the sinks are busy), so
     /// a change in a quiet period is not held back by it.
-    #[serde(default = "default_batch_wait", with = "duration")]
+    #[serde(
+        default = "default_batch_wait",
+        deserialize_with = "duration::deserialize"
+    )]
+    #[schemars(with = "String")]
     pub max_wait: Duration,
 }
 
@@ -283,7 +293,7 @@ fn default_batch_wait() -> Duration {
 }
 
 /// `[memory]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// The memory walflow aims to stay under, in MiB. The event data it holds — queued behind a
@@ -326,7 +336,7 @@ fn default_memory_budget() -> u64 {
 }
 
 /// Encoding of sink records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// The Debezium-compatible JSON envelope.
@@ -334,33 +344,6 @@ pub enum Encoding {
     Json,
     /// The same structure in MessagePack.
     Msgpack,
-}
-
-/// `[[sinks]]`: the `type` picks the sink; its other keys are the sink's own settings, checked
-/// by that sink when it is built.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SinkConfig {
-    /// `file`, `stdout`, `kafka`, `nats`, `redis`, `http`, `postgres` or `plugin`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// What to do with events the destination rejects.
-    #[serde(default)]
-    pub on_error: SinkOnError,
-    /// The sink's settings.
-    #[serde(flatten)]
-    pub settings: toml::Table,
-}
-
-/// `on_error` of a `[[sinks]]` entry: what happens to events the destination rejects (an HTTP
-/// 400, say — data that retrying cannot get accepted). Transient failures are always retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SinkOnError {
-    /// Stop the pipeline without confirming the batch.
-    #[default]
-    Stop,
-    /// Send the rejected batch, with the error, to the `[dead_letter]` sink and go on.
-    DeadLetter,
 }
 
 /// A configuration problem, with where it is.
@@ -385,27 +368,52 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file: JSON when its name ends in `.json`, TOML
+    /// otherwise.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
+            Config::parse_json(&text, path)
+        } else {
+            Config::parse(&text, path)
+        }
     }
 
-    /// Parses configuration text; `path` is used in messages and to resolve relative paths.
+    /// Parses TOML configuration text; `path` is used in messages and to resolve relative
+    /// paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        };
-        let mut config: Config = toml::from_str(text).map_err(|e| invalid(one_line(&e)))?;
-        config.validate().map_err(invalid)?;
+        let config: Config = toml::from_str(text).map_err(|e| invalid(path, one_line(&e)))?;
+        config.finish(path)
+    }
+
+    /// Parses JSON configuration text (the same keys as TOML); errors name the key's path,
+    /// like `sinks[0].url`.
+    pub fn parse_json(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let at = e.path().to_string();
+            invalid(path, format!("{} (at `{at}`)", e.into_inner()))
+        })?;
+        config.finish(path)
+    }
+
+    /// The JSON Schema of a configuration (what `walflow config schema` prints).
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(Config)).expect("a schema is plain JSON")
+    }
+
+    fn finish(mut self, path: &Path) -> Result<Config, ConfigError> {
+        self.validate().map_err(|m| invalid(path, m))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.base_dir = base.to_owned();
-        config.resolve_paths(base);
-        Ok(config)
+        self.base_dir = base.to_owned();
+        self.resolve_paths(base);
+        Ok(self)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -441,6 +449,13 @@ impl Config {
             fix(cert);
         }
         fix(&mut self.state.dir);
+    }
+}
+
+fn invalid(path: &Path, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        message,
     }
 }
 
@@ -485,6 +500,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration written as text (`"250ms"`, `"10s"`, `"5m"`, `"1h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct TextDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for TextDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TextDuration, D::Error> {
+        duration::deserialize(d).map(TextDuration)
+    }
 }
 
 mod duration {
@@ -536,8 +562,7 @@ mod tests {
             toml::from_str("type = \"http\"\nurl = \"http://x\"\non_error = \"dead-letter\"")
                 .unwrap();
         assert_eq!(sink.on_error, SinkOnError::DeadLetter);
-        assert!(!sink.settings.contains_key("on_error"));
-        assert!(sink.settings.contains_key("url"));
+        assert!(matches!(&sink.kind, SinkKind::Http(h) if h.url == "http://x"));
         let sink: SinkConfig = toml::from_str("type = \"stdout\"").unwrap();
         assert_eq!(sink.on_error, SinkOnError::Stop);
     }
@@ -611,5 +636,35 @@ url = "redis://127.0.0.1:6379"
         );
         assert_eq!(c.sinks.len(), 2);
         assert_eq!(c.source.heartbeat_interval, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn json_configs_read_like_toml_and_name_the_path_of_a_bad_key() {
+        let json = r#"{"source": {"url": "postgres://u@h/db"}, "sinks": [{"type": "stdout"}]}"#;
+        let c = Config::parse_json(json, Path::new("w.json")).unwrap();
+        assert_eq!(c.sinks[0].kind.name(), "stdout");
+        let json = r#"{"source": {"url": "postgres://u@h/db", "slott": "x"}}"#;
+        let err = Config::parse_json(json, Path::new("w.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("slott") && err.contains("source"), "{err}");
+        let json =
+            r#"{"source": {"url": "u"}, "sinks": [{"type": "http", "url": "x", "hedaers": {}}]}"#;
+        let err = Config::parse_json(json, Path::new("w.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hedaers") && err.contains("sinks[0]"), "{err}");
+    }
+
+    #[test]
+    fn the_schema_describes_every_sink() {
+        let schema = Config::json_schema().to_string();
+        for kind in SINK_TYPES {
+            assert!(schema.contains(&format!("\"{kind}\"")), "{kind} missing");
+        }
+        assert!(
+            schema.contains("librdkafka_options"),
+            "kafka settings missing"
+        );
     }
 }

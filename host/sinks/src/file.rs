@@ -35,7 +35,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{PendingFlush, Sink, SinkBatch, SinkError, check_keys};
+use walflow_config::sinks::FileSinkConfig;
+
+use super::{PendingFlush, Sink, SinkBatch, SinkError};
 
 /// Appends encoded records to a file.
 pub struct FileSink {
@@ -54,20 +56,13 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl FileSink {
     /// Builds the sink from its `[[sinks]]` settings: `path` (required), `max_bytes` (rotation).
-    pub fn from_settings(settings: &toml::Table, base: &Path) -> Result<FileSink, SinkError> {
-        check_keys("file", settings, &["path", "max_bytes"])?;
-        let path = settings
-            .get("path")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| SinkError::Fatal("a file sink needs `path = \"…\"`".into()))?;
-        let max_bytes = match settings.get("max_bytes") {
-            None => None,
-            Some(v) => Some(v.as_integer().filter(|n| *n > 0).ok_or_else(|| {
-                SinkError::Fatal("`max_bytes` of a file sink must be a positive integer".into())
-            })? as u64),
-        };
-        let path = base.join(path);
-        FileSink::open(path, max_bytes)
+    pub fn from_config(config: &FileSinkConfig, base: &Path) -> Result<FileSink, SinkError> {
+        if config.max_bytes == Some(0) {
+            return Err(SinkError::Fatal(
+                "`max_bytes` of a file sink must be a positive integer".into(),
+            ));
+        }
+        FileSink::open(base.join(&config.path), config.max_bytes)
     }
 
     /// Opens (appending to) `path`, creating its directory.

@@ -7,13 +7,16 @@
 //! records written since the last flush are dropped and reported as
 //! [`SinkError::Rejected`], for the pipeline to stop or dead-letter them per `on_error`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
-use super::settings::{Settings, is_json};
+use walflow_config::sinks::HttpSinkConfig;
+
+use super::settings::{invalid, is_json};
 use super::{Sink, SinkBatch, SinkError};
 
 /// How records are put in a request body.
@@ -41,42 +44,36 @@ pub struct HttpSink {
 impl HttpSink {
     /// Builds the sink from its settings: `url` (required), `format` (`json` | `ndjson`),
     /// `headers`, `timeout`, `max_records` per request, `max_retry_after`.
-    pub fn from_settings(settings: &toml::Table) -> Result<HttpSink, SinkError> {
-        let s = Settings::new(
-            "http",
-            settings,
-            &[
-                "url",
-                "format",
-                "headers",
-                "timeout",
-                "max_records",
-                "max_retry_after",
-            ],
-        )?;
-        let url = s.required_str("url", "https://example.com/hook")?;
+    pub fn from_config(config: &HttpSinkConfig) -> Result<HttpSink, SinkError> {
+        let url = config.url.as_str();
         let parsed = reqwest::Url::parse(url)
-            .map_err(|e| s.invalid("url", &format!("a valid URL ({e})")))?;
+            .map_err(|e| invalid("http", "url", &format!("a valid URL ({e})")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(s.invalid("url", "an http:// or https:// URL"));
+            return Err(invalid("http", "url", "an http:// or https:// URL"));
         }
-        let format = match s.str("format")?.unwrap_or("json") {
+        let format = match config.format.as_deref().unwrap_or("json") {
             "json" => Format::JsonArray,
             "ndjson" => Format::Ndjson,
-            _ => return Err(s.invalid("format", "\"json\" (an array per request) or \"ndjson\"")),
+            _ => {
+                return Err(invalid(
+                    "http",
+                    "format",
+                    "\"json\" (an array per request) or \"ndjson\"",
+                ));
+            }
         };
-        let headers = headers(&s)?;
-        let timeout = s.duration("timeout")?.unwrap_or(Duration::from_secs(30));
+        let headers = headers(&config.headers)?;
+        let timeout = config.timeout.map_or(Duration::from_secs(30), |d| d.0);
         let client = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| SinkError::Fatal(format!("cannot set up the http sink's client: {e}")))?;
-        let max_records = s.uint("max_records")?.unwrap_or(1000).max(1) as usize;
-        let max_retry_after = s
-            .duration("max_retry_after")?
-            .unwrap_or(Duration::from_secs(60));
+        let max_records = config.max_records.unwrap_or(1000).max(1) as usize;
+        let max_retry_after = config
+            .max_retry_after
+            .map_or(Duration::from_secs(60), |d| d.0);
         Ok(HttpSink {
             name: format!("http:{}", walflow_config::redact::url(url)),
             url: url.to_owned(),
@@ -162,13 +159,19 @@ impl HttpSink {
     }
 }
 
-fn headers(s: &Settings<'_>) -> Result<HeaderMap, SinkError> {
+fn headers(headers: &BTreeMap<String, String>) -> Result<HeaderMap, SinkError> {
     let mut map = HeaderMap::new();
-    for (name, value) in s.str_table("headers")? {
-        let n = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| s.invalid("headers", &format!("valid header names (`{name}` is not)")))?;
-        let v = HeaderValue::from_str(&value).map_err(|_| {
-            s.invalid(
+    for (name, value) in headers {
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            invalid(
+                "http",
+                "headers",
+                &format!("valid header names (`{name}` is not)"),
+            )
+        })?;
+        let v = HeaderValue::from_str(value).map_err(|_| {
+            invalid(
+                "http",
                 "headers",
                 &format!("valid header values (that of `{name}` is not)"),
             )

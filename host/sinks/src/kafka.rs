@@ -26,7 +26,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use super::settings::Settings;
+use walflow_config::sinks::KafkaSinkConfig;
+
+use super::settings::{invalid, secret_env};
 use super::{Sink, SinkBatch, SinkError};
 
 /// A record waiting for its acknowledgement.
@@ -63,50 +65,27 @@ impl KafkaSink {
     /// Connects using its settings: `brokers` (required), `create_topics`, `partitions`,
     /// `replication_factor`, `compression`, `timeout`, `client_id`, `tls`, `tls_ca`,
     /// `sasl_mechanism`, `sasl_username`, `sasl_password_env`, `librdkafka_options`.
-    pub async fn from_settings(settings: &toml::Table) -> Result<KafkaSink, SinkError> {
-        let s = Settings::new(
-            "kafka",
-            settings,
-            &[
-                "brokers",
-                "create_topics",
-                "partitions",
-                "replication_factor",
-                "compression",
-                "timeout",
-                "client_id",
-                "tls",
-                "tls_ca",
-                "sasl_mechanism",
-                "sasl_username",
-                "sasl_password_env",
-                "librdkafka_options",
-            ],
-        )?;
-        let brokers: Vec<String> = match s.str_list("brokers")? {
-            Some(list) => list
-                .iter()
-                .flat_map(|b| b.split(','))
-                .map(|b| b.trim().to_owned())
-                .filter(|b| !b.is_empty())
-                .collect(),
-            None => Vec::new(),
-        };
+    pub async fn from_config(settings: &KafkaSinkConfig) -> Result<KafkaSink, SinkError> {
+        let brokers: Vec<String> = settings
+            .brokers
+            .to_vec()
+            .iter()
+            .flat_map(|b| b.split(','))
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
         if brokers.is_empty() {
             return Err(SinkError::Fatal(
                 "a kafka sink needs `brokers = [\"host:9092\"]`".into(),
             ));
         }
         let joined = brokers.join(",");
-        let timeout = s.duration("timeout")?.unwrap_or(Duration::from_secs(30));
-        let create = match s.bool("create_topics")?.unwrap_or(false) {
-            false => None,
-            true => Some(TopicCreation {
-                partitions: s.uint("partitions")?.unwrap_or(1).clamp(1, 100_000) as i32,
-                replication_factor: s.uint("replication_factor")?.unwrap_or(1).clamp(1, 100) as i32,
-            }),
-        };
-        let config = client_config(&s, &joined, timeout)?;
+        let timeout = settings.timeout.map_or(Duration::from_secs(30), |d| d.0);
+        let create = settings.create_topics.then(|| TopicCreation {
+            partitions: settings.partitions.unwrap_or(1).clamp(1, 100_000) as i32,
+            replication_factor: settings.replication_factor.unwrap_or(1).clamp(1, 100) as i32,
+        });
+        let config = client_config(settings, &joined, timeout)?;
         let producer = config.create_with_context(KafkaLog).map_err(|e| {
             SinkError::Fatal(format!(
                 "cannot set up the kafka producer: {e}; check the sink's settings and `librdkafka_options`"
@@ -325,7 +304,7 @@ impl ClientContext for KafkaLog {
 
 /// librdkafka's configuration for these settings.
 fn client_config(
-    s: &Settings<'_>,
+    s: &KafkaSinkConfig,
     brokers: &str,
     timeout: Duration,
 ) -> Result<ClientConfig, SinkError> {
@@ -336,7 +315,7 @@ fn client_config(
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
-        .set("client.id", s.str("client_id")?.unwrap_or("walflow"))
+        .set("client.id", s.client_id.as_deref().unwrap_or("walflow"))
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", compression(s)?)
@@ -352,9 +331,9 @@ fn client_config(
         config.set("debug", contexts);
     }
     security(s, &mut config)?;
-    for (key, value) in s.str_table("librdkafka_options")? {
-        if let Some(why) = protected_option(&key) {
-            return Err(s.invalid("librdkafka_options", why));
+    for (key, value) in &s.librdkafka_options {
+        if let Some(why) = protected_option(key) {
+            return Err(invalid("kafka", "librdkafka_options", why));
         }
         config.set(key, value);
     }
@@ -367,15 +346,16 @@ fn unreachable_error(brokers: &str, why: &str) -> SinkError {
     ))
 }
 
-fn compression(s: &Settings<'_>) -> Result<&'static str, SinkError> {
-    Ok(match s.str("compression")?.unwrap_or("none") {
+fn compression(s: &KafkaSinkConfig) -> Result<&'static str, SinkError> {
+    Ok(match s.compression.as_deref().unwrap_or("none") {
         "none" => "none",
         "gzip" => "gzip",
         "lz4" => "lz4",
         "snappy" => "snappy",
         "zstd" => "zstd",
         _ => {
-            return Err(s.invalid(
+            return Err(invalid(
+                "kafka",
                 "compression",
                 "one of \"none\", \"gzip\", \"lz4\", \"snappy\", \"zstd\"",
             ));
@@ -384,9 +364,9 @@ fn compression(s: &Settings<'_>) -> Result<&'static str, SinkError> {
 }
 
 /// `security.protocol` and the TLS and SASL settings behind it.
-fn security(s: &Settings<'_>, config: &mut ClientConfig) -> Result<(), SinkError> {
-    let ca = s.str("tls_ca")?;
-    let tls = s.bool("tls")?.unwrap_or(false) || ca.is_some();
+fn security(s: &KafkaSinkConfig, config: &mut ClientConfig) -> Result<(), SinkError> {
+    let ca = s.tls_ca.as_deref();
+    let tls = s.tls || ca.is_some();
     if let Some(path) = ca {
         if let Err(e) = std::fs::metadata(path) {
             return Err(SinkError::Fatal(format!(
@@ -397,21 +377,25 @@ fn security(s: &Settings<'_>, config: &mut ClientConfig) -> Result<(), SinkError
     } else if tls {
         config.set("ssl.ca.location", "probe");
     }
-    let sasl = match s.str("sasl_mechanism")? {
+    let sasl = match s.sasl_mechanism.as_deref() {
         None => false,
         Some(mechanism) => {
             if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism) {
-                return Err(s.invalid(
+                return Err(invalid(
+                    "kafka",
                     "sasl_mechanism",
                     "one of \"PLAIN\", \"SCRAM-SHA-256\", \"SCRAM-SHA-512\"",
                 ));
             }
             let username = s
-                .str("sasl_username")?
-                .ok_or_else(|| s.invalid("sasl_username", "set when `sasl_mechanism` is"))?;
-            let password = s
-                .secret_env("sasl_password_env")?
-                .ok_or_else(|| s.invalid("sasl_password_env", "set when `sasl_mechanism` is"))?;
+                .sasl_username
+                .as_deref()
+                .ok_or_else(|| invalid("kafka", "sasl_username", "set when `sasl_mechanism` is"))?;
+            let password =
+                secret_env("kafka", "sasl_password_env", s.sasl_password_env.as_deref())?
+                    .ok_or_else(|| {
+                        invalid("kafka", "sasl_password_env", "set when `sasl_mechanism` is")
+                    })?;
             config
                 .set("sasl.mechanism", mechanism)
                 .set("sasl.username", username)

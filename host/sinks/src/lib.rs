@@ -12,6 +12,7 @@ mod file;
 mod http;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(any(feature = "kafka", feature = "redis"))]
 mod key;
 #[cfg(feature = "nats")]
 mod nats;
@@ -21,11 +22,18 @@ mod plugin;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(
+    feature = "http",
+    feature = "kafka",
+    feature = "nats",
+    feature = "plugin",
+    feature = "redis"
+))]
 mod settings;
 #[cfg(feature = "stdout")]
 mod stdout;
 
-use walflow_config::SinkConfig;
+use walflow_config::{SinkConfig, SinkKind};
 pub use walflow_core::sink::{EncodedRecord, PendingFlush, Sink, SinkBatch, SinkError};
 
 #[cfg(feature = "file")]
@@ -45,47 +53,38 @@ pub use redis::RedisSink;
 #[cfg(feature = "stdout")]
 pub use stdout::StdoutSink;
 
-/// Builds the sink a `[[sinks]]` entry describes.
+/// Builds the sink a `[[sinks]]` entry describes; `base` is the directory relative paths
+/// are read against.
 pub async fn build(
     config: &SinkConfig,
     base: &std::path::Path,
 ) -> Result<Box<dyn Sink>, SinkError> {
     let _ = base;
-    match config.kind.as_str() {
+    match &config.kind {
         #[cfg(feature = "stdout")]
-        "stdout" => Ok(Box::new(StdoutSink::from_settings(&config.settings)?)),
+        SinkKind::Stdout(_) => Ok(Box::new(StdoutSink::new())),
         #[cfg(feature = "file")]
-        "file" => Ok(Box::new(FileSink::from_settings(&config.settings, base)?)),
+        SinkKind::File(c) => Ok(Box::new(FileSink::from_config(c, base)?)),
         #[cfg(feature = "kafka")]
-        "kafka" => Ok(Box::new(KafkaSink::from_settings(&config.settings).await?)),
+        SinkKind::Kafka(c) => Ok(Box::new(KafkaSink::from_config(c).await?)),
         #[cfg(feature = "nats")]
-        "nats" => Ok(Box::new(NatsSink::from_settings(&config.settings).await?)),
+        SinkKind::Nats(c) => Ok(Box::new(NatsSink::from_config(c).await?)),
         #[cfg(feature = "redis")]
-        "redis" => Ok(Box::new(RedisSink::from_settings(&config.settings).await?)),
+        SinkKind::Redis(c) => Ok(Box::new(RedisSink::from_config(c).await?)),
         #[cfg(feature = "http")]
-        "http" => Ok(Box::new(HttpSink::from_settings(&config.settings)?)),
+        SinkKind::Http(c) => Ok(Box::new(HttpSink::from_config(c)?)),
         #[cfg(feature = "postgres")]
-        "postgres" => Ok(Box::new(
-            PostgresSink::from_settings(&config.settings).await?,
-        )),
+        SinkKind::Postgres(c) => Ok(Box::new(PostgresSink::from_config(c).await?)),
         #[cfg(feature = "plugin")]
-        "plugin" => Ok(Box::new(
-            PluginSink::from_settings(&config.settings, base).await?,
-        )),
-        other if ALL.contains(&other) => Err(SinkError::Fatal(format!(
-            "sink type `{other}` is not compiled into this walflow; rebuild walflow-sinks with cargo feature `{other}`"
-        ))),
+        SinkKind::Plugin(c) => Ok(Box::new(PluginSink::from_config(c, base).await?)),
+        #[allow(unreachable_patterns)]
         other => Err(SinkError::Fatal(format!(
-            "unknown sink type `{other}` in [[sinks]]; available: {}",
-            COMPILED.join(", ")
+            "sink type `{}` is not compiled into this walflow; rebuild walflow-sinks with cargo feature `{}`",
+            other.name(),
+            other.name()
         ))),
     }
 }
-
-/// Every sink type walflow has, compiled in or not.
-const ALL: &[&str] = &[
-    "file", "stdout", "kafka", "nats", "redis", "http", "postgres", "plugin",
-];
 
 /// The sink types this build can run.
 pub const COMPILED: &[&str] = &[
@@ -106,20 +105,3 @@ pub const COMPILED: &[&str] = &[
     #[cfg(feature = "plugin")]
     "plugin",
 ];
-
-/// Rejects settings a sink does not know, naming the key.
-pub(crate) fn check_keys(
-    kind: &str,
-    settings: &toml::Table,
-    known: &[&str],
-) -> Result<(), SinkError> {
-    for key in settings.keys() {
-        if !known.contains(&key.as_str()) {
-            return Err(SinkError::Fatal(format!(
-                "unknown key `{key}` in a [[sinks]] entry of type `{kind}`; known keys: type, {}",
-                known.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}

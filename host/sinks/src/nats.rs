@@ -14,7 +14,10 @@ use async_nats::jetstream::{self, context::PublishAckFuture, context::PublishErr
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::settings::Settings;
+use walflow_config::StringList;
+use walflow_config::sinks::NatsSinkConfig;
+
+use super::settings::{invalid, secret_env};
 use super::{Sink, SinkBatch, SinkError};
 use walflow_config::Encoding;
 use walflow_core::encode::{EncodeOptions, Encoder};
@@ -46,35 +49,18 @@ impl NatsSink {
     /// Connects using its settings: `url` (required), `stream` and `subjects` (create the stream
     /// when missing), `duplicate_window`, `timeout`, `user`, `password_env`, `token_env`,
     /// `credentials_file`, `tls_ca`, `tls`.
-    pub async fn from_settings(settings: &toml::Table) -> Result<NatsSink, SinkError> {
-        let s = Settings::new(
-            "nats",
-            settings,
-            &[
-                "url",
-                "stream",
-                "subjects",
-                "duplicate_window",
-                "timeout",
-                "user",
-                "password_env",
-                "token_env",
-                "credentials_file",
-                "tls",
-                "tls_ca",
-            ],
-        )?;
-        let url = s.required_str("url", "nats://127.0.0.1:4222")?;
-        let stream = s.str("stream")?;
-        if stream.is_none() && s.str_list("subjects")?.is_some() {
-            return Err(s.invalid("subjects", "given together with `stream`"));
+    pub async fn from_config(config: &NatsSinkConfig) -> Result<NatsSink, SinkError> {
+        let url = config.url.as_str();
+        let stream = config.stream.as_deref();
+        if stream.is_none() && config.subjects.is_some() {
+            return Err(invalid("nats", "subjects", "given together with `stream`"));
         }
-        let timeout = s.duration("timeout")?.unwrap_or(Duration::from_secs(10));
-        let client = connect(&s, url, timeout).await?;
+        let timeout = config.timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let client = connect(config, url, timeout).await?;
         let mut jetstream = jetstream::new(client);
         jetstream.set_timeout(timeout);
         if let Some(stream) = stream {
-            ensure_stream(&s, &jetstream, stream, url).await?;
+            ensure_stream(config, &jetstream, stream, url).await?;
         }
         Ok(NatsSink {
             name: format!("nats:{}", walflow_config::redact::url(url)),
@@ -153,7 +139,7 @@ impl NatsSink {
 }
 
 async fn connect(
-    s: &Settings<'_>,
+    config: &NatsSinkConfig,
     url: &str,
     timeout: Duration,
 ) -> Result<async_nats::Client, SinkError> {
@@ -161,22 +147,23 @@ async fn connect(
         .connection_timeout(timeout)
         .request_timeout(Some(timeout))
         .name("walflow");
-    if let Some(user) = s.str("user")? {
-        let password = s.secret_env("password_env")?.unwrap_or_default();
+    if let Some(user) = &config.user {
+        let password =
+            secret_env("nats", "password_env", config.password_env.as_deref())?.unwrap_or_default();
         options = options.user_and_password(user.to_owned(), password);
     }
-    if let Some(token) = s.secret_env("token_env")? {
+    if let Some(token) = secret_env("nats", "token_env", config.token_env.as_deref())? {
         options = options.token(token);
     }
-    if let Some(path) = s.str("credentials_file")? {
+    if let Some(path) = &config.credentials_file {
         options = options.credentials_file(path).await.map_err(|e| {
             SinkError::Fatal(format!("cannot read nats credentials_file {path}: {e}"))
         })?;
     }
-    if let Some(ca) = s.str("tls_ca")? {
+    if let Some(ca) = &config.tls_ca {
         options = options.add_root_certificates(ca.into()).require_tls(true);
     }
-    if s.bool("tls")?.unwrap_or(false) {
+    if config.tls {
         options = options.require_tls(true);
     }
     options.connect(url).await.map_err(|e| {
@@ -188,20 +175,24 @@ async fn connect(
 }
 
 async fn ensure_stream(
-    s: &Settings<'_>,
+    config: &NatsSinkConfig,
     jetstream: &jetstream::Context,
     stream: &str,
     url: &str,
 ) -> Result<(), SinkError> {
-    let subjects = s.str_list("subjects")?.unwrap_or_default();
+    let subjects = config
+        .subjects
+        .as_ref()
+        .map(StringList::to_vec)
+        .unwrap_or_default();
     if subjects.is_empty() {
         return Err(SinkError::Fatal(format!(
             "a nats sink with `stream = \"{stream}\"` needs `subjects = [\"app.>\"]`, the subjects the stream captures"
         )));
     }
-    let duplicate_window = s
-        .duration("duplicate_window")?
-        .unwrap_or(Duration::from_secs(120));
+    let duplicate_window = config
+        .duplicate_window
+        .map_or(Duration::from_secs(120), |d| d.0);
     let config = jetstream::stream::Config {
         name: stream.to_owned(),
         subjects,

@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::settings::Settings;
+use walflow_config::StringList;
+use walflow_config::sinks::PluginSinkConfig;
+
+use super::settings::invalid;
 use super::{Sink, SinkBatch, SinkError};
 use walflow_core::event::Event;
 use walflow_plugin_host::{
@@ -35,39 +38,31 @@ pub struct PluginSink {
 impl PluginSink {
     /// The sink a `[[sinks]] type = "plugin"` entry describes; loads the component and calls
     /// its `init`.
-    pub async fn from_settings(
-        settings: &toml::Table,
+    pub async fn from_config(
+        settings: &PluginSinkConfig,
         base: &Path,
     ) -> Result<PluginSink, SinkError> {
-        let s = Settings::new(
-            "plugin",
-            settings,
-            &[
-                "path",
-                "config",
-                "allow_hosts",
-                "timeout",
-                "deadline",
-                "memory_mb",
-            ],
-        )?;
-        let path = base.join(s.required_str("path", "plugins/my_sink.wasm")?);
-        let config = match settings.get("config") {
+        let path = base.join(&settings.path);
+        let config = match &settings.config {
             None => "{}".to_string(),
             Some(v) => serde_json::to_string(v)
-                .map_err(|e| s.invalid("config", &format!("a table ({e})")))?,
+                .map_err(|e| invalid("plugin", "config", &format!("a table ({e})")))?,
         };
-        let timeout = s.duration("timeout")?.unwrap_or(Duration::from_secs(10));
-        let allow = s.str_list("allow_hosts")?.unwrap_or_default();
+        let timeout = settings.timeout.map_or(Duration::from_secs(10), |d| d.0);
+        let allow = settings
+            .allow_hosts
+            .as_ref()
+            .map(StringList::to_vec)
+            .unwrap_or_default();
         let grant = HttpGrant::new(&allow, timeout)
             .map_err(|e| SinkError::Fatal(format!("plugin sink {}: {e}", path.display())))?;
-        let deadline = s
-            .duration("deadline")?
-            .unwrap_or_else(|| (timeout * 4).max(Duration::from_secs(30)));
+        let deadline = settings
+            .deadline
+            .map_or_else(|| (timeout * 4).max(Duration::from_secs(30)), |d| d.0);
         let mut spec = PluginSpec::new(&path, config);
         spec.http = Some(grant);
         spec.limits.timeout_ms = deadline.as_millis() as u64;
-        if let Some(mb) = s.uint("memory_mb")? {
+        if let Some(mb) = settings.memory_mb {
             spec.limits.memory_mb = mb;
         }
         let instance = tokio::task::spawn_blocking(move || load(spec))

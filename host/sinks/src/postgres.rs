@@ -44,8 +44,8 @@ use async_trait::async_trait;
 use tokio_postgres::types::{ToSql, Type};
 
 use self::statement::{Target, value_text};
-use super::settings::Settings;
 use super::{PendingFlush, Sink, SinkBatch, SinkError};
+use walflow_config::sinks::PostgresSinkConfig;
 use walflow_config::{SourceConfig, SslMode};
 use walflow_core::event::{Event, Op, Row, Value};
 
@@ -95,8 +95,8 @@ const PIPELINE: usize = 512;
 impl PostgresSink {
     /// Connects using its settings: `url` (required), `password_env`, `sslmode`, `sslrootcert`,
     /// `schema` (put every table in this schema instead of its source schema).
-    pub async fn from_settings(settings: &toml::Table) -> Result<PostgresSink, SinkError> {
-        let replica = Replica::from_settings(settings).await?;
+    pub async fn from_config(config: &PostgresSinkConfig) -> Result<PostgresSink, SinkError> {
+        let replica = Replica::from_config(config).await?;
         Ok(PostgresSink {
             name: replica.name.clone(),
             written: Vec::new(),
@@ -106,35 +106,19 @@ impl PostgresSink {
 }
 
 impl Replica {
-    async fn from_settings(settings: &toml::Table) -> Result<Replica, SinkError> {
-        let s = Settings::new(
-            "postgres",
-            settings,
-            &["url", "password_env", "sslmode", "sslrootcert", "schema"],
-        )?;
-        let url = s.required_str("url", "postgres://user@replica:5432/app")?;
-        let sslmode = match s.str("sslmode")? {
-            None => SslMode::Prefer,
-            Some(mode) => toml::Value::String(mode.to_owned())
-                .try_into::<SslMode>()
-                .map_err(|_| {
-                    s.invalid(
-                        "sslmode",
-                        "one of disable, prefer, require, verify-ca, verify-full",
-                    )
-                })?,
-        };
+    async fn from_config(config: &PostgresSinkConfig) -> Result<Replica, SinkError> {
+        let url = config.url.as_str();
         let connection = SourceConfig {
             url: url.to_owned(),
-            password_env: s.str("password_env")?.map(str::to_owned),
-            sslmode,
-            sslrootcert: s.str("sslrootcert")?.map(Into::into),
+            password_env: config.password_env.clone(),
+            sslmode: config.sslmode.unwrap_or(SslMode::Prefer),
+            sslrootcert: config.sslrootcert.clone(),
             ..SourceConfig::default()
         };
         let mut replica = Replica {
             name: format!("postgres:{}", walflow_config::redact::url(url)),
             connection,
-            schema: s.str("schema")?.map(str::to_owned),
+            schema: config.schema.clone(),
             client: None,
             targets: HashMap::new(),
             statements: HashMap::new(),

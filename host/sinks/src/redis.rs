@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::streams::StreamMaxlen;
 
-use super::settings::Settings;
+use walflow_config::sinks::RedisSinkConfig;
+
+use super::settings::{invalid, secret_env};
 use super::{EncodedRecord, Sink, SinkBatch, SinkError};
 
 /// Appends records to Redis streams.
@@ -26,34 +28,24 @@ pub struct RedisSink {
 impl RedisSink {
     /// Connects using its settings: `url` (required), `password_env`, `maxlen`,
     /// `maxlen_approximate` (default true), `stream_prefix`.
-    pub async fn from_settings(settings: &toml::Table) -> Result<RedisSink, SinkError> {
-        let s = Settings::new(
-            "redis",
-            settings,
-            &[
-                "url",
-                "password_env",
-                "maxlen",
-                "maxlen_approximate",
-                "stream_prefix",
-            ],
-        )?;
-        let url = s.required_str("url", "redis://127.0.0.1:6379")?;
+    pub async fn from_config(config: &RedisSinkConfig) -> Result<RedisSink, SinkError> {
+        let url = config.url.as_str();
         let mut info: redis::ConnectionInfo = url
             .parse::<redis::ConnectionInfo>()
-            .map_err(|e| s.invalid("url", &format!("a redis:// URL ({e})")))?;
-        if let Some(password) = s.secret_env("password_env")? {
+            .map_err(|e| invalid("redis", "url", &format!("a redis:// URL ({e})")))?;
+        if let Some(password) = secret_env("redis", "password_env", config.password_env.as_deref())?
+        {
             let redis_settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(redis_settings);
         }
-        let maxlen = match s.uint("maxlen")? {
+        let maxlen = match config.maxlen {
             None => None,
-            Some(n) if s.bool("maxlen_approximate")?.unwrap_or(true) => {
+            Some(n) if config.maxlen_approximate.unwrap_or(true) => {
                 Some(StreamMaxlen::Approx(n as usize))
             }
             Some(n) => Some(StreamMaxlen::Equals(n as usize)),
         };
-        let stream_prefix = s.str("stream_prefix")?.unwrap_or_default().to_owned();
+        let stream_prefix = config.stream_prefix.clone().unwrap_or_default();
         let connection = connect(info, url).await?;
         Ok(RedisSink {
             name: format!("redis:{}", walflow_config::redact::url(url)),

@@ -6,20 +6,25 @@ use std::io::Write;
 
 use async_trait::async_trait;
 
-use super::{Sink, SinkBatch, SinkError, check_keys};
+use super::{Sink, SinkBatch, SinkError};
 
 /// Writes records to standard output.
 pub struct StdoutSink {
     out: std::io::BufWriter<std::io::Stdout>,
 }
 
+impl Default for StdoutSink {
+    fn default() -> StdoutSink {
+        StdoutSink::new()
+    }
+}
+
 impl StdoutSink {
     /// Builds the sink; it takes no settings.
-    pub fn from_settings(settings: &toml::Table) -> Result<StdoutSink, SinkError> {
-        check_keys("stdout", settings, &[])?;
-        Ok(StdoutSink {
+    pub fn new() -> StdoutSink {
+        StdoutSink {
             out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
-        })
+        }
     }
 }
 

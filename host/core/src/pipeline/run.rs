@@ -22,8 +22,9 @@ use crate::sink::Sink;
 use crate::snapshot::control;
 use crate::snapshot::incremental::{Incremental, Marks, Setup};
 use crate::snapshot::initial::{self, Delivering, Outcome};
+use walflow_config::sinks::FileSinkConfig;
 use walflow_config::tables::TableSelector;
-use walflow_config::{Config, OnError, SinkConfig, SinkOnError, SnapshotMode};
+use walflow_config::{Config, OnError, SinkConfig, SinkKind, SinkOnError, SnapshotMode};
 use walflow_pg::{Link, wait_until_reachable};
 
 /// How a run ends, besides SIGINT/SIGTERM.
@@ -315,7 +316,7 @@ async fn build_sinks(
         let sink = parts
             .sink(s, &config.base_dir)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot start sink `{}`: {e}", s.kind))?;
+            .map_err(|e| anyhow::anyhow!("cannot start sink `{}`: {e}", s.kind.name()))?;
         sinks.push(sink);
     }
     Ok(sinks)
@@ -355,16 +356,15 @@ async fn build_dead_letter(
 /// Without a `[dead_letter]` section, dead letters go to `dead-letter.jsonl` in the state
 /// directory.
 fn default_dead_letter(state_dir: &std::path::Path) -> SinkConfig {
+    // Absolute, because a sink's path is read against the config file's directory and the
+    // state directory already is.
     let path = state_dir.join("dead-letter.jsonl");
-    let mut settings = toml::Table::new();
-    settings.insert(
-        "path".into(),
-        toml::Value::String(path.to_string_lossy().into_owned()),
-    );
     SinkConfig {
-        kind: "file".into(),
+        kind: SinkKind::File(FileSinkConfig {
+            path: std::path::absolute(&path).unwrap_or(path),
+            max_bytes: None,
+        }),
         on_error: SinkOnError::Stop,
-        settings,
     }
 }
 
