@@ -4,6 +4,7 @@
 //! and the catalog and replication commands built on them. Nothing here knows about events,
 //! snapshots or sinks (see `docs/architecture.md`).
 //!
+//! - [`backoff`]: the one retry policy (exponential with jitter, optional limit).
 //! - [`options`]: connection options from `[source]` (URL, password from the environment).
 //! - [`tls`]: rustls for every sslmode, shared with ordinary SQL connections.
 //! - [`sql`]: [`connect_sql`], ordinary tokio-postgres connections with the same rules.
@@ -16,6 +17,7 @@
 //! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
 //! - [`setup_sql`]: the setup script `walflow setup-sql` prints.
 
+pub mod backoff;
 pub mod commands;
 pub mod conn;
 pub mod error;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::backoff::Backoff;
 use super::conn::Connection;
 use super::error::ConnectError;
 use super::options::ConnectOptions;
@@ -81,14 +82,11 @@ impl Link {
     }
 }
 
-/// First wait between startup attempts; doubled per failure up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Waits between startup attempts: from 200 ms, doubling up to 10 s, for as long as it takes.
+const STARTUP_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
-/// Longest wait between startup attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// Waits until `source` accepts a replication login, retrying retryable errors with capped
-/// exponential backoff and recording each in `link`. `Ok(false)` when `stop` turned true first;
+/// Waits until `source` accepts a replication login, retrying retryable errors with
+/// [`Backoff`] and recording each in `link`. `Ok(false)` when `stop` turned true first;
 /// a fatal error is returned at once.
 pub async fn wait_until_reachable(
     source: &SourceConfig,
@@ -96,7 +94,7 @@ pub async fn wait_until_reachable(
     mut stop: watch::Receiver<bool>,
 ) -> Result<bool, ConnectError> {
     let opts = &ConnectOptions::from_source(source)?;
-    let mut delay = MIN_BACKOFF;
+    let mut failures = 0;
     loop {
         let attempt = tokio::select! {
             r = Connection::connect(opts, true) => r,
@@ -112,16 +110,17 @@ pub async fn wait_until_reachable(
                 return Ok(true);
             }
             Err(e) if e.is_retryable() => {
+                failures += 1;
+                let delay = STARTUP_BACKOFF.delay(failures);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "postgresql is not reachable; waiting for it");
                 link.down(&e);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(false),
+                }
             }
             Err(e) => return Err(e),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(false),
-        }
-        delay = (delay * 2).min(MAX_BACKOFF);
     }
 }
 

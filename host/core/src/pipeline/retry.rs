@@ -1,4 +1,4 @@
-//! Retrying a failing sink: capped exponential backoff for as long as the sink says trying
+//! Retrying a failing sink: the one [`Backoff`] policy for as long as the sink says trying
 //! again can help — but never past a stop request.
 //!
 //! A sink that is down (a broker restarting, a full disk) is retried forever, so nothing is
@@ -13,15 +13,17 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use walflow_pg::backoff::Backoff;
+
 use crate::metrics::Metrics;
 use crate::sink::{Sink, SinkBatch, SinkError};
 
 /// First wait after a failed attempt; doubled per failure up to the cap.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const FIRST_WAIT: Duration = Duration::from_millis(100);
 
 /// How the writer retries its sinks.
 pub(super) struct Retry {
-    max_backoff: Duration,
+    backoff: Backoff,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
     abandoned: bool,
@@ -35,7 +37,7 @@ impl Retry {
         stop: watch::Receiver<bool>,
     ) -> Retry {
         Retry {
-            max_backoff,
+            backoff: Backoff::new(FIRST_WAIT, max_backoff),
             metrics,
             stop,
             abandoned: false,
@@ -54,34 +56,40 @@ impl Retry {
         sink: &mut dyn Sink,
         batch: SinkBatch<'_>,
     ) -> Result<(), SinkError> {
-        let mut backoff = FIRST_BACKOFF;
+        let mut failures = 0;
         loop {
             match sink.write(batch).await {
                 Ok(()) => return Ok(()),
-                Err(e) => backoff = self.wait_or_fail(sink.name(), e, backoff).await?,
+                Err(e) => {
+                    failures += 1;
+                    self.wait_or_fail(sink.name(), e, failures).await?;
+                }
             }
         }
     }
 
     /// Flushes `sink`, retrying retryable failures.
     pub(super) async fn flush(&mut self, sink: &mut dyn Sink) -> Result<(), SinkError> {
-        let mut backoff = FIRST_BACKOFF;
+        let mut failures = 0;
         loop {
             match sink.flush().await {
                 Ok(()) => return Ok(()),
-                Err(e) => backoff = self.wait_or_fail(sink.name(), e, backoff).await?,
+                Err(e) => {
+                    failures += 1;
+                    self.wait_or_fail(sink.name(), e, failures).await?;
+                }
             }
         }
     }
 
-    /// After a failed attempt: the next backoff once `backoff` has passed, or the error when
-    /// it is fatal or a stop came first.
+    /// After the `failures`th failed attempt in a row: `Ok` once the backoff has passed, or
+    /// the error when it is fatal or a stop came first.
     async fn wait_or_fail(
         &mut self,
         name: &str,
         e: SinkError,
-        backoff: Duration,
-    ) -> Result<Duration, SinkError> {
+        failures: u32,
+    ) -> Result<(), SinkError> {
         self.metrics.record_sink_error(name);
         if !e.is_retryable() {
             return Err(e);
@@ -89,9 +97,10 @@ impl Retry {
         if *self.stop.borrow() {
             return Err(self.abandon(name, e));
         }
-        tracing::warn!(sink = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink failed; retrying");
+        let delay = self.backoff.delay(failures);
+        tracing::warn!(sink = name, error = %e, retry_in_ms = delay.as_millis() as u64, "sink failed; retrying");
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => Ok((backoff * 2).min(self.max_backoff)),
+            _ = tokio::time::sleep(delay) => Ok(()),
             _ = stopped(&mut self.stop) => Err(self.abandon(name, e)),
         }
     }

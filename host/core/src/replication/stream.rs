@@ -37,6 +37,7 @@ use crate::event::format_lsn;
 use crate::value::{TypeInfo, TypeKind, TypeRegistry};
 use walflow_config::SourceConfig;
 use walflow_pg::commands::protocol_version;
+use walflow_pg::backoff::Backoff;
 use walflow_pg::conn::{Connection, CopyMessage};
 use walflow_pg::error::ConnectError;
 use walflow_pg::link::Link;
@@ -98,12 +99,8 @@ pub struct StreamOptions {
     pub accept_gap: bool,
     /// Create or adjust the publication per `publication_autocreate`.
     pub manage_publication: bool,
-    /// First reconnect delay; doubled per failure up to `max_backoff`.
-    pub min_backoff: Duration,
-    /// Longest reconnect delay.
-    pub max_backoff: Duration,
-    /// Give up after this many consecutive failed reconnects (`None`: never).
-    pub max_reconnects: Option<u32>,
+    /// Waits between reconnects, and after how many failures in a row to give up.
+    pub reconnect: Backoff,
     /// Declare the connection dead after this long without a byte from the server (`None`:
     /// never); see [`Silence`].
     pub receive_timeout: Option<Duration>,
@@ -118,9 +115,7 @@ impl StreamOptions {
             status_interval: source.heartbeat_interval.unwrap_or(Duration::from_secs(10)),
             accept_gap: source.accept_gap,
             manage_publication: true,
-            min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(30),
-            max_reconnects: None,
+            reconnect: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             receive_timeout: source.receive_timeout(),
             link: Link::default(),
         }
@@ -432,10 +427,11 @@ impl ReplicationStream {
                 Ok(item) => return Ok(item),
                 Err(e) if e.is_retryable() => {
                     failures += 1;
-                    if self.options.max_reconnects.is_some_and(|m| failures > m) {
+                    let backoff = self.options.reconnect;
+                    if backoff.exhausted(failures) {
                         return Err(e);
                     }
-                    let delay = backoff(&self.options, failures);
+                    let delay = backoff.delay(failures);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
                     if self.conn.take().is_some() {
                         self.options.link.down(&e);
@@ -835,36 +831,4 @@ async fn load_types(
         }
     }
     Ok(())
-}
-
-fn backoff(options: &StreamOptions, failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    options
-        .min_backoff
-        .saturating_mul(factor)
-        .min(options.max_backoff)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_exponential() {
-        let o = StreamOptions {
-            status_interval: Duration::from_secs(10),
-            accept_gap: false,
-            manage_publication: true,
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-            max_reconnects: None,
-            receive_timeout: None,
-            link: Link::default(),
-        };
-        assert_eq!(backoff(&o, 1), Duration::from_millis(100));
-        assert_eq!(backoff(&o, 2), Duration::from_millis(200));
-        assert_eq!(backoff(&o, 4), Duration::from_millis(800));
-        assert_eq!(backoff(&o, 10), Duration::from_secs(2));
-        assert_eq!(backoff(&o, 1000), Duration::from_secs(2));
-    }
 }

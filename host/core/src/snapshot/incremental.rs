@@ -29,6 +29,8 @@ use super::progress::Progress;
 use super::request::{self, Request, Signal, WINDOW_CLOSE, WINDOW_OPEN};
 use super::state::{IncrementalProgress, IncrementalTable};
 use crate::event::{Event, Op, Row, SnapshotMarker, Source, Value};
+use walflow_pg::backoff::Backoff;
+
 use crate::metrics::Metrics;
 use crate::pipeline::Unit;
 use crate::replication::stream::StreamControl;
@@ -38,6 +40,13 @@ use walflow_config::tables::TableSelector;
 
 /// Consecutive failures to read a table's chunk before its snapshot is given up (logged).
 const GIVE_UP_AFTER: u32 = 5;
+
+/// Waits between attempts to read a chunk again, giving up after [`GIVE_UP_AFTER`] in a row.
+const READ_RETRY: Backoff = Backoff::new(
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(8),
+)
+.with_limit(Some(GIVE_UP_AFTER - 1));
 
 /// Most remembered transactions (see the module docs); beyond it the oldest are forgotten.
 const RING_LIMIT: usize = 200_000;
@@ -631,7 +640,7 @@ impl Reader {
                     failures = 0;
                     a
                 }
-                Err(e) if failures + 1 >= GIVE_UP_AFTER => {
+                Err(e) if READ_RETRY.exhausted(failures + 1) => {
                     failures = 0;
                     Answer::Invalid {
                         window: ask.window,
@@ -644,7 +653,7 @@ impl Reader {
                 Err(e) => {
                     failures += 1;
                     self.session = None;
-                    tokio::time::sleep(std::time::Duration::from_secs(u64::from(failures))).await;
+                    tokio::time::sleep(READ_RETRY.delay(failures)).await;
                     Answer::Failed {
                         window: ask.window,
                         message: format!("{e:#}"),
