@@ -163,7 +163,7 @@ async fn a_missing_publication_creates_nothing_and_the_next_run_snapshots_everyt
         .output_async(RUN_TIMEOUT)
         .await
         .unwrap();
-    assert!(!output.status.success(), "{}", output.describe());
+    assert_eq!(output.status.code(), Some(1), "{}", output.describe());
     let stderr = output.stderr.trim();
     assert!(
         stderr.contains("publication") && stderr.contains("CREATE PUBLICATION"),

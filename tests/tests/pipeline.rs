@@ -196,7 +196,7 @@ async fn bad_config_fails_with_one_line_and_no_checkpoint() {
         .output_async(Duration::from_secs(30))
         .await
         .unwrap();
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(1), "a bad config is fatal");
     assert!(
         output.stderr.contains("unknown field `flush`") && output.stderr.contains("line "),
         "{}",
@@ -899,4 +899,35 @@ async fn config_schema_describes_every_sink() {
     ] {
         assert!(text.contains(key), "no sink key {key}");
     }
+}
+
+/// A destination that is down at start ends the run with the transient exit code, so a
+/// supervisor knows that starting again later may succeed; nothing is created meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_down_at_start_exits_with_the_transient_code() {
+    let db = Cluster::shared().new_database().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let builder = db.config().append(&format!(
+        "[[sinks]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntimeout = \"1s\""
+    ));
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let output = walflow!("run", "-c", &config.path)
+        .output_async(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", output.describe());
+    assert!(
+        output
+            .stderr
+            .contains(&format!("cannot reach kafka brokers 127.0.0.1:{port}")),
+        "{}",
+        output.describe()
+    );
+    assert!(
+        db.slot_confirmed(&slot).await.is_none(),
+        "a start that failed created the slot"
+    );
 }

@@ -362,6 +362,8 @@ async fn http_400_stops_the_pipeline_without_confirming() {
         message.contains("400") && message.contains("bad field `qty`"),
         "{message}"
     );
+    use walflow::error::{Class, Classify};
+    assert_eq!(err.class(), Class::Rejected, "{message}");
     assert_eq!(*acks.borrow(), 0, "nothing confirmed");
     assert_eq!(
         endpoint.seen.lock().unwrap().answers.len(),
@@ -429,7 +431,7 @@ struct FailItems;
 
 #[async_trait]
 impl Processor for FailItems {
-    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String> {
+    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, walflow::error::Error> {
         let (bad, good): (Vec<Event>, Vec<Event>) = events
             .into_iter()
             .partition(|e| e.relation.table == "items");
@@ -1155,6 +1157,13 @@ async fn postgres_one_large_flush_equals_the_source_even_when_delivered_twice() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_destinations_are_named_at_start() {
     let port = brokers::free_port();
+    // Nothing listening is transient: a later start may find the destination up (and
+    // `walflow run` exits with the transient code, for its supervisor to start it again).
+    let fatal_message = |result: Result<Box<dyn Sink>, SinkError>| match result {
+        Err(SinkError::Retryable(m)) => m,
+        Err(e) => panic!("expected a transient error, got {e:?}"),
+        Ok(_) => panic!("expected the sink to be refused"),
+    };
     let m = fatal_message(
         sink(&format!(
             "type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\""

@@ -1,7 +1,8 @@
 //! The `walflow` command line: argument definitions and dispatch to the modules that do the work.
 //!
 //! Every command returns `anyhow::Result`; `main` prints a failure as one line (`error: …`) and
-//! exits non-zero, so each error must already say what is wrong and what to do.
+//! exits with the code of the error's class (`walflow_core::error::Class::exit_code`), so each
+//! error must already say what is wrong and what to do.
 
 use std::path::PathBuf;
 
@@ -222,9 +223,16 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_sentence(&e));
-            std::process::ExitCode::FAILURE
+            exit_code(&e)
         }
     }
+}
+
+/// The exit code for a failed run, by the class of its error (see the README's "Exit codes");
+/// an error nothing classified is fatal.
+fn exit_code(e: &anyhow::Error) -> std::process::ExitCode {
+    let class = walflow_core::error::class_of(e).unwrap_or(walflow_core::error::Class::Fatal);
+    std::process::ExitCode::from(class.exit_code())
 }
 
 /// The error and its causes on one line, leaving out causes the message already quotes.

@@ -12,7 +12,8 @@ pub mod demo;
 
 pub use walflow_config as config;
 pub use walflow_core::{
-    assemble, checkpoint, encode, event, metrics, pipeline, preflight, replication, snapshot, value,
+    assemble, checkpoint, encode, error, event, metrics, pipeline, preflight, replication,
+    snapshot, value,
 };
 pub use walflow_pg as pg;
 pub use walflow_pgoutput as pgoutput;

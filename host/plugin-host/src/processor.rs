@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::reload::Reloader;
-use crate::{Chain, PluginEngine, PluginSlot};
+use crate::{Chain, ChainError, PluginEngine, PluginSlot};
 use walflow_config::Config;
+use walflow_core::error::{Class, Error};
 use walflow_core::event::Event;
 use walflow_core::metrics::Metrics;
 use walflow_core::pipeline::{FollowUp, Processed, Processor, Started};
@@ -83,7 +84,7 @@ struct ChainProcessor {
 
 #[async_trait]
 impl Processor for ChainProcessor {
-    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String> {
+    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, Error> {
         self.start(events).await.answer().await
     }
 
@@ -98,12 +99,12 @@ impl Processor for ChainProcessor {
     async fn start(&mut self, events: Vec<Event>) -> Started {
         self.record_reloads();
         if self.lost.load(Ordering::Acquire) >= self.chains {
-            return Started::Done(Err(
-                "the plugin chain was lost after an earlier failure".into()
-            ));
+            return Started::Done(Err(Error::fatal(
+                "the plugin chain was lost after an earlier failure",
+            )));
         }
         let Some(mut chain) = self.free.recv().await else {
-            return Started::Done(Err("the plugin chain was lost".into()));
+            return Started::Done(Err(Error::fatal("the plugin chain was lost")));
         };
         // Versions are picked here, in batch order, so a later batch never runs an older
         // version than an earlier one.
@@ -117,7 +118,7 @@ impl Processor for ChainProcessor {
                 Ok(result) => {
                     // The processor may be gone (the pipeline stopped): then so is the chain.
                     let _ = back.send(chain);
-                    let mut processed = result.map(processed).map_err(|e| e.to_string())?;
+                    let mut processed = result.map(processed).map_err(|e| classified(&e))?;
                     if let Some(follow_up) = follow_up {
                         processed.records = Some(follow_up(&processed.events));
                     }
@@ -125,10 +126,10 @@ impl Processor for ChainProcessor {
                 }
                 Err(panic) => {
                     lost.fetch_add(1, Ordering::AcqRel);
-                    Err(format!(
+                    Err(Error::fatal(format!(
                         "the plugin chain panicked: {}",
                         panic_message(&panic)
-                    ))
+                    )))
                 }
             }
         }))
@@ -142,6 +143,16 @@ impl ChainProcessor {
         let failures = self.slots.iter().map(|s| s.reload_failures()).sum();
         self.metrics.set_reloads(reloads, failures);
     }
+}
+
+/// A plugin failing on the batch (under `on_error = "stop"`) is about that data; a plugin
+/// that cannot be loaded again is not.
+fn classified(e: &ChainError) -> Error {
+    let class = match e {
+        ChainError::Plugin(_) => Class::Definite,
+        ChainError::Load(_) => Class::Fatal,
+    };
+    Error::new(class, e.to_string())
 }
 
 /// A panic's message, when it has one.

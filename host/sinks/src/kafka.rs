@@ -340,8 +340,10 @@ fn client_config(
     Ok(config)
 }
 
+/// The brokers did not answer at start: transient, since a broker coming up lets a later
+/// start succeed (`walflow run` exits with the transient code for its supervisor).
 fn unreachable_error(brokers: &str, why: &str) -> SinkError {
-    SinkError::Fatal(format!(
+    SinkError::Retryable(format!(
         "cannot reach kafka brokers {brokers}: {why}; check `brokers` and that the broker is running"
     ))
 }

@@ -167,10 +167,18 @@ async fn connect(
         options = options.require_tls(true);
     }
     options.connect(url).await.map_err(|e| {
-        SinkError::Fatal(format!(
+        let message = format!(
             "cannot reach nats at {}: {e}; check `url` and that nats-server is running",
             walflow_config::redact::url(url)
-        ))
+        );
+        // Down or unreachable may pass; refused credentials or TLS will not by themselves.
+        use async_nats::ConnectErrorKind as Kind;
+        match e.kind() {
+            Kind::Io | Kind::TimedOut | Kind::Dns | Kind::MaxReconnects => {
+                SinkError::Retryable(message)
+            }
+            _ => SinkError::Fatal(message),
+        }
     })
 }
 

@@ -127,11 +127,9 @@ impl Replica {
             stages: HashSet::new(),
             staged: HashSet::new(),
         };
-        replica.connect().await.map_err(|e| match e {
-            SinkError::Retryable(m) | SinkError::Fatal(m) | SinkError::Rejected(m) => {
-                SinkError::Fatal(m)
-            }
-        })?;
+        // Unreachable at start stays transient (a later start may succeed); a refused login
+        // or a missing database is fatal.
+        replica.connect().await?;
         Ok(replica)
     }
 
@@ -143,10 +141,17 @@ impl Replica {
             let client = walflow_pg::connect_sql(&self.connection)
                 .await
                 .map_err(|e| {
-                    SinkError::Retryable(format!(
+                    let message = format!(
                         "postgres sink cannot connect to {}: {e}",
                         walflow_config::redact::url(&self.connection.url)
-                    ))
+                    );
+                    // Down or restarting passes; a refused login or a missing database does
+                    // not by itself.
+                    if e.is_retryable() {
+                        SinkError::Retryable(message)
+                    } else {
+                        SinkError::Fatal(message)
+                    }
                 })?;
             self.statements.clear();
             self.stages.clear();

@@ -59,11 +59,19 @@ impl RedisSink {
 }
 
 async fn connect(info: redis::ConnectionInfo, url: &str) -> Result<ConnectionManager, SinkError> {
+    // Down or unreachable at start is transient (a later start may succeed); a refused
+    // login is not.
     let unreachable = |e: redis::RedisError| {
-        SinkError::Fatal(format!(
+        let fatal = e.kind() == redis::ErrorKind::AuthenticationFailed;
+        let message = format!(
             "cannot reach redis at {}: {e}; check `url` and that the server is running",
             walflow_config::redact::url(url)
-        ))
+        );
+        if fatal {
+            SinkError::Fatal(message)
+        } else {
+            SinkError::Retryable(message)
+        }
     };
     let client = redis::Client::open(info).map_err(unreachable)?;
     let config = redis::aio::ConnectionManagerConfig::new()
@@ -76,7 +84,7 @@ async fn connect(info: redis::ConnectionInfo, url: &str) -> Result<ConnectionMan
     )
     .await
     .map_err(|_| {
-        SinkError::Fatal(format!(
+        SinkError::Retryable(format!(
             "cannot reach redis at {}: timed out; check `url` and that the server is running",
             walflow_config::redact::url(url)
         ))

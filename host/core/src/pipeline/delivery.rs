@@ -63,17 +63,17 @@ impl Default for DeliveryOptions {
 /// Why delivery stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    /// A sink failed in a way retrying cannot fix.
-    #[error("sink {sink} failed: {message}")]
+    /// A sink failed in a way retrying cannot fix (or refused data under `on_error = "stop"`).
+    #[error("sink {sink} failed: {error}")]
     Sink {
         /// The sink's name.
         sink: String,
-        /// Its error.
-        message: String,
+        /// Its error, with its class.
+        error: SinkError,
     },
     /// The plugin chain stopped the pipeline (`on_error = "stop"`).
     #[error("{0}")]
-    Plugin(String),
+    Plugin(crate::error::Error),
     /// Encoding failed (a bug or invalid data).
     #[error("{0}")]
     Encode(String),
@@ -861,7 +861,7 @@ async fn wait_stop(stop: &mut watch::Receiver<bool>) {
 fn sink_failed(sink: &dyn Sink, e: SinkError) -> DeliveryError {
     DeliveryError::Sink {
         sink: sink.name().to_owned(),
-        message: e.to_string(),
+        error: e,
     }
 }
 
@@ -1062,7 +1062,10 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Processor for OneSlowBatch {
-        async fn process(&mut self, events: Vec<Event>) -> Result<super::super::Processed, String> {
+        async fn process(
+            &mut self,
+            events: Vec<Event>,
+        ) -> Result<super::super::Processed, crate::error::Error> {
             self.start(events).await.answer().await
         }
 
@@ -1149,7 +1152,10 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Processor for EncodesWhereItRuns {
-        async fn process(&mut self, events: Vec<Event>) -> Result<super::super::Processed, String> {
+        async fn process(
+            &mut self,
+            events: Vec<Event>,
+        ) -> Result<super::super::Processed, crate::error::Error> {
             let n = self.started;
             self.started += 1;
             let follow_up = self.follow_up.clone().expect("handed a follow-up");

@@ -31,6 +31,7 @@ pub use run::{RunOptions, RunSummary, run};
 pub use weight::{Weight, of_events as weigh};
 
 use crate::encode::Encoder;
+use crate::error::Error;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::sink::Sink;
@@ -116,11 +117,14 @@ pub type FollowUp = std::sync::Arc<
     dyn Fn(&[Event]) -> Result<Vec<crate::sink::EncodedRecord>, String> + Send + Sync,
 >;
 
-/// Runs a batch through the plugins. `Err` stops the pipeline without confirming the batch.
+/// Runs a batch through the plugins. `Err` stops the pipeline without confirming the batch;
+/// its class says why (a plugin failing on an event under `on_error = "stop"` is
+/// [`Class::Definite`](crate::error::Class::Definite), a plugin that cannot run at all is
+/// fatal).
 #[async_trait]
 pub trait Processor: Send {
     /// Processes one batch.
-    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String>;
+    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, Error>;
 
     /// How many batches can be started before the oldest is answered.
     fn parallelism(&self) -> usize {
@@ -144,19 +148,19 @@ pub trait Processor: Send {
 #[derive(Debug)]
 pub enum Started {
     /// The answer, ready.
-    Done(Result<Processed, String>),
+    Done(Result<Processed, Error>),
     /// The batch runs on a task of its own (the plugin chain's: on tokio's blocking pool).
-    Running(tokio::task::JoinHandle<Result<Processed, String>>),
+    Running(tokio::task::JoinHandle<Result<Processed, Error>>),
 }
 
 impl Started {
     /// Waits for the batch's answer.
-    pub async fn answer(self) -> Result<Processed, String> {
+    pub async fn answer(self) -> Result<Processed, Error> {
         match self {
             Started::Done(answer) => answer,
             Started::Running(task) => task
                 .await
-                .unwrap_or_else(|e| Err(format!("the plugin chain panicked: {e}"))),
+                .unwrap_or_else(|e| Err(Error::fatal(format!("the plugin chain panicked: {e}")))),
         }
     }
 }
@@ -166,7 +170,7 @@ pub struct Passthrough;
 
 #[async_trait]
 impl Processor for Passthrough {
-    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, String> {
+    async fn process(&mut self, events: Vec<Event>) -> Result<Processed, Error> {
         Ok(Processed {
             events,
             ..Processed::default()

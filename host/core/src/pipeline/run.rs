@@ -316,7 +316,7 @@ async fn build_sinks(
         let sink = parts
             .sink(s, &config.base_dir)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot start sink `{}`: {e}", s.kind.name()))?;
+            .with_context(|| format!("cannot start sink `{}`", s.kind.name()))?;
         sinks.push(sink);
     }
     Ok(sinks)
@@ -349,7 +349,7 @@ async fn build_dead_letter(
     let sink = parts
         .sink(sink, &config.base_dir)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot start the [dead_letter] sink: {e}"))?;
+        .context("cannot start the [dead_letter] sink")?;
     Ok(Some(sink))
 }
 
