@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod ledger;
+
 pub use crate::snapshot::SnapshotProgress;
+pub use ledger::{Confirmer, Ledger};
 
 /// Which slot a checkpoint's LSN belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

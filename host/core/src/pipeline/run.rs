@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Components, Delivery, DeliveryOptions, Passthrough, Processor, QueueBudget, Unit};
 use super::{source, startup};
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, Ledger};
 use crate::encode::{EncodeOptions, Encoder};
 use crate::metrics::Metrics;
 use crate::sink::Sink;
@@ -231,10 +231,8 @@ async fn follow(
     ));
     let acknowledger = tokio::spawn(source::acknowledge(
         ack_rx,
-        opened.store,
-        identity,
+        Ledger::new(opened.store, identity, progress),
         control.clone(),
-        progress,
         marks,
     ));
     let delivered = delivery.run(unit_rx, ack_tx, stop_tx.subscribe()).await;

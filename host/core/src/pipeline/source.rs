@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use super::Unit;
-use crate::checkpoint::{Checkpoint, CheckpointStore, now_ms};
+use crate::checkpoint::{CheckpointStore, Ledger};
 use crate::metrics::Metrics;
 use crate::replication::stream::StreamControl;
 use crate::replication::{ReplicationStream, StreamItem, StreamOptions};
@@ -150,35 +150,24 @@ fn idle_unit(lsn: u64) -> Unit {
     }
 }
 
-/// Writes a checkpoint for every acknowledged LSN, then confirms it. Returns the last one.
-/// Incremental snapshot progress is recorded once the position after it is acknowledged.
+/// Checkpoints, then confirms, every acknowledged LSN through the [`Ledger`]. Returns the
+/// last one. Incremental snapshot progress is recorded once the position after it is
+/// acknowledged.
 pub async fn acknowledge(
     mut acks: watch::Receiver<u64>,
-    store: CheckpointStore,
-    identity: crate::checkpoint::SlotIdentity,
+    mut ledger: Ledger,
     control: StreamControl,
-    mut snapshot: SnapshotProgress,
     marks: Option<Marks>,
 ) -> anyhow::Result<Option<u64>> {
-    let mut last = None;
     while acks.changed().await.is_ok() {
-        // Never past a prepared transaction whose changes are not all acknowledged yet.
-        let lsn = control.safe_lsn(*acks.borrow_and_update());
-        if lsn == 0 || Some(lsn) <= last {
+        let acked = *acks.borrow_and_update();
+        let Some(lsn) = ledger.next_position(acked, &control) else {
             continue;
-        }
-        if let Some(marks) = &marks {
-            apply_marks(marks, lsn, &mut snapshot);
-        }
-        let checkpoint = Checkpoint {
-            lsn,
-            identity: identity.clone(),
-            written_at_ms: now_ms(),
-            snapshot: snapshot.clone(),
         };
-        store.save_async(checkpoint).await?;
-        control.confirm(lsn);
-        last = Some(lsn);
+        if let Some(marks) = &marks {
+            apply_marks(marks, lsn, ledger.snapshot_mut());
+        }
+        ledger.record(lsn, &control).await?;
     }
-    Ok(last)
+    Ok(ledger.last())
 }

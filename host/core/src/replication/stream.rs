@@ -181,6 +181,16 @@ impl StreamControl {
     }
 }
 
+impl crate::checkpoint::Confirmer for StreamControl {
+    fn safe_lsn(&self, acked: u64) -> u64 {
+        StreamControl::safe_lsn(self, acked)
+    }
+
+    fn confirm(&self, lsn: u64) {
+        StreamControl::confirm(self, lsn)
+    }
+}
+
 /// A two-phase message's effect on [`PreparedHolds`](super::PreparedHolds).
 enum TwoPhaseStep {
     /// Prepared under this gid.
@@ -321,6 +331,13 @@ impl ReplicationStream {
     /// A handle to confirm and stop this stream from another task.
     pub fn control(&self) -> StreamControl {
         self.control.clone()
+    }
+
+    /// Takes what was confirmed through [`StreamControl`] (a [`Ledger`](crate::checkpoint::Ledger)
+    /// confirms there) into this stream now, rather than at the next read, so that
+    /// [`idle_lsn`](Self::idle_lsn) and [`confirmed_lsn`](Self::confirmed_lsn) see it.
+    pub fn apply_confirmed(&mut self) {
+        self.apply_control();
     }
 
     /// Applies what other tasks asked through [`StreamControl`].
@@ -750,6 +767,8 @@ impl ReplicationStream {
         let Some(_) = self.conn.as_ref() else {
             return Ok(());
         };
+        // What was confirmed through the control since the last read goes out too.
+        self.apply_control();
         if let Err(e) = self.send_status().await {
             // The checkpoint holds the position; the next start confirms it.
             tracing::warn!(error = %e, "the connection was gone at stop; the next start confirms the last checkpoint");

@@ -3,8 +3,8 @@
 //!
 //! Without `--confirm` the slot never moves (nothing is confirmed, no checkpoint written), so
 //! tailing is safe to repeat. With `--confirm`, what was printed and flushed is checkpointed in
-//! the state dir and then confirmed, exactly like the pipeline does with sink
-//! acknowledgements, so a restart (even after kill -9) resumes without losing anything.
+//! the state dir and then confirmed through the same [`Ledger`] the pipeline acknowledges sink
+//! flushes with, so a restart (even after kill -9) resumes without losing anything.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::stream::{ReplicationStream, StreamItem, StreamOptions};
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::{CheckpointStore, Ledger};
 use crate::encode::{EncodeOptions, Encoder};
 use crate::event::{format_lsn, parse_lsn};
 use walflow_config::{Config, SourceConfig};
@@ -61,8 +61,14 @@ pub async fn run(args: &TailOptions) -> anyhow::Result<()> {
     let mut options = StreamOptions::for_source(&source);
     options.accept_gap = source.accept_gap;
     let mut stream = ReplicationStream::open(&source, checkpoint.as_ref(), options).await?;
+    let control = stream.control();
+    let snapshot = checkpoint
+        .as_ref()
+        .map(|c| c.snapshot.clone())
+        .unwrap_or_default();
+    let mut ledger = Ledger::new(store, stream.identity().clone(), snapshot);
     if args.confirm && checkpoint.is_none() {
-        save(&store, &stream, stream.confirmed_lsn())?;
+        ledger.record(stream.confirmed_lsn(), &control).await?;
     }
     let encoder = Encoder::new(
         walflow_config::Encoding::Json,
@@ -100,13 +106,12 @@ pub async fn run(args: &TailOptions) -> anyhow::Result<()> {
                     out.flush().context("cannot write to standard output")?;
                     // Everything printed counts as acknowledged once flushed.
                     if printed_up_to > stream.confirmed_lsn() {
-                        let safe = stream.safe_lsn(printed_up_to);
-                        save(&store, &stream, safe)?;
-                        stream.confirm(printed_up_to);
+                        ledger.acknowledge(printed_up_to, &control).await?;
+                        stream.apply_confirmed();
                     }
                     if let Some(idle) = stream.idle_lsn() {
-                        save(&store, &stream, idle)?;
-                        stream.confirm(idle);
+                        ledger.acknowledge(idle, &control).await?;
+                        stream.apply_confirmed();
                     }
                 }
                 until.is_some_and(|u| lsn >= u)
@@ -123,9 +128,8 @@ pub async fn run(args: &TailOptions) -> anyhow::Result<()> {
             && (quiet || reached || last_confirm.elapsed() >= CONFIRM_EVERY)
         {
             out.flush().context("cannot write to standard output")?;
-            let lsn = stream.safe_lsn(printed_up_to);
-            save(&store, &stream, lsn)?;
-            stream.confirm(printed_up_to);
+            ledger.acknowledge(printed_up_to, &control).await?;
+            stream.apply_confirmed();
             last_confirm = Instant::now();
         }
         if reached {
@@ -136,11 +140,6 @@ pub async fn run(args: &TailOptions) -> anyhow::Result<()> {
     out.flush().context("cannot write to standard output")?;
     drop(out);
     stream.stop().await?;
-    Ok(())
-}
-
-fn save(store: &CheckpointStore, stream: &ReplicationStream, lsn: u64) -> anyhow::Result<()> {
-    store.save(&Checkpoint::new(lsn, stream.identity().clone()))?;
     Ok(())
 }
 
