@@ -1,5 +1,10 @@
 //! Ordinary SQL connections (tokio-postgres) with the same options and TLS rules as the
-//! replication connection, for `check`, snapshots, the type registry and the pipeline.
+//! replication connection, for `check`, snapshots, the type registry and the pipeline; and
+//! [`ident`], [`qualified`] and [`literal`], the one way walflow quotes names and text into SQL.
+
+mod quote;
+
+pub use quote::{ident, literal, qualified};
 
 use std::error::Error as _;
 use std::io;
