@@ -5,7 +5,7 @@
 //! In `replication=database` mode the walsender also runs plain SQL (PostgreSQL 10+), so the
 //! catalog queries share this one connection.
 
-use crate::sql::{ident, literal, qualified};
+use crate::sql::{ident, literal, qualified, replication_literal};
 
 use super::conn::{Connection, TextRow};
 use super::error::ConnectError;
@@ -397,7 +397,10 @@ impl Connection {
         let proto = protocol_version(server_version_num);
         let mut options = vec![
             format!("\"proto_version\" '{proto}'"),
-            format!("\"publication_names\" {}", literal(&ident(publication))),
+            format!(
+                "\"publication_names\" {}",
+                replication_literal(&ident(publication))
+            ),
         ];
         if server_version_num >= 140000 {
             options.push("\"messages\" 'true'".into());

@@ -25,6 +25,14 @@ pub fn literal(text: &str) -> String {
     escape_literal(text)
 }
 
+/// A string literal in a replication command (`START_REPLICATION … ("publication_names" '…')`):
+/// `'text'` with inner quotes doubled and nothing else. The walsender parses these commands
+/// with its own small grammar, which has no `E'…'` strings and takes backslashes literally, so
+/// [`literal`]'s form for text with backslashes would be a syntax error there.
+pub fn replication_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +50,11 @@ mod tests {
         assert_eq!(literal("it's"), "'it''s'");
         assert_eq!(literal(""), "''");
         assert_eq!(literal("a\\_b'c"), " E'a\\\\_b''c'");
+    }
+
+    #[test]
+    fn replication_literals_keep_backslashes() {
+        assert_eq!(replication_literal("it's"), "'it''s'");
+        assert_eq!(replication_literal("\"a\\b\""), "'\"a\\b\"'");
     }
 }
