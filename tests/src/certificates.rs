@@ -111,9 +111,16 @@ pub fn generate(dir: &Path) -> anyhow::Result<Certificates> {
         dir.join("server.key"),
         std::fs::Permissions::from_mode(0o600),
     )?;
-    Ok(Certificates {
-        ca_cert: dir.join("ca.crt"),
-        server_cert: dir.join("server.crt"),
-        server_key: dir.join("server.key"),
-    })
+    Ok(Certificates::at(dir))
+}
+
+impl Certificates {
+    /// The paths [`generate`] writes into `dir` (relative when `dir` is).
+    pub fn at(dir: &Path) -> Certificates {
+        Certificates {
+            ca_cert: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! Child processes that cannot outlive the test process.
 //!
 //! Test binaries end in many ways: normally, by panic, by `abort`, by SIGKILL from a timeout.
-//! Statics are never dropped, so a server owned by `Cluster::shared()` would be orphaned unless
-//! the kernel reaps it for us. `PR_SET_PDEATHSIG` does that, but it fires when the *thread* that
+//! A walflow under test or a broker left running would hold ports and files, so the kernel
+//! stops them for us. (PostgreSQL servers are tied the same way by `walflow-local-postgres`.) `PR_SET_PDEATHSIG` does that, but it fires when the *thread* that
 //! forked the child exits, and tests run on short-lived threads. So every tied child is forked
 //! by one dedicated thread that lives as long as the process: when the process goes, that thread
 //! goes, and the kernel sends the child its signal.

@@ -1,30 +1,29 @@
 //! Throwaway PostgreSQL clusters for integration tests.
 //!
-//! Each cluster is a fresh `initdb` in a temporary directory, run as the `postgres` OS user
-//! (initdb refuses root), on a free port above 55000, with logical replication, TLS from a
-//! throwaway CA, and one login role per authentication method. Tests never share state through a
+//! The server mechanics — finding the binaries, initdb as the `postgres` OS user when we are
+//! root, a free port above 55000, start, stop, crash, removal, a server that dies with the test
+//! process — are `walflow-local-postgres`'s, shared with `walflow demo`. What is the tests' own
+//! is here: logical replication settings, TLS from a throwaway CA, one login role per
+//! authentication method, and a database per test. Tests never share state through a
 //! database: each asks for its own with [`ClusterInfo::new_database`].
 //!
 //! [`Cluster::shared`] is the one server of a test binary. It is never dropped (it lives in a
-//! static), so it is started through [`crate::child_process::spawn_tied`]: the kernel stops it
-//! when the test process ends, even on abort or SIGKILL. Clusters from [`Cluster::start`] are
-//! stopped and removed when dropped.
+//! static); the kernel stops it when the test process ends, even on abort or SIGKILL. Clusters
+//! from [`Cluster::start`] are stopped and removed when dropped.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::ops::Deref;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use walflow_local_postgres::{Install, LocalPostgres, Options, Shutdown};
 
 use crate::certificates::{self, Certificates};
-use crate::child_process;
 use crate::config_file::ConfigBuilder;
 use crate::installs::{self, DEBIAN_PG15_BIN};
 
@@ -144,7 +143,6 @@ impl ClusterOptions {
 #[derive(Debug)]
 pub struct ClusterInfo {
     port: u16,
-    base_dir: PathBuf,
     data_dir: PathBuf,
     log_path: PathBuf,
     certificates: Option<Certificates>,
@@ -157,8 +155,7 @@ pub struct ClusterInfo {
 #[derive(Debug)]
 pub struct Cluster {
     info: Arc<ClusterInfo>,
-    postmaster: Mutex<Option<Child>>,
-    remove_on_drop: bool,
+    server: LocalPostgres,
 }
 
 impl Deref for Cluster {
@@ -181,86 +178,71 @@ impl Cluster {
         if let Some(cluster) = SHARED.get() {
             return cluster;
         }
-        let mut cluster = match Cluster::start(ClusterOptions::default()) {
+        let cluster = match Cluster::start(ClusterOptions::default()) {
             Ok(cluster) => cluster,
             Err(e) => panic!("cannot start the shared test cluster: {e:#}"),
         };
-        cluster.remove_on_drop = false;
         SHARED.get_or_init(|| cluster)
     }
 
     /// Starts a new cluster; it is stopped and its directory removed when dropped.
     pub fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
-        remove_stale_dirs();
-        let install = installs::probe(&options.bin_dir, "given").with_context(|| {
-            format!(
-                "no PostgreSQL server in {} ({})",
-                options.bin_dir.display(),
-                installs::INSTALL_HINT
-            )
-        })?;
-        // On failure the directory (and its log) stays for inspection; a later run removes it.
-        let base_dir = new_base_dir()?;
-        start_in(&base_dir, &options, &install)
+        let install = Install::in_dir(&options.bin_dir).context(installs::INSTALL_HINT)?;
+        let mut server_options = Options::new(install.clone());
+        for (name, value) in harness_settings(install.major(), options.tls) {
+            server_options = server_options.setting(name, &value);
+        }
+        for (name, value) in &options.settings {
+            server_options = server_options.setting(name, value);
+        }
+        let server = LocalPostgres::init(server_options)?;
+        let certificates = if options.tls {
+            certificates::generate(&server.data_dir().join(TLS_DIR))?;
+            Some(Certificates::at(&server.data_dir().join(TLS_DIR)))
+        } else {
+            None
+        };
+        std::fs::write(server.data_dir().join("pg_hba.conf"), pg_hba())?;
+        server.start()?;
+        let cluster = Cluster::new(server, certificates);
+        create_roles(&cluster)?;
+        Ok(cluster)
     }
 
     /// Starts a hot standby (read replica) of `primary`, streaming from it (`pg_basebackup -R`),
-    /// with the same server binaries and no TLS. Stopped and removed when dropped.
+    /// with the same server binaries, configuration, roles and certificates. Stopped and removed
+    /// when dropped.
     pub fn start_standby(primary: &ClusterInfo) -> anyhow::Result<Cluster> {
-        let options = ClusterOptions::default()
-            .bin_dir(primary.bin_dir())
-            .without_tls();
-        let install = installs::probe(&options.bin_dir, "given")
-            .context("the primary's server binaries are gone")?;
-        let owner = server_owner()?;
-        let base_dir = new_base_dir()?;
-        std::fs::create_dir_all(base_dir.join("socket"))?;
-        chown_tree(&base_dir, owner)?;
-        let log_path = base_dir.join("postgres.log");
-        let status = server_command(
-            &options.bin_dir.join("pg_basebackup"),
-            &base_dir,
-            owner,
-            &log_path,
-        )?
-        .arg("-D")
-        .arg(base_dir.join("data"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-R",
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-        ])
-        .arg("-p")
-        .arg(primary.port().to_string())
-        .status()
-        .context("cannot run pg_basebackup")?;
-        if !status.success() {
-            bail!(
-                "pg_basebackup failed ({status}); log {}:\n{}",
-                log_path.display(),
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        launch(&base_dir, &options, &install, None, owner)
+        let install =
+            Install::in_dir(primary.bin_dir()).context("the primary's server binaries are gone")?;
+        let server = LocalPostgres::init(Options::new(install).replica_of(primary.port()))?;
+        server.start()?;
+        let certificates = primary
+            .certificates
+            .as_ref()
+            .map(|_| Certificates::at(&server.data_dir().join(TLS_DIR)));
+        Ok(Cluster::new(server, certificates))
     }
 
-    /// Crashes the server (`pg_ctl stop -m immediate`: SIGQUIT to the postmaster, no
-    /// checkpoint, crash recovery at the next start), keeps it down for `down_for`, then starts
-    /// it again on the same port and data directory.
+    fn new(server: LocalPostgres, certificates: Option<Certificates>) -> Cluster {
+        let install = server.install();
+        let info = Arc::new(ClusterInfo {
+            port: server.port(),
+            data_dir: server.data_dir().to_owned(),
+            log_path: server.log_path().to_owned(),
+            certificates,
+            bin_dir: install.bin_dir().to_owned(),
+            major: install.major(),
+            version: install.version().to_owned(),
+        });
+        Cluster { info, server }
+    }
+
+    /// Crashes the server (an immediate shutdown: SIGQUIT to the postmaster, no checkpoint,
+    /// crash recovery at the next start), keeps it down for `down_for`, then starts it again
+    /// on the same port and data directory.
     pub fn crash_and_restart(&self, down_for: Duration) -> anyhow::Result<()> {
-        {
-            let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(mut child) = guard.take() {
-                child_process::signal(&child, libc::SIGQUIT);
-                let _ = child.wait();
-            }
-        }
+        self.server.stop(Shutdown::Immediate);
         std::thread::sleep(down_for);
         self.start_again()
     }
@@ -268,58 +250,13 @@ impl Cluster {
     /// Starts a server [`stop`](Self::stop)ped before again, on the same port and data
     /// directory (to test what walflow does while its database is away).
     pub fn start_again(&self) -> anyhow::Result<()> {
-        let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_some() {
-            bail!("the cluster is running; stop it first");
-        }
-        let mut command = server_command(
-            &self.info.bin_dir.join("postgres"),
-            &self.info.base_dir,
-            server_owner()?,
-            &self.info.log_path,
-        )?;
-        command.arg("-D").arg(&self.info.data_dir);
-        let mut child =
-            child_process::spawn_tied(command, libc::SIGQUIT).context("cannot start postgres")?;
-        if let Err(e) = wait_ready(&mut child, &self.info.data_dir, &self.info.log_path) {
-            stop_postmaster(&mut child);
-            return Err(e);
-        }
-        *guard = Some(child);
-        Ok(())
+        self.server.start()
     }
 
     /// Stops the server now (fast shutdown), waiting up to 30 s.
     pub fn stop(&self) {
-        let mut guard = self.postmaster.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut child) = guard.take() {
-            stop_postmaster(&mut child);
-        }
+        self.server.stop(Shutdown::Fast);
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.stop();
-        if self.remove_on_drop {
-            let _ = std::fs::remove_dir_all(&self.info.base_dir);
-        }
-    }
-}
-
-fn stop_postmaster(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(None)) {
-        child_process::signal(child, libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-    }
-    let _ = child.wait();
 }
 
 impl ClusterInfo {
@@ -546,269 +483,38 @@ impl TestDb {
 
 // ---- starting ------------------------------------------------------------------------------
 
-const DIR_PREFIX: &str = "walflow-pg-";
+/// Where a cluster's certificates are, relative to its data directory (PostgreSQL reads
+/// relative `ssl_*_file` paths from there; a standby's base backup copies them along).
+const TLS_DIR: &str = "tls";
 
-fn new_base_dir() -> anyhow::Result<PathBuf> {
-    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "{DIR_PREFIX}{}-{}-{:04x}",
-        std::process::id(),
-        SEQUENCE.fetch_add(1, Ordering::Relaxed),
-        rand::random::<u16>()
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-    Ok(dir)
-}
-
-/// Removes directories of clusters whose test process is gone (their servers died with it).
-fn remove_stale_dirs() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(DIR_PREFIX) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    });
-}
-
-/// The OS user the server runs as: `postgres` when we are root, else ourselves.
-fn server_owner() -> anyhow::Result<Option<(u32, u32)>> {
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } != 0 {
-        return Ok(None);
-    }
-    let name = c"postgres";
-    // SAFETY: getpwnam returns a pointer into static storage or null; read immediately.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        bail!(
-            "running as root, but there is no `postgres` OS user to run the server as \
-             (install postgresql, or `useradd --system postgres`)"
-        );
-    }
-    // SAFETY: non-null pointer from getpwnam.
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    Ok(Some((uid, gid)))
-}
-
-fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
-    let Some((uid, gid)) = owner else {
-        return Ok(());
-    };
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .with_context(|| format!("chown {}", path.display()))?;
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), owner)?;
-        }
-    }
-    Ok(())
-}
-
-fn server_command(
-    program: &Path,
-    cwd: &Path,
-    owner: Option<(u32, u32)>,
-    log: &Path,
-) -> anyhow::Result<Command> {
-    let log_file = OpenOptions::new().create(true).append(true).open(log)?;
-    let mut command = Command::new(program);
-    command
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .env("LC_ALL", "C")
-        .env_remove("PGDATA")
-        .env_remove("PGPORT")
-        .env_remove("PGHOST");
-    if let Some((uid, gid)) = owner {
-        command
-            .uid(uid)
-            .gid(gid)
-            .env("HOME", cwd)
-            .env("USER", "postgres");
-    }
-    Ok(command)
-}
-
-fn start_in(
-    base_dir: &Path,
-    options: &ClusterOptions,
-    install: &installs::PgInstall,
-) -> anyhow::Result<Cluster> {
-    let owner = server_owner()?;
-    let data_dir = base_dir.join("data");
-    let socket_dir = base_dir.join("socket");
-    let log_path = base_dir.join("postgres.log");
-    std::fs::create_dir_all(&socket_dir)?;
-    let certificates = if options.tls {
-        Some(certificates::generate(&base_dir.join("tls"))?)
-    } else {
-        None
-    };
-    chown_tree(base_dir, owner)?;
-
-    let status = server_command(&options.bin_dir.join("initdb"), base_dir, owner, &log_path)?
-        .arg("-D")
-        .arg(&data_dir)
-        .args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "-N",
-        ])
-        .status()
-        .context("cannot run initdb")?;
-    if !status.success() {
-        bail!(
-            "initdb failed ({status}); log: {}\n{}",
-            log_path.display(),
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-    }
-    std::fs::write(data_dir.join("pg_hba.conf"), pg_hba())?;
-    let cluster = launch(base_dir, options, install, certificates, owner)?;
-    create_roles(&cluster)?;
-    Ok(cluster)
-}
-
-/// Starts the server of an initialized data directory in `base_dir` on a free port (retrying
-/// with another port if it is taken meanwhile).
-fn launch(
-    base_dir: &Path,
-    options: &ClusterOptions,
-    install: &installs::PgInstall,
-    certificates: Option<Certificates>,
-    owner: Option<(u32, u32)>,
-) -> anyhow::Result<Cluster> {
-    let data_dir = base_dir.join("data");
-    let socket_dir = base_dir.join("socket");
-    let log_path = base_dir.join("postgres.log");
-    let mut last_error = None;
-    for _attempt in 0..5 {
-        let port = free_port()?;
-        write_settings(
-            &data_dir,
-            port,
-            &socket_dir,
-            certificates.as_ref(),
-            install.major,
-            options,
-        )?;
-        chown_tree(&data_dir.join("pg_hba.conf"), owner)?;
-        chown_tree(&data_dir.join("postgresql.conf"), owner)?;
-        chown_tree(&data_dir.join("postgresql.conf.initdb"), owner)?;
-        let mut command = server_command(
-            &options.bin_dir.join("postgres"),
-            base_dir,
-            owner,
-            &log_path,
-        )?;
-        command.arg("-D").arg(&data_dir);
-        let mut child =
-            child_process::spawn_tied(command, libc::SIGQUIT).context("cannot start postgres")?;
-        match wait_ready(&mut child, &data_dir, &log_path) {
-            Ok(()) => {
-                let info = Arc::new(ClusterInfo {
-                    port,
-                    base_dir: base_dir.to_owned(),
-                    data_dir,
-                    log_path,
-                    certificates,
-                    bin_dir: options.bin_dir.clone(),
-                    major: install.major,
-                    version: install.version.clone(),
-                });
-                return Ok(Cluster {
-                    info,
-                    postmaster: Mutex::new(Some(child)),
-                    remove_on_drop: true,
-                });
-            }
-            Err(e) => {
-                stop_postmaster(&mut child);
-                last_error = Some(e);
-            }
-        }
-    }
-    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("postgres did not start")))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    for _ in 0..200 {
-        let port = rand::random_range(55001..=64999u16);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free TCP port between 55001 and 64999")
-}
-
-fn write_settings(
-    data_dir: &Path,
-    port: u16,
-    socket_dir: &Path,
-    certificates: Option<&Certificates>,
-    major: u32,
-    options: &ClusterOptions,
-) -> anyhow::Result<()> {
-    let conf = data_dir.join("postgresql.conf");
-    let original_path = data_dir.join("postgresql.conf.initdb");
-    if !original_path.exists() {
-        std::fs::copy(&conf, &original_path)?;
-    }
-    let mut text = std::fs::read_to_string(&original_path)?;
-    text.push_str("\n# walflow test harness\n");
-    let mut set = |name: &str, value: String| text.push_str(&format!("{name} = {value}\n"));
-    set("listen_addresses", format!("'127.0.0.1,{WRONG_HOST},::1'"));
-    set("port", port.to_string());
-    set(
-        "unix_socket_directories",
-        format!("'{}'", socket_dir.display()),
-    );
-    set("wal_level", "logical".into());
-    set("max_replication_slots", "64".into());
-    set("max_wal_senders", "64".into());
-    set("max_connections", "200".into());
-    set("max_prepared_transactions", "16".into());
+/// The harness's `postgresql.conf` settings; [`ClusterOptions::settings`] come after them.
+fn harness_settings(major: u32, tls: bool) -> Vec<(&'static str, String)> {
+    let mut settings: Vec<(&'static str, String)> = vec![
+        ("listen_addresses", format!("'127.0.0.1,{WRONG_HOST},::1'")),
+        ("wal_level", "logical".into()),
+        ("max_replication_slots", "64".into()),
+        ("max_wal_senders", "64".into()),
+        ("max_connections", "200".into()),
+        ("max_prepared_transactions", "16".into()),
+        ("fsync", "off".into()),
+        ("full_page_writes", "off".into()),
+        ("shared_buffers", "'32MB'".into()),
+        ("log_min_messages", "warning".into()),
+        ("log_line_prefix", "'%m [%p] %q%u@%d '".into()),
+    ];
     if major >= 13 {
-        set("logical_decoding_work_mem", "'64kB'".into());
+        settings.push(("logical_decoding_work_mem", "'64kB'".into()));
     }
-    set("fsync", "off".into());
-    set("full_page_writes", "off".into());
-    set("shared_buffers", "'32MB'".into());
-    set("log_min_messages", "warning".into());
-    set("log_line_prefix", "'%m [%p] %q%u@%d '".into());
-    if let Some(certs) = certificates {
-        set("ssl", "on".into());
-        set(
+    if tls {
+        let certs = Certificates::at(Path::new(TLS_DIR));
+        settings.push(("ssl", "on".into()));
+        settings.push((
             "ssl_cert_file",
             format!("'{}'", certs.server_cert.display()),
-        );
-        set("ssl_key_file", format!("'{}'", certs.server_key.display()));
+        ));
+        settings.push(("ssl_key_file", format!("'{}'", certs.server_key.display())));
     }
-    for (name, value) in &options.settings {
-        set(name, value.clone());
-    }
-    std::fs::write(&conf, text)?;
-    Ok(())
+    settings
 }
 
 fn pg_hba() -> String {
@@ -849,37 +555,6 @@ fn pg_hba() -> String {
         }
     }
     lines.join("\n") + "\n"
-}
-
-fn wait_ready(child: &mut Child, data_dir: &Path, log_path: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pid_file = data_dir.join("postmaster.pid");
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(log_path).unwrap_or_default();
-            bail!(
-                "postgres exited ({status}) before it was ready; log {}:\n{log}",
-                log_path.display()
-            );
-        }
-        // Line 8 of postmaster.pid is the postmaster's status; "ready" once it accepts
-        // connections (the same check pg_ctl makes).
-        if let Ok(text) = std::fs::read_to_string(&pid_file)
-            && text
-                .lines()
-                .nth(7)
-                .is_some_and(|l| matches!(l.trim(), "ready" | "standby"))
-        {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "postgres was not ready after 60 s; log: {}",
-                log_path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Creates the login roles. Runs on its own thread and runtime, so it works from sync code and

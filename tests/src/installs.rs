@@ -5,7 +5,6 @@
 //! lives in /usr/lib/postgresql/N/bin. The harness only discovers what is there.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Where `scripts/test` installs the npm PostgreSQL builds (override: `WALFLOW_PG_CACHE`).
 pub fn pg_cache_dir() -> PathBuf {
@@ -64,48 +63,13 @@ pub fn missing_majors(installs: &[PgInstall]) -> Vec<u32> {
         .collect()
 }
 
-/// Runs `bin/postgres --version` and parses it; `None` if there is no working server there.
+/// The server in `bin_dir` (`postgres --version` runs); `None` if there is none.
 pub fn probe(bin_dir: &Path, origin: &'static str) -> Option<PgInstall> {
-    let postgres = bin_dir.join("postgres");
-    if !postgres.is_file() || !bin_dir.join("initdb").is_file() {
-        return None;
-    }
-    let output = Command::new(&postgres).arg("--version").output().ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let version = parse_version(&text)?;
-    let major = version.split('.').next()?.parse().ok()?;
+    let install = walflow_local_postgres::Install::in_dir(bin_dir).ok()?;
     Some(PgInstall {
-        major,
-        version,
+        major: install.major(),
+        version: install.version().to_string(),
         bin_dir: bin_dir.to_owned(),
         origin,
     })
-}
-
-/// `postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)` → `15.14`.
-pub fn parse_version(text: &str) -> Option<String> {
-    let after = text.split(')').nth(1)?.trim();
-    let version = after.split_whitespace().next()?;
-    Some(version.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_version_lines() {
-        assert_eq!(
-            parse_version("postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)\n").as_deref(),
-            Some("15.14")
-        );
-        assert_eq!(
-            parse_version("postgres (PostgreSQL) 10.23\n").as_deref(),
-            Some("10.23")
-        );
-        assert_eq!(parse_version("garbage"), None);
-    }
 }

@@ -261,6 +261,30 @@ async fn inserts_updates_deletes_under_default_and_full_identity() {
     stream.stop().await.unwrap();
 }
 
+/// A publication name with a backslash and a double quote reaches START_REPLICATION intact:
+/// the walsender's own grammar knows `'…'` strings only (no `E'…'`) and takes backslashes
+/// literally.
+#[tokio::test]
+async fn a_publication_named_with_a_backslash_and_a_quote_streams() {
+    let db = Cluster::shared().new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut src = source(&db, "s_odd_pub");
+    src.publication = "odd\\pub \"x\"".into();
+    let options = StreamOptions::for_source(&src);
+    let mut stream = walflow::replication::ReplicationStream::open(&src, None, options)
+        .await
+        .unwrap_or_else(|e| panic!("open a stream on publication {}: {e}", src.publication));
+    steps(&client, "INSERT INTO t VALUES (1), (2)").await;
+    let until = current_lsn(&client).await;
+    let txns = collect_until(&mut stream, until).await;
+    assert_eq!(inserted_ids(&txns), [1, 2]);
+    stream.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn truncate_of_several_tables_and_cascade() {
     let db = Cluster::shared().new_database().await;

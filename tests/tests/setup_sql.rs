@@ -244,7 +244,8 @@ async fn bad_config_is_one_clear_error() {
 }
 
 /// The script and the checks use only catalog features every supported server has: on each
-/// installed PostgreSQL (10–18), the setup-sql output makes `walflow check` pass.
+/// installed PostgreSQL (10–18), the setup-sql output makes `walflow check` pass. `order_*`
+/// becomes the LIKE pattern `order\_%`, quoted as an `E'…'` literal for its backslash.
 #[tokio::test]
 async fn setup_sql_and_check_work_on_every_installed_version() {
     for install in walflow_tests::pg_installs() {
@@ -259,6 +260,7 @@ async fn setup_sql_and_check_work_on_every_installed_version() {
             .await
             .batch_execute(
                 "CREATE TABLE public.orders (id int PRIMARY KEY);
+                 CREATE TABLE public.order_lines (id int PRIMARY KEY);
                  CREATE SCHEMA inventory;
                  CREATE TABLE inventory.items (sku text PRIMARY KEY);
                  CREATE TABLE inventory.parts (sku text PRIMARY KEY);",
@@ -269,7 +271,7 @@ async fn setup_sql_and_check_work_on_every_installed_version() {
         let setup = write_config(
             &db,
             &user,
-            "tables = [\"public.orders\", \"inventory.*\", \"*.part?\", \"inventory.items\"]\nsignal_table = \"walflow.walflow_signal\"\nheartbeat_interval = \"10s\"\npublication_autocreate = \"disabled\"",
+            "tables = [\"public.orders\", \"inventory.*\", \"*.part?\", \"inventory.items\", \"public.order_*\"]\nsignal_table = \"walflow.walflow_signal\"\nheartbeat_interval = \"10s\"\npublication_autocreate = \"disabled\"",
         );
         let out = walflow!("setup-sql", "-c", &setup.path)
             .output_async(TIMEOUT)

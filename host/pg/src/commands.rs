@@ -5,7 +5,7 @@
 //! In `replication=database` mode the walsender also runs plain SQL (PostgreSQL 10+), so the
 //! catalog queries share this one connection.
 
-use postgres_protocol::escape::{escape_identifier, escape_literal};
+use crate::sql::{ident, literal, qualified, replication_literal};
 
 use super::conn::{Connection, TextRow};
 use super::error::ConnectError;
@@ -144,7 +144,7 @@ impl Connection {
         let sql = format!(
             "SELECT slot_name, coalesce(plugin, ''), slot_type, database, active, restart_lsn, \
              confirmed_flush_lsn, {wal_status} FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
-            escape_literal(slot)
+            literal(slot)
         );
         let rows = self.simple_query(&sql).await?;
         Ok(rows.first().map(|r| SlotInfo {
@@ -172,7 +172,7 @@ impl Connection {
         };
         let sql = format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot_kw}",
-            escape_identifier(slot)
+            ident(slot)
         );
         let rows = self.simple_query(&sql).await?;
         let row = rows
@@ -188,19 +188,16 @@ impl Connection {
 
     /// Drops a slot (used by tests and the accept-gap path never: only explicit callers).
     pub async fn drop_slot(&mut self, slot: &str) -> Result<(), ConnectError> {
-        self.simple_query(&format!(
-            "DROP_REPLICATION_SLOT {}",
-            escape_identifier(slot)
-        ))
-        .await
-        .map(|_| ())
+        self.simple_query(&format!("DROP_REPLICATION_SLOT {}", ident(slot)))
+            .await
+            .map(|_| ())
     }
 
     /// Whether the publication exists.
     pub async fn publication_exists(&mut self, publication: &str) -> Result<bool, ConnectError> {
         let sql = format!(
             "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
-            escape_literal(publication)
+            literal(publication)
         );
         Ok(!self.simple_query(&sql).await?.is_empty())
     }
@@ -226,10 +223,7 @@ impl Connection {
                 self.publication_ddl(
                     "create",
                     name,
-                    format!(
-                        "CREATE PUBLICATION {} FOR ALL TABLES",
-                        escape_identifier(name)
-                    ),
+                    format!("CREATE PUBLICATION {} FOR ALL TABLES", ident(name)),
                 )
                 .await?;
                 Ok(PublicationAction::Created)
@@ -241,10 +235,7 @@ impl Connection {
                 self.publication_ddl(
                     "create",
                     name,
-                    format!(
-                        "CREATE PUBLICATION {} FOR ALL TABLES",
-                        escape_identifier(name)
-                    ),
+                    format!("CREATE PUBLICATION {} FOR ALL TABLES", ident(name)),
                 )
                 .await?;
                 Ok(PublicationAction::Created)
@@ -268,7 +259,7 @@ impl Connection {
         let list = |tables: &[(String, String)]| {
             tables
                 .iter()
-                .map(|(s, t)| format!("{}.{}", escape_identifier(s), escape_identifier(t)))
+                .map(|(s, t)| qualified(s, t))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -278,7 +269,7 @@ impl Connection {
                 name,
                 format!(
                     "CREATE PUBLICATION {} FOR TABLE {}",
-                    escape_identifier(name),
+                    ident(name),
                     list(&wanted)
                 ),
             )
@@ -288,7 +279,7 @@ impl Connection {
         let all = self
             .query_scalar(&format!(
                 "SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = {}",
-                escape_literal(name)
+                literal(name)
             ))
             .await?;
         if all.as_deref() == Some("t") {
@@ -297,7 +288,7 @@ impl Connection {
         let rows = self
             .simple_query(&format!(
                 "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = {}",
-                escape_literal(name)
+                literal(name)
             ))
             .await?;
         let current: Vec<(String, String)> = rows
@@ -323,11 +314,7 @@ impl Connection {
             self.publication_ddl(
                 "alter",
                 name,
-                format!(
-                    "ALTER PUBLICATION {} ADD TABLE {}",
-                    escape_identifier(name),
-                    list(&add)
-                ),
+                format!("ALTER PUBLICATION {} ADD TABLE {}", ident(name), list(&add)),
             )
             .await?;
         }
@@ -337,7 +324,7 @@ impl Connection {
                 name,
                 format!(
                     "ALTER PUBLICATION {} DROP TABLE {}",
-                    escape_identifier(name),
+                    ident(name),
                     list(&drop)
                 ),
             )
@@ -412,7 +399,7 @@ impl Connection {
             format!("\"proto_version\" '{proto}'"),
             format!(
                 "\"publication_names\" {}",
-                escape_literal(&escape_identifier(publication))
+                replication_literal(&ident(publication))
             ),
         ];
         if server_version_num >= 140000 {
@@ -424,7 +411,7 @@ impl Connection {
         }
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} ({})",
-            escape_identifier(slot),
+            ident(slot),
             format_lsn(start),
             options.join(", ")
         );
@@ -454,7 +441,8 @@ pub enum PublicationAction {
 pub enum PublicationError {
     /// Missing and autocreate is disabled.
     #[error(
-        "publication \"{publication}\" does not exist; create it with `CREATE PUBLICATION \"{publication}\" FOR TABLE …;` or set publication_autocreate = \"filtered\""
+        "publication \"{publication}\" does not exist; create it with `CREATE PUBLICATION {} FOR TABLE …;` or set publication_autocreate = \"filtered\"",
+        ident(.publication)
     )]
     Missing {
         /// The name.

@@ -66,7 +66,8 @@ pub enum ConnectError {
     NoSuchDatabase(String),
     /// The user may not open a replication connection.
     #[error(
-        "user \"{user}\" may not replicate ({message}); run `ALTER ROLE \"{user}\" WITH REPLICATION;` (on RDS/Aurora: `GRANT rds_replication TO \"{user}\";`) and allow a `replication` line for it in pg_hba.conf"
+        "user \"{user}\" may not replicate ({message}); run `ALTER ROLE {role} WITH REPLICATION;` (on RDS/Aurora: `GRANT rds_replication TO {role};`) and allow a `replication` line for it in pg_hba.conf",
+        role = crate::sql::ident(.user)
     )]
     NoReplicationPrivilege {
         /// The user.

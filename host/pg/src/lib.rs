@@ -7,7 +7,8 @@
 //! - [`backoff`]: the one retry policy (exponential with jitter, optional limit).
 //! - [`options`]: connection options from `[source]` (URL, password from the environment).
 //! - [`tls`]: rustls for every sslmode, shared with ordinary SQL connections.
-//! - [`sql`]: [`connect_sql`], ordinary tokio-postgres connections with the same rules.
+//! - [`sql`]: [`connect_sql`], ordinary tokio-postgres connections with the same rules, and
+//!   [`sql::ident`]/[`sql::literal`], the one place names and text are quoted into SQL.
 //! - [`error`]: [`ConnectError`], classified into retryable and fatal.
 //! - [`socket`]: TCP keepalive and user timeout on every socket to PostgreSQL.
 //! - [`link`]: [`Link`], whether the connection is up (for `/health`), and the startup wait.

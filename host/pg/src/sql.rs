@@ -1,5 +1,11 @@
 //! Ordinary SQL connections (tokio-postgres) with the same options and TLS rules as the
-//! replication connection, for `check`, snapshots, the type registry and the pipeline.
+//! replication connection, for `check`, snapshots, the type registry and the pipeline; and
+//! [`ident`], [`qualified`], [`literal`] and [`replication_literal`], the one way walflow quotes
+//! names and text into SQL.
+
+mod quote;
+
+pub use quote::{ident, literal, qualified, replication_literal};
 
 use std::error::Error as _;
 use std::io;

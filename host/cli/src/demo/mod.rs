@@ -6,16 +6,14 @@
 //! topic-name with the database prefix) to standard output. It stops by itself once every
 //! change it wrote has been delivered, or on Ctrl-C, and removes the server.
 
-pub mod local_postgres;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use local_postgres::LocalPostgres;
 use walflow_config::{Config, parse_duration};
 use walflow_core::pipeline::{RunOptions, RunSummary};
+use walflow_local_postgres::{Install, LocalPostgres, Options, SUPERUSER};
 
 /// The demo database (its name prefixes topics: `shop_cdc.public.orders`).
 const DEMO_DB: &str = "shop";
@@ -58,9 +56,10 @@ pub async fn run(args: DemoOptions) -> anyhow::Result<()> {
         parse_duration(&args.duration).map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
     let plugins = find_plugins(args.plugins_dir.as_deref())?;
     eprintln!("walflow demo: starting a throwaway PostgreSQL…");
-    let pg = tokio::task::spawn_blocking(LocalPostgres::start).await??;
-    pg.wait_ready().await?;
-    let url = pg.url(DEMO_DB);
+    let pg = tokio::task::spawn_blocking(start_postgres)
+        .await
+        .context("starting PostgreSQL panicked")??;
+    let url = pg.url(SUPERUSER, DEMO_DB);
     prepare_database(&pg).await?;
     let state = tempfile_dir("walflow-demo-state")?;
     let config = demo_config(&url, &plugins, &state)?;
@@ -91,14 +90,29 @@ pub async fn run(args: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A throwaway server with logical replication, started and ready.
+fn start_postgres() -> anyhow::Result<LocalPostgres> {
+    let install = Install::find().context("walflow demo needs a local PostgreSQL server")?;
+    let options = Options::new(install)
+        .setting("wal_level", "logical")
+        .setting("max_replication_slots", "8")
+        .setting("max_wal_senders", "8")
+        .setting("fsync", "off");
+    let pg = LocalPostgres::init(options).context("cannot set up the demo PostgreSQL")?;
+    pg.start().context("the demo PostgreSQL did not start")?;
+    Ok(pg)
+}
+
 /// Creates the demo database and its tables.
 async fn prepare_database(pg: &LocalPostgres) -> anyhow::Result<()> {
-    let (admin, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await?;
+    let (admin, conn) =
+        tokio_postgres::connect(&pg.url(SUPERUSER, "postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     admin
         .batch_execute(&format!("CREATE DATABASE {DEMO_DB}"))
         .await?;
-    let (client, conn) = tokio_postgres::connect(&pg.url(DEMO_DB), tokio_postgres::NoTls).await?;
+    let (client, conn) =
+        tokio_postgres::connect(&pg.url(SUPERUSER, DEMO_DB), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     client.batch_execute(SCHEMA_SQL).await?;
     Ok(())

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::snapshot::catalog::{quote_ident, split_name};
+use crate::snapshot::catalog::split_name;
 use walflow_config::SourceConfig;
 
 /// The heartbeat table of `source`, if heartbeats are written: `(schema, table)`.
@@ -32,9 +32,8 @@ pub async fn run(source: SourceConfig, every: Duration) {
         return;
     };
     let sql = format!(
-        "INSERT INTO {}.{} (id, ts) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = now()",
-        quote_ident(&schema),
-        quote_ident(&table)
+        "INSERT INTO {} (id, ts) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = now()",
+        walflow_pg::sql::qualified(&schema, &table)
     );
     let mut client = None;
     let mut warned = false;

@@ -154,13 +154,3 @@ fn target(source: &SourceConfig) -> String {
         Err(_) => "the configured source".to_string(),
     }
 }
-
-/// `"name"` with inner quotes doubled.
-pub(crate) fn ident(name: &str) -> String {
-    walflow_pg::setup_sql::quote_ident(name)
-}
-
-/// `'text'` with inner quotes doubled.
-pub(crate) fn literal(text: &str) -> String {
-    walflow_pg::setup_sql::quote_literal(text)
-}

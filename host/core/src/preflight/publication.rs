@@ -3,8 +3,9 @@
 
 use super::report::Report;
 use super::tables::{Table, names};
-use super::{Context, QueryError, ident};
+use super::{Context, QueryError};
 use walflow_config::PublicationAutocreate;
+use walflow_pg::sql::{ident, qualified};
 
 pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), QueryError> {
     let name = &ctx.source.publication;
@@ -115,7 +116,7 @@ async fn missing(ctx: &Context<'_>, report: &mut Report) -> Result<(), QueryErro
 
 fn qualified_name(table: &str) -> String {
     match table.split_once('.') {
-        Some((s, t)) => format!("{}.{}", ident(s), ident(t)),
+        Some((s, t)) => qualified(s, t),
         None => ident(table),
     }
 }

@@ -2,9 +2,10 @@
 //! held by another consumer, has not lost its WAL, and how much WAL it keeps.
 
 use super::report::Report;
-use super::{Context, QueryError, literal};
+use super::{Context, QueryError};
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::event::{format_lsn, parse_lsn};
+use walflow_pg::sql::literal;
 
 /// The pipeline's checkpoint for this slot, if any (reporting an unreadable one).
 fn load_checkpoint(ctx: &Context<'_>, report: &mut Report) -> Option<Checkpoint> {

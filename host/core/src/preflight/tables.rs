@@ -4,8 +4,9 @@
 use tokio_postgres::Client;
 
 use super::report::Report;
-use super::{Context, QueryError, ident};
+use super::{Context, QueryError};
 use walflow_config::tables::TableSelector;
+use walflow_pg::sql::{self, ident};
 
 /// A captured table as it exists.
 #[derive(Debug, Clone)]
@@ -23,7 +24,7 @@ pub(crate) struct Table {
 impl Table {
     /// `"schema"."name"`.
     pub fn qualified(&self) -> String {
-        format!("{}.{}", ident(&self.schema), ident(&self.name))
+        sql::qualified(&self.schema, &self.name)
     }
 }
 

@@ -43,7 +43,8 @@ pub enum ContinuityError {
     },
     /// The slot exists but uses another output plugin.
     #[error(
-        "replication slot \"{slot}\" uses the output plugin `{plugin}`, not pgoutput; choose another slot name, or drop it with `SELECT pg_drop_replication_slot('{slot}');` if nothing else uses it"
+        "replication slot \"{slot}\" uses the output plugin `{plugin}`, not pgoutput; choose another slot name, or drop it with `SELECT pg_drop_replication_slot({});` if nothing else uses it",
+        walflow_pg::sql::literal(.slot)
     )]
     WrongPlugin {
         /// Slot.

@@ -11,7 +11,7 @@ use crate::value::binary::BinaryKind;
 use crate::value::{TextCodec, TypeRegistry};
 use walflow_config::SourceConfig;
 use walflow_config::tables::TableSelector;
-use walflow_pg::ConnectError;
+use walflow_pg::{ConnectError, sql};
 
 /// A captured table.
 #[derive(Debug)]
@@ -43,11 +43,7 @@ impl TableInfo {
 
     /// `"schema"."table"`, for SQL.
     pub fn sql_name(&self) -> String {
-        format!(
-            "{}.{}",
-            quote_ident(&self.relation.schema),
-            quote_ident(&self.relation.table)
-        )
+        sql::qualified(&self.relation.schema, &self.relation.table)
     }
 
     /// The column list, quoted, in table order.
@@ -56,7 +52,7 @@ impl TableInfo {
             .relation
             .columns
             .iter()
-            .map(|c| quote_ident(&c.name))
+            .map(|c| sql::ident(&c.name))
             .collect();
         names.join(", ")
     }
@@ -66,20 +62,10 @@ impl TableInfo {
         let names: Vec<String> = self
             .primary_key
             .iter()
-            .map(|&i| quote_ident(&self.relation.columns[i].name))
+            .map(|&i| sql::ident(&self.relation.columns[i].name))
             .collect();
         names.join(", ")
     }
-}
-
-/// `"name"` with inner quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// An escape-string literal, right whatever `standard_conforming_strings` says.
-pub fn literal(text: &str) -> String {
-    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// `server_version_num`.

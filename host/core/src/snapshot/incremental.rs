@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::catalog::{self, TableInfo, literal, split_name};
+use super::catalog::{self, TableInfo, split_name};
 use super::control::Command;
 use super::progress::Progress;
 use super::request::{self, Request, Signal, WINDOW_CLOSE, WINDOW_OPEN};
@@ -37,6 +37,7 @@ use crate::replication::stream::StreamControl;
 use crate::value::TypeRegistry;
 use walflow_config::SourceConfig;
 use walflow_config::tables::TableSelector;
+use walflow_pg::sql;
 
 /// Consecutive failures to read a table's chunk before its snapshot is given up (logged).
 const GIVE_UP_AFTER: u32 = 5;
@@ -828,7 +829,7 @@ fn key_tuple(info: &TableInfo, key: &[String]) -> String {
         .primary_key
         .iter()
         .zip(key)
-        .map(|(&i, v)| format!("{}::{}", literal(v), info.sql_types[i]))
+        .map(|(&i, v)| format!("{}::{}", sql::literal(v), info.sql_types[i]))
         .collect();
     format!("({})", values.join(", "))
 }
@@ -839,12 +840,7 @@ async fn max_key(client: &Client, info: &TableInfo) -> anyhow::Result<Option<Vec
     let descending: Vec<String> = info
         .primary_key
         .iter()
-        .map(|&i| {
-            format!(
-                "{} DESC",
-                catalog::quote_ident(&info.relation.columns[i].name)
-            )
-        })
+        .map(|&i| format!("{} DESC", sql::ident(&info.relation.columns[i].name)))
         .collect();
     let sql = format!(
         "SELECT {} FROM {} ORDER BY {} LIMIT 1",

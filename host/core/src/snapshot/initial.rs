@@ -292,7 +292,10 @@ async fn open_sessions(
             row.get(0)
         }
     };
-    let import = format!("SET TRANSACTION SNAPSHOT {}", catalog::literal(&name));
+    let import = format!(
+        "SET TRANSACTION SNAPSHOT {}",
+        walflow_pg::sql::literal(&name)
+    );
     if matches!(snapshot, SnapshotSource::Exported(..)) {
         queries
             .batch_execute(&import)

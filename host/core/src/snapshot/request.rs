@@ -10,10 +10,11 @@
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use super::catalog::{self, TableInfo, literal, quote_ident, split_name};
+use super::catalog::{self, TableInfo, split_name};
 use crate::value::TypeRegistry;
 use walflow_config::tables::TableSelector;
 use walflow_config::{Config, SourceConfig};
+use walflow_pg::sql;
 
 /// Watermark row type written before a chunk is read.
 pub const WINDOW_OPEN: &str = "snapshot-window-open";
@@ -129,7 +130,7 @@ pub async fn check_table(
         return Ok(Err(format!(
             "table {schema}.{name} is not in publication {}; add it (ALTER PUBLICATION {} ADD TABLE {}) so its changes are streamed too",
             source.publication,
-            quote_ident(&source.publication),
+            sql::ident(&source.publication),
             info.sql_name()
         )));
     }
@@ -212,12 +213,11 @@ pub async fn write_signal(
     let (schema, table) = split_name(signal_table);
     let id = format!("walflow-{:016x}", rand::random::<u64>());
     let sql = format!(
-        "INSERT INTO {}.{} (id, type, data) VALUES ({}, {}, {})",
-        quote_ident(&schema),
-        quote_ident(&table),
-        literal(&id),
-        literal(kind),
-        literal(data)
+        "INSERT INTO {} (id, type, data) VALUES ({}, {}, {})",
+        sql::qualified(&schema, &table),
+        sql::literal(&id),
+        sql::literal(kind),
+        sql::literal(data)
     );
     client.batch_execute(&sql).await.map_err(|e| {
         anyhow::anyhow!(

@@ -13,6 +13,7 @@ use tokio_postgres::types::Type;
 
 use walflow_core::event::{Array, Event, Relation, Row, TemporalKind, Value};
 use walflow_core::sink::SinkError;
+use walflow_pg::sql::{ident, qualified};
 
 mod stage;
 
@@ -57,13 +58,13 @@ impl Target {
         table: &str,
         relation: &Relation,
     ) -> Result<Target, LoadError> {
-        let qualified = format!("{}.{}", quote(schema), quote(table));
+        let quoted = qualified(schema, table);
         let rows = client
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
                    FROM pg_attribute a
                   WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&qualified],
+                &[&quoted],
             )
             .await
             .map_err(LoadError::Sql)?;
@@ -87,11 +88,11 @@ impl Target {
                 })?;
             types.push(ty);
         }
-        let primary_key = primary_key(client, &qualified, relation).await?;
+        let primary_key = primary_key(client, &quoted, relation).await?;
         let (key, whole_row) = locating_columns(primary_key, relation);
         Ok(Target {
-            table: qualified,
-            names: relation.columns.iter().map(|c| quote(&c.name)).collect(),
+            table: quoted,
+            names: relation.columns.iter().map(|c| ident(&c.name)).collect(),
             types,
             key,
             whole_row,
@@ -303,11 +304,6 @@ async fn primary_key(
     Ok(key)
 }
 
-/// A double-quoted identifier.
-pub(super) fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
 /// A value in PostgreSQL's text input format; `None` for NULL.
 pub(super) fn value_text(value: &Value) -> Option<String> {
     Some(match value {
@@ -474,8 +470,8 @@ mod tests {
     fn whole_row_matching_without_an_old_row_names_the_fix() {
         let relation = Relation::one_column("keyless", "n", "int4", 23);
         let target = Target {
-            table: quote("keyless"),
-            names: vec![quote("n")],
+            table: ident("keyless"),
+            names: vec![ident("n")],
             types: vec!["integer".into()],
             key: vec![0],
             whole_row: true,

@@ -82,11 +82,11 @@ impl Target {
     /// The target `relation` describes, with text columns, keyed like the source.
     pub fn for_tests(relation: &walflow_core::event::Relation) -> Target {
         Target {
-            table: super::quote(&relation.table),
+            table: walflow_pg::sql::ident(&relation.table),
             names: relation
                 .columns
                 .iter()
-                .map(|c| super::quote(&c.name))
+                .map(|c| walflow_pg::sql::ident(&c.name))
                 .collect(),
             types: vec!["text".into(); relation.columns.len()],
             key: relation.key_indices().collect(),
