@@ -7,16 +7,14 @@
 //!
 //! Counters are plain atomics updated on the hot path; per-table counts sit behind a mutex that
 //! is taken once per batch, not per event. Latencies are Prometheus histograms with fixed
-//! buckets (cumulative `_bucket{le=…}`, `_sum`, `_count`), also plain atomics. The listener is a few lines of HTTP/1.1 on tokio:
-//! a scrape endpoint needs no framework.
+//! buckets (cumulative `_bucket{le=…}`, `_sum`, `_count`), also plain atomics. The listener is
+//! axum on hyper's HTTP/1 server.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::event::Event;
 use crate::sink::EncodedRecord;
@@ -374,56 +372,94 @@ impl Metrics {
         out
     }
 
-    /// Serves `/metrics` and `/health` on `listen` until the task is dropped.
+    /// Serves `/metrics` and `/health` on `listen` for as long as the process runs.
     pub async fn serve(
         self: std::sync::Arc<Self>,
         listen: &str,
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         tracing::info!(listen, "serving metrics");
-        Ok(tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let metrics = self.clone();
-                tokio::spawn(async move {
-                    let request = read_request_head(&mut conn).await;
-                    let path = request.split_whitespace().nth(1).unwrap_or("/");
-                    let (status, body) = match path {
-                        "/metrics" => ("200 OK", metrics.render()),
-                        "/health" => match metrics.health() {
-                            Ok(()) => ("200 OK", "ok\n".to_owned()),
-                            Err(why) => ("503 Service Unavailable", format!("{why}\n")),
-                        },
-                        _ => ("404 Not Found", "try /metrics or /health\n".to_owned()),
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(response.as_bytes()).await;
-                });
-            }
-        }))
+        Ok(tokio::spawn(http::serve(listener, http::router(self))))
     }
 }
 
-/// Reads up to the end of the request head (or 8 KiB, or one second), so the response never
-/// races the client's own writes.
-async fn read_request_head(conn: &mut tokio::net::TcpStream) -> String {
-    let mut buf = Vec::with_capacity(1024);
-    let read = async {
-        let mut chunk = [0u8; 1024];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+/// The listener: an axum router on hyper's HTTP/1 server.
+///
+/// Each connection answers one request and is closed, so a client that reads to the end of the
+/// stream (a probe, `nc`, the tests) gets its answer; scrapes are seconds apart, so keeping
+/// connections alive would save nothing. A client has [`HEAD_TIMEOUT`](http::HEAD_TIMEOUT) to
+/// send its request head, so idle connections cannot pile up.
+mod http {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    use super::Metrics;
+
+    /// How long a client has to send its request head.
+    pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// The content type of `/metrics` (the Prometheus text format).
+    const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+    /// `/metrics`, `/health`, and 404 for anything else.
+    pub(super) fn router(metrics: Arc<Metrics>) -> Router {
+        Router::new()
+            .route("/metrics", get(scrape))
+            .route("/health", get(health))
+            .fallback(not_found)
+            .with_state(metrics)
+    }
+
+    async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+            metrics.render(),
+        )
+    }
+
+    /// 200 `ok` while streaming over a working connection, else 503 with the reason.
+    async fn health(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+        match metrics.health() {
+            Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
-    String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    async fn not_found() -> impl IntoResponse {
+        (StatusCode::NOT_FOUND, "try /metrics or /health\n")
+    }
+
+    /// Accepts connections on `listener` and serves `app` on each until the process ends.
+    pub(super) async fn serve(listener: tokio::net::TcpListener, app: Router) {
+        loop {
+            let conn = match listener.accept().await {
+                Ok((conn, _)) => conn,
+                Err(err) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %err, "metrics listener cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(conn), service)
+                    .await;
+            });
+        }
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -501,6 +537,85 @@ mod tests {
         assert!(metrics.render().contains("walflow_replication_connected 0"));
         link.up();
         assert_eq!(metrics.health(), Ok(()));
+    }
+
+    /// `GET path` over a fresh connection, read to its end: the status line and the body.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        // The server closes the connection after answering: reading to the end terminates.
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut out))
+            .await
+            .expect("the server closes the connection after its answer")
+            .unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    }
+
+    async fn listening(metrics: &Arc<Metrics>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(http::serve(listener, http::router(metrics.clone())));
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_listener_serves_metrics_health_and_404() {
+        let metrics = Arc::new(Metrics::default());
+        let addr = listening(&metrics).await;
+        let (head, body) = get(addr, "/health").await;
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert_eq!(body, "not streaming\n");
+        metrics.set_healthy(true);
+        let (head, body) = get(addr, "/health").await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(body, "ok\n");
+        let link = Link::default();
+        metrics.watch_link(link.clone());
+        link.down(&"connection refused");
+        let (head, body) = get(addr, "/health").await;
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(
+            body.contains("connection refused") && body.ends_with('\n'),
+            "{body}"
+        );
+        let (head, body) = get(addr, "/metrics").await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(body.contains("walflow_replication_connected 0"), "{body}");
+        let (head, _) = get(addr, "/nope").await;
+        assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+    }
+
+    /// A client that connects and says nothing is dropped, so idle connections cannot pile up.
+    #[tokio::test]
+    async fn a_silent_client_is_disconnected() {
+        use tokio::io::AsyncReadExt;
+        let metrics = Arc::new(Metrics::default());
+        let addr = listening(&metrics).await;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            http::HEAD_TIMEOUT + Duration::from_secs(5),
+            conn.read_to_end(&mut out),
+        )
+        .await
+        .expect("the connection is closed")
+        .ok();
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_one_clear_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let err = Arc::new(Metrics::default())
+            .serve(&addr)
+            .await
+            .expect_err("the address is taken");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     }
 
     #[test]
