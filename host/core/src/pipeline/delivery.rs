@@ -647,21 +647,18 @@ impl Writer {
     /// (or, without one, logs and drops them).
     async fn dead_letter(&mut self, failed: Vec<(Event, String)>) -> Result<(), DeliveryError> {
         self.metrics.record_dead_letters(failed.len());
-        if self.dead_letter.is_none() {
+        let encoder = &self.encoder;
+        let Some(sink) = self.dead_letter.as_mut() else {
             for (e, why) in &failed {
                 tracing::warn!(table = %e.relation.qualified_name(), lsn = e.source.lsn, error = %why, "event dead-lettered with no dead-letter sink; dropped");
             }
             return Ok(());
-        }
-        let encoder = &self.encoder;
+        };
         let records = dead_letter_records(
             &failed,
             |event, why, out| encoder.encode_dead_letter(event, why, out),
             |event| encoder.topic(event),
         )?;
-        let Some(sink) = self.dead_letter.as_mut() else {
-            return Ok(());
-        };
         let events: Vec<Event> = failed.into_iter().map(|(e, _)| e).collect();
         let batch = SinkBatch {
             records: &records,
@@ -689,9 +686,9 @@ impl Writer {
 /// The dead-letter records of `failed` events: each `encode`d ([`Encoder::encode_dead_letter`]:
 /// the configured encoding, with an `error` field).
 ///
-/// A dead letter that cannot be encoded is an error that stops delivery before anything of
-/// its batch is written or confirmed, as an event that cannot be encoded is: the pipeline
-/// stops, and the next run reads the batch again. Writing it anyway — empty, or without its
+/// A dead letter that cannot be encoded is an error that stops delivery, as an event that
+/// cannot be encoded does: nothing goes to the dead-letter sink, nothing of the batch is
+/// confirmed, and the next run reads it again. Writing it anyway — empty, or without its
 /// row — would confirm a position past an event that reached no sink.
 fn dead_letter_records(
     failed: &[(Event, String)],
