@@ -1,104 +1,288 @@
-//! Pipeline metrics and the optional HTTP listener serving them (`/metrics` in Prometheus text
-//! format, `/health` as a one-line status).
+//! Pipeline metrics and the optional HTTP listener serving them (`/metrics` in the OpenMetrics
+//! text format, `/health` as a one-line status).
 //!
 //! `/health` is 200 only while the pipeline streams over a working connection: before that,
 //! and while the connection to PostgreSQL is down and being retried, it is 503 with the reason
 //! (see [`Link`]), so a load balancer or orchestrator sees an outage while walflow rides it out.
 //!
-//! Counters are plain atomics updated on the hot path; per-table counts sit behind a mutex that
-//! is taken once per batch, not per event. Latencies are Prometheus histograms with fixed
-//! buckets (cumulative `_bucket{le=…}`, `_sum`, `_count`), also plain atomics. The listener is a few lines of HTTP/1.1 on tokio:
-//! a scrape endpoint needs no framework.
+//! The metrics are prometheus-client's: counters and gauges are atomics updated on the hot
+//! path; per-table counts are one label lookup per run of events of one table (a transaction,
+//! a snapshot chunk), not one per event; histograms take one uncontended lock per observation
+//! (per batch, per acknowledged transaction). Values derived from others (lag, whether the
+//! link is up) are worked out when scraped. The exposition is OpenMetrics text: counters are
+//! registered without `_total` and exposed with it, so the sample names are the classic
+//! Prometheus ones (`walflow_events_out_total{table="public.t"}`), and a Prometheus text
+//! (0.0.4) parser reads it as well. The listener is axum on hyper's HTTP/1 server.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::event::Event;
 use crate::sink::EncodedRecord;
 use walflow_pg::Link;
 
-/// Counters of one pipeline.
-#[derive(Default)]
-pub struct Metrics {
-    events_in: Mutex<BTreeMap<String, u64>>,
-    events_out: Mutex<BTreeMap<String, u64>>,
-    bytes_out: AtomicU64,
-    chain_events_in: AtomicU64,
-    chain_micros: AtomicU64,
-    chain_batches: AtomicU64,
-    dead_letters: AtomicU64,
-    sink_errors: Mutex<BTreeMap<String, u64>>,
-    sink_flushes: AtomicU64,
-    acked_lsn: AtomicU64,
-    server_lsn: AtomicU64,
-    last_commit_us: AtomicI64,
-    plugin_reloads: AtomicU64,
-    plugin_reload_failures: AtomicU64,
-    healthy: AtomicBool,
-    link: Mutex<Option<Link>>,
-    snapshot_rows: Mutex<BTreeMap<String, (u64, u64)>>,
-    commit_to_ack: Histogram,
+/// The formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0 text: what `/metrics` answers unless asked otherwise.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4, for a scraper that asks for `text/plain` and not
+    /// for OpenMetrics (in its `Accept` header).
+    PrometheusText,
 }
 
-/// Upper bounds, in seconds, of the latency histograms' buckets: fine around the few
-/// milliseconds a durable sink takes, coarse up to the minutes a stalled one can.
-const LATENCY_BUCKETS: [f64; 16] = [
+impl Exposition {
+    /// The format a scrape with this `Accept` header gets: OpenMetrics unless the header
+    /// names `text/plain` without naming OpenMetrics (quality values are not weighed).
+    pub fn negotiate(accept: Option<&str>) -> Exposition {
+        let accept = accept.unwrap_or_default().to_ascii_lowercase();
+        if !accept.contains("application/openmetrics-text") && accept.contains("text/plain") {
+            Exposition::PrometheusText
+        } else {
+            Exposition::OpenMetrics
+        }
+    }
+
+    /// The `Content-Type` of this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+            }
+        }
+    }
+}
+
+/// Upper bounds, in seconds, of the commit-to-acknowledgement histogram's buckets: fine around
+/// the few milliseconds a durable sink takes, coarse up to the minutes a stalled one can.
+const ACK_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
     60.0,
 ];
 
-/// A Prometheus histogram over [`LATENCY_BUCKETS`] (plus `+Inf`).
-#[derive(Default)]
-struct Histogram {
-    /// Observations per bucket (not cumulative; the last is `+Inf`).
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_us: AtomicU64,
-    count: AtomicU64,
+/// Upper bounds, in seconds, of the plugin-chain histogram's buckets: from the tens of
+/// microseconds a small batch through a filter takes to a plugin's default deadline (2 s) and
+/// beyond.
+const CHAIN_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The label of per-table metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: String,
 }
 
-impl Histogram {
-    fn observe(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        let i = LATENCY_BUCKETS.partition_point(|le| *le < seconds);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
+/// The label of per-sink metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        let bounds = LATENCY_BUCKETS.iter().map(|le| le.to_string());
-        for (n, le) in self.buckets.iter().zip(bounds.chain(["+Inf".into()])) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
+/// A counter of seconds (fractional).
+type SecondsCounter = Counter<f64, AtomicU64>;
+
+/// A gauge of fractional values.
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Metrics of one pipeline.
+pub struct Metrics {
+    registry: Registry,
+    events_in: Family<TableLabel, Counter>,
+    events_out: Family<TableLabel, Counter>,
+    /// The sum of `events_out` over the tables (for the run's summary).
+    events_out_sum: AtomicU64,
+    bytes_out: Counter,
+    chain_events_in: Counter,
+    chain_seconds: SecondsCounter,
+    chain_batches: Counter,
+    chain_batch_seconds: Histogram,
+    dead_letters: Counter,
+    sink_errors: Family<SinkLabel, Counter>,
+    sink_acks: Counter,
+    plugin_reloads: Counter,
+    plugin_reload_failures: Counter,
+    commit_to_ack: Histogram,
+    snapshot_rows: Family<TableLabel, Gauge>,
+    snapshot_rows_estimated: Family<TableLabel, Gauge>,
+    acked_lsn: Gauge,
+    /// The server's WAL position, as last reported (exposed as `walflow_replication_lag_bytes`).
+    server_lsn: AtomicU64,
+    /// Commit time (µs since the Unix epoch) of the newest transaction read, 0 before any.
+    last_commit_us: AtomicI64,
+    connected: Gauge,
+    lag_bytes: Gauge,
+    lag_seconds: FloatGauge,
+    healthy: AtomicBool,
+    link: Mutex<Option<Link>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let m = Metrics {
+            registry: Registry::default(),
+            events_in: Family::default(),
+            events_out: Family::default(),
+            events_out_sum: AtomicU64::new(0),
+            bytes_out: Counter::default(),
+            chain_events_in: Counter::default(),
+            chain_seconds: SecondsCounter::default(),
+            chain_batches: Counter::default(),
+            chain_batch_seconds: Histogram::new(CHAIN_BUCKETS),
+            dead_letters: Counter::default(),
+            sink_errors: Family::default(),
+            sink_acks: Counter::default(),
+            plugin_reloads: Counter::default(),
+            plugin_reload_failures: Counter::default(),
+            commit_to_ack: Histogram::new(ACK_BUCKETS),
+            snapshot_rows: Family::default(),
+            snapshot_rows_estimated: Family::default(),
+            acked_lsn: Gauge::default(),
+            server_lsn: AtomicU64::new(0),
+            last_commit_us: AtomicI64::new(0),
+            connected: Gauge::default(),
+            lag_bytes: Gauge::default(),
+            lag_seconds: FloatGauge::default(),
+            healthy: AtomicBool::new(false),
+            link: Mutex::new(None),
+        };
+        m.registered()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric (each registry entry shares its value with the field).
+    /// Counter names go without `_total`: the exposition adds it.
+    fn registered(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register(
+            "walflow_events_in",
+            "Events read from the source",
+            self.events_in.clone(),
+        );
+        r.register(
+            "walflow_events_out",
+            "Events written to the sinks",
+            self.events_out.clone(),
+        );
+        r.register(
+            "walflow_bytes_out",
+            "Encoded bytes written to the sinks",
+            self.bytes_out.clone(),
+        );
+        r.register(
+            "walflow_plugin_events",
+            "Events passed through the plugin chain",
+            self.chain_events_in.clone(),
+        );
+        r.register(
+            "walflow_plugin_batches",
+            "Batches run through the plugin chain",
+            self.chain_batches.clone(),
+        );
+        r.register_with_unit(
+            "walflow_plugin",
+            "Time spent in the plugin chain",
+            Unit::Seconds,
+            self.chain_seconds.clone(),
+        );
+        r.register_with_unit(
+            "walflow_plugin_batch",
+            "Time the plugin chain took over one batch",
+            Unit::Seconds,
+            self.chain_batch_seconds.clone(),
+        );
+        r.register(
+            "walflow_plugin_reloads",
+            "Successful plugin hot reloads",
+            self.plugin_reloads.clone(),
+        );
+        r.register(
+            "walflow_plugin_reload_failures",
+            "Rejected plugin hot reloads",
+            self.plugin_reload_failures.clone(),
+        );
+        r.register(
+            "walflow_dead_letters",
+            "Events sent to the dead-letter sink",
+            self.dead_letters.clone(),
+        );
+        r.register_with_unit(
+            "walflow_commit_to_ack",
+            "Time from a transaction's commit on the source to the end of the sink flush that made it durable",
+            Unit::Seconds,
+            self.commit_to_ack.clone(),
+        );
+        r.register(
+            "walflow_sink_acks",
+            "Flushes acknowledged by every sink",
+            self.sink_acks.clone(),
+        );
+        r.register(
+            "walflow_sink_errors",
+            "Sink errors",
+            self.sink_errors.clone(),
+        );
+        r.register(
+            "walflow_replication_connected",
+            "1 while streaming over a working connection, 0 while connecting or reconnecting",
+            self.connected.clone(),
+        );
+        r.register(
+            "walflow_acked_lsn",
+            "LSN acknowledged by every sink",
+            self.acked_lsn.clone(),
+        );
+        r.register_with_unit(
+            "walflow_replication_lag",
+            "Server WAL position minus the acknowledged LSN",
+            Unit::Bytes,
+            self.lag_bytes.clone(),
+        );
+        r.register_with_unit(
+            "walflow_replication_lag",
+            "Age of the newest commit seen",
+            Unit::Seconds,
+            self.lag_seconds.clone(),
+        );
+        r.register(
+            "walflow_snapshot_rows",
+            "Rows read by the current snapshot of a table",
+            self.snapshot_rows.clone(),
+        );
+        r.register(
+            "walflow_snapshot_rows_estimated",
+            "Estimated rows of a table being snapshotted",
+            self.snapshot_rows_estimated.clone(),
+        );
+        self
     }
 }
 
 /// Adds events to per-table counts. Consecutive events of one table (the usual case: a
-/// transaction or a snapshot chunk) cost one name and one map update, not one per event.
-fn count_per_table(map: &Mutex<BTreeMap<String, u64>>, events: &[Event]) {
-    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-    let mut runs = events.chunk_by(|a, b| std::sync::Arc::ptr_eq(&a.relation, &b.relation));
-    for run in &mut runs {
-        let name = run[0].relation.qualified_name();
-        match map.get_mut(&name) {
-            Some(n) => *n += run.len() as u64,
-            None => {
-                map.insert(name, run.len() as u64);
-            }
-        }
+/// transaction or a snapshot chunk) cost one name and one label lookup, not one per event.
+fn count_per_table(family: &Family<TableLabel, Counter>, events: &[Event]) {
+    let runs = events.chunk_by(|a, b| std::sync::Arc::ptr_eq(&a.relation, &b.relation));
+    for run in runs {
+        let table = run[0].relation.qualified_name();
+        family
+            .get_or_create(&TableLabel { table })
+            .inc_by(run.len() as u64);
     }
+}
+
+/// An LSN (or a difference of two) as a gauge value.
+fn lsn_gauge(lsn: u64) -> i64 {
+    i64::try_from(lsn).unwrap_or(i64::MAX)
 }
 
 impl Metrics {
@@ -127,8 +311,7 @@ impl Metrics {
 
     /// Events written to the sinks so far.
     pub fn events_out_total(&self) -> u64 {
-        let map = self.events_out.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().sum()
+        self.events_out_sum.load(Ordering::Relaxed)
     }
 
     /// Counts events read from the source, per table.
@@ -143,33 +326,38 @@ impl Metrics {
     /// Counts events and bytes written to the sinks, per table.
     pub fn record_out(&self, events: &[Event], records: &[EncodedRecord]) {
         count_per_table(&self.events_out, events);
+        self.events_out_sum
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
-        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.bytes_out.inc_by(bytes as u64);
     }
 
-    /// Records one run of the plugin chain.
+    /// Records one run of the plugin chain over a batch of `events_in` events.
     pub fn record_chain(&self, events_in: usize, _events_out: usize, took: Duration) {
-        self.chain_events_in
-            .fetch_add(events_in as u64, Ordering::Relaxed);
-        self.chain_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.chain_batches.fetch_add(1, Ordering::Relaxed);
+        let seconds = took.as_secs_f64();
+        self.chain_events_in.inc_by(events_in as u64);
+        self.chain_seconds.inc_by(seconds);
+        self.chain_batches.inc();
+        self.chain_batch_seconds.observe(seconds);
     }
 
     /// Counts dead-lettered events.
     pub fn record_dead_letters(&self, n: usize) {
-        self.dead_letters.fetch_add(n as u64, Ordering::Relaxed);
+        self.dead_letters.inc_by(n as u64);
     }
 
     /// Counts a sink error.
     pub fn record_sink_error(&self, sink: &str) {
-        let mut map = self.sink_errors.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(sink.to_owned()).or_default() += 1;
+        self.sink_errors
+            .get_or_create(&SinkLabel {
+                sink: sink.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a successful flush of every sink (an acknowledgement).
     pub fn record_flush(&self) {
-        self.sink_flushes.fetch_add(1, Ordering::Relaxed);
+        self.sink_acks.inc();
     }
 
     /// Transactions (their commit times, µs since the Unix epoch) that every sink has just
@@ -183,14 +371,14 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
         for commit in commit_times_us {
-            let took = u64::try_from(now_us - commit).unwrap_or(0);
-            self.commit_to_ack.observe(Duration::from_micros(took));
+            let took_us = u64::try_from(now_us - commit).unwrap_or(0);
+            self.commit_to_ack.observe(took_us as f64 / 1e6);
         }
     }
 
     /// The LSN every sink has acknowledged.
     pub fn set_acked_lsn(&self, lsn: u64) {
-        self.acked_lsn.store(lsn, Ordering::Relaxed);
+        self.acked_lsn.set(lsn_gauge(lsn));
     }
 
     /// The server's current WAL position, as last reported.
@@ -200,234 +388,155 @@ impl Metrics {
 
     /// Plugin hot reloads so far: accepted and rejected.
     pub fn set_reloads(&self, accepted: u64, rejected: u64) {
-        self.plugin_reloads.store(accepted, Ordering::Relaxed);
+        self.plugin_reloads
+            .inner()
+            .store(accepted, Ordering::Relaxed);
         self.plugin_reload_failures
+            .inner()
             .store(rejected, Ordering::Relaxed);
     }
 
     /// Snapshot progress of `table`: rows read so far and the estimated total.
     pub fn set_snapshot_rows(&self, table: &str, done: u64, estimated: u64) {
-        let mut map = self.snapshot_rows.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(table.to_string(), (done, estimated));
+        let label = TableLabel {
+            table: table.to_owned(),
+        };
+        self.snapshot_rows
+            .get_or_create(&label)
+            .set(lsn_gauge(done));
+        self.snapshot_rows_estimated
+            .get_or_create(&label)
+            .set(lsn_gauge(estimated));
     }
 
-    fn render_snapshot(&self, out: &mut String) {
-        let map = self.snapshot_rows.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(
-            out,
-            "# HELP walflow_snapshot_rows Rows read by the current snapshot of a table.\n# TYPE walflow_snapshot_rows gauge"
-        );
-        for (table, (done, _)) in map.iter() {
-            let _ = writeln!(
-                out,
-                "walflow_snapshot_rows{{table=\"{}\"}} {done}",
-                escape(table)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP walflow_snapshot_rows_estimated Estimated rows of a table being snapshotted.\n# TYPE walflow_snapshot_rows_estimated gauge"
-        );
-        for (table, (_, estimated)) in map.iter() {
-            let _ = writeln!(
-                out,
-                "walflow_snapshot_rows_estimated{{table=\"{}\"}} {estimated}",
-                escape(table)
-            );
-        }
+    /// The exposition, in the OpenMetrics text format.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        self.render_as(Exposition::OpenMetrics)
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.render_snapshot(&mut out);
-        let per_table =
-            |out: &mut String, name: &str, help: &str, map: &Mutex<BTreeMap<String, u64>>| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-                for (table, n) in map.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                    let _ = writeln!(out, "{name}{{table=\"{}\"}} {n}", escape(table));
-                }
-            };
-        per_table(
-            &mut out,
-            "walflow_events_in_total",
-            "Events read from the source.",
-            &self.events_in,
-        );
-        per_table(
-            &mut out,
-            "walflow_events_out_total",
-            "Events written to the sinks.",
-            &self.events_out,
-        );
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            &mut out,
-            "walflow_bytes_out_total",
-            "Encoded bytes written to the sinks.",
-            load(&self.bytes_out),
-        );
-        counter(
-            &mut out,
-            "walflow_plugin_events_total",
-            "Events passed through the plugin chain.",
-            load(&self.chain_events_in),
-        );
-        counter(
-            &mut out,
-            "walflow_plugin_batches_total",
-            "Batches run through the plugin chain.",
-            load(&self.chain_batches),
-        );
-        gauge(
-            &mut out,
-            "walflow_plugin_seconds_total",
-            "Time spent in the plugin chain.",
-            load(&self.chain_micros) as f64 / 1e6,
-        );
-        counter(
-            &mut out,
-            "walflow_dead_letters_total",
-            "Events sent to the dead-letter sink.",
-            load(&self.dead_letters),
-        );
-        counter(
-            &mut out,
-            "walflow_plugin_reloads_total",
-            "Successful plugin hot reloads.",
-            load(&self.plugin_reloads),
-        );
-        counter(
-            &mut out,
-            "walflow_plugin_reload_failures_total",
-            "Rejected plugin hot reloads.",
-            load(&self.plugin_reload_failures),
-        );
-        self.commit_to_ack.render(
-            &mut out,
-            "walflow_commit_to_ack_seconds",
-            "Time from a transaction's commit on the source to the end of the sink flush that made it durable.",
-        );
-        counter(
-            &mut out,
-            "walflow_sink_acks_total",
-            "Flushes acknowledged by every sink.",
-            load(&self.sink_flushes),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP walflow_sink_errors_total Sink errors.\n# TYPE walflow_sink_errors_total counter"
-        );
-        for (sink, n) in self
-            .sink_errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "walflow_sink_errors_total{{sink=\"{}\"}} {n}",
-                escape(sink)
-            );
-        }
-        gauge(
-            &mut out,
-            "walflow_replication_connected",
-            "1 while streaming over a working connection, 0 while connecting or reconnecting.",
-            if self.health().is_ok() { 1.0 } else { 0.0 },
-        );
-        let acked = load(&self.acked_lsn);
-        let server = load(&self.server_lsn);
-        gauge(
-            &mut out,
-            "walflow_acked_lsn",
-            "LSN acknowledged by every sink.",
-            acked as f64,
-        );
-        gauge(
-            &mut out,
-            "walflow_replication_lag_bytes",
-            "Server WAL position minus the acknowledged LSN.",
-            server.saturating_sub(acked) as f64,
-        );
+    /// The exposition in `format`.
+    pub fn render_as(&self, format: Exposition) -> Result<String, std::fmt::Error> {
+        self.connected.set(i64::from(self.health().is_ok()));
+        let acked = u64::try_from(self.acked_lsn.get()).unwrap_or(0);
+        let server = self.server_lsn.load(Ordering::Relaxed);
+        self.lag_bytes.set(lsn_gauge(server.saturating_sub(acked)));
         let last = self.last_commit_us.load(Ordering::Relaxed);
         let lag_s = if last == 0 {
             0.0
         } else {
             (crate::encode::now_ms() as f64 / 1e3 - last as f64 / 1e6).max(0.0)
         };
-        gauge(
-            &mut out,
-            "walflow_replication_lag_seconds",
-            "Age of the newest commit seen.",
-            lag_s,
-        );
-        out
+        self.lag_seconds.set(lag_s);
+        let mut out = String::with_capacity(8 * 1024);
+        match format {
+            Exposition::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)?
+            }
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?
+            }
+        }
+        Ok(out)
     }
 
-    /// Serves `/metrics` and `/health` on `listen` until the task is dropped.
+    /// Serves `/metrics` and `/health` on `listen` for as long as the process runs.
     pub async fn serve(
         self: std::sync::Arc<Self>,
         listen: &str,
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         tracing::info!(listen, "serving metrics");
-        Ok(tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let metrics = self.clone();
-                tokio::spawn(async move {
-                    let request = read_request_head(&mut conn).await;
-                    let path = request.split_whitespace().nth(1).unwrap_or("/");
-                    let (status, body) = match path {
-                        "/metrics" => ("200 OK", metrics.render()),
-                        "/health" => match metrics.health() {
-                            Ok(()) => ("200 OK", "ok\n".to_owned()),
-                            Err(why) => ("503 Service Unavailable", format!("{why}\n")),
-                        },
-                        _ => ("404 Not Found", "try /metrics or /health\n".to_owned()),
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(response.as_bytes()).await;
-                });
-            }
-        }))
+        Ok(tokio::spawn(http::serve(listener, http::router(self))))
     }
 }
 
-/// Reads up to the end of the request head (or 8 KiB, or one second), so the response never
-/// races the client's own writes.
-async fn read_request_head(conn: &mut tokio::net::TcpStream) -> String {
-    let mut buf = Vec::with_capacity(1024);
-    let read = async {
-        let mut chunk = [0u8; 1024];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-            match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+/// The listener: an axum router on hyper's HTTP/1 server.
+///
+/// Each connection answers one request and is closed, so a client that reads to the end of the
+/// stream (a probe, `nc`, the tests) gets its answer; scrapes are seconds apart, so keeping
+/// connections alive would save nothing. A client has [`HEAD_TIMEOUT`](http::HEAD_TIMEOUT) to
+/// send its request head, so idle connections cannot pile up.
+mod http {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    use super::{Exposition, Metrics};
+
+    /// How long a client has to send its request head.
+    pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// `/metrics`, `/health`, and 404 for anything else.
+    pub(super) fn router(metrics: Arc<Metrics>) -> Router {
+        Router::new()
+            .route("/metrics", get(scrape))
+            .route("/health", get(health))
+            .fallback(not_found)
+            .with_state(metrics)
+    }
+
+    /// The exposition, in the format the scraper asks for (see [`Exposition::negotiate`]).
+    async fn scrape(
+        State(metrics): State<Arc<Metrics>>,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let format = Exposition::negotiate(accept);
+        match metrics.render_as(format) {
+            Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+            Err(_) => {
+                tracing::error!("cannot render the metrics");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot render the metrics\n",
+                )
+                    .into_response()
             }
         }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
-    String::from_utf8_lossy(&buf).into_owned()
-}
+    }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
+    /// 200 `ok` while streaming over a working connection, else 503 with the reason.
+    async fn health(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+        match metrics.health() {
+            Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        }
+    }
+
+    async fn not_found() -> impl IntoResponse {
+        (StatusCode::NOT_FOUND, "try /metrics or /health\n")
+    }
+
+    /// Accepts connections on `listener` and serves `app` on each until the process ends.
+    pub(super) async fn serve(listener: tokio::net::TcpListener, app: Router) {
+        loop {
+            let conn = match listener.accept().await {
+                Ok((conn, _)) => conn,
+                Err(err) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %err, "metrics listener cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(conn), service)
+                    .await;
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -463,7 +572,7 @@ mod tests {
             now_us - 3_000_000,
             now_us - 120_000_000,
         ]);
-        let text = metrics.render();
+        let text = metrics.render().unwrap();
         let line = |prefix: &str| {
             text.lines()
                 .find(|l| l.starts_with(prefix))
@@ -475,14 +584,122 @@ mod tests {
         };
         let name = "walflow_commit_to_ack_seconds";
         assert!(text.contains(&format!("# TYPE {name} histogram")), "{text}");
+        assert!(text.contains(&format!("# UNIT {name} seconds")), "{text}");
         assert_eq!(line(&format!("{name}_bucket{{le=\"0.001\"}}")), "1");
         assert_eq!(line(&format!("{name}_bucket{{le=\"2.5\"}}")), "1");
-        assert_eq!(line(&format!("{name}_bucket{{le=\"10\"}}")), "2");
-        assert_eq!(line(&format!("{name}_bucket{{le=\"60\"}}")), "2");
+        assert_eq!(line(&format!("{name}_bucket{{le=\"10.0\"}}")), "2");
+        assert_eq!(line(&format!("{name}_bucket{{le=\"60.0\"}}")), "2");
         assert_eq!(line(&format!("{name}_bucket{{le=\"+Inf\"}}")), "3");
         assert_eq!(line(&format!("{name}_count")), "3");
         let sum: f64 = line(&format!("{name}_sum")).parse().unwrap();
         assert!((123.0..124.0).contains(&sum), "{sum}");
+    }
+
+    /// Each run of the plugin chain is one observation of the per-batch histogram, besides
+    /// the running totals.
+    #[test]
+    fn plugin_chain_runs_fill_the_batch_histogram() {
+        let metrics = Metrics::default();
+        metrics.record_chain(100, 90, Duration::from_micros(300));
+        metrics.record_chain(50, 50, Duration::from_millis(40));
+        let text = metrics.render().unwrap();
+        let name = "walflow_plugin_batch_seconds";
+        for expected in [
+            format!("# TYPE {name} histogram"),
+            format!("{name}_bucket{{le=\"0.00025\"}} 0"),
+            format!("{name}_bucket{{le=\"0.0005\"}} 1"),
+            format!("{name}_bucket{{le=\"0.025\"}} 1"),
+            format!("{name}_bucket{{le=\"0.05\"}} 2"),
+            format!("{name}_bucket{{le=\"+Inf\"}} 2"),
+            format!("{name}_count 2"),
+            "walflow_plugin_events_total 150".to_string(),
+            "walflow_plugin_batches_total 2".to_string(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "no `{expected}` in {text}"
+            );
+        }
+        let seconds = text
+            .lines()
+            .find_map(|l| l.strip_prefix("walflow_plugin_seconds_total "))
+            .unwrap_or_else(|| panic!("no plugin seconds in {text}"));
+        let seconds: f64 = seconds.parse().unwrap();
+        assert!((seconds - 0.0403).abs() < 1e-9, "{seconds}");
+    }
+
+    /// The names README.md, docs/ and the integration tests use, as exposed: counters end in
+    /// `_total` (OpenMetrics adds it to the family name), nothing is renamed.
+    #[test]
+    fn every_documented_name_is_exposed_as_before() {
+        let metrics = Metrics::default();
+        let rel = Arc::new(Relation {
+            oid: 1,
+            schema: "public".into(),
+            table: "t".into(),
+            columns: Vec::new(),
+        });
+        let events = vec![event(&rel)];
+        metrics.record_in(&events);
+        metrics.record_out(&events, &[]);
+        metrics.record_sink_error("file");
+        metrics.set_snapshot_rows("public.t", 5, 10);
+        metrics.record_dead_letters(2);
+        metrics.set_reloads(3, 1);
+        metrics.record_flush();
+        metrics.set_acked_lsn(0x1_0000_0000);
+        metrics.set_server_lsn(0x1_0000_0400);
+        let text = metrics.render().unwrap();
+        let samples: Vec<(&str, &str)> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').unwrap())
+            .collect();
+        let value = |series: &str| {
+            samples
+                .iter()
+                .find(|(s, _)| *s == series)
+                .unwrap_or_else(|| panic!("no `{series}` in {text}"))
+                .1
+        };
+        assert_eq!(value("walflow_events_in_total{table=\"public.t\"}"), "1");
+        assert_eq!(value("walflow_events_out_total{table=\"public.t\"}"), "1");
+        assert_eq!(value("walflow_bytes_out_total"), "0");
+        assert_eq!(value("walflow_sink_errors_total{sink=\"file\"}"), "1");
+        assert_eq!(value("walflow_sink_acks_total"), "1");
+        assert_eq!(value("walflow_dead_letters_total"), "2");
+        assert_eq!(value("walflow_plugin_reloads_total"), "3");
+        assert_eq!(value("walflow_plugin_reload_failures_total"), "1");
+        assert_eq!(value("walflow_snapshot_rows{table=\"public.t\"}"), "5");
+        assert_eq!(
+            value("walflow_snapshot_rows_estimated{table=\"public.t\"}"),
+            "10"
+        );
+        assert_eq!(value("walflow_acked_lsn"), "4294967296");
+        assert_eq!(value("walflow_replication_lag_bytes"), "1024");
+        assert_eq!(value("walflow_replication_connected"), "0");
+        value("walflow_replication_lag_seconds");
+        value("walflow_plugin_seconds_total");
+        value("walflow_commit_to_ack_seconds_count");
+        value("walflow_plugin_batch_seconds_count");
+        assert!(
+            text.contains("# TYPE walflow_events_out counter\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(metrics.events_out_total(), 1);
+    }
+
+    /// Table names are label values: quotes and backslashes in them are escaped.
+    #[test]
+    fn label_values_are_escaped() {
+        let metrics = Metrics::default();
+        metrics.set_snapshot_rows("s.t\"x\\", 1, 1);
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains("walflow_snapshot_rows{table=\"s.t\\\"x\\\\\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -494,13 +711,151 @@ mod tests {
         link.up();
         metrics.set_healthy(true);
         assert_eq!(metrics.health(), Ok(()));
-        assert!(metrics.render().contains("walflow_replication_connected 1"));
+        assert!(
+            metrics
+                .render()
+                .unwrap()
+                .contains("walflow_replication_connected 1")
+        );
         link.down(&"nothing received for 5s");
         let why = metrics.health().unwrap_err();
         assert!(why.contains("nothing received for 5s"), "{why}");
-        assert!(metrics.render().contains("walflow_replication_connected 0"));
+        assert!(
+            metrics
+                .render()
+                .unwrap()
+                .contains("walflow_replication_connected 0")
+        );
         link.up();
         assert_eq!(metrics.health(), Ok(()));
+    }
+
+    /// `GET path` over a fresh connection, read to its end: the status line and the body.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        get_with(addr, path, "").await
+    }
+
+    /// `GET path` with `headers` (each line ending in CRLF).
+    async fn get_with(addr: std::net::SocketAddr, path: &str, headers: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n{headers}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        // The server closes the connection after answering: reading to the end terminates.
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut out))
+            .await
+            .expect("the server closes the connection after its answer")
+            .unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    }
+
+    async fn listening(metrics: &Arc<Metrics>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(http::serve(listener, http::router(metrics.clone())));
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_listener_serves_metrics_health_and_404() {
+        let metrics = Arc::new(Metrics::default());
+        let addr = listening(&metrics).await;
+        let (head, body) = get(addr, "/health").await;
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert_eq!(body, "not streaming\n");
+        metrics.set_healthy(true);
+        let (head, body) = get(addr, "/health").await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(body, "ok\n");
+        let link = Link::default();
+        metrics.watch_link(link.clone());
+        link.down(&"connection refused");
+        let (head, body) = get(addr, "/health").await;
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(
+            body.contains("connection refused") && body.ends_with('\n'),
+            "{body}"
+        );
+        let (head, body) = get(addr, "/metrics").await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        let content_type = |head: &str| {
+            head.lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-type: ")
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            content_type(&head),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert!(body.contains("walflow_replication_connected 0"), "{body}");
+        let (head, _) = get(addr, "/nope").await;
+        assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+    }
+
+    /// Prometheus asks for OpenMetrics and gets it; a scraper that asks only for the classic
+    /// text format gets that, with counters typed under their `_total` names.
+    #[tokio::test]
+    async fn the_format_follows_the_accept_header() {
+        let metrics = Arc::new(Metrics::default());
+        let addr = listening(&metrics).await;
+        let prometheus = "accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+        let (head, body) = get_with(addr, "/metrics", prometheus).await;
+        assert!(
+            head.contains("application/openmetrics-text; version=1.0.0"),
+            "{head}"
+        );
+        assert!(
+            body.contains("# TYPE walflow_dead_letters counter\n"),
+            "{body}"
+        );
+        let classic = "accept: text/plain;version=0.0.4;q=1,*/*;q=0.1\r\n";
+        let (head, body) = get_with(addr, "/metrics", classic).await;
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        assert!(
+            body.contains(
+                "# TYPE walflow_dead_letters_total counter\nwalflow_dead_letters_total 0\n"
+            ),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"), "{body}");
+        let (head, _) = get_with(addr, "/metrics", "accept: */*\r\n").await;
+        assert!(head.contains("application/openmetrics-text"), "{head}");
+    }
+
+    /// A client that connects and says nothing is dropped, so idle connections cannot pile up.
+    #[tokio::test]
+    async fn a_silent_client_is_disconnected() {
+        use tokio::io::AsyncReadExt;
+        let metrics = Arc::new(Metrics::default());
+        let addr = listening(&metrics).await;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            http::HEAD_TIMEOUT + Duration::from_secs(5),
+            conn.read_to_end(&mut out),
+        )
+        .await
+        .expect("the connection is closed")
+        .ok();
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_one_clear_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let err = Arc::new(Metrics::default())
+            .serve(&addr)
+            .await
+            .expect_err("the address is taken");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     }
 
     #[test]
@@ -518,7 +873,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.record_in(&events);
         metrics.record_in(&events[..1]);
-        let text = metrics.render();
+        let text = metrics.render().unwrap();
         assert!(
             text.contains("walflow_events_in_total{table=\"public.a\"} 5"),
             "{text}"

@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::event::Event;
 use walflow_config::Encoding;
 
-pub use record::Record;
+pub use record::{DeadLetter, Record};
 
 /// What an encoder needs besides the event itself.
 #[derive(Debug, Clone, Default)]
@@ -95,14 +95,29 @@ impl Encoder {
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
         match self.encoding {
-            Encoding::Json => json_writer::write_record(event, &self.options, ts_ms, out),
+            Encoding::Json => {
+                json_writer::write_record(event, &self.options, ts_ms, out);
+                Ok(())
+            }
             Encoding::Msgpack => {
-                let record = Record::new(event, &self.options, ts_ms);
-                let mut ser = rmp_serde::Serializer::new(&mut *out).with_struct_map();
-                serde::Serialize::serialize(&record.binary(true), &mut ser)?
+                let record = Record::new(event, &self.options, ts_ms).binary(true);
+                serialize_into(self.encoding, &record, out)
             }
         }
-        Ok(())
+    }
+
+    /// Appends the dead letter of `event` to `out`: its record in this encoding, as
+    /// [`encode_into`](Self::encode_into) writes it, with a top-level `error` field saying why
+    /// it was dead-lettered. On an error `out` is left as it was.
+    pub fn encode_dead_letter(
+        &self,
+        event: &Event,
+        error: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        let record =
+            Record::new(event, &self.options, now_ms()).binary(self.encoding == Encoding::Msgpack);
+        serialize_into(self.encoding, &DeadLetter { record, error }, out)
     }
 
     /// The encoded key of `event` (the key object alone), for sinks that partition by key.
@@ -122,6 +137,27 @@ impl Encoder {
             None => default_topic(event, self.options.name.as_deref()).into(),
         }
     }
+}
+
+/// Appends `value` to `out` in `encoding` through serde (MessagePack maps keep their field
+/// names). On an error `out` is left as it was, never with half a record.
+fn serialize_into<T: serde::Serialize>(
+    encoding: Encoding,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    let written = match encoding {
+        Encoding::Json => serde_json::to_writer(&mut *out, value).map_err(EncodeError::from),
+        Encoding::Msgpack => {
+            let mut ser = rmp_serde::Serializer::new(&mut *out).with_struct_map();
+            value.serialize(&mut ser).map_err(EncodeError::from)
+        }
+    };
+    if written.is_err() {
+        out.truncate(start);
+    }
+    written
 }
 
 /// Why an event could not be encoded (a bug or an invalid JSON value; never retryable).
@@ -147,8 +183,11 @@ pub fn now_ms() -> i64 {
 mod tests {
     use std::sync::Arc;
 
-    use super::default_topic;
-    use crate::event::{Event, LogicalMessage, Op, Relation, Source};
+    use serde_json::Value as Json;
+
+    use super::{EncodeOptions, Encoder, default_topic};
+    use crate::event::{Column, Event, LogicalMessage, Op, Relation, Source, Value};
+    use walflow_config::Encoding;
 
     fn event(op: Op, schema: &str, table: &str) -> Event {
         Event {
@@ -170,6 +209,152 @@ mod tests {
                     content: Vec::new(),
                 })
             }),
+        }
+    }
+
+    /// A row of `public.orders (id int4 key, note text, data bytea)`.
+    fn row_event() -> Event {
+        let column = |name: &str, type_name: &str, key: bool| Column {
+            name: name.into(),
+            type_oid: 0,
+            type_name: type_name.into(),
+            type_modifier: -1,
+            key,
+        };
+        let mut e = event(Op::Create, "public", "orders");
+        Arc::get_mut(&mut e.relation).unwrap().columns = vec![
+            column("id", "int4", true),
+            column("note", "text", false),
+            column("data", "bytea", false),
+        ];
+        e.after = Some(vec![
+            Value::Int(7),
+            Value::Text("a \"quoted\" note".into()),
+            Value::Bytes(vec![0xde, 0xad]),
+        ]);
+        e.source.lsn = 0x16_0000_0028;
+        e.source.db = "shop".into();
+        e
+    }
+
+    fn encoder(encoding: Encoding) -> Encoder {
+        Encoder::new(
+            encoding,
+            EncodeOptions {
+                name: Some("app".into()),
+                include_types: false,
+            },
+        )
+    }
+
+    /// `value.ts_ms`, the processing time, differs between two encodings of one event.
+    fn without_processing_time(mut record: Json) -> Json {
+        record["value"].as_object_mut().unwrap().remove("ts_ms");
+        record
+    }
+
+    /// A JSON dead letter is the event's JSON record, topic prefix and all, plus `error`.
+    #[test]
+    fn a_json_dead_letter_is_the_record_with_its_error() {
+        let e = row_event();
+        let encoder = encoder(Encoding::Json);
+        let mut record = Vec::new();
+        encoder.encode_into(&e, &mut record).unwrap();
+        let mut letter = b"already here".to_vec();
+        encoder
+            .encode_dead_letter(&e, "plugin trapped", &mut letter)
+            .unwrap();
+        let letter = letter.strip_prefix(b"already here").unwrap();
+        let mut letter: Json = serde_json::from_slice(letter).unwrap();
+        let record: Json = serde_json::from_slice(&record).unwrap();
+        assert_eq!(letter["error"], "plugin trapped");
+        assert_eq!(letter["topic"], "app.public.orders");
+        assert_eq!(letter["value"]["source"]["name"], "app");
+        letter.as_object_mut().unwrap().remove("error");
+        assert_eq!(
+            without_processing_time(letter),
+            without_processing_time(record)
+        );
+    }
+
+    /// With `encoding = "msgpack"` dead letters are MessagePack like every other record
+    /// (they used to be JSON whatever the encoding), bytea staying binary.
+    #[test]
+    fn a_msgpack_dead_letter_is_msgpack() {
+        let e = row_event();
+        let encoder = encoder(Encoding::Msgpack);
+        let mut letter = Vec::new();
+        encoder
+            .encode_dead_letter(&e, "rejected: 400", &mut letter)
+            .unwrap();
+        assert!(serde_json::from_slice::<Json>(&letter).is_err(), "not JSON");
+        #[derive(serde::Deserialize)]
+        struct Letter {
+            topic: String,
+            key: Json,
+            value: LetterValue,
+            error: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct LetterValue {
+            after: Row,
+            op: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Row {
+            id: i64,
+            note: String,
+            data: Binary,
+        }
+        /// A MessagePack bin (a string, base64 say, is refused).
+        #[derive(Debug, PartialEq)]
+        struct Binary(Vec<u8>);
+        impl<'de> serde::Deserialize<'de> for Binary {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = Binary;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E>(self, v: &[u8]) -> Result<Binary, E> {
+                        Ok(Binary(v.to_vec()))
+                    }
+                }
+                d.deserialize_bytes(Visitor)
+            }
+        }
+        let letter: Letter = rmp_serde::from_slice(&letter).unwrap();
+        assert_eq!(letter.error, "rejected: 400");
+        assert_eq!(letter.topic, "app.public.orders");
+        assert_eq!(letter.key, serde_json::json!({"id": 7}));
+        assert_eq!(letter.value.op, "c");
+        assert_eq!(letter.value.after.id, 7);
+        assert_eq!(letter.value.after.note, "a \"quoted\" note");
+        assert_eq!(letter.value.after.data, Binary(vec![0xde, 0xad]));
+    }
+
+    /// A value that cannot be serialised is an error in either encoding, and what was in the
+    /// buffer before stays as it was: no empty or half-written record.
+    #[test]
+    fn a_serialisation_failure_is_an_error_and_writes_nothing() {
+        struct Unencodable;
+        impl serde::Serialize for Unencodable {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::{Error, SerializeMap};
+                let mut map = s.serialize_map(None)?;
+                map.serialize_entry("topic", "t")?;
+                Err(S::Error::custom("cannot encode this value"))
+            }
+        }
+        for encoding in [Encoding::Json, Encoding::Msgpack] {
+            let mut out = b"before".to_vec();
+            let err = super::serialize_into(encoding, &Unencodable, &mut out).unwrap_err();
+            assert!(
+                err.to_string().contains("cannot encode this value"),
+                "{err}"
+            );
+            assert_eq!(out, b"before", "{encoding:?}");
         }
     }
 

@@ -45,15 +45,42 @@ impl<'a> Record<'a> {
     }
 }
 
-impl Serialize for Record<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(None)?;
+impl Record<'_> {
+    /// The record's top-level entries.
+    fn entries<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         map.serialize_entry("topic", &record_topic(self.event, self.options))?;
         map.serialize_entry("key", &self.key())?;
         map.serialize_entry("value", &ValueRef { record: self })?;
         if self.options.include_types && !self.event.relation.columns.is_empty() {
             map.serialize_entry("types", &TypesRef(&self.event.relation))?;
         }
+        Ok(())
+    }
+}
+
+impl Serialize for Record<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        self.entries(&mut map)?;
+        map.end()
+    }
+}
+
+/// A dead letter: the event's record, and after it a top-level `error` saying why the event
+/// was dead-lettered.
+#[derive(Clone, Copy)]
+pub struct DeadLetter<'a> {
+    /// The event's record.
+    pub record: Record<'a>,
+    /// Why it was dead-lettered (a plugin's error, a sink's rejection).
+    pub error: &'a str,
+}
+
+impl Serialize for DeadLetter<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        self.record.entries(&mut map)?;
+        map.serialize_entry("error", self.error)?;
         map.end()
     }
 }

@@ -643,27 +643,22 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes `failed` events, each with why it failed, to the dead-letter sink and flushes it
+    /// (or, without one, logs and drops them).
     async fn dead_letter(&mut self, failed: Vec<(Event, String)>) -> Result<(), DeliveryError> {
         self.metrics.record_dead_letters(failed.len());
+        let encoder = &self.encoder;
         let Some(sink) = self.dead_letter.as_mut() else {
             for (e, why) in &failed {
                 tracing::warn!(table = %e.relation.qualified_name(), lsn = e.source.lsn, error = %why, "event dead-lettered with no dead-letter sink; dropped");
             }
             return Ok(());
         };
-        let mut records = Vec::with_capacity(failed.len());
-        for (event, why) in &failed {
-            let mut record = crate::encode::json::record(event);
-            if let Some(obj) = record.as_object_mut() {
-                obj.insert("error".into(), serde_json::Value::String(why.clone()));
-            }
-            records.push(EncodedRecord {
-                topic: self.encoder.topic(event),
-                key: None,
-                payload: serde_json::to_vec(&record).unwrap_or_default(),
-                lsn: event.source.lsn,
-            });
-        }
+        let records = dead_letter_records(
+            &failed,
+            |event, why, out| encoder.encode_dead_letter(event, why, out),
+            |event| encoder.topic(event),
+        )?;
         let events: Vec<Event> = failed.into_iter().map(|(e, _)| e).collect();
         let batch = SinkBatch {
             records: &records,
@@ -686,6 +681,40 @@ impl Writer {
             None => Ok(()),
         }
     }
+}
+
+/// The dead-letter records of `failed` events: each `encode`d ([`Encoder::encode_dead_letter`]:
+/// the configured encoding, with an `error` field).
+///
+/// A dead letter that cannot be encoded is an error that stops delivery, as an event that
+/// cannot be encoded does: nothing goes to the dead-letter sink, nothing of the batch is
+/// confirmed, and the next run reads it again. Writing it anyway — empty, or without its
+/// row — would confirm a position past an event that reached no sink.
+fn dead_letter_records(
+    failed: &[(Event, String)],
+    encode: impl Fn(&Event, &str, &mut Vec<u8>) -> Result<(), crate::encode::EncodeError>,
+    topic: impl Fn(&Event) -> Arc<str>,
+) -> Result<Vec<EncodedRecord>, DeliveryError> {
+    failed
+        .iter()
+        .map(|(event, why)| {
+            let mut payload = Vec::new();
+            encode(event, why, &mut payload).map_err(|err| {
+                DeliveryError::Encode(format!(
+                    "cannot write the dead letter of a {} event at {} (dead-lettered because: \
+                     {why}): {err}",
+                    event.relation.qualified_name(),
+                    walflow_pg::lsn::format_lsn(event.source.lsn),
+                ))
+            })?;
+            Ok(EncodedRecord {
+                topic: topic(event),
+                key: None,
+                payload,
+                lsn: event.source.lsn,
+            })
+        })
+        .collect()
 }
 
 /// Where the writer is with flushing.
@@ -1221,5 +1250,121 @@ mod tests {
                 (_, Err(e)) => panic!("batch {n}: {e}"),
             }
         }
+    }
+
+    /// Records what is written to it; every write and flush succeeds.
+    struct Captures(Arc<std::sync::Mutex<Vec<EncodedRecord>>>);
+
+    #[async_trait::async_trait]
+    impl Sink for Captures {
+        fn name(&self) -> &str {
+            "captures"
+        }
+
+        async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
+            self.0.lock().unwrap().extend_from_slice(batch.records);
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    /// A writer whose dead-letter sink keeps what it is given, encoding as `encoding`.
+    fn writer_with_dead_letters(
+        encoding: walflow_config::Encoding,
+    ) -> (Writer, Arc<std::sync::Mutex<Vec<EncodedRecord>>>) {
+        let captured = Arc::default();
+        let metrics = Arc::new(Metrics::default());
+        let (_, stop) = watch::channel(false);
+        let writer = Writer {
+            sinks: Vec::new(),
+            dead_letter: Some(Box::new(Captures(Arc::clone(&captured)))),
+            encoder: Encoder::new(
+                encoding,
+                crate::encode::EncodeOptions {
+                    name: Some("app".into()),
+                    include_types: false,
+                },
+            ),
+            options: DeliveryOptions::default(),
+            metrics: metrics.clone(),
+            budget: None,
+            dead_letter_rejected: Vec::new(),
+            payloads: Arc::new(PayloadPool::default()),
+            retry: Retry::new(Duration::from_millis(10), metrics, stop),
+        };
+        (writer, captured)
+    }
+
+    /// Dead letters take the configured encoding (they were JSON whatever it was) and the
+    /// configured topic prefix, and carry why they failed.
+    #[tokio::test]
+    async fn dead_letters_are_written_in_the_configured_encoding() {
+        let event = unit(1, 1, 1).events.remove(0);
+        for (encoding, is_json) in [
+            (walflow_config::Encoding::Msgpack, false),
+            (walflow_config::Encoding::Json, true),
+        ] {
+            let (mut writer, captured) = writer_with_dead_letters(encoding);
+            writer
+                .dead_letter(vec![(event.clone(), "plugin trapped".into())])
+                .await
+                .unwrap();
+            let records = captured.lock().unwrap().clone();
+            assert_eq!(records.len(), 1);
+            let record = &records[0];
+            assert_eq!(&*record.topic, "app.public.t");
+            assert_eq!(record.lsn, event.source.lsn);
+            let letter: serde_json::Value = if is_json {
+                serde_json::from_slice(&record.payload).unwrap()
+            } else {
+                assert!(serde_json::from_slice::<serde_json::Value>(&record.payload).is_err());
+                rmp_serde::from_slice(&record.payload).unwrap()
+            };
+            assert_eq!(letter["error"], "plugin trapped", "{encoding:?}");
+            assert_eq!(letter["topic"], "app.public.t", "{encoding:?}");
+            assert_eq!(letter["value"]["source"]["lsn"], event.source.lsn);
+        }
+    }
+
+    /// A dead letter that cannot be encoded stops delivery with an error naming the event and
+    /// both failures; no record (an empty one, say) goes to the dead-letter sink.
+    #[test]
+    fn a_dead_letter_that_cannot_be_encoded_is_an_error_not_an_empty_record() {
+        use serde::ser::Error as _;
+        let events = unit(0x16, 2, 2).events;
+        let failed: Vec<(Event, String)> = events
+            .into_iter()
+            .map(|e| (e, "rejected: 400".to_string()))
+            .collect();
+        let encoder = Encoder::new(walflow_config::Encoding::Json, Default::default());
+        let result = dead_letter_records(
+            &failed,
+            |event, why, out| {
+                if event.source.lsn == failed[1].0.source.lsn {
+                    Err(serde_json::Error::custom("unencodable value").into())
+                } else {
+                    encoder.encode_dead_letter(event, why, out)
+                }
+            },
+            |event| encoder.topic(event),
+        );
+        match result {
+            Err(DeliveryError::Encode(message)) => {
+                for part in ["public.t", "rejected: 400", "unencodable value", "0/35B61"] {
+                    assert!(message.contains(part), "no `{part}` in: {message}");
+                }
+            }
+            other => panic!("expected an encoding error, got {other:?}"),
+        }
+        let fine = dead_letter_records(
+            &failed[..1],
+            |event, why, out| encoder.encode_dead_letter(event, why, out),
+            |event| encoder.topic(event),
+        )
+        .unwrap();
+        assert!(!fine[0].payload.is_empty());
     }
 }
