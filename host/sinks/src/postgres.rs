@@ -66,6 +66,8 @@ struct Replica {
     connection: SourceConfig,
     schema: Option<String>,
     client: Option<tokio_postgres::Client>,
+    /// Whether a connection ever succeeded (see `connect` for what that changes).
+    connected_once: bool,
     targets: HashMap<(String, String), Target>,
     statements: HashMap<String, tokio_postgres::Statement>,
     pending: Vec<Event>,
@@ -120,6 +122,7 @@ impl Replica {
             connection,
             schema: config.schema.clone(),
             client: None,
+            connected_once: false,
             targets: HashMap::new(),
             statements: HashMap::new(),
             pending: Vec::new(),
@@ -145,9 +148,11 @@ impl Replica {
                         "postgres sink cannot connect to {}: {e}",
                         walflow_config::redact::url(&self.connection.url)
                     );
-                    // Down or restarting passes; a refused login or a missing database does
-                    // not by itself.
-                    if e.is_retryable() {
+                    // Before the first connection, a refused login or a missing database is
+                    // the configuration's fault: fatal. Once the sink has worked, every
+                    // failure to connect is an outage to wait out (a database closed to
+                    // connections for maintenance, a password being rotated).
+                    if e.is_retryable() || self.connected_once {
                         SinkError::Retryable(message)
                     } else {
                         SinkError::Fatal(message)
@@ -156,6 +161,7 @@ impl Replica {
             self.statements.clear();
             self.stages.clear();
             self.client = Some(client);
+            self.connected_once = true;
         }
         Ok(self.client.as_ref().expect("connected above"))
     }
