@@ -22,7 +22,8 @@
 //!   tied to this process, so the kernel stops it (SIGQUIT, an immediate shutdown) when this
 //!   process ends, however it ends; a killed demo or test run leaves no server behind. It runs
 //!   in its own process group, so Ctrl-C reaches only this process, which decides when the
-//!   server stops. Stopping sends the signals `pg_ctl stop` would.
+//!   server stops. Stopping sends the signals `pg_ctl stop` would. [`spawn_tied`] ties any
+//!   other child the same way (the tests' walflow and broker processes).
 //! - Directories left behind by processes that are gone are removed by the next
 //!   [`LocalPostgres::init`].
 //!
@@ -47,6 +48,7 @@ use anyhow::{Context, bail};
 
 pub use install::Install;
 use process::{Owner, chown_tree, server_command, server_owner};
+pub use process::{signal, spawn_tied};
 
 /// The bootstrap superuser every server is initialized with.
 pub const SUPERUSER: &str = "postgres";

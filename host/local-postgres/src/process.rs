@@ -79,7 +79,7 @@ pub(crate) fn server_command(
 }
 
 /// Sends `signal` to a child (no-op if it already exited).
-pub(crate) fn signal(child: &Child, signal: libc::c_int) {
+pub fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: a plain syscall on a pid we own.
     unsafe {
         libc::kill(child.id() as libc::pid_t, signal);
@@ -93,7 +93,7 @@ pub(crate) fn signal(child: &Child, signal: libc::c_int) {
 /// short-lived threads (tests, tokio's blocking pool). So every tied child is forked by one
 /// thread that lives as long as the process.
 #[cfg(target_os = "linux")]
-pub(crate) fn spawn_tied(command: Command, signal: libc::c_int) -> io::Result<Child> {
+pub fn spawn_tied(command: Command, signal: libc::c_int) -> io::Result<Child> {
     use std::sync::mpsc;
     use std::sync::{Mutex, OnceLock};
 
@@ -145,6 +145,6 @@ fn spawn_with_death_signal(command: &mut Command, signal: libc::c_int) -> io::Re
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn spawn_tied(mut command: Command, _signal: libc::c_int) -> io::Result<Child> {
+pub fn spawn_tied(mut command: Command, _signal: libc::c_int) -> io::Result<Child> {
     command.spawn()
 }
