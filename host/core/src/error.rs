@@ -53,7 +53,8 @@ pub trait Classify {
     fn class(&self) -> Class;
 }
 
-/// An error with its class, for failures that have no typed error of their own.
+/// An error with its class, for failures that have no typed error of their own (and for
+/// typed ones on their way out of the crate that knows them, e.g. a delivery failure).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
@@ -137,17 +138,6 @@ impl Classify for ContinuityError {
     }
 }
 
-impl Classify for crate::pipeline::DeliveryError {
-    fn class(&self) -> Class {
-        use crate::pipeline::DeliveryError;
-        match self {
-            DeliveryError::Sink { error, .. } => error.class(),
-            DeliveryError::Plugin(e) => e.class(),
-            DeliveryError::Encode(_) => Class::Definite,
-        }
-    }
-}
-
 /// The class of the outermost classified error in `e`'s chain; `None` when nothing in it is
 /// classified (treat that as fatal).
 pub fn class_of(e: &anyhow::Error) -> Option<Class> {
@@ -156,9 +146,6 @@ pub fn class_of(e: &anyhow::Error) -> Option<Class> {
 
 fn class_of_one(e: &(dyn std::error::Error + 'static)) -> Option<Class> {
     if let Some(e) = e.downcast_ref::<Error>() {
-        return Some(e.class());
-    }
-    if let Some(e) = e.downcast_ref::<crate::pipeline::DeliveryError>() {
         return Some(e.class());
     }
     if let Some(e) = e.downcast_ref::<StreamError>() {

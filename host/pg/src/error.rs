@@ -67,7 +67,7 @@ pub enum ConnectError {
     /// The user may not open a replication connection.
     #[error(
         "user \"{user}\" may not replicate ({message}); run `ALTER ROLE {role} WITH REPLICATION;` (on RDS/Aurora: `GRANT rds_replication TO {role};`) and allow a `replication` line for it in pg_hba.conf",
-        role = crate::sql::ident(.user)
+        role = crate::quote::ident(.user)
     )]
     NoReplicationPrivilege {
         /// The user.

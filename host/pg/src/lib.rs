@@ -25,6 +25,7 @@ pub mod error;
 pub mod link;
 pub mod lsn;
 pub mod options;
+pub mod quote;
 pub mod setup_sql;
 pub mod silence;
 pub mod socket;

@@ -3,9 +3,7 @@
 //! [`ident`], [`qualified`], [`literal`] and [`replication_literal`], the one way walflow quotes
 //! names and text into SQL.
 
-mod quote;
-
-pub use quote::{ident, literal, qualified, replication_literal};
+pub use crate::quote::{ident, literal, qualified, replication_literal};
 
 use std::error::Error as _;
 use std::io;

@@ -26,6 +26,7 @@ use super::payloads::PayloadPool;
 use super::retry::Retry;
 use super::{Processor, Started, Unit};
 use crate::encode::Encoder;
+use crate::error::{Class, Classify};
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::sink::{EncodedRecord, Sink, SinkBatch, SinkError};
@@ -77,6 +78,22 @@ pub enum DeliveryError {
     /// Encoding failed (a bug or invalid data).
     #[error("{0}")]
     Encode(String),
+}
+
+impl crate::error::Classify for DeliveryError {
+    fn class(&self) -> Class {
+        match self {
+            DeliveryError::Sink { error, .. } => error.class(),
+            DeliveryError::Plugin(e) => e.class(),
+            DeliveryError::Encode(_) => Class::Definite,
+        }
+    }
+}
+
+impl From<DeliveryError> for crate::error::Error {
+    fn from(e: DeliveryError) -> crate::error::Error {
+        crate::error::Error::new(e.class(), e.to_string())
+    }
 }
 
 /// The delivery loop's state.

@@ -243,7 +243,7 @@ async fn follow(
     let acked = acknowledger.await.context("the acknowledger panicked")?;
     let read = reader.await.context("the replication reader panicked")?;
     metrics.set_healthy(false);
-    let acked_lsn = delivered?;
+    let acked_lsn = delivered.map_err(crate::error::Error::from)?;
     let acked = acked?;
     let mut stream = read?;
     if let Some(lsn) = acked {

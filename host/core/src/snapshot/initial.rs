@@ -430,7 +430,7 @@ async fn copy_all(
     let acknowledge = acknowledge(ack_rx, done_at, store, checkpoint, &plan.chunks);
     let deliver = out.delivery.drive(unit_rx, ack_tx, out.stop.clone());
     let (read, delivered, acked) = tokio::join!(coordinate, deliver, acknowledge);
-    delivered?;
+    delivered.map_err(crate::error::Error::from)?;
     acked?;
     let complete = read?;
     Ok(complete && !*out.stop.borrow())
