@@ -18,6 +18,7 @@
 //! - [`config_file`]: `walflow.toml` files for a test database.
 //! - [`walflow_command`]: running the program under test as a child ([`walflow!`]).
 //! - [`wait`]: waiting on conditions with deadlines.
+//! - [`ports`]: [`free_port`], a loopback port nothing listens on.
 //! - [`black_hole`]: dropping a server's packets with nftables, for silent link failures.
 
 pub mod black_hole;
@@ -26,6 +27,7 @@ pub mod child_process;
 pub mod cluster;
 pub mod config_file;
 pub mod installs;
+pub mod ports;
 pub mod replay;
 pub mod slot;
 pub mod wait;
@@ -37,5 +39,6 @@ pub use cluster::{
 };
 pub use config_file::{ConfigBuilder, ConfigFile};
 pub use installs::{PgInstall, pg_installs};
+pub use ports::free_port;
 pub use wait::{wait_for, wait_for_async, wait_until};
 pub use walflow_command::{WalflowChild, WalflowCommand, WalflowOutput};

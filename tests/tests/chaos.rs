@@ -264,12 +264,6 @@ async fn an_unusable_state_directory_is_refused_before_the_slot_exists() {
     assert!(!slot_exists(&db, &slot).await, "a slot was created");
 }
 
-/// A port on loopback where nothing listens (bound, read, released).
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// SIGTERM while the only sink keeps failing: the run ends within seconds with exit 0 and
 /// confirms nothing the sink did not take; the next run (with a working sink) delivers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +283,7 @@ async fn sigterm_during_a_sink_outage_exits_promptly_and_loses_nothing() {
         .clone()
         .append(&format!(
             "[[sinks]]\ntype = \"http\"\nurl = \"http://127.0.0.1:{}/events\"",
-            closed_port()
+            walflow_tests::free_port()
         ))
         .write()
         .unwrap();

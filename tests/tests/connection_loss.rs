@@ -39,8 +39,7 @@ fn health(addr: &str) -> Option<Result<(), String>> {
 }
 
 fn free_local_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+    format!("127.0.0.1:{}", walflow_tests::free_port())
 }
 
 async fn insert_rows(db: &TestDb, ids: std::ops::Range<i32>) {

@@ -569,11 +569,7 @@ async fn metrics_and_health_are_served() {
         .batch_execute("CREATE TABLE m (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = walflow_tests::free_port();
     let addr = format!("127.0.0.1:{port}");
     let builder = db.config().source("snapshot = \"never\"").append(&format!(
         "[metrics]\nlisten = \"{addr}\"\n\n[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\""
@@ -906,9 +902,7 @@ async fn config_schema_describes_every_sink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_down_at_start_exits_with_the_transient_code() {
     let db = Cluster::shared().new_database().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = walflow_tests::free_port();
     let builder = db.config().append(&format!(
         "[[sinks]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntimeout = \"1s\""
     ));

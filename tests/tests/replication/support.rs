@@ -154,11 +154,7 @@ pub async fn stream_registry(db: &TestDb) -> TypeRegistry {
     registry
 }
 
-/// A TCP port nothing listens on.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+pub use walflow_tests::free_port;
 
 /// Inserts ids `start..start + batches * per_batch` into `r`, one transaction per batch.
 pub async fn insert_batches(

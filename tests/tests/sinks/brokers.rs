@@ -4,7 +4,6 @@
 //! same port and data directory (NATS and Redis keep their data across that; tansu runs on
 //! memory storage and starts empty).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,13 +31,7 @@ pub struct Broker {
     child: Option<Child>,
 }
 
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
+pub use walflow_tests::free_port;
 
 /// The binary of `kind`, if installed.
 pub fn binary(kind: Kind) -> Option<PathBuf> {
