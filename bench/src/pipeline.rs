@@ -96,7 +96,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
     let [config, until] = args else {
         bail!("usage: __walflow-run CONFIG UNTIL_LSN");
     };
-    let until = walflow::event::parse_lsn(until).context("UNTIL_LSN is not an LSN")?;
+    let until = walflow::event::Lsn::parse(until).context("UNTIL_LSN is not an LSN")?;
     let config = walflow::config::Config::load(Path::new(config))?;
     let (_tx, rx) = tokio::sync::watch::channel(Some(until));
     walflow::run(

@@ -227,7 +227,7 @@ fn sample_batch(size: usize) -> Vec<Event> {
             relation: relation.clone(),
             source: Source {
                 db: "app".into(),
-                lsn: 0x16_B374_D848 + i as u64,
+                lsn: walflow::event::Lsn(0x16_B374_D848 + i as u64),
                 xid: Some(1000),
                 commit_time_us: 1_700_000_000_000_000,
                 ..Source::default()

@@ -58,7 +58,7 @@ fn backlog(events: usize) -> Vec<Unit> {
                 relation: relation.clone(),
                 source: Source {
                     db: "bench".into(),
-                    lsn,
+                    lsn: walflow::event::Lsn(lsn),
                     xid: Some((n / EVENTS_PER_TRANSACTION) as u32),
                     commit_time_us: 1_700_000_000_000_000,
                     snapshot: Default::default(),
@@ -78,8 +78,8 @@ fn backlog(events: usize) -> Vec<Unit> {
         lsn += 0x40;
         units.push(Unit {
             xid: Some(units.len() as u32),
-            commit_lsn: lsn,
-            end_lsn: lsn + 0x10,
+            commit_lsn: walflow::event::Lsn(lsn),
+            end_lsn: walflow::event::Lsn(lsn + 0x10),
             commit_time_us: 1_700_000_000_000_000,
             gid: None,
             events: batch,
@@ -110,7 +110,7 @@ async fn measure(entry: &str, units: &[Unit], events: usize) -> anyhow::Result<f
         Arc::new(Metrics::default()),
     );
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    let (ack_tx, _acks) = tokio::sync::watch::channel(0);
+    let (ack_tx, _acks) = tokio::sync::watch::channel(walflow::event::Lsn::ZERO);
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     // The loop's future is not `Send`: run it on a runtime of its own.

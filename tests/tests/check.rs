@@ -430,13 +430,13 @@ async fn slot_history_gaps_against_the_checkpoint_are_found() {
     let store = CheckpointStore::new(dir.path().join(".walflow"), &slot);
     store
         .save(&Checkpoint {
-            lsn: 1,
+            lsn: walflow::event::Lsn(1),
             identity: SlotIdentity {
                 system_id: 1,
                 database: db.name().to_string(),
                 slot: slot.clone(),
                 timeline: 1,
-                created_lsn: 1,
+                created_lsn: walflow::event::Lsn(1),
             },
             written_at_ms: 0,
             snapshot: Default::default(),

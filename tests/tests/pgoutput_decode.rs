@@ -5,7 +5,7 @@
 //! without depending on the replication connection.
 
 use walflow::assemble::{Assembler, Transaction};
-use walflow::event::{Array, Event, Op, TemporalKind, Value, parse_lsn};
+use walflow::event::{Array, Event, Lsn, Op, TemporalKind, Value, parse_lsn};
 use walflow::value::{TypeInfo, TypeRegistry};
 use walflow_tests::{Cluster, TestDb};
 
@@ -65,7 +65,7 @@ fn assemble(db: &TestDb, registry: TypeRegistry, msgs: &[(u64, Vec<u8>)]) -> Vec
     msgs.iter()
         .filter_map(|(lsn, data)| {
             assembler
-                .push_bytes(*lsn, data)
+                .push_bytes(Lsn(*lsn), data)
                 .unwrap_or_else(|e| panic!("message at {lsn:X} ({data:?}): {e}"))
         })
         .collect()
@@ -513,7 +513,7 @@ async fn every_change_kind_from_real_sql() {
     for txn in &txns {
         for e in &txn.events {
             assert_eq!(&*e.source.db, db.name());
-            assert!(e.source.lsn > 0 && e.source.lsn <= txn.end_lsn);
+            assert!(!e.source.lsn.is_zero() && e.source.lsn <= txn.end_lsn);
             if txn.xid.is_some() {
                 assert_eq!(e.source.xid, txn.xid);
                 assert_eq!(e.source.commit_time_us, txn.commit_time_us);
@@ -521,7 +521,7 @@ async fn every_change_kind_from_real_sql() {
             }
         }
     }
-    let lsns: Vec<u64> = txns[0].events.iter().map(|e| e.source.lsn).collect();
+    let lsns: Vec<u64> = txns[0].events.iter().map(|e| e.source.lsn.0).collect();
     assert!(lsns.windows(2).all(|w| w[0] < w[1]), "{lsns:?}");
 
     // A TOASTed column the update left alone is UnchangedToast, not NULL; no old row under

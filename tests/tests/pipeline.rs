@@ -247,7 +247,7 @@ impl Sink for FlakySink {
             return Err(SinkError::Retryable("destination down".into()));
         }
         let rows = batch.events.iter().filter(|e| e.relation.table == "big");
-        self.pending.extend(rows.map(|e| e.source.lsn));
+        self.pending.extend(rows.map(|e| e.source.lsn.0));
         Ok(())
     }
 
@@ -453,7 +453,7 @@ impl Sink for GatedSink {
             .events
             .iter()
             .filter(|e| e.relation.table == "big")
-            .map(|e| e.source.lsn)
+            .map(|e| e.source.lsn.0)
             .collect();
         if self.flushing.load(Ordering::SeqCst) {
             self.written_meanwhile

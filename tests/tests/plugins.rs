@@ -756,7 +756,7 @@ fn plugins_of_both_abi_versions_edit_alike() {
     // The replaced event carries every source field and a topic back out of the guest.
     let source = Source {
         db: "shop".into(),
-        lsn: 0x16_B374_D848,
+        lsn: walflow::event::Lsn(0x16_B374_D848),
         xid: Some(4242),
         commit_time_us: 1_700_000_000_123_456,
         snapshot: SnapshotMarker::Last,

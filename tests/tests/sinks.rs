@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value as Json;
 use walflow::config::SinkConfig;
-use walflow::event::{Event, Value};
+use walflow::event::{Event, Lsn, Value};
 use walflow::pipeline::{Delivery, DeliveryOptions, Processed, Processor};
 use walflow::sink::{Sink, SinkError};
 use walflow_tests::{Cluster, ClusterOptions};
@@ -99,13 +99,13 @@ fn assert_all_present(records: &[Json], workload: &Workload) {
 
 /// Waits until the loop has been unable to acknowledge past `lsn` for a while, proving
 /// nothing was confirmed early while the destination was down.
-async fn assert_stuck_at(running: &Running, lsn: u64, for_how_long: Duration) {
+async fn assert_stuck_at(running: &Running, lsn: Lsn, for_how_long: Duration) {
     let deadline = tokio::time::Instant::now() + for_how_long;
     while tokio::time::Instant::now() < deadline {
         assert_eq!(
             running.acked(),
             lsn,
-            "the loop acknowledged past {lsn:X} while the destination was down"
+            "the loop acknowledged past {lsn} while the destination was down"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -364,7 +364,7 @@ async fn http_400_stops_the_pipeline_without_confirming() {
     );
     use walflow::error::{Class, Classify};
     assert_eq!(err.class(), Class::Rejected, "{message}");
-    assert_eq!(*acks.borrow(), 0, "nothing confirmed");
+    assert_eq!(*acks.borrow(), Lsn::ZERO, "nothing confirmed");
     assert_eq!(
         endpoint.seen.lock().unwrap().answers.len(),
         1,
@@ -745,7 +745,7 @@ async fn kafka_down_before_a_new_topic_takes_each_batch_once() {
     tansu.stop();
     let mut running = Running::start(vec![s], None);
     running.feed(&workload.units).await;
-    assert_stuck_at(&running, 0, Duration::from_secs(3)).await;
+    assert_stuck_at(&running, Lsn::ZERO, Duration::from_secs(3)).await;
     tansu.restart();
     running.wait_acked(workload.last_lsn(), LONG).await;
     running.finish().await.unwrap();
@@ -1297,7 +1297,7 @@ async fn a_kafka_topic_that_cannot_be_created_is_fatal_and_named() {
         topic: "app.public.order items".into(),
         key: None,
         payload: b"{}".to_vec(),
-        lsn: 1,
+        lsn: Lsn(1),
     };
     let batch = walflow::sink::SinkBatch {
         records: std::slice::from_ref(&record),
@@ -1406,7 +1406,7 @@ fn numbered_records(first: usize, count: usize) -> Vec<walflow::sink::EncodedRec
             topic: "t".into(),
             key: None,
             payload: format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(980)).into_bytes(),
-            lsn: n as u64,
+            lsn: Lsn(n as u64),
         })
         .collect()
 }

@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::event::{Column, Event, LogicalMessage, Op, Relation, Row, Source, Value};
+use crate::event::{Column, Event, LogicalMessage, Lsn, Op, Relation, Row, Source, Value};
 use crate::value::{TextCodec, TypeRegistry};
 use walflow_pgoutput::*;
 use walflow_pgoutput::{DecodeError, decode};
@@ -39,9 +39,9 @@ pub struct Transaction {
     /// The top-level transaction id (`None` for a non-transactional logical message).
     pub xid: Option<u32>,
     /// LSN of the commit record (for a non-transactional message, the message's LSN).
-    pub commit_lsn: u64,
+    pub commit_lsn: Lsn,
     /// The LSN to confirm once every event of this unit has been delivered.
-    pub end_lsn: u64,
+    pub end_lsn: Lsn,
     /// Commit time, microseconds since the Unix epoch (0 when unknown).
     pub commit_time_us: i64,
     /// The global transaction id, for a two-phase transaction.
@@ -118,7 +118,7 @@ struct OpenTxn {
     xid: u32,
     commit_time_us: i64,
     gid: Option<String>,
-    prepare_lsn: u64,
+    prepare_lsn: Lsn,
     events: Vec<Event>,
 }
 
@@ -135,7 +135,7 @@ struct StreamTxn {
 #[derive(Debug)]
 struct Prepared {
     xid: u32,
-    prepare_lsn: u64,
+    prepare_lsn: Lsn,
     events: Vec<Event>,
 }
 
@@ -209,12 +209,12 @@ impl Assembler {
     /// The lowest prepare LSN of the prepared transactions held, if any. Never confirm a flush
     /// position at or beyond it while it is held: the server would not send those changes
     /// again after a restart, only their Commit Prepared.
-    pub fn held_since_lsn(&self) -> Option<u64> {
+    pub fn held_since_lsn(&self) -> Option<Lsn> {
         self.prepared.values().map(|p| p.prepare_lsn).min()
     }
 
     /// The prepare LSN of the held prepared transaction `gid`, if it is held.
-    pub fn prepare_lsn_of(&self, gid: &str) -> Option<u64> {
+    pub fn prepare_lsn_of(&self, gid: &str) -> Option<Lsn> {
         self.prepared.get(gid).map(|p| p.prepare_lsn)
     }
 
@@ -248,7 +248,7 @@ impl Assembler {
     /// Decodes `buf` (tracking streamed blocks itself) and feeds the message in.
     pub fn push_bytes(
         &mut self,
-        wal_start: u64,
+        wal_start: Lsn,
         buf: &[u8],
     ) -> Result<Option<Transaction>, AssembleError> {
         let msg = decode(buf, self.in_stream())?;
@@ -259,7 +259,7 @@ impl Assembler {
     /// Returns a unit to deliver when one completes.
     pub fn push(
         &mut self,
-        wal_start: u64,
+        wal_start: Lsn,
         msg: Message<'_>,
     ) -> Result<Option<Transaction>, AssembleError> {
         match msg {
@@ -267,7 +267,7 @@ impl Assembler {
                 xid: b.xid,
                 commit_time_us: b.commit_time_us,
                 gid: None,
-                prepare_lsn: b.final_lsn,
+                prepare_lsn: Lsn(b.final_lsn),
                 events: Vec::new(),
             })?,
             Message::Commit(c) => return self.commit(c).map(Some),
@@ -312,7 +312,7 @@ impl Assembler {
                 xid: b.xid,
                 commit_time_us: b.prepare_time_us,
                 gid: Some(b.gid.to_owned()),
-                prepare_lsn: b.prepare_lsn,
+                prepare_lsn: Lsn(b.prepare_lsn),
                 events: Vec::new(),
             })?,
             Message::Prepare(p) => self.prepare(p)?,
@@ -357,8 +357,8 @@ impl Assembler {
         };
         Ok(Transaction {
             xid: Some(txn.xid),
-            commit_lsn: c.commit_lsn,
-            end_lsn: c.end_lsn,
+            commit_lsn: Lsn(c.commit_lsn),
+            end_lsn: Lsn(c.end_lsn),
             commit_time_us: c.commit_time_us,
             gid: None,
             events: txn.events,
@@ -377,7 +377,7 @@ impl Assembler {
             p.gid.to_owned(),
             Prepared {
                 xid: txn.xid,
-                prepare_lsn: txn.prepare_lsn.min(p.prepare_lsn),
+                prepare_lsn: txn.prepare_lsn.min(Lsn(p.prepare_lsn)),
                 events: txn.events,
             },
         );
@@ -398,8 +398,8 @@ impl Assembler {
         }
         Ok(Transaction {
             xid: Some(held.xid),
-            commit_lsn: c.commit_lsn,
-            end_lsn: c.end_lsn,
+            commit_lsn: Lsn(c.commit_lsn),
+            end_lsn: Lsn(c.end_lsn),
             commit_time_us: c.commit_time_us,
             gid: Some(c.gid.to_owned()),
             events,
@@ -439,8 +439,8 @@ impl Assembler {
         }
         Ok(Transaction {
             xid: Some(c.xid),
-            commit_lsn: c.commit_lsn,
-            end_lsn: c.end_lsn,
+            commit_lsn: Lsn(c.commit_lsn),
+            end_lsn: Lsn(c.end_lsn),
             commit_time_us: c.commit_time_us,
             gid: None,
             events,
@@ -466,7 +466,7 @@ impl Assembler {
             p.gid.to_owned(),
             Prepared {
                 xid: p.xid,
-                prepare_lsn: p.prepare_lsn,
+                prepare_lsn: Lsn(p.prepare_lsn),
                 events,
             },
         );
@@ -560,7 +560,7 @@ impl Assembler {
     /// Buffers a change event in the open transaction or streamed block.
     fn change(
         &mut self,
-        lsn: u64,
+        lsn: Lsn,
         subxid: Option<u32>,
         entry: &RelEntry,
         op: Op,
@@ -595,7 +595,7 @@ impl Assembler {
             relation,
             source: Source {
                 db: db.clone(),
-                lsn: m.lsn,
+                lsn: Lsn(m.lsn),
                 xid,
                 commit_time_us,
                 snapshot: Default::default(),
@@ -615,8 +615,8 @@ impl Assembler {
         }
         Ok(Some(Transaction {
             xid: m.xid,
-            commit_lsn: m.lsn,
-            end_lsn: m.lsn,
+            commit_lsn: Lsn(m.lsn),
+            end_lsn: Lsn(m.lsn),
             commit_time_us: 0,
             gid: None,
             events: vec![event(m.xid, 0, &self.db)],

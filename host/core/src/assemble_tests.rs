@@ -7,7 +7,7 @@ use walflow_pgoutput::wire::{Col, Wire};
 use walflow_pgoutput::*;
 
 use crate::assemble::*;
-use crate::event::{Op, Value};
+use crate::event::{Lsn, Op, Value};
 use crate::value::{TypeInfo, TypeKind, TypeRegistry};
 
 const PG_TS: i64 = 1_000_000;
@@ -27,7 +27,7 @@ impl Harness {
     /// Feeds a message; returns what it completed.
     fn push(&mut self, lsn: u64, w: Wire) -> Option<Transaction> {
         self.asm
-            .push_bytes(lsn, &w.0)
+            .push_bytes(Lsn(lsn), &w.0)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -37,7 +37,7 @@ impl Harness {
     }
 
     fn err(&mut self, w: Wire) -> AssembleError {
-        self.asm.push_bytes(1, &w.0).unwrap_err()
+        self.asm.push_bytes(Lsn(1), &w.0).unwrap_err()
     }
 }
 
@@ -127,11 +127,11 @@ fn a_plain_transaction_becomes_typed_events() {
     assert_eq!(txn.xid, Some(742));
     assert_eq!(
         (txn.commit_lsn, txn.end_lsn, txn.commit_time_us),
-        (500, 900, UNIX_TS)
+        (Lsn(500), Lsn(900), UNIX_TS)
     );
     let ops: Vec<Op> = txn.events.iter().map(|e| e.op).collect();
     assert_eq!(ops, [Op::Create, Op::Update, Op::Update, Op::Delete]);
-    let lsns: Vec<u64> = txn.events.iter().map(|e| e.source.lsn).collect();
+    let lsns: Vec<u64> = txn.events.iter().map(|e| e.source.lsn.0).collect();
     assert_eq!(lsns, [30, 40, 50, 60]);
     for e in &txn.events {
         assert_eq!(&*e.source.db, "appdb");
@@ -270,7 +270,10 @@ fn logical_messages_transactional_and_not() {
     let lone = h
         .push(9, Wire::tag(b'M').u8(0).u64(8).str("hb").i32(2).raw(b"hi"))
         .expect("a non-transactional message is its own unit");
-    assert_eq!((lone.xid, lone.commit_lsn, lone.end_lsn), (None, 8, 8));
+    assert_eq!(
+        (lone.xid, lone.commit_lsn, lone.end_lsn),
+        (None, Lsn(8), Lsn(8))
+    );
     let m = lone.events[0].message.as_ref().unwrap();
     assert_eq!(
         (m.transactional, m.prefix.as_str(), &m.content[..]),
@@ -286,7 +289,7 @@ fn logical_messages_transactional_and_not() {
     let txn = h.push(12, commit(13)).unwrap();
     assert_eq!(txn.events.len(), 1);
     assert_eq!(txn.events[0].source.xid, Some(3));
-    assert_eq!(txn.events[0].source.lsn, 11);
+    assert_eq!(txn.events[0].source.lsn, Lsn(11));
     assert!(txn.events[0].message.as_ref().unwrap().transactional);
 }
 
@@ -340,13 +343,13 @@ fn streamed_transaction_with_subtransaction_abort() {
     h.feed(15, stream_abort(900, 901));
     let txn = h.push(16, stream_commit(900)).unwrap();
     assert_eq!(txn.xid, Some(900));
-    assert_eq!((txn.commit_lsn, txn.end_lsn), (800, 810));
+    assert_eq!((txn.commit_lsn, txn.end_lsn), (Lsn(800), Lsn(810)));
     assert_eq!(txn.events.iter().map(id_of).collect::<Vec<_>>(), [1, 4]);
     for e in &txn.events {
         assert_eq!(e.source.xid, Some(900));
         assert_eq!(e.source.commit_time_us, UNIX_TS + 1);
     }
-    assert_eq!(txn.events[1].source.lsn, 13);
+    assert_eq!(txn.events[1].source.lsn, Lsn(13));
 }
 
 #[test]
@@ -441,13 +444,16 @@ fn two_phase_is_held_until_commit_prepared() {
         insert(None, 100, &[Col::Text("1"), Col::Null, Col::Null]),
     );
     h.feed(4, prepare_msg(b'P', 77, "g1"));
-    assert_eq!(h.asm.held_since_lsn(), Some(600));
+    assert_eq!(h.asm.held_since_lsn(), Some(Lsn(600)));
     // Another transaction commits while g1 is prepared.
     h.feed(5, begin(78));
     assert!(h.push(6, commit(7)).unwrap().events.is_empty());
     let txn = h.push(8, commit_prepared(77, "g1")).unwrap();
     assert_eq!(txn.gid.as_deref(), Some("g1"));
-    assert_eq!((txn.xid, txn.commit_lsn, txn.end_lsn), (Some(77), 700, 710));
+    assert_eq!(
+        (txn.xid, txn.commit_lsn, txn.end_lsn),
+        (Some(77), Lsn(700), Lsn(710))
+    );
     assert_eq!(txn.events.len(), 1);
     assert_eq!(txn.events[0].source.commit_time_us, UNIX_TS + 9);
     assert_eq!(h.asm.held_since_lsn(), None);
@@ -664,7 +670,7 @@ mod properties {
         fn any_message_order_never_panics(msgs in proptest::collection::vec(message(), 0..40)) {
             let mut asm = Assembler::new("db", TypeRegistry::new());
             for (i, w) in msgs.iter().enumerate() {
-                if let Ok(Some(txn)) = asm.push_bytes(i as u64, &w.0) {
+                if let Ok(Some(txn)) = asm.push_bytes(Lsn(i as u64), &w.0) {
                     for e in &txn.events {
                         prop_assert_eq!(e.source.xid, txn.xid.or(e.source.xid));
                         prop_assert_eq!(&*e.source.db, "db");
@@ -692,7 +698,7 @@ fn committed_events_of_a_huge_transaction_can_be_taken_early() {
     h.feed(5, insert(None, 100, &row("3")));
     let rest = h.push(6, commit(7)).unwrap();
     assert_eq!(rest.events.iter().map(id_of).collect::<Vec<_>>(), [3]);
-    assert_eq!(rest.end_lsn, 7);
+    assert_eq!(rest.end_lsn, Lsn(7));
 
     // A prepared transaction may still roll back: nothing is handed over early.
     h.feed(
@@ -756,6 +762,6 @@ proptest::proptest! {
         let mut bytes = vec![tag];
         bytes.extend(rest);
         let mut assembler = Assembler::new("db", TypeRegistry::new());
-        let _ = assembler.push_bytes(1, &bytes);
+        let _ = assembler.push_bytes(Lsn(1), &bytes);
     }
 }

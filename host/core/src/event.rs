@@ -247,7 +247,7 @@ pub struct Source {
     /// Database name.
     pub db: Arc<str>,
     /// The LSN of the change (for a snapshot row, the slot's consistent point).
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// The transaction id, when known.
     pub xid: Option<u32>,
     /// Commit time in microseconds since the Unix epoch (0 when unknown).
@@ -296,4 +296,4 @@ impl Event {
     }
 }
 
-pub use walflow_pg::lsn::{format_lsn, parse_lsn};
+pub use walflow_pg::lsn::{Lsn, format_lsn, parse_lsn};

@@ -377,12 +377,14 @@ impl Metrics {
     }
 
     /// The LSN every sink has acknowledged.
-    pub fn set_acked_lsn(&self, lsn: u64) {
+    pub fn set_acked_lsn(&self, lsn: crate::event::Lsn) {
+        let lsn = lsn.0;
         self.acked_lsn.set(lsn_gauge(lsn));
     }
 
     /// The server's current WAL position, as last reported.
-    pub fn set_server_lsn(&self, lsn: u64) {
+    pub fn set_server_lsn(&self, lsn: crate::event::Lsn) {
+        let lsn = lsn.0;
         self.server_lsn.store(lsn, Ordering::Relaxed);
     }
 
@@ -541,6 +543,7 @@ mod http {
 
 #[cfg(test)]
 mod tests {
+    use crate::event::Lsn;
     use std::sync::Arc;
 
     use super::*;
@@ -647,8 +650,8 @@ mod tests {
         metrics.record_dead_letters(2);
         metrics.set_reloads(3, 1);
         metrics.record_flush();
-        metrics.set_acked_lsn(0x1_0000_0000);
-        metrics.set_server_lsn(0x1_0000_0400);
+        metrics.set_acked_lsn(Lsn(0x1_0000_0000));
+        metrics.set_server_lsn(Lsn(0x1_0000_0400));
         let text = metrics.render().unwrap();
         let samples: Vec<(&str, &str)> = text
             .lines()

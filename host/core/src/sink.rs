@@ -42,7 +42,7 @@ pub struct EncodedRecord {
     /// The encoded record (the whole envelope).
     pub payload: Vec<u8>,
     /// The event's LSN.
-    pub lsn: u64,
+    pub lsn: crate::event::Lsn,
 }
 
 /// A batch as sinks see it: the encoded records and the events they came from, index for index.

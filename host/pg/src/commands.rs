@@ -9,7 +9,7 @@ use crate::sql::{ident, literal, qualified, replication_literal};
 
 use super::conn::{Connection, TextRow};
 use super::error::ConnectError;
-use crate::lsn::{format_lsn, parse_lsn};
+use crate::lsn::{Lsn, format_lsn};
 use walflow_config::tables::TableSelector;
 use walflow_config::{PublicationAutocreate, SourceConfig};
 
@@ -22,7 +22,7 @@ pub struct SystemIdentity {
     /// Current timeline.
     pub timeline: u32,
     /// Current WAL flush position.
-    pub xlogpos: u64,
+    pub xlogpos: Lsn,
     /// The database this connection is for.
     pub dbname: String,
 }
@@ -41,9 +41,9 @@ pub struct SlotInfo {
     /// Whether a walsender is using it now.
     pub active: bool,
     /// Oldest WAL the slot still needs.
-    pub restart_lsn: Option<u64>,
+    pub restart_lsn: Option<Lsn>,
     /// What consumers have confirmed.
-    pub confirmed_flush_lsn: Option<u64>,
+    pub confirmed_flush_lsn: Option<Lsn>,
     /// `reserved`, `extended`, `unreserved`, `lost` (PostgreSQL 13+).
     pub wal_status: Option<String>,
 }
@@ -52,7 +52,7 @@ pub struct SlotInfo {
 #[derive(Debug, Clone)]
 pub struct CreatedSlot {
     /// The LSN from which the slot's changes start.
-    pub consistent_point: u64,
+    pub consistent_point: Lsn,
     /// The exported snapshot, when one was asked for.
     pub snapshot_name: Option<String>,
 }
@@ -103,7 +103,7 @@ impl Connection {
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| protocol_error("IDENTIFY_SYSTEM"))?,
             xlogpos: cell(row, 2)
-                .and_then(parse_lsn)
+                .and_then(Lsn::parse)
                 .ok_or_else(|| protocol_error("IDENTIFY_SYSTEM"))?,
             dbname: cell(row, 3).unwrap_or_default().to_string(),
         })
@@ -153,8 +153,8 @@ impl Connection {
             slot_type: cell(r, 2).unwrap_or_default().to_string(),
             database: cell(r, 3).map(str::to_string),
             active: cell(r, 4) == Some("t"),
-            restart_lsn: cell(r, 5).and_then(parse_lsn),
-            confirmed_flush_lsn: cell(r, 6).and_then(parse_lsn),
+            restart_lsn: cell(r, 5).and_then(Lsn::parse),
+            confirmed_flush_lsn: cell(r, 6).and_then(Lsn::parse),
             wal_status: cell(r, 7).map(str::to_string),
         }))
     }
@@ -180,7 +180,7 @@ impl Connection {
             .ok_or_else(|| protocol_error("CREATE_REPLICATION_SLOT"))?;
         Ok(CreatedSlot {
             consistent_point: cell(row, 1)
-                .and_then(parse_lsn)
+                .and_then(Lsn::parse)
                 .ok_or_else(|| protocol_error("CREATE_REPLICATION_SLOT"))?,
             snapshot_name: cell(row, 2).map(str::to_string),
         })
@@ -391,7 +391,7 @@ impl Connection {
         &mut self,
         slot: &str,
         publication: &str,
-        start: u64,
+        start: Lsn,
         server_version_num: u32,
     ) -> Result<u32, ConnectError> {
         let proto = protocol_version(server_version_num);

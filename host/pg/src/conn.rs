@@ -87,16 +87,16 @@ pub enum CopyMessage {
     /// WAL data ('w'): start LSN, server's end of WAL, send time, and the pgoutput payload.
     XLogData {
         /// LSN of the start of this data.
-        start: u64,
+        start: crate::lsn::Lsn,
         /// The server's current end of WAL.
-        end: u64,
+        end: crate::lsn::Lsn,
         /// The payload.
         data: Bytes,
     },
     /// Primary keepalive ('k').
     Keepalive {
         /// The server's current end of WAL.
-        end: u64,
+        end: crate::lsn::Lsn,
         /// Whether the server asks for an immediate reply.
         reply: bool,
     },
@@ -565,7 +565,8 @@ impl Connection {
     }
 
     /// Queues a standby status update: everything up to `lsn` written, flushed and applied.
-    pub fn queue_status(&mut self, lsn: u64, reply: bool) {
+    pub fn queue_status(&mut self, lsn: crate::lsn::Lsn, reply: bool) {
+        let lsn = lsn.0;
         let mut body = [0u8; 34];
         body[0] = b'r';
         body[1..9].copy_from_slice(&lsn.to_be_bytes());
@@ -631,8 +632,8 @@ fn parse_copy_data(mut body: BytesMut) -> Result<CopyMessage, ConnectError> {
     let short = || ConnectError::Protocol("truncated CopyData in the replication stream".into());
     match body.first() {
         Some(b'w') if body.len() >= 25 => {
-            let start = u64::from_be_bytes(body[1..9].try_into().map_err(|_| short())?);
-            let end = u64::from_be_bytes(body[9..17].try_into().map_err(|_| short())?);
+            let start = u64::from_be_bytes(body[1..9].try_into().map_err(|_| short())?).into();
+            let end = u64::from_be_bytes(body[9..17].try_into().map_err(|_| short())?).into();
             body.advance(25);
             Ok(CopyMessage::XLogData {
                 start,
@@ -641,7 +642,7 @@ fn parse_copy_data(mut body: BytesMut) -> Result<CopyMessage, ConnectError> {
             })
         }
         Some(b'k') if body.len() >= 18 => {
-            let end = u64::from_be_bytes(body[1..9].try_into().map_err(|_| short())?);
+            let end = u64::from_be_bytes(body[1..9].try_into().map_err(|_| short())?).into();
             Ok(CopyMessage::Keepalive {
                 end,
                 reply: body[17] != 0,

@@ -458,7 +458,7 @@ mod tests {
             op: Op::Delete,
             source: Source {
                 db: "app".into(),
-                lsn: 7,
+                lsn: walflow_core::event::Lsn(7),
                 ..Source::default()
             },
             before: Some(before),

@@ -552,7 +552,7 @@ mod tests {
                 topic: "t".into(),
                 key: None,
                 payload: vec![b'a' + (i % 26) as u8; 64 << 10],
-                lsn: i,
+                lsn: walflow_core::event::Lsn(i),
             })
             .collect();
         let batch = SinkBatch {
@@ -590,7 +590,7 @@ mod tests {
             topic: "t".into(),
             key: None,
             payload: format!("{{\"n\":{n}}}").into_bytes(),
-            lsn: n,
+            lsn: walflow_core::event::Lsn(n),
         };
         let first: Vec<EncodedRecord> = (0..10).map(record).collect();
         sink.write(SinkBatch {

@@ -489,7 +489,7 @@ impl Sink for KafkaSink {
                 topic: r.topic.to_string(),
                 key: super::key::record_key(r, batch.events.get(i)),
                 payload: r.payload.clone(),
-                lsn: r.lsn,
+                lsn: r.lsn.0,
                 delivery: None,
             });
         }

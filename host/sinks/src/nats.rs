@@ -225,7 +225,7 @@ impl Sink for NatsSink {
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
         self.pending.reserve(batch.records.len());
         for (i, r) in batch.records.iter().enumerate() {
-            let id = self.message_id(batch.events.get(i), r.lsn);
+            let id = self.message_id(batch.events.get(i), r.lsn.0);
             self.pending.push(Message {
                 subject: r.topic.to_string(),
                 id,

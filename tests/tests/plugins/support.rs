@@ -106,7 +106,7 @@ pub fn event(relation: &Arc<Relation>, op: Op, row: Vec<Value>) -> Event {
         relation: relation.clone(),
         source: Source {
             db: "app".into(),
-            lsn: 0x16_B374_D848,
+            lsn: walflow::event::Lsn(0x16_B374_D848),
             xid: Some(7),
             commit_time_us: 1_700_000_000_000_000,
             ..Source::default()

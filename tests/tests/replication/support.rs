@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use walflow::assemble::Transaction;
 use walflow::config::{Config, SourceConfig, SslMode};
-use walflow::event::{Op, Value};
+use walflow::event::{Lsn, Op, Value};
 use walflow::pg::ConnectOptions;
 use walflow::replication::{ReplicationStream, StreamItem, StreamOptions};
 use walflow::value::{TypeInfo, TypeRegistry};
@@ -97,11 +97,11 @@ pub async fn collect_until(stream: &mut ReplicationStream, lsn: u64) -> Vec<Tran
                     // Acknowledge like a consumer, so the stream can report idle positions.
                     stream.confirm(end);
                     out.push(t);
-                    if end >= lsn {
+                    if end >= Lsn(lsn) {
                         break;
                     }
                 }
-                StreamItem::Idle(at) if at >= lsn => break,
+                StreamItem::Idle(at) if at >= Lsn(lsn) => break,
                 StreamItem::Idle(_) | StreamItem::Interrupted => {}
                 StreamItem::End => panic!("the server ended the stream"),
             }

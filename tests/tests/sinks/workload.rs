@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
 use walflow::config::Encoding;
 use walflow::encode::{EncodeOptions, Encoder};
-use walflow::event::{Array, Column, Event, Op, Relation, Row, Source, Value};
+use walflow::event::{Array, Column, Event, Lsn, Op, Relation, Row, Source, Value};
 use walflow::metrics::Metrics;
 use walflow::pipeline::{Delivery, DeliveryError, DeliveryOptions, Passthrough, Unit};
 use walflow::sink::Sink;
@@ -90,8 +90,8 @@ impl Workload {
     }
 
     /// The end LSN of the last transaction.
-    pub fn last_lsn(&self) -> u64 {
-        self.units.last().map(|u| u.end_lsn).unwrap_or(0)
+    pub fn last_lsn(&self) -> Lsn {
+        self.units.last().map(|u| u.end_lsn).unwrap_or_default()
     }
 }
 
@@ -150,7 +150,7 @@ pub fn random(seed: u64, transactions: usize, with_truncates: bool) -> Workload 
                 relation: relation.clone(),
                 source: Source {
                     db: "app".into(),
-                    lsn,
+                    lsn: Lsn(lsn),
                     xid: Some(xid),
                     commit_time_us: 1_700_000_000_000_000,
                     snapshot: Default::default(),
@@ -228,8 +228,8 @@ pub fn random(seed: u64, transactions: usize, with_truncates: bool) -> Workload 
         lsn += 0x40;
         units.push(Unit {
             xid: Some(xid),
-            commit_lsn: lsn,
-            end_lsn: lsn + 0x20,
+            commit_lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn + 0x20),
             commit_time_us: 1_700_000_000_000_000,
             gid: None,
             events,
@@ -257,9 +257,9 @@ pub fn encoder() -> Encoder {
 /// A running delivery loop: feed it units, watch what it acknowledges.
 pub struct Running {
     pub input: Option<mpsc::Sender<Unit>>,
-    pub acks: watch::Receiver<u64>,
+    pub acks: watch::Receiver<Lsn>,
     _stop: watch::Sender<bool>,
-    pub task: std::thread::JoinHandle<Result<Option<u64>, DeliveryError>>,
+    pub task: std::thread::JoinHandle<Result<Option<Lsn>, DeliveryError>>,
 }
 
 impl Running {
@@ -281,7 +281,7 @@ impl Running {
         // Room for a whole workload: tests feed the second half while a destination is down,
         // and a smaller queue would block the feeding test itself instead of the delivery loop.
         let (input, rx) = mpsc::channel(4096);
-        let (ack_tx, acks) = watch::channel(0);
+        let (ack_tx, acks) = watch::channel(Lsn::ZERO);
         let (stop, stop_rx) = watch::channel(false);
         let task = spawn(delivery, rx, ack_tx, stop_rx);
         Running {
@@ -304,21 +304,21 @@ impl Running {
     }
 
     /// The last acknowledged LSN.
-    pub fn acked(&self) -> u64 {
+    pub fn acked(&self) -> Lsn {
         *self.acks.borrow()
     }
 
     /// Waits until `lsn` is acknowledged.
-    pub async fn wait_acked(&mut self, lsn: u64, timeout: Duration) {
+    pub async fn wait_acked(&mut self, lsn: Lsn, timeout: Duration) {
         let acks = &mut self.acks;
         tokio::time::timeout(timeout, acks.wait_for(|a| *a >= lsn))
             .await
-            .unwrap_or_else(|_| panic!("LSN {lsn:X} not acknowledged within {timeout:?}"))
+            .unwrap_or_else(|_| panic!("LSN {lsn} not acknowledged within {timeout:?}"))
             .expect("delivery loop ended");
     }
 
     /// Closes the input and waits for the loop to end.
-    pub async fn finish(mut self) -> Result<Option<u64>, DeliveryError> {
+    pub async fn finish(mut self) -> Result<Option<Lsn>, DeliveryError> {
         self.input = None;
         let task = self.task;
         tokio::task::spawn_blocking(move || task.join())
@@ -332,9 +332,9 @@ impl Running {
 pub fn spawn(
     delivery: Delivery,
     input: mpsc::Receiver<Unit>,
-    acks: watch::Sender<u64>,
+    acks: watch::Sender<Lsn>,
     stop: watch::Receiver<bool>,
-) -> std::thread::JoinHandle<Result<Option<u64>, DeliveryError>> {
+) -> std::thread::JoinHandle<Result<Option<Lsn>, DeliveryError>> {
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -350,9 +350,9 @@ pub fn spawn(
 pub async fn run_to_end(
     delivery: Delivery,
     workload: &Workload,
-) -> (Result<Option<u64>, DeliveryError>, u64) {
+) -> (Result<Option<Lsn>, DeliveryError>, Lsn) {
     let (tx, rx) = mpsc::channel(64);
-    let (ack_tx, acks) = watch::channel(0);
+    let (ack_tx, acks) = watch::channel(Lsn::ZERO);
     let (_stop, stop_rx) = watch::channel(false);
     let task = spawn(delivery, rx, ack_tx, stop_rx);
     for unit in &workload.units {

@@ -167,7 +167,7 @@ type = "stdout"
 async fn write_changes(
     url: String,
     duration: Duration,
-    until: tokio::sync::watch::Sender<Option<u64>>,
+    until: tokio::sync::watch::Sender<Option<walflow_core::event::Lsn>>,
 ) -> anyhow::Result<u64> {
     let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
@@ -231,7 +231,7 @@ async fn write_changes(
         )
         .await?;
     let lsn: String = row.get(0);
-    let lsn = walflow_core::event::parse_lsn(&lsn)
+    let lsn = walflow_core::event::Lsn::parse(&lsn)
         .context("pg_logical_emit_message returned an odd LSN")?;
     let _ = until.send(Some(lsn));
     Ok(changes)

@@ -9,16 +9,18 @@
 //! `walflow tail --confirm` (whose come from a flushed standard output) both go through it;
 //! they once clamped differently, and a crash while a prepared transaction was held lost it.
 
-use super::{Checkpoint, CheckpointError, CheckpointStore, SlotIdentity, SnapshotProgress, now_ms};
+use super::{
+    Checkpoint, CheckpointError, CheckpointStore, Lsn, SlotIdentity, SnapshotProgress, now_ms,
+};
 
 /// Where a ledger confirms positions: the slot's stream.
 pub trait Confirmer: Sync {
     /// The highest position at most `acked` that is safe to checkpoint once everything up to
     /// `acked` is acknowledged.
-    fn safe_lsn(&self, acked: u64) -> u64;
+    fn safe_lsn(&self, acked: Lsn) -> Lsn;
 
     /// Reports `lsn` (already checkpointed) to PostgreSQL as confirmed.
-    fn confirm(&self, lsn: u64);
+    fn confirm(&self, lsn: Lsn);
 }
 
 /// Acknowledged positions of one slot, checkpointed and confirmed in that order.
@@ -27,7 +29,7 @@ pub struct Ledger {
     store: CheckpointStore,
     identity: SlotIdentity,
     snapshot: SnapshotProgress,
-    last: Option<u64>,
+    last: Option<Lsn>,
 }
 
 impl Ledger {
@@ -48,9 +50,9 @@ impl Ledger {
 
     /// The position a newly acknowledged `acked` may be checkpointed at, when that moves past
     /// the last one recorded.
-    pub fn next_position(&self, acked: u64, confirmer: &dyn Confirmer) -> Option<u64> {
+    pub fn next_position(&self, acked: Lsn, confirmer: &dyn Confirmer) -> Option<Lsn> {
         let lsn = confirmer.safe_lsn(acked);
-        (lsn != 0 && Some(lsn) > self.last).then_some(lsn)
+        (!lsn.is_zero() && Some(lsn) > self.last).then_some(lsn)
     }
 
     /// The snapshot progress the next checkpoint records (an incremental snapshot updates it
@@ -63,7 +65,7 @@ impl Ledger {
     /// confirms it.
     pub async fn record(
         &mut self,
-        lsn: u64,
+        lsn: Lsn,
         confirmer: &dyn Confirmer,
     ) -> Result<(), CheckpointError> {
         let checkpoint = Checkpoint {
@@ -82,9 +84,9 @@ impl Ledger {
     /// when it moved. Returns that position.
     pub async fn acknowledge(
         &mut self,
-        acked: u64,
+        acked: Lsn,
         confirmer: &dyn Confirmer,
-    ) -> Result<Option<u64>, CheckpointError> {
+    ) -> Result<Option<Lsn>, CheckpointError> {
         let Some(lsn) = self.next_position(acked, confirmer) else {
             return Ok(None);
         };
@@ -93,7 +95,7 @@ impl Ledger {
     }
 
     /// The last position recorded.
-    pub fn last(&self) -> Option<u64> {
+    pub fn last(&self) -> Option<Lsn> {
         self.last
     }
 }
@@ -106,15 +108,15 @@ mod tests {
 
     /// Holds everything at or past `hold` back, and remembers what was confirmed.
     struct Holding {
-        hold: u64,
-        confirmed: Mutex<Vec<u64>>,
+        hold: Lsn,
+        confirmed: Mutex<Vec<Lsn>>,
     }
 
     impl Confirmer for Holding {
-        fn safe_lsn(&self, acked: u64) -> u64 {
-            acked.min(self.hold - 1)
+        fn safe_lsn(&self, acked: Lsn) -> Lsn {
+            acked.min(self.hold.before())
         }
-        fn confirm(&self, lsn: u64) {
+        fn confirm(&self, lsn: Lsn) {
             self.confirmed.lock().unwrap().push(lsn);
         }
     }
@@ -125,7 +127,7 @@ mod tests {
             database: "db".into(),
             slot: "s".into(),
             timeline: 1,
-            created_lsn: 1,
+            created_lsn: Lsn(1),
         }
     }
 
@@ -135,14 +137,23 @@ mod tests {
         let store = CheckpointStore::new(dir.path(), "s");
         let mut ledger = Ledger::new(store.clone(), identity(), SnapshotProgress::default());
         let confirmer = Holding {
-            hold: 100,
+            hold: Lsn(100),
             confirmed: Mutex::new(Vec::new()),
         };
-        assert_eq!(ledger.acknowledge(50, &confirmer).await.unwrap(), Some(50));
-        assert_eq!(store.load().unwrap().unwrap().lsn, 50);
-        assert_eq!(ledger.acknowledge(500, &confirmer).await.unwrap(), Some(99));
-        assert_eq!(store.load().unwrap().unwrap().lsn, 99, "past the hold");
-        assert_eq!(ledger.acknowledge(600, &confirmer).await.unwrap(), None);
-        assert_eq!(*confirmer.confirmed.lock().unwrap(), vec![50, 99]);
+        assert_eq!(
+            ledger.acknowledge(Lsn(50), &confirmer).await.unwrap(),
+            Some(Lsn(50))
+        );
+        assert_eq!(store.load().unwrap().unwrap().lsn, Lsn(50));
+        assert_eq!(
+            ledger.acknowledge(Lsn(500), &confirmer).await.unwrap(),
+            Some(Lsn(99))
+        );
+        assert_eq!(store.load().unwrap().unwrap().lsn, Lsn(99), "past the hold");
+        assert_eq!(
+            ledger.acknowledge(Lsn(600), &confirmer).await.unwrap(),
+            None
+        );
+        assert_eq!(*confirmer.confirmed.lock().unwrap(), vec![Lsn(50), Lsn(99)]);
     }
 }

@@ -23,6 +23,7 @@ mod ledger;
 
 pub use crate::snapshot::SnapshotProgress;
 pub use ledger::{Confirmer, Ledger};
+pub use walflow_pg::lsn::Lsn;
 
 /// Which slot a checkpoint's LSN belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +41,7 @@ pub struct SlotIdentity {
     /// it, else its `restart_lsn` when walflow first saw it. A slot dropped and created again
     /// starts after everything the old one had confirmed, so its `restart_lsn` lies beyond the
     /// checkpoint, which the continuity check reports.
-    pub created_lsn: u64,
+    pub created_lsn: Lsn,
 }
 
 /// The durable state of one pipeline.
@@ -48,7 +49,7 @@ pub struct SlotIdentity {
 pub struct Checkpoint {
     /// Everything before this LSN was acknowledged by every sink (PostgreSQL's
     /// `confirmed_flush_lsn` semantics).
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// The slot.
     pub identity: SlotIdentity,
     /// Unix milliseconds when this was written.
@@ -60,7 +61,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// A checkpoint at `lsn` of the slot `identity`, written now, with no snapshot in progress.
-    pub fn new(lsn: u64, identity: SlotIdentity) -> Checkpoint {
+    pub fn new(lsn: Lsn, identity: SlotIdentity) -> Checkpoint {
         Checkpoint {
             lsn,
             identity,
@@ -233,13 +234,13 @@ mod tests {
 
     fn sample(lsn: u64) -> Checkpoint {
         Checkpoint {
-            lsn,
+            lsn: Lsn(lsn),
             identity: SlotIdentity {
                 system_id: 7_300_000_000_000_000_001,
                 database: "app".into(),
                 slot: "walflow_slot".into(),
                 timeline: 1,
-                created_lsn: 0x1_0000,
+                created_lsn: Lsn(0x1_0000),
             },
             written_at_ms: 1,
             snapshot: SnapshotProgress::default(),
@@ -254,7 +255,7 @@ mod tests {
         store.save(&sample(10)).unwrap();
         assert_eq!(store.load().unwrap(), Some(sample(10)));
         store.save(&sample(20)).unwrap();
-        assert_eq!(store.load().unwrap().unwrap().lsn, 20);
+        assert_eq!(store.load().unwrap().unwrap().lsn, Lsn(20));
         assert!(!store.path().with_extension("json.tmp").exists());
         store.remove().unwrap();
         assert_eq!(store.load().unwrap(), None);
@@ -274,7 +275,7 @@ mod tests {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
         store.save(&sample(20)).unwrap();
         assert_eq!(mode(&store.path()), 0o600);
-        assert_eq!(store.load().unwrap().unwrap().lsn, 20);
+        assert_eq!(store.load().unwrap().unwrap().lsn, Lsn(20));
     }
 
     #[test]

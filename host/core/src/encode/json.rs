@@ -348,11 +348,12 @@ fn parse_source(source: &Map<String, Json>) -> Result<Source, ParseError> {
         Some(other) => return Err(shape(format!("`source.snapshot` is {other}"))),
     };
     let lsn = match source.get("lsn") {
-        None | Some(Json::Null) => 0,
+        None | Some(Json::Null) => crate::event::Lsn::ZERO,
         Some(Json::Number(n)) => n
             .as_u64()
+            .map(crate::event::Lsn)
             .ok_or_else(|| shape("`source.lsn` must be a non-negative integer"))?,
-        Some(Json::String(s)) => crate::event::parse_lsn(s)
+        Some(Json::String(s)) => crate::event::Lsn::parse(s)
             .ok_or_else(|| shape(format!("`source.lsn` `{s}` is not an LSN")))?,
         Some(other) => return Err(shape(format!("`source.lsn` is {other}"))),
     };
@@ -390,6 +391,7 @@ fn parse_message(value: &Map<String, Json>) -> Result<Option<LogicalMessage>, Pa
 mod tests {
     use super::*;
     use crate::event::Array;
+    use crate::event::Lsn;
 
     fn relation() -> Arc<Relation> {
         let col = |name: &str, t: &str, key: bool| Column {
@@ -424,7 +426,7 @@ mod tests {
             relation: relation(),
             source: Source {
                 db: "app".into(),
-                lsn: 0x16B3748,
+                lsn: Lsn(0x16B3748),
                 xid: Some(42),
                 commit_time_us: 1_700_000_000_123_000,
                 snapshot: SnapshotMarker::False,

@@ -211,7 +211,7 @@ fn source(
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"lsn\":");
-    integer(out, src.lsn);
+    integer(out, src.lsn.0);
     out.push(b'}');
 }
 
@@ -366,6 +366,7 @@ mod tests {
 
     use super::super::Record;
     use super::*;
+    use crate::event::Lsn;
     use crate::event::{
         Array, Column, LogicalMessage, Relation, SnapshotMarker, Source, TemporalKind,
     };
@@ -443,7 +444,7 @@ mod tests {
                     relation: relation(keys),
                     source: Source {
                         db: "app".into(),
-                        lsn: 0x16B3748 + seed as u64,
+                        lsn: Lsn(0x16B3748 + seed as u64),
                         xid: (seed % 2 == 0).then_some(42),
                         commit_time_us: if seed == 3 { 0 } else { -1_700_000_000_123_456 },
                         snapshot: [SnapshotMarker::False, SnapshotMarker::First][seed as usize % 2],

@@ -181,6 +181,7 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use crate::event::Lsn;
     use std::sync::Arc;
 
     use serde_json::Value as Json;
@@ -232,7 +233,7 @@ mod tests {
             Value::Text("a \"quoted\" note".into()),
             Value::Bytes(vec![0xde, 0xad]),
         ]);
-        e.source.lsn = 0x16_0000_0028;
+        e.source.lsn = Lsn(0x16_0000_0028);
         e.source.db = "shop".into();
         e
     }

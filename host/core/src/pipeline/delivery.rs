@@ -28,6 +28,7 @@ use super::{Processor, Started, Unit};
 use crate::encode::Encoder;
 use crate::error::{Class, Classify};
 use crate::event::Event;
+use crate::event::Lsn;
 use crate::metrics::Metrics;
 use crate::sink::{EncodedRecord, Sink, SinkBatch, SinkError};
 
@@ -115,7 +116,7 @@ struct Pending {
     /// Bytes of `events` as [`weigh`](super::weigh) counts them (computed while collecting).
     bytes: usize,
     /// The end LSN of the last transaction whose events are all in this or earlier batches.
-    complete_lsn: Option<u64>,
+    complete_lsn: Option<Lsn>,
 }
 
 impl Delivery {
@@ -124,9 +125,9 @@ impl Delivery {
     pub async fn run(
         mut self,
         input: mpsc::Receiver<Unit>,
-        acks: watch::Sender<u64>,
+        acks: watch::Sender<Lsn>,
         stop: watch::Receiver<bool>,
-    ) -> Result<Option<u64>, DeliveryError> {
+    ) -> Result<Option<Lsn>, DeliveryError> {
         let result = self.drive(input, acks, stop).await;
         self.close().await;
         result
@@ -141,9 +142,9 @@ impl Delivery {
     pub async fn drive(
         &mut self,
         input: mpsc::Receiver<Unit>,
-        acks: watch::Sender<u64>,
+        acks: watch::Sender<Lsn>,
         stop: watch::Receiver<bool>,
-    ) -> Result<Option<u64>, DeliveryError> {
+    ) -> Result<Option<Lsn>, DeliveryError> {
         let (tx, rx) = mpsc::channel::<Prepared>(PIPELINE_DEPTH);
         let payloads = Arc::new(PayloadPool::default());
         let Delivery {
@@ -229,7 +230,7 @@ struct Prepared {
     /// The weight of the events taken from the input (for the queue budget).
     weight: super::Weight,
     /// The last position all of whose events are in this or earlier batches.
-    complete_lsn: Option<u64>,
+    complete_lsn: Option<Lsn>,
     /// Nothing more was waiting in the input when this batch was cut: a good moment to flush.
     input_idle: bool,
 }
@@ -284,7 +285,7 @@ struct Chaining {
     taken: usize,
     /// The weight of the events taken, as the queue budget counted them.
     weight: super::Weight,
-    complete_lsn: Option<u64>,
+    complete_lsn: Option<Lsn>,
     at: Instant,
 }
 
@@ -452,8 +453,8 @@ impl Writer {
     async fn write_all(
         &mut self,
         batches: mpsc::Receiver<Prepared>,
-        acks: watch::Sender<u64>,
-    ) -> Result<Option<u64>, DeliveryError> {
+        acks: watch::Sender<Lsn>,
+    ) -> Result<Option<Lsn>, DeliveryError> {
         let mut flush = FlushState::new();
         match self.write_each(batches, &acks, &mut flush).await {
             // A stop during a sink outage: what was acknowledged stands, the rest is retried
@@ -467,7 +468,7 @@ impl Writer {
     async fn write_each(
         &mut self,
         mut batches: mpsc::Receiver<Prepared>,
-        acks: &watch::Sender<u64>,
+        acks: &watch::Sender<Lsn>,
         flush: &mut FlushState,
     ) -> Result<(), DeliveryError> {
         loop {
@@ -521,7 +522,7 @@ impl Writer {
     async fn flush_if_due(
         &mut self,
         flush: &mut FlushState,
-        acks: &watch::Sender<u64>,
+        acks: &watch::Sender<Lsn>,
     ) -> Result<(), DeliveryError> {
         let due = flush.idle
             || flush.last_flush.elapsed() >= self.options.flush_interval
@@ -555,9 +556,9 @@ impl Writer {
     /// their commit-to-acknowledgement latency and acknowledges.
     fn flushed(
         &self,
-        done: Option<(u64, Vec<i64>)>,
+        done: Option<(Lsn, Vec<i64>)>,
         flush: &mut FlushState,
-        acks: &watch::Sender<u64>,
+        acks: &watch::Sender<Lsn>,
     ) {
         let Some((lsn, commits)) = done else { return };
         self.metrics.record_acked_commits(&commits);
@@ -667,7 +668,7 @@ impl Writer {
         let encoder = &self.encoder;
         let Some(sink) = self.dead_letter.as_mut() else {
             for (e, why) in &failed {
-                tracing::warn!(table = %e.relation.qualified_name(), lsn = e.source.lsn, error = %why, "event dead-lettered with no dead-letter sink; dropped");
+                tracing::warn!(table = %e.relation.qualified_name(), lsn = %e.source.lsn, error = %why, "event dead-lettered with no dead-letter sink; dropped");
             }
             return Ok(());
         };
@@ -737,7 +738,7 @@ fn dead_letter_records(
 /// Where the writer is with flushing.
 struct FlushState {
     /// The last position written but not yet flushed.
-    unflushed: Option<u64>,
+    unflushed: Option<Lsn>,
     /// Whether anything was written since the last flush began.
     dirty: bool,
     /// Bytes of records written since the last flush began.
@@ -749,7 +750,7 @@ struct FlushState {
     /// The flush running in the background, if any.
     running: Option<InFlight>,
     /// The last acknowledged position.
-    acked: Option<u64>,
+    acked: Option<Lsn>,
     /// Commit times (µs) of the transactions written since the last flush began.
     commits: Vec<i64>,
     /// The last transaction noted in `commits` (xid, commit time), so that one split over
@@ -789,7 +790,7 @@ impl FlushState {
 /// A flush of the sinks running in the background, and the position it acknowledges.
 struct InFlight {
     /// Acknowledged once every sink's flush is done.
-    lsn: u64,
+    lsn: Lsn,
     /// Each sink's flush, by sink index.
     done: Flushing,
     /// Commit times (µs) of the transactions it makes durable.
@@ -913,6 +914,7 @@ fn sink_failed(sink: &dyn Sink, e: SinkError) -> DeliveryError {
 
 #[cfg(test)]
 mod tests {
+    use crate::event::Lsn;
     use std::sync::Arc;
 
     use super::*;
@@ -937,7 +939,7 @@ mod tests {
             op: Op::Read,
             relation: relation.clone(),
             source: Source {
-                lsn: end_lsn * 10_000 + i as u64,
+                lsn: Lsn(end_lsn * 10_000 + i as u64),
                 ..Source::default()
             },
             before: None,
@@ -947,8 +949,8 @@ mod tests {
         }));
         Unit {
             xid: None,
-            commit_lsn: end_lsn,
-            end_lsn,
+            commit_lsn: Lsn(end_lsn),
+            end_lsn: Lsn(end_lsn),
             commit_time_us: 0,
             gid: None,
             events: list,
@@ -971,8 +973,12 @@ mod tests {
         let mut carry = None;
         let mut out = Vec::new();
         while let Some(batch) = collect(&options, &mut rx, &mut carry, &mut stop).await {
-            let lsns = batch.events.iter().map(|e| e.source.lsn).collect();
-            out.push((lsns, batch.complete_lsn, batch.events.capacity()));
+            let lsns = batch.events.iter().map(|e| e.source.lsn.0).collect();
+            out.push((
+                lsns,
+                batch.complete_lsn.map(|l| l.0),
+                batch.events.capacity(),
+            ));
         }
         out
     }
@@ -1067,7 +1073,8 @@ mod tests {
             tx.send(unit(2, 1, 1))
         );
         sent.unwrap();
-        let lsns = |batch: Option<Pending>| batch.map(|b| (b.events.len(), b.complete_lsn));
+        let lsns =
+            |batch: Option<Pending>| batch.map(|b| (b.events.len(), b.complete_lsn.map(|l| l.0)));
         assert_eq!(lsns(first), Some((1, Some(1))), "the batch waited to fill");
         let second = collect(&options, &mut rx, &mut carry, &mut stop).await;
         assert_eq!(lsns(second), Some((1, Some(2))));
@@ -1162,7 +1169,7 @@ mod tests {
             let mut got = Vec::new();
             while let Some(prepared) = out.recv().await {
                 let (events, _) = encoded(prepared.encoded.unwrap()).await.unwrap();
-                got.push((prepared.complete_lsn, events.len()));
+                got.push((prepared.complete_lsn.map(|l| l.0), events.len()));
             }
             got
         };
@@ -1342,7 +1349,7 @@ mod tests {
             };
             assert_eq!(letter["error"], "plugin trapped", "{encoding:?}");
             assert_eq!(letter["topic"], "app.public.t", "{encoding:?}");
-            assert_eq!(letter["value"]["source"]["lsn"], event.source.lsn);
+            assert_eq!(letter["value"]["source"]["lsn"], event.source.lsn.0);
         }
     }
 

@@ -66,13 +66,14 @@ impl PayloadPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Lsn;
 
     fn record(payload: Vec<u8>) -> EncodedRecord {
         EncodedRecord {
             topic: "t".into(),
             key: None,
             payload,
-            lsn: 0,
+            lsn: Lsn(0),
         }
     }
 

@@ -17,6 +17,7 @@ use super::{Components, Delivery, DeliveryOptions, Passthrough, Processor, Queue
 use super::{source, startup};
 use crate::checkpoint::{CheckpointStore, Ledger};
 use crate::encode::{EncodeOptions, Encoder};
+use crate::event::Lsn;
 use crate::metrics::Metrics;
 use crate::sink::Sink;
 use crate::snapshot::control;
@@ -31,7 +32,7 @@ use walflow_pg::{Link, wait_until_reachable};
 #[derive(Default)]
 pub struct RunOptions {
     /// Stop once this LSN is acknowledged (set later, e.g. by the demo's writer).
-    pub until_lsn: Option<watch::Receiver<Option<u64>>>,
+    pub until_lsn: Option<watch::Receiver<Option<Lsn>>>,
     /// Continue although the slot's history has a gap.
     pub accept_gap: bool,
     /// Sinks written in Rust by a program embedding walflow, in addition to `[[sinks]]`.
@@ -46,7 +47,7 @@ pub struct RunSummary {
     /// Events written to the sinks.
     pub events_out: u64,
     /// The last LSN every sink acknowledged.
-    pub acked_lsn: Option<u64>,
+    pub acked_lsn: Option<Lsn>,
 }
 
 /// Channel capacity between the reader and the delivery loop, in transactions.
@@ -109,7 +110,7 @@ pub async fn run(
             .collect(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ack_tx, ack_rx) = watch::channel(0u64);
+    let (ack_tx, ack_rx) = watch::channel(Lsn::ZERO);
     spawn_stop_triggers(
         stop_tx.clone(),
         ack_rx.clone(),
@@ -148,7 +149,7 @@ struct Running {
     selector: TableSelector,
     accept_gap: bool,
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
-    acks: (watch::Sender<u64>, watch::Receiver<u64>),
+    acks: (watch::Sender<Lsn>, watch::Receiver<Lsn>),
 }
 
 /// Takes the initial snapshot when one is due, then streams until stopped.
@@ -380,8 +381,8 @@ async fn build_processor(
 /// Stops the run on SIGINT/SIGTERM, on an external stop, or once `until` is acknowledged.
 fn spawn_stop_triggers(
     stop: watch::Sender<bool>,
-    mut acked: watch::Receiver<u64>,
-    until: Option<watch::Receiver<Option<u64>>>,
+    mut acked: watch::Receiver<Lsn>,
+    until: Option<watch::Receiver<Option<Lsn>>>,
     external: Option<watch::Receiver<bool>>,
 ) {
     if let Some(mut external) = external {

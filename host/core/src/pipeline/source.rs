@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Unit;
 use crate::checkpoint::{CheckpointStore, Ledger};
+use crate::event::Lsn;
 use crate::metrics::Metrics;
 use crate::replication::stream::StreamControl;
 use crate::replication::{ReplicationStream, StreamItem, StreamOptions};
@@ -117,7 +118,7 @@ pub async fn read(
     Ok(stream)
 }
 
-fn apply_marks(marks: &Marks, lsn: u64, snapshot: &mut SnapshotProgress) {
+fn apply_marks(marks: &Marks, lsn: Lsn, snapshot: &mut SnapshotProgress) {
     let mut marks = marks.lock().unwrap_or_else(|p| p.into_inner());
     while marks.front().is_some_and(|(at, _)| *at <= lsn) {
         if let Some((_, progress)) = marks.pop_front() {
@@ -139,7 +140,7 @@ fn is_message(e: &crate::event::Event) -> bool {
     e.op == crate::event::Op::Message
 }
 
-fn idle_unit(lsn: u64) -> Unit {
+fn idle_unit(lsn: Lsn) -> Unit {
     Unit {
         xid: None,
         commit_lsn: lsn,
@@ -154,11 +155,11 @@ fn idle_unit(lsn: u64) -> Unit {
 /// last one. Incremental snapshot progress is recorded once the position after it is
 /// acknowledged.
 pub async fn acknowledge(
-    mut acks: watch::Receiver<u64>,
+    mut acks: watch::Receiver<Lsn>,
     mut ledger: Ledger,
     control: StreamControl,
     marks: Option<Marks>,
-) -> anyhow::Result<Option<u64>> {
+) -> anyhow::Result<Option<Lsn>> {
     while acks.changed().await.is_ok() {
         let acked = *acks.borrow_and_update();
         let Some(lsn) = ledger.next_position(acked, &control) else {

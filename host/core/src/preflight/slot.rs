@@ -4,7 +4,7 @@
 use super::report::Report;
 use super::{Context, QueryError};
 use crate::checkpoint::{Checkpoint, CheckpointStore};
-use crate::event::{format_lsn, parse_lsn};
+use crate::event::{Lsn, format_lsn};
 use walflow_pg::sql::literal;
 
 /// The pipeline's checkpoint for this slot, if any (reporting an unreadable one).
@@ -76,7 +76,7 @@ pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), 
     let (active, pid): (bool, Option<i32>) = (row.get(3), row.get(4));
     let (status, retained): (Option<String>, Option<i64>) = (row.get(5), row.get(6));
     let confirmed: Option<String> = row.get(7);
-    if let (Some(cp), Some(confirmed)) = (&checkpoint, confirmed.as_deref().and_then(parse_lsn))
+    if let (Some(cp), Some(confirmed)) = (&checkpoint, confirmed.as_deref().and_then(Lsn::parse))
         && confirmed > cp.lsn
     {
         report.fail(

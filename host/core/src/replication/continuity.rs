@@ -9,7 +9,7 @@
 //! (`--accept-gap` / `accept_gap = true`), which is logged.
 
 use crate::checkpoint::{Checkpoint, SlotIdentity};
-use crate::event::format_lsn;
+use crate::event::{Lsn, format_lsn};
 use walflow_pg::commands::{SlotInfo, SlotSnapshot, SystemIdentity};
 use walflow_pg::conn::Connection;
 use walflow_pg::error::ConnectError;
@@ -185,7 +185,7 @@ pub struct Verified {
     pub identity: SlotIdentity,
     /// Where to start streaming: the checkpoint, or without one (or past an accepted gap) the
     /// slot's confirmed position. Save a first checkpoint at this LSN when there was none.
-    pub start_lsn: u64,
+    pub start_lsn: Lsn,
     /// Whether the slot was created now.
     pub created: bool,
     /// A gap that was accepted, in bytes, if any (already logged).
@@ -251,7 +251,7 @@ pub async fn check_creating(
     };
     let start_lsn = match checkpoint {
         Some(cp) if accepted_gap.is_none() && !created => cp.lsn,
-        _ => info.confirmed_flush_lsn.unwrap_or(0),
+        _ => info.confirmed_flush_lsn.unwrap_or_default(),
     };
     let created_lsn = match checkpoint {
         Some(cp) if accepted_gap.is_none() && !created => cp.identity.created_lsn,
@@ -370,17 +370,17 @@ fn history_gap(
             slot,
             checkpoint,
             server: format_lsn(system.xlogpos),
-            gap: system.xlogpos.saturating_sub(cp.lsn),
+            gap: system.xlogpos.bytes_since(cp.lsn),
         });
     };
     if info.wal_status.as_deref() == Some("lost") {
         return Err(ContinuityError::SlotInvalidated {
             slot,
             checkpoint,
-            gap: system.xlogpos.saturating_sub(cp.lsn),
+            gap: system.xlogpos.bytes_since(cp.lsn),
         });
     }
-    let restart = info.restart_lsn.unwrap_or(0);
+    let restart = info.restart_lsn.unwrap_or_default();
     if restart > cp.lsn {
         let end = info.confirmed_flush_lsn.unwrap_or(restart).max(restart);
         return Err(ContinuityError::SlotRecreated {
@@ -419,13 +419,13 @@ mod tests {
 
     fn cp(lsn: u64) -> Checkpoint {
         Checkpoint {
-            lsn,
+            lsn: Lsn(lsn),
             identity: SlotIdentity {
                 system_id: 42,
                 database: "app".into(),
                 slot: "s".into(),
                 timeline: 1,
-                created_lsn: 100,
+                created_lsn: Lsn(100),
             },
             snapshot: Default::default(),
             written_at_ms: 0,
@@ -436,7 +436,7 @@ mod tests {
         SystemIdentity {
             system_id: 42,
             timeline: 1,
-            xlogpos,
+            xlogpos: Lsn(xlogpos),
             dbname: "app".into(),
         }
     }
@@ -448,8 +448,8 @@ mod tests {
             slot_type: "logical".into(),
             database: Some("app".into()),
             active: false,
-            restart_lsn: Some(restart),
-            confirmed_flush_lsn: Some(confirmed),
+            restart_lsn: Some(Lsn(restart)),
+            confirmed_flush_lsn: Some(Lsn(confirmed)),
             wal_status: Some(wal_status.into()),
         }
     }

@@ -17,10 +17,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::event::Lsn;
+
 /// Prepared transactions' prepare LSNs, each with the acknowledged position that releases it.
 #[derive(Debug, Clone, Default)]
 pub struct PreparedHolds {
-    inner: Arc<Mutex<BTreeMap<u64, Release>>>,
+    inner: Arc<Mutex<BTreeMap<Lsn, Release>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,36 +30,36 @@ enum Release {
     /// Prepared; neither committed nor rolled back yet.
     Held,
     /// Committed; released once everything up to this `end_lsn` is acknowledged.
-    At(u64),
+    At(Lsn),
 }
 
 impl PreparedHolds {
     /// A transaction prepared at `prepare_lsn` is held.
-    pub fn hold(&self, prepare_lsn: u64) {
+    pub fn hold(&self, prepare_lsn: Lsn) {
         self.lock().insert(prepare_lsn, Release::Held);
     }
 
     /// The transaction prepared at `prepare_lsn` was committed; its changes travel in the unit
     /// ending at `end_lsn`.
-    pub fn release_at(&self, prepare_lsn: u64, end_lsn: u64) {
+    pub fn release_at(&self, prepare_lsn: Lsn, end_lsn: Lsn) {
         self.lock().insert(prepare_lsn, Release::At(end_lsn));
     }
 
     /// The transaction prepared at `prepare_lsn` was rolled back: nothing of it is delivered.
-    pub fn forget(&self, prepare_lsn: u64) {
+    pub fn forget(&self, prepare_lsn: Lsn) {
         self.lock().remove(&prepare_lsn);
     }
 
     /// The highest position at most `acked` that is safe to checkpoint and confirm, once
     /// everything up to `acked` is acknowledged. Drops the holds `acked` releases.
-    pub fn clamp(&self, acked: u64) -> u64 {
+    pub fn clamp(&self, acked: Lsn) -> Lsn {
         let mut holds = self.lock();
         holds.retain(|_, release| match release {
             Release::Held => true,
             Release::At(end) => *end > acked,
         });
         match holds.keys().next() {
-            Some(prepare_lsn) => acked.min(prepare_lsn.saturating_sub(1)),
+            Some(prepare_lsn) => acked.min(prepare_lsn.before()),
             None => acked,
         }
     }
@@ -67,7 +69,7 @@ impl PreparedHolds {
         !self.lock().is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Release>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Lsn, Release>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -79,32 +81,32 @@ mod tests {
     #[test]
     fn a_held_prepare_pins_the_position_before_it() {
         let holds = PreparedHolds::default();
-        assert_eq!(holds.clamp(500), 500);
-        holds.hold(300);
-        assert_eq!(holds.clamp(500), 299);
-        assert_eq!(holds.clamp(200), 200);
+        assert_eq!(holds.clamp(Lsn(500)), Lsn(500));
+        holds.hold(Lsn(300));
+        assert_eq!(holds.clamp(Lsn(500)), Lsn(299));
+        assert_eq!(holds.clamp(Lsn(200)), Lsn(200));
     }
 
     #[test]
     fn a_committed_prepare_pins_until_its_unit_is_acknowledged() {
         let holds = PreparedHolds::default();
-        holds.hold(300);
-        holds.release_at(300, 900);
+        holds.hold(Lsn(300));
+        holds.release_at(Lsn(300), Lsn(900));
         // A unit that ended before the commit was acknowledged: still pinned.
-        assert_eq!(holds.clamp(600), 299);
+        assert_eq!(holds.clamp(Lsn(600)), Lsn(299));
         assert!(holds.any());
-        assert_eq!(holds.clamp(900), 900);
+        assert_eq!(holds.clamp(Lsn(900)), Lsn(900));
         assert!(!holds.any());
-        assert_eq!(holds.clamp(1000), 1000);
+        assert_eq!(holds.clamp(Lsn(1000)), Lsn(1000));
     }
 
     #[test]
     fn the_lowest_hold_wins_and_a_rollback_releases_at_once() {
         let holds = PreparedHolds::default();
-        holds.hold(300);
-        holds.hold(100);
-        assert_eq!(holds.clamp(500), 99);
-        holds.forget(100);
-        assert_eq!(holds.clamp(500), 299);
+        holds.hold(Lsn(300));
+        holds.hold(Lsn(100));
+        assert_eq!(holds.clamp(Lsn(500)), Lsn(99));
+        holds.forget(Lsn(100));
+        assert_eq!(holds.clamp(Lsn(500)), Lsn(299));
     }
 }

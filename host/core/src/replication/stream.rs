@@ -33,7 +33,7 @@ use bytes::Bytes;
 use super::continuity::{self, ContinuityError, Verified};
 use crate::assemble::{AssembleError, Assembler, Transaction};
 use crate::checkpoint::{Checkpoint, SlotIdentity};
-use crate::event::format_lsn;
+use crate::event::{Lsn, format_lsn};
 use crate::value::{TypeInfo, TypeKind, TypeRegistry};
 use walflow_config::SourceConfig;
 use walflow_pg::backoff::Backoff;
@@ -82,7 +82,7 @@ pub enum StreamItem {
     /// The server reported this LSN while no transaction was in flight: everything committed
     /// before it has been handed over. Once the caller acknowledged all of it,
     /// [`ReplicationStream::idle_lsn`] is `Some` and may be checkpointed and confirmed.
-    Idle(u64),
+    Idle(Lsn),
     /// The server ended the stream.
     End,
     /// Another task asked the reader to look at something ([`StreamControl::interrupt`]);
@@ -139,14 +139,14 @@ impl StreamControl {
     /// The highest position at most `acked` that may be checkpointed once everything up to
     /// `acked` is acknowledged: never at or past a prepared transaction that is held or whose
     /// changes are not acknowledged yet (see [`PreparedHolds`](super::PreparedHolds)).
-    pub fn safe_lsn(&self, acked: u64) -> u64 {
+    pub fn safe_lsn(&self, acked: Lsn) -> Lsn {
         self.holds.clamp(acked)
     }
 
     /// Everything before `lsn` is durably delivered and checkpointed; report it promptly.
-    pub fn confirm(&self, lsn: u64) {
+    pub fn confirm(&self, lsn: Lsn) {
         self.confirmed
-            .fetch_max(lsn, std::sync::atomic::Ordering::AcqRel);
+            .fetch_max(lsn.0, std::sync::atomic::Ordering::AcqRel);
         self.wake.notify_one();
     }
 
@@ -182,11 +182,11 @@ impl StreamControl {
 }
 
 impl crate::checkpoint::Confirmer for StreamControl {
-    fn safe_lsn(&self, acked: u64) -> u64 {
+    fn safe_lsn(&self, acked: Lsn) -> Lsn {
         StreamControl::safe_lsn(self, acked)
     }
 
-    fn confirm(&self, lsn: u64) {
+    fn confirm(&self, lsn: Lsn) {
         StreamControl::confirm(self, lsn)
     }
 }
@@ -196,9 +196,9 @@ enum TwoPhaseStep {
     /// Prepared under this gid.
     Prepare(String),
     /// Committed; the transaction was prepared at this LSN.
-    Commit(u64),
+    Commit(Lsn),
     /// Rolled back; the transaction was prepared at this LSN.
-    Rollback(u64),
+    Rollback(Lsn),
 }
 
 /// Least time between two status updates that ask the server for its position.
@@ -214,15 +214,15 @@ pub struct ReplicationStream {
     verified: Verified,
     proto: u32,
     /// Highest LSN the caller confirmed (sent as write/flush/apply).
-    confirmed: u64,
+    confirmed: Lsn,
     /// Last LSN sent to the server.
-    reported: u64,
+    reported: Lsn,
     /// Highest `end_lsn` handed to the caller.
-    delivered: u64,
+    delivered: Lsn,
     /// Highest LSN the caller acknowledged (before clamping to what is safe to confirm).
-    acked: u64,
+    acked: Lsn,
     /// The server's WAL end from the latest keepalive, valid when nothing is in flight.
-    server_end: u64,
+    server_end: Lsn,
     in_txn: bool,
     open_streams: HashSet<u32>,
     last_status: Instant,
@@ -275,10 +275,10 @@ impl ReplicationStream {
             conn: None,
             assembler,
             confirmed: start,
-            reported: 0,
+            reported: Lsn::ZERO,
             delivered: start,
             acked: start,
-            server_end: 0,
+            server_end: Lsn::ZERO,
             in_txn: false,
             open_streams: HashSet::new(),
             last_status: Instant::now(),
@@ -342,10 +342,10 @@ impl ReplicationStream {
 
     /// Applies what other tasks asked through [`StreamControl`].
     fn apply_control(&mut self) {
-        let lsn = self
+        let lsn = Lsn(self
             .control
             .confirmed
-            .load(std::sync::atomic::Ordering::Acquire);
+            .load(std::sync::atomic::Ordering::Acquire));
         if lsn > self.confirmed {
             self.confirm(lsn);
             if self.confirmed > self.reported {
@@ -370,12 +370,12 @@ impl ReplicationStream {
     }
 
     /// The highest LSN confirmed so far.
-    pub fn confirmed_lsn(&self) -> u64 {
+    pub fn confirmed_lsn(&self) -> Lsn {
         self.confirmed
     }
 
     /// The server's WAL end as last reported (0 before the first keepalive).
-    pub fn server_lsn(&self) -> u64 {
+    pub fn server_lsn(&self) -> Lsn {
         self.server_end
     }
 
@@ -391,14 +391,14 @@ impl ReplicationStream {
     /// The LSN safe to checkpoint and confirm once everything up to `acked` (an `end_lsn` the
     /// caller got from [`next`](Self::next)) is acknowledged: never past what was handed over,
     /// and never at or past a prepared transaction still held.
-    pub fn safe_lsn(&self, acked: u64) -> u64 {
-        let lsn = acked.min(self.delivered.max(self.idle_lsn().unwrap_or(0)));
+    pub fn safe_lsn(&self, acked: Lsn) -> Lsn {
+        let lsn = acked.min(self.delivered.max(self.idle_lsn().unwrap_or_default()));
         self.control.holds.clamp(lsn).max(self.confirmed)
     }
 
     /// When nothing is in flight or unacknowledged, the server's current position: confirming
     /// it lets an idle slot release WAL. Checkpoint it before [`confirm`](Self::confirm)ing.
-    pub fn idle_lsn(&self) -> Option<u64> {
+    pub fn idle_lsn(&self) -> Option<Lsn> {
         (!self.pending() && self.server_end > self.confirmed).then_some(self.server_end)
     }
 
@@ -406,7 +406,7 @@ impl ReplicationStream {
     /// [`safe_lsn(lsn)`](Self::safe_lsn) was written. What is reported with the next status
     /// update is `safe_lsn(lsn)`, never more; call it right after saving, with no `await` in
     /// between, so both see the same state.
-    pub fn confirm(&mut self, lsn: u64) {
+    pub fn confirm(&mut self, lsn: Lsn) {
         self.acked = self.acked.max(lsn);
         let lsn = self.safe_lsn(lsn);
         if lsn > self.confirmed {
@@ -497,7 +497,7 @@ impl ReplicationStream {
             written_at_ms: 0,
             snapshot: Default::default(),
         };
-        let had_checkpoint = self.confirmed > 0;
+        let had_checkpoint = !self.confirmed.is_zero();
         let verified = continuity::check(
             &mut conn,
             &self.source.slot,
@@ -508,8 +508,8 @@ impl ReplicationStream {
         self.assembler.reset_in_flight();
         self.in_txn = false;
         self.open_streams.clear();
-        self.server_end = 0;
-        self.reported = 0;
+        self.server_end = Lsn::ZERO;
+        self.reported = Lsn::ZERO;
         self.verified.server_version_num = verified.server_version_num;
         self.start(conn).await
     }
@@ -522,7 +522,7 @@ impl ReplicationStream {
             match msg {
                 CopyMessage::XLogData { start, end, data } => {
                     if let Some(txn) = self.on_data(start, end, data).await? {
-                        if txn.end_lsn <= self.delivered && self.delivered > 0 {
+                        if txn.end_lsn <= self.delivered && !self.delivered.is_zero() {
                             // Sent again after a reconnect; the caller has it already.
                             continue;
                         }
@@ -537,7 +537,7 @@ impl ReplicationStream {
                     if reply {
                         self.status_due_reply = true;
                     }
-                    if !self.in_flight() && self.server_end > 0 {
+                    if !self.in_flight() && !self.server_end.is_zero() {
                         return Ok(StreamItem::Idle(self.server_end));
                     }
                 }
@@ -633,8 +633,8 @@ impl ReplicationStream {
 
     async fn on_data(
         &mut self,
-        start: u64,
-        end: u64,
+        start: Lsn,
+        end: Lsn,
         data: Bytes,
     ) -> Result<Option<Transaction>, StreamError> {
         let msg = decode(&data, self.assembler.in_stream()).map_err(AssembleError::from)?;

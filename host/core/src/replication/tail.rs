@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use super::stream::{ReplicationStream, StreamItem, StreamOptions};
 use crate::checkpoint::{CheckpointStore, Ledger};
 use crate::encode::{EncodeOptions, Encoder};
-use crate::event::{format_lsn, parse_lsn};
+use crate::event::{Lsn, format_lsn};
 use walflow_config::{Config, SourceConfig};
 use walflow_pg::options::parse_sslmode;
 
@@ -51,7 +51,7 @@ pub struct TailOptions {
 pub async fn run(args: &TailOptions) -> anyhow::Result<()> {
     let (source, state_dir) = resolve(args)?;
     let until = match &args.until_lsn {
-        Some(s) => Some(parse_lsn(s).with_context(|| {
+        Some(s) => Some(Lsn::parse(s).with_context(|| {
             format!("--until-lsn `{s}` is not an LSN; write it as PostgreSQL does, e.g. 0/16B3748")
         })?),
         None => None,
@@ -80,7 +80,7 @@ pub async fn run(args: &TailOptions) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
     let mut line = Vec::with_capacity(4096);
-    let mut printed_up_to = 0u64;
+    let mut printed_up_to = Lsn::ZERO;
     let mut last_confirm = Instant::now();
     let stop = shutdown_signal();
     tokio::pin!(stop);

@@ -28,7 +28,7 @@ use super::control::Command;
 use super::progress::Progress;
 use super::request::{self, Request, Signal, WINDOW_CLOSE, WINDOW_OPEN};
 use super::state::{IncrementalProgress, IncrementalTable};
-use crate::event::{Event, Op, Row, SnapshotMarker, Source, Value};
+use crate::event::{Event, Lsn, Op, Row, SnapshotMarker, Source, Value};
 use walflow_pg::backoff::Backoff;
 
 use crate::metrics::Metrics;
@@ -53,7 +53,7 @@ const READ_RETRY: Backoff = Backoff::new(
 const RING_LIMIT: usize = 200_000;
 
 /// Snapshot progress to checkpoint once the acknowledged LSN reaches `.0`.
-pub type Marks = Arc<Mutex<VecDeque<(u64, IncrementalProgress)>>>;
+pub type Marks = Arc<Mutex<VecDeque<(Lsn, IncrementalProgress)>>>;
 
 /// A transaction's snapshot, as `pg_current_snapshot()` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +105,11 @@ fn widen(xid: u32, reference: u64) -> u64 {
 
 /// A record never ends inside a page header, so an insert position just past one is reached
 /// when the stream reaches the page's start.
-fn record_boundary(lsn: u64) -> u64 {
+fn record_boundary(lsn: Lsn) -> Lsn {
+    Lsn(record_boundary_of(lsn.0))
+}
+
+fn record_boundary_of(lsn: u64) -> u64 {
     const PAGE: u64 = 8192;
     const LONG_HEADER: u64 = 40;
     let offset = lsn % PAGE;
@@ -122,7 +126,7 @@ pub struct Chunk {
     window: u64,
     table: Arc<TableInfo>,
     snapshot: XidSnapshot,
-    high: u64,
+    high: Lsn,
     rows: Vec<(String, Event)>,
     last_key: Option<Vec<String>>,
     max_key: Option<Vec<String>>,
@@ -179,7 +183,7 @@ pub struct Incremental {
     window: Window,
     next_window: u64,
     ring: VecDeque<Seen>,
-    position: u64,
+    position: Lsn,
     asks: mpsc::Sender<Ask>,
     answers: mpsc::Receiver<Answer>,
     commands: mpsc::Receiver<Command>,
@@ -197,7 +201,7 @@ pub struct Setup {
     /// The stream's control (to wake the reader and ask the server for its position).
     pub control: StreamControl,
     /// Where the stream starts.
-    pub start_lsn: u64,
+    pub start_lsn: Lsn,
     /// Progress from the checkpoint.
     pub progress: IncrementalProgress,
     /// Metrics.
@@ -306,7 +310,7 @@ impl Incremental {
     }
 
     /// The server's position while nothing is in flight.
-    pub fn on_idle(&mut self, lsn: u64) -> Vec<Unit> {
+    pub fn on_idle(&mut self, lsn: Lsn) -> Vec<Unit> {
         self.position = self.position.max(lsn);
         match &self.window {
             Window::Ready(chunk) if lsn >= record_boundary(chunk.high) => self.emit(),
@@ -341,7 +345,7 @@ impl Incremental {
     }
 
     /// Acts on a request; `at` is the LSN of the signal row carrying it, if any.
-    fn apply(&mut self, request: Request, at: Option<u64>) -> String {
+    fn apply(&mut self, request: Request, at: Option<Lsn>) -> String {
         let message = match request {
             Request::ExecuteSnapshot { tables } => {
                 let mut added = Vec::new();
@@ -393,12 +397,12 @@ impl Incremental {
         };
         if at.is_none() {
             // From the control socket: checkpointed with the next acknowledgement.
-            self.mark(self.position + 1);
+            self.mark(Lsn(self.position.0 + 1));
         }
         message
     }
 
-    fn mark(&self, at: u64) {
+    fn mark(&self, at: Lsn) {
         self.marks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -477,7 +481,7 @@ impl Incremental {
                 if !self.progress.tables.is_empty() {
                     self.progress.tables.remove(0);
                 }
-                self.mark(self.position + 1);
+                self.mark(Lsn(self.position.0 + 1));
             }
             Answer::Failed { message, .. } => {
                 tracing::warn!(error = %message, "reading a snapshot chunk failed; trying again");
@@ -534,7 +538,7 @@ impl Incremental {
             self.bars.finish(&name);
             self.progress.tables.remove(0);
         }
-        self.mark(self.position + 1);
+        self.mark(Lsn(self.position.0 + 1));
         let events: Vec<Event> = chunk
             .rows
             .into_iter()
@@ -757,8 +761,7 @@ async fn read_chunk(
             "SELECT pg_catalog.pg_current_wal_insert_lsn()::text",
         )
         .await?;
-        let high = crate::event::parse_lsn(&high)
-            .ok_or_else(|| anyhow::anyhow!("unexpected LSN {high:?}"))?;
+        let high = Lsn::parse(&high).ok_or_else(|| anyhow::anyhow!("unexpected LSN {high:?}"))?;
         Ok::<_, anyhow::Error>((snapshot, max_key, rows, high))
     }
     .await;
@@ -772,12 +775,12 @@ async fn read_chunk(
         ?last_key,
         ?max_key,
         complete,
-        high = %crate::event::format_lsn(high),
+        high = %high,
         "read a snapshot chunk"
     );
     let meta = Source {
         db: database.into(),
-        lsn: 0,
+        lsn: Lsn::ZERO,
         xid: None,
         commit_time_us: crate::checkpoint::now_ms() * 1000,
         snapshot: SnapshotMarker::Incremental,
@@ -934,8 +937,8 @@ mod tests {
 
     #[test]
     fn positions_just_past_a_page_header_round_down() {
-        assert_eq!(record_boundary(0x2000 + 24), 0x2000);
-        assert_eq!(record_boundary(0x2000 + 40), 0x2000);
-        assert_eq!(record_boundary(0x2000 + 41), 0x2000 + 41);
+        assert_eq!(record_boundary(Lsn(0x2000 + 24)), Lsn(0x2000));
+        assert_eq!(record_boundary(Lsn(0x2000 + 40)), Lsn(0x2000));
+        assert_eq!(record_boundary(Lsn(0x2000 + 41)), Lsn(0x2000 + 41));
     }
 }

@@ -36,7 +36,7 @@ use super::copy_text;
 use super::progress::Progress;
 use super::state::{ChunkSpec, InitialProgress, SnapshotProgress};
 use crate::checkpoint::{Checkpoint, CheckpointStore, SlotIdentity};
-use crate::event::{Event, Op, Row, SnapshotMarker, Source};
+use crate::event::{Event, Lsn, Op, Row, SnapshotMarker, Source};
 use crate::metrics::Metrics;
 use crate::pipeline::{Delivery, QueueBudget, Unit};
 use crate::replication::continuity::check_creating;
@@ -108,7 +108,7 @@ enum SnapshotSource {
 
 /// A planned snapshot: where it reads from and what.
 struct Plan {
-    lsn: u64,
+    lsn: Lsn,
     identity: SlotIdentity,
     chunks: Vec<ChunkSpec>,
     source: SnapshotSource,
@@ -417,8 +417,8 @@ async fn copy_all(
     }
     drop(read_tx);
     let (unit_tx, unit_rx) = mpsc::channel::<Unit>(16);
-    let (ack_tx, ack_rx) = watch::channel(0u64);
-    let done_at = Arc::new(Mutex::new(Vec::<(u64, usize)>::new()));
+    let (ack_tx, ack_rx) = watch::channel(Lsn::ZERO);
+    let done_at = Arc::new(Mutex::new(Vec::<(Lsn, usize)>::new()));
     let coordinate = coordinate(
         read_rx,
         unit_tx,
@@ -577,7 +577,7 @@ async fn coordinate(
     mut reads: mpsc::Receiver<anyhow::Result<Read>>,
     units: mpsc::Sender<Unit>,
     budget: Arc<QueueBudget>,
-    done_at: Arc<Mutex<Vec<(u64, usize)>>>,
+    done_at: Arc<Mutex<Vec<(Lsn, usize)>>>,
     progress: Progress,
     chunks: &[ChunkSpec],
 ) -> anyhow::Result<bool> {
@@ -608,7 +608,7 @@ async fn coordinate(
                 done_at
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push((seq, index));
+                    .push((Lsn(seq), index));
                 let name = chunks[index].qualified_name();
                 if let Some(n) = remaining.get_mut(&name) {
                     *n -= 1;
@@ -638,8 +638,10 @@ async fn send(units: &mpsc::Sender<Unit>, budget: &QueueBudget, unit: Unit) -> b
 fn snapshot_unit(seq: u64, events: Vec<Event>) -> Unit {
     Unit {
         xid: None,
-        commit_lsn: seq,
-        end_lsn: seq,
+        // Not a WAL position: the delivery loop acknowledges units by this number, and the
+        // snapshot maps it back to its chunks (until snapshots become producers of their own).
+        commit_lsn: Lsn(seq),
+        end_lsn: Lsn(seq),
         commit_time_us: 0,
         gid: None,
         events,
@@ -648,8 +650,8 @@ fn snapshot_unit(seq: u64, events: Vec<Event>) -> Unit {
 
 /// Records delivered chunks in the checkpoint as acknowledgements arrive.
 async fn acknowledge(
-    mut acks: watch::Receiver<u64>,
-    done_at: Arc<Mutex<Vec<(u64, usize)>>>,
+    mut acks: watch::Receiver<Lsn>,
+    done_at: Arc<Mutex<Vec<(Lsn, usize)>>>,
     store: &CheckpointStore,
     checkpoint: &Checkpoint,
     chunks: &[ChunkSpec],

@@ -25,7 +25,7 @@ impl SnapshotProgress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitialProgress {
     /// The LSN the snapshot's rows carry (the slot's consistent point when walflow made it).
-    pub lsn: u64,
+    pub lsn: crate::event::Lsn,
     /// Chunks still to read, in plan order.
     pub pending: Vec<ChunkSpec>,
 }

@@ -187,7 +187,7 @@ pub(crate) fn with_batch<R>(
             relation: index.of(&relations, &event.relation),
             source: SourceView {
                 db: &event.source.db,
-                lsn: event.source.lsn,
+                lsn: event.source.lsn.0,
                 xid: event.source.xid,
                 commit_time_us: event.source.commit_time_us,
                 snapshot: snapshot_to_wit(event.source.snapshot),
@@ -294,7 +294,7 @@ fn replacement_from_wit(event: wit::Event) -> Replacement {
         op: op_from_wit(event.op),
         source: Source {
             db: source.db.into(),
-            lsn: source.lsn,
+            lsn: walflow_core::event::Lsn(source.lsn),
             xid: source.xid,
             commit_time_us: source.commit_time_us,
             snapshot: snapshot_from_wit(source.snapshot),

@@ -128,7 +128,7 @@ impl FlatBatch {
                 relation,
                 source: wit::Source {
                     db: db_span,
-                    lsn: event.source.lsn,
+                    lsn: event.source.lsn.0,
                     xid: event.source.xid,
                     commit_time_us: event.source.commit_time_us,
                     snapshot: snapshot_to_wit(event.source.snapshot),
@@ -433,7 +433,7 @@ impl Answer<'_> {
             op: op_from_wit(event.op),
             source: Source {
                 db: self.text(source.db)?.into(),
-                lsn: source.lsn,
+                lsn: walflow_core::event::Lsn(source.lsn),
                 xid: source.xid,
                 commit_time_us: source.commit_time_us,
                 snapshot: snapshot_from_wit(source.snapshot),
