@@ -158,11 +158,27 @@ impl ConfigBuilder {
 
     /// Writes `walflow.toml` into a new temporary directory (state in `state/` beside it).
     pub fn write(&self) -> anyhow::Result<ConfigFile> {
+        self.write_as("walflow.toml", |toml| Ok(toml.to_owned()))
+    }
+
+    /// The same configuration as `walflow.json` (the same keys, in JSON).
+    pub fn write_json(&self) -> anyhow::Result<ConfigFile> {
+        self.write_as("walflow.json", |text| {
+            let value: toml::Value = toml::from_str(text)?;
+            Ok(serde_json::to_string_pretty(&value)?)
+        })
+    }
+
+    fn write_as(
+        &self,
+        name: &str,
+        render: impl FnOnce(&str) -> anyhow::Result<String>,
+    ) -> anyhow::Result<ConfigFile> {
         let dir = tempfile::Builder::new()
             .prefix("walflow-config-")
             .tempdir()?;
-        let path = dir.path().join("walflow.toml");
-        std::fs::write(&path, self.to_toml(&dir.path().join("state")))?;
+        let path = dir.path().join(name);
+        std::fs::write(&path, render(&self.to_toml(&dir.path().join("state")))?)?;
         Ok(ConfigFile { dir, path })
     }
 }
@@ -171,7 +187,7 @@ impl ConfigBuilder {
 #[derive(Debug)]
 pub struct ConfigFile {
     dir: tempfile::TempDir,
-    /// The `walflow.toml`.
+    /// The `walflow.toml` (or `walflow.json`).
     pub path: PathBuf,
 }
 

@@ -96,11 +96,9 @@ async fn sigkill_at_random_points_loses_nothing() {
         .spawn()
         .unwrap();
     // Changes committed before the slot exists are not captured (that is what snapshots are for).
-    wait_for_async("the slot", Duration::from_secs(30), || async {
-        db.slot_confirmed(&slot).await
-    })
-    .await
-    .unwrap();
+    db.wait_for_slot(&slot, Duration::from_secs(30))
+        .await
+        .unwrap();
     for round in 0..5 {
         for _ in 0..rng.random_range(40..120) {
             random_transaction(&client, &mut rng).await;
@@ -296,11 +294,9 @@ impl BigPipeline {
                 ..Default::default()
             },
         ));
-        wait_for_async("the slot", Duration::from_secs(30), || async {
-            db.slot_confirmed(&slot).await
-        })
-        .await
-        .unwrap();
+        db.wait_for_slot(&slot, Duration::from_secs(30))
+            .await
+            .unwrap();
         insert_big(&client, 0, rows).await;
         let first = db.emit_marker().await;
         db.wait_for_confirmed(&slot, &first, Duration::from_secs(30))
@@ -577,11 +573,9 @@ async fn metrics_and_health_are_served() {
     let slot = builder.slot_name().to_string();
     let config = builder.write().unwrap();
     let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
-    wait_for_async("the slot", Duration::from_secs(30), || async {
-        db.slot_confirmed(&slot).await
-    })
-    .await
-    .unwrap();
+    db.wait_for_slot(&slot, Duration::from_secs(30))
+        .await
+        .unwrap();
     let acked_before = commit_to_ack_count(&http_get(&addr, "/metrics"));
     for id in 1..=10 {
         client
@@ -648,11 +642,9 @@ async fn a_lone_change_reaches_the_file_sink_well_before_max_wait() {
     let slot = builder.slot_name().to_string();
     let config = builder.write().unwrap();
     let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
-    wait_for_async("the slot", Duration::from_secs(30), || async {
-        db.slot_confirmed(&slot).await
-    })
-    .await
-    .unwrap();
+    db.wait_for_slot(&slot, Duration::from_secs(30))
+        .await
+        .unwrap();
     let out_path = config.dir().join("out.jsonl");
     let started = std::time::Instant::now();
     client
@@ -715,11 +707,9 @@ async fn a_plugin_replaced_mid_stream_takes_over_without_losing_or_repeating_eve
         .env("WALFLOW_LOG", "walflow=info")
         .spawn()
         .unwrap();
-    wait_for_async("the slot", Duration::from_secs(30), || async {
-        db.slot_confirmed(&slot).await
-    })
-    .await
-    .unwrap();
+    db.wait_for_slot(&slot, Duration::from_secs(30))
+        .await
+        .unwrap();
     let out_path = config.dir().join("out.jsonl");
     let version_of = |id: i32| {
         replay::read_records(&out_path)
@@ -813,22 +803,16 @@ async fn a_json_config_runs_the_pipeline() {
         .source("snapshot = \"never\"")
         .append("[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"");
     let slot = builder.slot_name().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let toml_text = builder.to_toml(&dir.path().join("state"));
-    let value: toml::Value = toml::from_str(&toml_text).unwrap();
-    let path = dir.path().join("walflow.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
-    let mut child = walflow!("run", "-c", &path).spawn().unwrap();
-    wait_for_async("the slot", Duration::from_secs(30), || async {
-        db.slot_confirmed(&slot).await
-    })
-    .await
-    .unwrap();
+    let config = builder.write_json().unwrap();
+    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    db.wait_for_slot(&slot, Duration::from_secs(30))
+        .await
+        .unwrap();
     client
         .batch_execute("INSERT INTO from_json VALUES (7)")
         .await
         .unwrap();
-    let out_path = dir.path().join("out.jsonl");
+    let out_path = config.dir().join("out.jsonl");
     wait_for_async(
         "the change in the file",
         Duration::from_secs(30),
