@@ -42,12 +42,27 @@ async fn sink(entry: &str) -> Result<Box<dyn Sink>, SinkError> {
     walflow::sink::build(&config, std::path::Path::new(".")).await
 }
 
-fn fatal_message(result: Result<Box<dyn Sink>, SinkError>) -> String {
+/// Why building a sink was refused (whatever the class).
+fn refusal(result: Result<Box<dyn Sink>, SinkError>) -> SinkError {
     match result {
         Ok(_) => panic!("expected the sink to be refused"),
-        Err(SinkError::Fatal(m)) => m,
-        Err(SinkError::Retryable(m)) => panic!("expected a fatal error, got a retryable one: {m}"),
-        Err(SinkError::Rejected(m)) => panic!("expected a fatal error, got a rejection: {m}"),
+        Err(e) => e,
+    }
+}
+
+fn fatal_message(result: Result<Box<dyn Sink>, SinkError>) -> String {
+    match refusal(result) {
+        SinkError::Fatal(m) => m,
+        SinkError::Retryable(m) => panic!("expected a fatal error, got a retryable one: {m}"),
+        SinkError::Rejected(m) => panic!("expected a fatal error, got a rejection: {m}"),
+    }
+}
+
+/// The message of a refusal that trying again later may overcome.
+fn transient_message(result: Result<Box<dyn Sink>, SinkError>) -> String {
+    match refusal(result) {
+        SinkError::Retryable(m) => m,
+        e => panic!("expected a transient error, got {e:?}"),
     }
 }
 
@@ -1159,12 +1174,7 @@ async fn unreachable_destinations_are_named_at_start() {
     let port = brokers::free_port();
     // Nothing listening is transient: a later start may find the destination up (and
     // `walflow run` exits with the transient code, for its supervisor to start it again).
-    let fatal_message = |result: Result<Box<dyn Sink>, SinkError>| match result {
-        Err(SinkError::Retryable(m)) => m,
-        Err(e) => panic!("expected a transient error, got {e:?}"),
-        Ok(_) => panic!("expected the sink to be refused"),
-    };
-    let m = fatal_message(
+    let m = transient_message(
         sink(&format!(
             "type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\""
         ))
@@ -1174,7 +1184,7 @@ async fn unreachable_destinations_are_named_at_start() {
         m.contains(&format!("redis at redis://127.0.0.1:{port}")),
         "{m}"
     );
-    let m = fatal_message(
+    let m = transient_message(
         sink(&format!(
             "type = \"nats\"\nurl = \"nats://127.0.0.1:{port}\""
         ))
@@ -1184,7 +1194,7 @@ async fn unreachable_destinations_are_named_at_start() {
         m.contains(&format!("nats at nats://127.0.0.1:{port}")),
         "{m}"
     );
-    let m = fatal_message(
+    let m = transient_message(
         sink(&format!(
             "type = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntimeout = \"1s\""
         ))
@@ -1194,7 +1204,7 @@ async fn unreachable_destinations_are_named_at_start() {
         m.contains(&format!("kafka brokers 127.0.0.1:{port}")),
         "{m}"
     );
-    let m = fatal_message(
+    let m = transient_message(
         sink(&format!(
             "type = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:{port}/x\""
         ))
@@ -1213,10 +1223,7 @@ async fn sink_urls_in_errors_and_names_hide_their_password() {
         format!("nats://walflow:url-secret@127.0.0.1:{port}"),
     ] {
         let kind = url.split("://").next().unwrap();
-        let m = match sink(&format!("type = \"{kind}\"\nurl = \"{url}\"")).await {
-            Ok(_) => panic!("nothing listens at {port}"),
-            Err(e) => e.to_string(),
-        };
+        let m = refusal(sink(&format!("type = \"{kind}\"\nurl = \"{url}\"")).await).to_string();
         assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
         assert!(!m.contains("url-secret"), "{m}");
     }
