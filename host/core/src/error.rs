@@ -76,19 +76,9 @@ impl Error {
         Error::new(Class::Transient, message)
     }
 
-    /// A failure about one event or table.
-    pub fn definite(message: impl Into<String>) -> Error {
-        Error::new(Class::Definite, message)
-    }
-
     /// A failure that needs a person; `message` says what to change.
     pub fn fatal(message: impl Into<String>) -> Error {
         Error::new(Class::Fatal, message)
-    }
-
-    /// The message, without the class.
-    pub fn message(&self) -> &str {
-        &self.message
     }
 }
 

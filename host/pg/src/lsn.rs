@@ -2,8 +2,7 @@
 
 /// Formats an LSN the way PostgreSQL does (`16/B374D848`).
 pub fn format_lsn(lsn: impl Into<u64>) -> String {
-    let lsn: u64 = lsn.into();
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    Lsn(lsn.into()).to_string()
 }
 
 /// Parses an LSN written the way PostgreSQL does (`16/B374D848`).

@@ -78,30 +78,11 @@ pub async fn build(
         #[cfg(feature = "plugin")]
         SinkKind::Plugin(c) => Ok(Box::new(PluginSink::from_config(c, base).await?)),
         #[allow(unreachable_patterns)]
-        other => Err(SinkError::Fatal(format!(
-            "sink type `{}` is not compiled into this walflow; rebuild walflow-sinks with cargo feature `{}`",
-            other.name(),
-            other.name()
-        ))),
+        other => {
+            let kind = other.name();
+            Err(SinkError::Fatal(format!(
+                "sink type `{kind}` is not compiled into this walflow; rebuild walflow-sinks with cargo feature `{kind}`"
+            )))
+        }
     }
 }
-
-/// The sink types this build can run.
-pub const COMPILED: &[&str] = &[
-    #[cfg(feature = "file")]
-    "file",
-    #[cfg(feature = "stdout")]
-    "stdout",
-    #[cfg(feature = "kafka")]
-    "kafka",
-    #[cfg(feature = "nats")]
-    "nats",
-    #[cfg(feature = "redis")]
-    "redis",
-    #[cfg(feature = "http")]
-    "http",
-    #[cfg(feature = "postgres")]
-    "postgres",
-    #[cfg(feature = "plugin")]
-    "plugin",
-];

@@ -334,14 +334,10 @@ impl ReplicationStream {
     }
 
     /// Takes what was confirmed through [`StreamControl`] (a [`Ledger`](crate::checkpoint::Ledger)
-    /// confirms there) into this stream now, rather than at the next read, so that
-    /// [`idle_lsn`](Self::idle_lsn) and [`confirmed_lsn`](Self::confirmed_lsn) see it.
+    /// confirms there) into this stream. Reads do it on their own; call it to make
+    /// [`idle_lsn`](Self::idle_lsn) and [`confirmed_lsn`](Self::confirmed_lsn) see a
+    /// confirmation before the next read.
     pub fn apply_confirmed(&mut self) {
-        self.apply_control();
-    }
-
-    /// Applies what other tasks asked through [`StreamControl`].
-    fn apply_control(&mut self) {
         let lsn = Lsn(self
             .control
             .confirmed
@@ -551,7 +547,7 @@ impl ReplicationStream {
     async fn read_copy(&mut self) -> Result<Option<CopyMessage>, StreamError> {
         use std::sync::atomic::Ordering;
         loop {
-            self.apply_control();
+            self.apply_confirmed();
             if self.control.stop_requested() {
                 return Ok(Some(CopyMessage::Done));
             }
@@ -768,7 +764,7 @@ impl ReplicationStream {
             return Ok(());
         };
         // What was confirmed through the control since the last read goes out too.
-        self.apply_control();
+        self.apply_confirmed();
         if let Err(e) = self.send_status().await {
             // The checkpoint holds the position; the next start confirms it.
             tracing::warn!(error = %e, "the connection was gone at stop; the next start confirms the last checkpoint");
