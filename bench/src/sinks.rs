@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use brokers::{Broker, Kind};
+use walflow::assemble::Transaction;
 use walflow::config::{Encoding, SinkConfig};
 use walflow::encode::{EncodeOptions, Encoder};
 use walflow::event::{Column, Event, Op, Relation, Source, Value};
 use walflow::metrics::Metrics;
-use walflow::pipeline::{Delivery, DeliveryOptions, Passthrough, Unit};
+use walflow::pipeline::{Delivery, DeliveryOptions, Passthrough, Position, Unit};
 
 const EVENTS_PER_TRANSACTION: usize = 10;
 
@@ -76,14 +77,14 @@ fn backlog(events: usize) -> Vec<Unit> {
             n += 1;
         }
         lsn += 0x40;
-        units.push(Unit {
+        units.push(Unit::Transaction(Transaction {
             xid: Some(units.len() as u32),
             commit_lsn: walflow::event::Lsn(lsn),
             end_lsn: walflow::event::Lsn(lsn + 0x10),
             commit_time_us: 1_700_000_000_000_000,
             gid: None,
             events: batch,
-        });
+        }));
         lsn += 0x10;
     }
     units
@@ -110,7 +111,7 @@ async fn measure(entry: &str, units: &[Unit], events: usize) -> anyhow::Result<f
         Arc::new(Metrics::default()),
     );
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    let (ack_tx, _acks) = tokio::sync::watch::channel(walflow::event::Lsn::ZERO);
+    let (ack_tx, _acks) = tokio::sync::watch::channel(Position::Lsn(walflow::event::Lsn::ZERO));
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     // The loop's future is not `Send`: run it on a runtime of its own.
@@ -131,7 +132,7 @@ async fn measure(entry: &str, units: &[Unit], events: usize) -> anyhow::Result<f
         .map_err(|_| anyhow::anyhow!("delivery loop panicked"))??;
     let elapsed = started.elapsed();
     anyhow::ensure!(
-        acked == units.last().map(|u| u.end_lsn),
+        acked == units.last().map(Unit::position),
         "not everything was acknowledged"
     );
     Ok(events as f64 / elapsed.as_secs_f64())

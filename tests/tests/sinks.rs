@@ -379,7 +379,11 @@ async fn http_400_stops_the_pipeline_without_confirming() {
     );
     use walflow::error::{Class, Classify};
     assert_eq!(err.class(), Class::Rejected, "{message}");
-    assert_eq!(*acks.borrow(), Lsn::ZERO, "nothing confirmed");
+    assert_eq!(
+        workload::lsn_of(*acks.borrow()),
+        Lsn::ZERO,
+        "nothing confirmed"
+    );
     assert_eq!(
         endpoint.seen.lock().unwrap().answers.len(),
         1,

@@ -16,6 +16,7 @@ pub mod event;
 pub mod metrics;
 pub mod pipeline;
 pub mod preflight;
+pub mod producer;
 pub mod replication;
 pub mod sink;
 pub mod snapshot;

@@ -12,11 +12,12 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use serde_json::Value as Json;
 use tokio::sync::{mpsc, watch};
+use walflow::assemble::Transaction;
 use walflow::config::Encoding;
 use walflow::encode::{EncodeOptions, Encoder};
 use walflow::event::{Array, Column, Event, Lsn, Op, Relation, Row, Source, Value};
 use walflow::metrics::Metrics;
-use walflow::pipeline::{Delivery, DeliveryError, DeliveryOptions, Passthrough, Unit};
+use walflow::pipeline::{Delivery, DeliveryError, DeliveryOptions, Passthrough, Position, Unit};
 use walflow::sink::Sink;
 
 /// The topic prefix of the workload's records.
@@ -67,7 +68,7 @@ pub const TABLES_SQL: &str = "
 
 /// Transactions and the table contents after them.
 pub struct Workload {
-    pub units: Vec<Unit>,
+    pub units: Vec<Transaction>,
     /// `orders` rows by id and `items` rows by sku, as the source has them at the end.
     pub orders: BTreeMap<i64, Row>,
     pub items: BTreeMap<String, Row>,
@@ -226,7 +227,7 @@ pub fn random(seed: u64, transactions: usize, with_truncates: bool) -> Workload 
             continue;
         }
         lsn += 0x40;
-        units.push(Unit {
+        units.push(Transaction {
             xid: Some(xid),
             commit_lsn: Lsn(lsn),
             end_lsn: Lsn(lsn + 0x20),
@@ -257,7 +258,7 @@ pub fn encoder() -> Encoder {
 /// A running delivery loop: feed it units, watch what it acknowledges.
 pub struct Running {
     pub input: Option<mpsc::Sender<Unit>>,
-    pub acks: watch::Receiver<Lsn>,
+    pub acks: watch::Receiver<Position>,
     _stop: watch::Sender<bool>,
     pub task: std::thread::JoinHandle<Result<Option<Lsn>, DeliveryError>>,
 }
@@ -281,7 +282,7 @@ impl Running {
         // Room for a whole workload: tests feed the second half while a destination is down,
         // and a smaller queue would block the feeding test itself instead of the delivery loop.
         let (input, rx) = mpsc::channel(4096);
-        let (ack_tx, acks) = watch::channel(Lsn::ZERO);
+        let (ack_tx, acks) = watch::channel(Position::Lsn(Lsn::ZERO));
         let (stop, stop_rx) = watch::channel(false);
         let task = spawn(delivery, rx, ack_tx, stop_rx);
         Running {
@@ -292,12 +293,12 @@ impl Running {
         }
     }
 
-    /// Sends units in order.
-    pub async fn feed(&self, units: &[Unit]) {
+    /// Sends transactions in order.
+    pub async fn feed(&self, units: &[Transaction]) {
         let input = self.input.as_ref().expect("input open");
         for u in units {
             input
-                .send(u.clone())
+                .send(Unit::Transaction(u.clone()))
                 .await
                 .expect("delivery loop ended early");
         }
@@ -305,13 +306,13 @@ impl Running {
 
     /// The last acknowledged LSN.
     pub fn acked(&self) -> Lsn {
-        *self.acks.borrow()
+        lsn_of(*self.acks.borrow())
     }
 
     /// Waits until `lsn` is acknowledged.
     pub async fn wait_acked(&mut self, lsn: Lsn, timeout: Duration) {
         let acks = &mut self.acks;
-        tokio::time::timeout(timeout, acks.wait_for(|a| *a >= lsn))
+        tokio::time::timeout(timeout, acks.wait_for(|a| lsn_of(*a) >= lsn))
             .await
             .unwrap_or_else(|_| panic!("LSN {lsn} not acknowledged within {timeout:?}"))
             .expect("delivery loop ended");
@@ -332,7 +333,7 @@ impl Running {
 pub fn spawn(
     delivery: Delivery,
     input: mpsc::Receiver<Unit>,
-    acks: watch::Sender<Lsn>,
+    acks: watch::Sender<Position>,
     stop: watch::Receiver<bool>,
 ) -> std::thread::JoinHandle<Result<Option<Lsn>, DeliveryError>> {
     std::thread::spawn(move || {
@@ -342,6 +343,7 @@ pub fn spawn(
             .build()
             .expect("runtime")
             .block_on(delivery.run(input, acks, stop))
+            .map(|acked| acked.and_then(Position::lsn))
     })
 }
 
@@ -352,11 +354,11 @@ pub async fn run_to_end(
     workload: &Workload,
 ) -> (Result<Option<Lsn>, DeliveryError>, Lsn) {
     let (tx, rx) = mpsc::channel(64);
-    let (ack_tx, acks) = watch::channel(Lsn::ZERO);
+    let (ack_tx, acks) = watch::channel(Position::Lsn(Lsn::ZERO));
     let (_stop, stop_rx) = watch::channel(false);
     let task = spawn(delivery, rx, ack_tx, stop_rx);
     for unit in &workload.units {
-        tx.send(unit.clone())
+        tx.send(Unit::Transaction(unit.clone()))
             .await
             .expect("delivery loop ended early");
     }
@@ -364,8 +366,15 @@ pub async fn run_to_end(
     let result = tokio::task::spawn_blocking(move || task.join().expect("delivery loop panicked"))
         .await
         .expect("join");
-    let acked = *acks.borrow();
+    let acked = lsn_of(*acks.borrow());
     (result, acked)
+}
+
+/// The WAL position of an acknowledgement (transactions all lead to one).
+pub fn lsn_of(position: Position) -> Lsn {
+    position
+        .lsn()
+        .expect("a transaction leads to a WAL position")
 }
 
 /// Runs `workload` through `sinks` to the end and checks everything was acknowledged.

@@ -20,9 +20,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod ledger;
+mod snapshot_state;
 
-pub use crate::snapshot::SnapshotProgress;
 pub use ledger::{Confirmer, Ledger};
+pub use snapshot_state::{
+    ChunkSpec, IncrementalProgress, IncrementalTable, InitialProgress, SnapshotProgress,
+};
 pub use walflow_pg::lsn::Lsn;
 
 /// Which slot a checkpoint's LSN belongs to.

@@ -28,8 +28,8 @@ use super::{Processor, Started, Unit};
 use crate::encode::Encoder;
 use crate::error::{Class, Classify};
 use crate::event::Event;
-use crate::event::Lsn;
 use crate::metrics::Metrics;
+use crate::producer::Position;
 use crate::sink::{EncodedRecord, Sink, SinkBatch, SinkError};
 
 /// Tuning of the delivery loop.
@@ -116,7 +116,7 @@ struct Pending {
     /// Bytes of `events` as [`weigh`](super::weigh) counts them (computed while collecting).
     bytes: usize,
     /// The end LSN of the last transaction whose events are all in this or earlier batches.
-    complete_lsn: Option<Lsn>,
+    complete: Option<Position>,
 }
 
 impl Delivery {
@@ -125,16 +125,16 @@ impl Delivery {
     pub async fn run(
         mut self,
         input: mpsc::Receiver<Unit>,
-        acks: watch::Sender<Lsn>,
+        acks: watch::Sender<Position>,
         stop: watch::Receiver<bool>,
-    ) -> Result<Option<Lsn>, DeliveryError> {
+    ) -> Result<Option<Position>, DeliveryError> {
         let result = self.drive(input, acks, stop).await;
         self.close().await;
         result
     }
 
     /// Like [`run`](Self::run), but leaves the sinks open for another input (a snapshot's rows,
-    /// then the stream). A unit's `end_lsn` is whatever position its producer acknowledges by.
+    /// then the stream). Acknowledgements are each unit's [`Position`], in its producer's terms.
     ///
     /// Two stages run at once: one collects batches and runs the plugin chain and the encoder,
     /// the other writes to the sinks, flushes and acknowledges — so the chain of one batch
@@ -142,9 +142,9 @@ impl Delivery {
     pub async fn drive(
         &mut self,
         input: mpsc::Receiver<Unit>,
-        acks: watch::Sender<Lsn>,
+        acks: watch::Sender<Position>,
         stop: watch::Receiver<bool>,
-    ) -> Result<Option<Lsn>, DeliveryError> {
+    ) -> Result<Option<Position>, DeliveryError> {
         let (tx, rx) = mpsc::channel::<Prepared>(PIPELINE_DEPTH);
         let payloads = Arc::new(PayloadPool::default());
         let Delivery {
@@ -230,7 +230,7 @@ struct Prepared {
     /// The weight of the events taken from the input (for the queue budget).
     weight: super::Weight,
     /// The last position all of whose events are in this or earlier batches.
-    complete_lsn: Option<Lsn>,
+    complete: Option<Position>,
     /// Nothing more was waiting in the input when this batch was cut: a good moment to flush.
     input_idle: bool,
 }
@@ -285,7 +285,7 @@ struct Chaining {
     taken: usize,
     /// The weight of the events taken, as the queue budget counted them.
     weight: super::Weight,
-    complete_lsn: Option<Lsn>,
+    complete: Option<Position>,
     at: Instant,
 }
 
@@ -307,7 +307,7 @@ impl Chaining {
             started,
             taken,
             weight,
-            complete_lsn: batch.complete_lsn,
+            complete: batch.complete,
             at,
         }
     }
@@ -339,7 +339,7 @@ impl Chaining {
             encoded,
             dead_letters,
             weight: self.weight,
-            complete_lsn: self.complete_lsn,
+            complete: self.complete,
             input_idle,
         })
     }
@@ -453,8 +453,8 @@ impl Writer {
     async fn write_all(
         &mut self,
         batches: mpsc::Receiver<Prepared>,
-        acks: watch::Sender<Lsn>,
-    ) -> Result<Option<Lsn>, DeliveryError> {
+        acks: watch::Sender<Position>,
+    ) -> Result<Option<Position>, DeliveryError> {
         let mut flush = FlushState::new();
         match self.write_each(batches, &acks, &mut flush).await {
             // A stop during a sink outage: what was acknowledged stands, the rest is retried
@@ -468,7 +468,7 @@ impl Writer {
     async fn write_each(
         &mut self,
         mut batches: mpsc::Receiver<Prepared>,
-        acks: &watch::Sender<Lsn>,
+        acks: &watch::Sender<Position>,
         flush: &mut FlushState,
     ) -> Result<(), DeliveryError> {
         loop {
@@ -478,7 +478,7 @@ impl Writer {
                 results = in_flight(&mut flush.running), if flush.running.is_some() => {
                     let done = flush.running.take();
                     self.settle(results).await?;
-                    self.flushed(done.map(|f| (f.lsn, f.commits)), flush, acks);
+                    self.flushed(done.map(|f| (f.position, f.commits)), flush, acks);
                     self.flush_if_due(flush, acks).await?;
                     continue;
                 }
@@ -496,21 +496,21 @@ impl Writer {
                 }
                 flush.dirty = true;
             }
-            if let Some(lsn) = batch.complete_lsn {
-                flush.unflushed = Some(lsn);
+            if let Some(position) = batch.complete {
+                flush.unflushed = Some(position);
             }
             flush.idle = batch.input_idle && batches.is_empty();
             self.flush_if_due(flush, acks).await?;
         }
         if let Some(running) = flush.running.take() {
             self.settle(running.done.await).await?;
-            self.flushed(Some((running.lsn, running.commits)), flush, acks);
+            self.flushed(Some((running.position, running.commits)), flush, acks);
         }
         if flush.dirty {
             self.flush_all().await?;
         }
         let commits = std::mem::take(&mut flush.commits);
-        let last = flush.unflushed.take().map(|lsn| (lsn, commits));
+        let last = flush.unflushed.take().map(|position| (position, commits));
         self.flushed(last, flush, acks);
         Ok(())
     }
@@ -522,21 +522,25 @@ impl Writer {
     async fn flush_if_due(
         &mut self,
         flush: &mut FlushState,
-        acks: &watch::Sender<Lsn>,
+        acks: &watch::Sender<Position>,
     ) -> Result<(), DeliveryError> {
         let due = flush.idle
             || flush.last_flush.elapsed() >= self.options.flush_interval
             || flush.dirty_bytes >= self.options.max_unflushed_bytes;
-        let Some(lsn) = flush.unflushed.filter(|_| due) else {
+        let Some(position) = flush.unflushed.filter(|_| due) else {
             return Ok(());
         };
         match (flush.running.as_mut(), flush.dirty) {
             (Some(_), true) => return Ok(()),
-            (Some(running), false) => running.lsn = lsn,
+            (Some(running), false) => running.position = position,
             (None, true) => {
                 if let Some(done) = self.begin_flush_all().await? {
                     let commits = std::mem::take(&mut flush.commits);
-                    flush.running = Some(InFlight { lsn, done, commits });
+                    flush.running = Some(InFlight {
+                        position,
+                        done,
+                        commits,
+                    });
                 }
             }
             (None, false) => {}
@@ -547,24 +551,28 @@ impl Writer {
         flush.last_flush = Instant::now();
         if flush.running.is_none() {
             let commits = std::mem::take(&mut flush.commits);
-            self.flushed(Some((lsn, commits)), flush, acks);
+            self.flushed(Some((position, commits)), flush, acks);
         }
         Ok(())
     }
 
-    /// A flush covering `lsn` and the transactions committed at `commits` is done: observes
+    /// A flush covering `position` and the transactions committed at `commits` is done: observes
     /// their commit-to-acknowledgement latency and acknowledges.
     fn flushed(
         &self,
-        done: Option<(Lsn, Vec<i64>)>,
+        done: Option<(Position, Vec<i64>)>,
         flush: &mut FlushState,
-        acks: &watch::Sender<Lsn>,
+        acks: &watch::Sender<Position>,
     ) {
-        let Some((lsn, commits)) = done else { return };
+        let Some((position, commits)) = done else {
+            return;
+        };
         self.metrics.record_acked_commits(&commits);
-        flush.acked = Some(lsn);
-        self.metrics.set_acked_lsn(lsn);
-        let _ = acks.send(lsn);
+        flush.acked = Some(position);
+        if let Some(lsn) = position.lsn() {
+            self.metrics.set_acked_lsn(lsn);
+        }
+        let _ = acks.send(position);
     }
 
     /// Starts a flush of every sink: in the background where the sink can, in place (and
@@ -738,7 +746,7 @@ fn dead_letter_records(
 /// Where the writer is with flushing.
 struct FlushState {
     /// The last position written but not yet flushed.
-    unflushed: Option<Lsn>,
+    unflushed: Option<Position>,
     /// Whether anything was written since the last flush began.
     dirty: bool,
     /// Bytes of records written since the last flush began.
@@ -750,7 +758,7 @@ struct FlushState {
     /// The flush running in the background, if any.
     running: Option<InFlight>,
     /// The last acknowledged position.
-    acked: Option<Lsn>,
+    acked: Option<Position>,
     /// Commit times (µs) of the transactions written since the last flush began.
     commits: Vec<i64>,
     /// The last transaction noted in `commits` (xid, commit time), so that one split over
@@ -790,7 +798,7 @@ impl FlushState {
 /// A flush of the sinks running in the background, and the position it acknowledges.
 struct InFlight {
     /// Acknowledged once every sink's flush is done.
-    lsn: Lsn,
+    position: Position,
     /// Each sink's flush, by sink index.
     done: Flushing,
     /// Commit times (µs) of the transactions it makes durable.
@@ -828,7 +836,7 @@ async fn collect(
     let max = options.max_events;
     let mut events = Vec::new();
     let mut bytes = 0;
-    let mut complete_lsn = None;
+    let mut complete = None;
     let first = match carry.take() {
         Some(u) => u,
         None => tokio::select! {
@@ -840,28 +848,27 @@ async fn collect(
     let mut next = Some(first);
     while let Some(mut unit) = next.take() {
         let room = max - events.len();
-        let unit_bytes = super::weight::of_events(&unit.events).bytes;
-        let fits = unit.events.len() <= room && bytes + unit_bytes <= options.max_bytes;
+        let unit_bytes = super::weight::of_events(unit.events()).bytes;
+        let fits = unit.events().len() <= room && bytes + unit_bytes <= options.max_bytes;
         // A unit that does not fit starts the next batch whole; only one larger than a batch
         // by itself is split (a single event larger than `max_bytes` goes alone).
         let split_at = match (fits, events.is_empty()) {
             (true, _) => None,
             (false, false) => Some(0),
-            (false, true) => Some(fitting(&unit.events, room, options.max_bytes))
-                .filter(|n| *n < unit.events.len()),
+            (false, true) => Some(fitting(unit.events(), room, options.max_bytes))
+                .filter(|n| *n < unit.events().len()),
         };
         if let Some(at) = split_at {
             if at > 0 {
-                let rest = unit.events.split_off(at);
-                events = std::mem::replace(&mut unit.events, rest);
+                events = unit.split_events(at);
                 bytes = super::weight::of_events(&events).bytes;
             }
             *carry = Some(unit);
             break;
         }
-        add_events(&mut events, &mut unit.events, max);
+        add_events(&mut events, unit.take_events(), max);
         bytes += unit_bytes;
-        complete_lsn = Some(unit.end_lsn);
+        complete = Some(unit.position());
         if events.len() >= max || bytes >= options.max_bytes || *stop.borrow() {
             break;
         }
@@ -870,7 +877,7 @@ async fn collect(
     Some(Pending {
         events,
         bytes,
-        complete_lsn,
+        complete,
     })
 }
 
@@ -888,12 +895,12 @@ fn fitting(events: &[Event], max_events: usize, max_bytes: usize) -> usize {
     fit.max(1)
 }
 
-fn add_events(batch: &mut Vec<Event>, unit: &mut Vec<Event>, max: usize) {
+fn add_events(batch: &mut Vec<Event>, mut unit: Vec<Event>, max: usize) {
     if batch.is_empty() && unit.capacity() >= max {
-        std::mem::swap(batch, unit);
+        *batch = unit;
     } else {
         batch.reserve(max.saturating_sub(batch.len()));
-        batch.append(unit);
+        batch.append(&mut unit);
     }
 }
 
@@ -947,14 +954,14 @@ mod tests {
             topic: None,
             message: None,
         }));
-        Unit {
+        Unit::Transaction(crate::assemble::Transaction {
             xid: None,
             commit_lsn: Lsn(end_lsn),
             end_lsn: Lsn(end_lsn),
             commit_time_us: 0,
             gid: None,
             events: list,
-        }
+        })
     }
 
     /// Feeds `units` and gathers batches until the input is used up; each batch as (its
@@ -976,7 +983,7 @@ mod tests {
             let lsns = batch.events.iter().map(|e| e.source.lsn.0).collect();
             out.push((
                 lsns,
-                batch.complete_lsn.map(|l| l.0),
+                batch.complete.and_then(Position::lsn).map(|l| l.0),
                 batch.events.capacity(),
             ));
         }
@@ -1016,7 +1023,10 @@ mod tests {
     async fn large_rows_make_small_batches() {
         let big = |end_lsn: u64, events: usize| {
             let mut u = unit(end_lsn, events, events);
-            for e in &mut u.events {
+            let Unit::Transaction(t) = &mut u else {
+                unreachable!()
+            };
+            for e in &mut t.events {
                 e.after = Some(vec![crate::event::Value::Bytes(vec![0; 100_000])]);
             }
             u
@@ -1073,8 +1083,14 @@ mod tests {
             tx.send(unit(2, 1, 1))
         );
         sent.unwrap();
-        let lsns =
-            |batch: Option<Pending>| batch.map(|b| (b.events.len(), b.complete_lsn.map(|l| l.0)));
+        let lsns = |batch: Option<Pending>| {
+            batch.map(|b| {
+                (
+                    b.events.len(),
+                    b.complete.and_then(Position::lsn).map(|l| l.0),
+                )
+            })
+        };
         assert_eq!(lsns(first), Some((1, Some(1))), "the batch waited to fill");
         let second = collect(&options, &mut rx, &mut carry, &mut stop).await;
         assert_eq!(lsns(second), Some((1, Some(2))));
@@ -1169,7 +1185,10 @@ mod tests {
             let mut got = Vec::new();
             while let Some(prepared) = out.recv().await {
                 let (events, _) = encoded(prepared.encoded.unwrap()).await.unwrap();
-                got.push((prepared.complete_lsn.map(|l| l.0), events.len()));
+                got.push((
+                    prepared.complete.and_then(Position::lsn).map(|l| l.0),
+                    events.len(),
+                ));
             }
             got
         };
@@ -1326,7 +1345,7 @@ mod tests {
     /// configured topic prefix, and carry why they failed.
     #[tokio::test]
     async fn dead_letters_are_written_in_the_configured_encoding() {
-        let event = unit(1, 1, 1).events.remove(0);
+        let event = unit(1, 1, 1).take_events().remove(0);
         for (encoding, is_json) in [
             (walflow_config::Encoding::Msgpack, false),
             (walflow_config::Encoding::Json, true),
@@ -1358,7 +1377,7 @@ mod tests {
     #[test]
     fn a_dead_letter_that_cannot_be_encoded_is_an_error_not_an_empty_record() {
         use serde::ser::Error as _;
-        let events = unit(0x16, 2, 2).events;
+        let events = unit(0x16, 2, 2).take_events();
         let failed: Vec<(Event, String)> = events
             .into_iter()
             .map(|e| (e, "rejected: 400".to_string()))

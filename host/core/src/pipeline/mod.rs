@@ -2,7 +2,7 @@
 //! acknowledgements that flow back to the checkpoint and to PostgreSQL.
 //!
 //! ```text
-//!  replication reader ──Unit──► bounded channel ──► delivery loop ──► sinks
+//!  producer ──Unit──► bounded channel ──► delivery loop ──► sinks
 //!          ▲                                              │ ack (flushed by every sink)
 //!          └──────────── confirmed LSN ◄── checkpoint ◄───┘
 //! ```
@@ -36,9 +36,7 @@ use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::sink::Sink;
 
-/// A unit of delivery: a committed transaction (or a non-transactional message, or a run of
-/// snapshot rows) and the LSN that may be confirmed once all its events are delivered.
-pub type Unit = crate::assemble::Transaction;
+pub use crate::producer::{Position, Producer, SnapshotRows, Unit};
 
 /// Bounds the events waiting between the reader and the delivery loop, in number and in bytes.
 ///

@@ -13,16 +13,18 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
+use super::source::{self, Output};
+use super::startup;
 use super::{Components, Delivery, DeliveryOptions, Passthrough, Processor, QueueBudget, Unit};
-use super::{source, startup};
 use crate::checkpoint::{CheckpointStore, Ledger};
 use crate::encode::{EncodeOptions, Encoder};
 use crate::event::Lsn;
 use crate::metrics::Metrics;
+use crate::producer::Position;
 use crate::sink::Sink;
 use crate::snapshot::control;
 use crate::snapshot::incremental::{Incremental, Marks, Setup};
-use crate::snapshot::initial::{self, Delivering, Outcome};
+use crate::snapshot::initial::{self, Outcome};
 use walflow_config::sinks::FileSinkConfig;
 use walflow_config::tables::TableSelector;
 use walflow_config::{Config, OnError, SinkConfig, SinkKind, SinkOnError, SnapshotMode};
@@ -110,7 +112,7 @@ pub async fn run(
             .collect(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ack_tx, ack_rx) = watch::channel(Lsn::ZERO);
+    let (ack_tx, ack_rx) = watch::channel(Position::Lsn(Lsn::ZERO));
     spawn_stop_triggers(
         stop_tx.clone(),
         ack_rx.clone(),
@@ -149,15 +151,16 @@ struct Running {
     selector: TableSelector,
     accept_gap: bool,
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
-    acks: (watch::Sender<Lsn>, watch::Receiver<Lsn>),
+    acks: (watch::Sender<Position>, watch::Receiver<Position>),
 }
 
 /// Takes the initial snapshot when one is due, then streams until stopped.
 async fn follow(
     config: &Config,
     store: &CheckpointStore,
-    running: Running,
+    mut running: Running,
 ) -> anyhow::Result<RunSummary> {
+    let snapshot = initial_snapshot(config, store, &mut running).await;
     let Running {
         mut delivery,
         budget,
@@ -167,18 +170,6 @@ async fn follow(
         stop: (stop_tx, mut stop_rx),
         acks: (ack_tx, ack_rx),
     } = running;
-    let snapshot = initial::take_if_needed(
-        config,
-        store,
-        accept_gap,
-        Delivering {
-            delivery: &mut delivery,
-            budget: budget.clone(),
-            metrics: metrics.clone(),
-            stop: stop_rx.clone(),
-        },
-    )
-    .await;
     let stop_now = match &snapshot {
         Ok(Outcome::Stopped) | Err(_) => true,
         Ok(_) => config.source.snapshot == SnapshotMode::InitialOnly,
@@ -220,15 +211,20 @@ async fn follow(
         }
         on_stop.stop();
     });
-    let reader = tokio::spawn(source::read(
+    let changes = source::producer(
         opened.stream,
+        &config.source,
         selector,
-        source::Output {
+        incremental,
+        metrics.clone(),
+    );
+    let reader = tokio::spawn(source::read(
+        changes,
+        Output {
             units: unit_tx,
             budget: budget.clone(),
             metrics: metrics.clone(),
         },
-        incremental,
     ));
     let acknowledger = tokio::spawn(source::acknowledge(
         ack_rx,
@@ -244,7 +240,9 @@ async fn follow(
     let acked = acknowledger.await.context("the acknowledger panicked")?;
     let read = reader.await.context("the replication reader panicked")?;
     metrics.set_healthy(false);
-    let acked_lsn = delivered.map_err(crate::error::Error::from)?;
+    let acked_lsn = delivered
+        .map_err(crate::error::Error::from)?
+        .and_then(Position::lsn);
     let acked = acked?;
     let mut stream = read?;
     if let Some(lsn) = acked {
@@ -255,6 +253,50 @@ async fn follow(
         events_out: metrics.events_out_total(),
         acked_lsn: acked_lsn.or(acked),
     })
+}
+
+/// Units queued between the initial snapshot's readers and the delivery loop.
+const SNAPSHOT_QUEUE: usize = 16;
+
+/// Takes the initial snapshot when one is due: its rows go through the delivery loop, and the
+/// acknowledgements back to its ledger of chunks.
+async fn initial_snapshot(
+    config: &Config,
+    store: &CheckpointStore,
+    running: &mut Running,
+) -> anyhow::Result<Outcome> {
+    let started =
+        initial::start_if_needed(config, store, running.accept_gap, running.metrics.clone())
+            .await?;
+    let Some((mut rows, mut chunks)) = started else {
+        return Ok(Outcome::NotNeeded);
+    };
+    let (units, input) = mpsc::channel(SNAPSHOT_QUEUE);
+    let (acks, acked) = watch::channel(Position::Rows(0));
+    let out = Output {
+        units,
+        budget: running.budget.clone(),
+        metrics: running.metrics.clone(),
+    };
+    // The output goes with the pump: once the rows are all out, the delivery loop's input ends.
+    let reading = async move { source::pump(&mut rows, &out).await };
+    let stop = running.stop.1.clone();
+    let budget = running.budget.clone();
+    let delivering = async {
+        let delivered = running.delivery.drive(input, acks, stop.clone()).await;
+        // Nothing will take more rows: free a reader waiting for room.
+        if delivered.is_err() || *stop.borrow() {
+            budget.close();
+        }
+        delivered
+    };
+    let (read, delivered, followed) = tokio::join!(reading, delivering, chunks.follow(acked));
+    delivered.map_err(crate::error::Error::from)?;
+    followed?;
+    if !read? || *stop.borrow() {
+        return Ok(Outcome::Stopped);
+    }
+    Ok(Outcome::Done(chunks.finish().await?))
 }
 
 /// Aborts a background task when the run ends.
@@ -381,7 +423,7 @@ async fn build_processor(
 /// Stops the run on SIGINT/SIGTERM, on an external stop, or once `until` is acknowledged.
 fn spawn_stop_triggers(
     stop: watch::Sender<bool>,
-    mut acked: watch::Receiver<Lsn>,
+    mut acked: watch::Receiver<Position>,
     until: Option<watch::Receiver<Option<Lsn>>>,
     external: Option<watch::Receiver<bool>>,
 ) {
@@ -422,7 +464,7 @@ fn spawn_stop_triggers(
         loop {
             let target = *until.borrow_and_update();
             if let Some(target) = target
-                && *acked.borrow() >= target
+                && acked.borrow().lsn().is_some_and(|lsn| lsn >= target)
             {
                 let _ = stop.send(true);
                 return;

@@ -1,9 +1,10 @@
-//! The pipeline's change source: the replication stream, its checkpoint, and the two tasks
-//! around it.
+//! The pipeline's change source: the replication stream as a [`Producer`], its checkpoint, and
+//! the two tasks around it.
 //!
-//! - The reader owns the [`ReplicationStream`] and only ever awaits `next_item` to completion
-//!   (cancelling it could cut a protocol message in half); it is woken for a stop through
-//!   [`StreamControl`].
+//! - The reader [`pump`]s the stream's producer — [`Changes`], with incremental snapshot
+//!   chunks [`Interleaved`] into it, [`Selected`] to the captured tables — into the delivery
+//!   loop. [`Changes`] only ever awaits `next_item` to completion (cancelling it could cut a
+//!   protocol message in half); it is woken for a stop through [`StreamControl`].
 //! - The acknowledger receives LSNs every sink has flushed, writes the checkpoint, and only then
 //!   confirms through [`StreamControl`] — so PostgreSQL never holds a position the checkpoint
 //!   does not.
@@ -12,16 +13,18 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use super::Unit;
-use crate::checkpoint::{CheckpointStore, Ledger};
+use async_trait::async_trait;
+
+use crate::checkpoint::{CheckpointStore, Ledger, SnapshotProgress};
 use crate::event::Lsn;
 use crate::metrics::Metrics;
+use crate::producer::{Position, Producer, Unit};
 use crate::replication::stream::StreamControl;
 use crate::replication::{ReplicationStream, StreamItem, StreamOptions};
-use crate::snapshot::SnapshotProgress;
 use crate::snapshot::incremental::{Incremental, Marks};
-use walflow_config::Config;
+use crate::snapshot::interleave::Interleaved;
 use walflow_config::tables::TableSelector;
+use walflow_config::{Config, SourceConfig};
 
 /// An open slot and the checkpoint it resumed from.
 pub struct Source {
@@ -42,7 +45,7 @@ pub async fn open(config: &Config, accept_gap: bool) -> anyhow::Result<Source> {
     Ok(Source { stream, store })
 }
 
-/// Where the reader sends units.
+/// Where a producer's units go: the delivery loop.
 pub struct Output {
     /// The delivery loop's input.
     pub units: mpsc::Sender<Unit>,
@@ -55,67 +58,127 @@ pub struct Output {
 impl Output {
     /// `false` once the delivery loop is gone.
     async fn send(&self, unit: Unit) -> bool {
-        self.metrics.record_in(&unit.events);
+        self.metrics.record_in(unit.events());
         self.budget
-            .acquire(super::weight::of_events(&unit.events))
+            .acquire(super::weight::of_events(unit.events()))
             .await;
         self.units.send(unit).await.is_ok()
     }
 }
 
-/// Reads units until the stream ends (on a stop through `control`, or the server's end) and
-/// hands the stream back for the final confirmation and a clean stop. With an incremental
-/// snapshot engine, its chunks are merged into the stream where they belong.
-pub async fn read(
-    mut stream: ReplicationStream,
-    selector: TableSelector,
-    out: Output,
-    mut incremental: Option<Incremental>,
-) -> anyhow::Result<ReplicationStream> {
-    let heartbeat = stream_heartbeat(&stream);
-    loop {
-        let ready = incremental
-            .as_mut()
-            .map(Incremental::poll)
-            .unwrap_or_default();
-        for unit in ready {
-            if !out.send(unit).await {
-                return Ok(stream);
-            }
-        }
-        let item = stream.next_item().await?;
-        let mut ahead = Vec::new();
-        out.metrics.set_server_lsn(stream.server_lsn());
-        let unit = match item {
-            StreamItem::Transaction(mut unit) => {
-                if let Some(engine) = incremental.as_mut() {
-                    ahead.extend(engine.on_transaction(&mut unit));
-                }
-                unit.events.retain(|e| {
-                    is_message(e)
-                        || (selector.matches(&e.relation.schema, &e.relation.table)
-                            && !is_heartbeat(e, heartbeat.as_ref()))
-                });
-                Some(unit)
-            }
-            // Nothing pending: an empty unit lets the slot follow the server once everything
-            // before it is acknowledged, so an idle slot does not pin WAL.
-            StreamItem::Idle(lsn) => {
-                if let Some(engine) = incremental.as_mut() {
-                    ahead.extend(engine.on_idle(lsn));
-                }
-                Some(idle_unit(lsn))
-            }
-            StreamItem::Interrupted => None,
-            StreamItem::End => break,
-        };
-        for unit in ahead.into_iter().chain(unit) {
-            if !out.send(unit).await {
-                return Ok(stream);
-            }
+/// Hands every unit of `producer` to the delivery loop, in order and within the queue budget.
+/// `Ok(true)` once the producer ran out, `Ok(false)` when the delivery loop went away first.
+pub async fn pump(producer: &mut dyn Producer, out: &Output) -> anyhow::Result<bool> {
+    while let Some(unit) = producer.next().await? {
+        if !out.send(unit).await {
+            return Ok(false);
         }
     }
-    Ok(stream)
+    Ok(true)
+}
+
+/// The replication stream as a producer: committed transactions, and the server's position
+/// whenever nothing is in flight.
+pub struct Changes {
+    stream: ReplicationStream,
+    metrics: Arc<Metrics>,
+}
+
+impl Changes {
+    /// Produces what `stream` receives, noting the server's position in `metrics`.
+    pub fn new(stream: ReplicationStream, metrics: Arc<Metrics>) -> Changes {
+        Changes { stream, metrics }
+    }
+
+    /// The stream back, for the final confirmation and a clean stop.
+    pub fn into_stream(self) -> ReplicationStream {
+        self.stream
+    }
+}
+
+#[async_trait]
+impl Producer for Changes {
+    /// Only ever awaits the stream's `next_item` to completion (see the module doc). An
+    /// interrupt (an incremental snapshot request over the control socket) comes only between
+    /// transactions, so it reports the server's position as an idle unit: whoever merges into
+    /// the stream looks at its requests now, exactly as on a keepalive.
+    async fn next(&mut self) -> anyhow::Result<Option<Unit>> {
+        let item = self.stream.next_item().await?;
+        self.metrics.set_server_lsn(self.stream.server_lsn());
+        Ok(match item {
+            StreamItem::Transaction(t) => Some(Unit::Transaction(t)),
+            StreamItem::Idle(lsn) => Some(Unit::Idle(lsn)),
+            StreamItem::Interrupted => Some(Unit::Idle(self.stream.server_lsn())),
+            StreamItem::End => None,
+        })
+    }
+}
+
+/// Keeps the events of the captured tables (and logical messages), and leaves out heartbeat
+/// rows. Outermost, so that what merges into the stream (the incremental snapshot, which
+/// takes its signal rows out) still sees every table.
+pub struct Selected<P> {
+    inner: P,
+    selector: TableSelector,
+    heartbeat: Option<(String, String)>,
+}
+
+impl<P> Selected<P> {
+    /// `inner`'s units with only the events of `source`'s captured tables.
+    pub fn new(inner: P, source: &SourceConfig, selector: TableSelector) -> Selected<P> {
+        Selected {
+            inner,
+            selector,
+            heartbeat: super::heartbeat::table(source),
+        }
+    }
+
+    /// The producer inside.
+    pub fn into_inner(self) -> P {
+        self.inner
+    }
+}
+
+#[async_trait]
+impl<P: Producer> Producer for Selected<P> {
+    async fn next(&mut self) -> anyhow::Result<Option<Unit>> {
+        let mut unit = self.inner.next().await?;
+        // A transaction left empty still moves the position on: an idle slot follows the server.
+        if let Some(Unit::Transaction(t)) = unit.as_mut() {
+            t.events.retain(|e| {
+                is_message(e)
+                    || (self.selector.matches(&e.relation.schema, &e.relation.table)
+                        && !is_heartbeat(e, self.heartbeat.as_ref()))
+            });
+        }
+        Ok(unit)
+    }
+}
+
+/// What the reader task produces from: the stream, with incremental snapshot chunks merged
+/// in, restricted to the captured tables.
+pub type Stream = Selected<Interleaved<Changes>>;
+
+/// The stream of `config`'s source as the pipeline reads it.
+pub fn producer(
+    stream: ReplicationStream,
+    source: &SourceConfig,
+    selector: TableSelector,
+    incremental: Option<Incremental>,
+    metrics: Arc<Metrics>,
+) -> Stream {
+    Selected::new(
+        Interleaved::new(Changes::new(stream, metrics), incremental),
+        source,
+        selector,
+    )
+}
+
+/// Pumps `producer` into `out` until the stream ends (on a stop through its control, or the
+/// server's end), then hands the stream back for the final confirmation and a clean stop.
+pub async fn read(mut producer: Stream, out: Output) -> anyhow::Result<ReplicationStream> {
+    pump(&mut producer, &out).await?;
+    Ok(producer.into_inner().into_inner().into_stream())
 }
 
 fn apply_marks(marks: &Marks, lsn: Lsn, snapshot: &mut SnapshotProgress) {
@@ -128,10 +191,6 @@ fn apply_marks(marks: &Marks, lsn: Lsn, snapshot: &mut SnapshotProgress) {
     }
 }
 
-fn stream_heartbeat(stream: &ReplicationStream) -> Option<(String, String)> {
-    super::heartbeat::table(stream.source())
-}
-
 fn is_heartbeat(e: &crate::event::Event, table: Option<&(String, String)>) -> bool {
     table.is_some_and(|(s, t)| e.relation.schema == *s && e.relation.table == *t)
 }
@@ -140,28 +199,20 @@ fn is_message(e: &crate::event::Event) -> bool {
     e.op == crate::event::Op::Message
 }
 
-fn idle_unit(lsn: Lsn) -> Unit {
-    Unit {
-        xid: None,
-        commit_lsn: lsn,
-        end_lsn: lsn,
-        commit_time_us: 0,
-        gid: None,
-        events: Vec::new(),
-    }
-}
-
 /// Checkpoints, then confirms, every acknowledged LSN through the [`Ledger`]. Returns the
 /// last one. Incremental snapshot progress is recorded once the position after it is
 /// acknowledged.
 pub async fn acknowledge(
-    mut acks: watch::Receiver<Lsn>,
+    mut acks: watch::Receiver<Position>,
     mut ledger: Ledger,
     control: StreamControl,
     marks: Option<Marks>,
 ) -> anyhow::Result<Option<Lsn>> {
     while acks.changed().await.is_ok() {
-        let acked = *acks.borrow_and_update();
+        // The stream's units all lead to WAL positions.
+        let Some(acked) = acks.borrow_and_update().lsn() else {
+            continue;
+        };
         let Some(lsn) = ledger.next_position(acked, &control) else {
             continue;
         };

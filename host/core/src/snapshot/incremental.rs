@@ -27,12 +27,13 @@ use super::catalog::{self, TableInfo, split_name};
 use super::control::Command;
 use super::progress::Progress;
 use super::request::{self, Request, Signal, WINDOW_CLOSE, WINDOW_OPEN};
-use super::state::{IncrementalProgress, IncrementalTable};
+use crate::checkpoint::{IncrementalProgress, IncrementalTable};
 use crate::event::{Event, Lsn, Op, Row, SnapshotMarker, Source, Value};
 use walflow_pg::backoff::Backoff;
 
+use crate::assemble::Transaction;
 use crate::metrics::Metrics;
-use crate::pipeline::Unit;
+use crate::producer::{Position, SnapshotRows, Unit};
 use crate::replication::stream::StreamControl;
 use crate::value::TypeRegistry;
 use walflow_config::SourceConfig;
@@ -279,7 +280,7 @@ impl Incremental {
     /// waiting chunk is emitted first when the transaction is past its high watermark, else
     /// cleaned of the keys the transaction changed after the chunk's snapshot. Returns units
     /// to deliver before `unit`.
-    pub fn on_transaction(&mut self, unit: &mut Unit) -> Vec<Unit> {
+    pub fn on_transaction(&mut self, unit: &mut Transaction) -> Vec<Unit> {
         let signals = self.take_signals(unit);
         let mut out = Vec::new();
         if let Window::Ready(chunk) = &self.window
@@ -318,7 +319,7 @@ impl Incremental {
         }
     }
 
-    fn take_signals(&mut self, unit: &mut Unit) -> Vec<(String, Option<String>)> {
+    fn take_signals(&mut self, unit: &mut Transaction) -> Vec<(String, Option<String>)> {
         let Some((schema, table)) = &self.signal else {
             return Vec::new();
         };
@@ -550,14 +551,10 @@ impl Incremental {
         if events.is_empty() {
             return Vec::new();
         }
-        vec![Unit {
-            xid: None,
-            commit_lsn: self.position,
-            end_lsn: self.position,
-            commit_time_us: 0,
-            gid: None,
+        vec![Unit::SnapshotRows(SnapshotRows {
             events,
-        }]
+            position: Position::Lsn(self.position),
+        })]
     }
 }
 

@@ -27,6 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
@@ -34,11 +35,11 @@ use super::catalog::{self, TableInfo};
 use super::copy_binary::{self, BinaryCopy};
 use super::copy_text;
 use super::progress::Progress;
-use super::state::{ChunkSpec, InitialProgress, SnapshotProgress};
 use crate::checkpoint::{Checkpoint, CheckpointStore, SlotIdentity};
+use crate::checkpoint::{ChunkSpec, InitialProgress, SnapshotProgress};
 use crate::event::{Event, Lsn, Op, Row, SnapshotMarker, Source};
 use crate::metrics::Metrics;
-use crate::pipeline::{Delivery, QueueBudget, Unit};
+use crate::producer::{Position, Producer, SnapshotRows, Unit};
 use crate::replication::continuity::check_creating;
 use walflow_config::tables::TableSelector;
 use walflow_config::{Config, SnapshotMode, SourceConfig};
@@ -85,18 +86,6 @@ pub enum Outcome {
     Stopped,
 }
 
-/// What the delivery loop and its surroundings lend to the snapshot.
-pub struct Delivering<'a> {
-    /// The pipeline's delivery loop (plugins, encoder, sinks).
-    pub delivery: &'a mut Delivery,
-    /// Bounds rows waiting for delivery.
-    pub budget: Arc<QueueBudget>,
-    /// Metrics and progress.
-    pub metrics: Arc<Metrics>,
-    /// Set when the run must stop.
-    pub stop: watch::Receiver<bool>,
-}
-
 /// Where readers get their snapshot from.
 enum SnapshotSource {
     /// The slot's exported snapshot (the replication connection holding it stays open until
@@ -114,46 +103,53 @@ struct Plan {
     source: SnapshotSource,
 }
 
-/// Takes the initial snapshot when the mode and the checkpoint call for one, or finishes one a
-/// previous run left unfinished.
-pub async fn take_if_needed(
+/// Starts the initial snapshot when the mode and the checkpoint call for one, or resumes one a
+/// previous run left unfinished: its rows, to deliver, and the ledger of its chunks, to follow
+/// the acknowledgements. `None` when no snapshot is due.
+pub async fn start_if_needed(
     config: &Config,
     store: &CheckpointStore,
     accept_gap: bool,
-    out: Delivering<'_>,
-) -> anyhow::Result<Outcome> {
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Option<(Rows, Chunks)>> {
+    let Some(plan) = plan_if_needed(config, store, accept_gap).await? else {
+        return Ok(None);
+    };
+    start(config, store, plan, metrics).await.map(Some)
+}
+
+/// What to read, when a snapshot is due.
+async fn plan_if_needed(
+    config: &Config,
+    store: &CheckpointStore,
+    accept_gap: bool,
+) -> anyhow::Result<Option<Plan>> {
     let source = &config.source;
     let checkpoint = store.load()?;
     if source.snapshot == SnapshotMode::Never {
-        return Ok(Outcome::NotNeeded);
+        return Ok(None);
     }
-    let plan = match checkpoint.as_ref().map(|c| (c, &c.snapshot.initial)) {
+    match checkpoint.as_ref().map(|c| (c, &c.snapshot.initial)) {
         // Resume only what still continues the slot's history; a broken one is reported (or,
         // when accepted, snapshotted afresh) like at any start.
         Some((cp, Some(initial))) => match begin(config, Some(cp), accept_gap).await? {
-            Some(fresh) => fresh,
+            Some(fresh) => Ok(Some(fresh)),
             None => {
                 tracing::info!(
                     chunks = initial.pending.len(),
                     "resuming the initial snapshot where the last run left it"
                 );
-                Plan {
+                Ok(Some(Plan {
                     lsn: cp.lsn,
                     identity: cp.identity.clone(),
                     chunks: initial.pending.clone(),
                     source: SnapshotSource::Fresh,
-                }
+                }))
             }
         },
-        Some(_) if source.snapshot != SnapshotMode::WhenNeeded => {
-            return Ok(Outcome::NotNeeded);
-        }
-        _ => match begin(config, checkpoint.as_ref(), accept_gap).await? {
-            Some(plan) => plan,
-            None => return Ok(Outcome::NotNeeded),
-        },
-    };
-    run(config, store, plan, out).await
+        Some(_) if source.snapshot != SnapshotMode::WhenNeeded => Ok(None),
+        _ => begin(config, checkpoint.as_ref(), accept_gap).await,
+    }
 }
 
 /// Creates (or finds) the slot and decides what to read. `None`: the checkpoint continues the
@@ -207,12 +203,14 @@ async fn begin(
     }))
 }
 
-async fn run(
+/// Opens the sessions, plans the chunks, records them in the checkpoint and sets the readers
+/// off.
+async fn start(
     config: &Config,
     store: &CheckpointStore,
     mut plan: Plan,
-    out: Delivering<'_>,
-) -> anyhow::Result<Outcome> {
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Rows, Chunks)> {
     let source = &config.source;
     let Sessions { queries, readers } = open_sessions(source, &mut plan.source).await?;
     let registry = catalog::load_registry(&queries).await?;
@@ -250,15 +248,19 @@ async fn run(
         readers = readers.len(),
         "initial snapshot started"
     );
-    let delivered = copy_all(readers, &tables, &plan, store, &checkpoint, out).await?;
-    if !delivered {
-        return Ok(Outcome::Stopped);
-    }
-    checkpoint.snapshot.initial = None;
-    checkpoint.written_at_ms = crate::checkpoint::now_ms();
-    store.save_async(checkpoint.clone()).await?;
-    tracing::info!("initial snapshot delivered");
-    Ok(Outcome::Done(checkpoint))
+    let reads = spawn_readers(readers, &tables, &plan);
+    let progress = Progress::new(metrics);
+    track_tables(&progress, &tables, &plan.chunks);
+    let done_at = Arc::new(Mutex::new(Vec::new()));
+    let rows = Rows::new(reads, progress, done_at.clone(), plan.chunks.clone());
+    let chunks = Chunks {
+        delivered: vec![false; plan.chunks.len()],
+        chunks: plan.chunks,
+        done_at,
+        store: store.clone(),
+        checkpoint,
+    };
+    Ok((rows, chunks))
 }
 
 /// The sessions of an initial snapshot, all in repeatable-read transactions on one snapshot.
@@ -380,17 +382,13 @@ enum Read {
     Done(usize),
 }
 
-/// Reads every chunk and delivers the rows; `Ok(false)` when stopped before the end.
-async fn copy_all(
+/// Sets one task per reader connection off on the queue of chunks; their rows and finished
+/// chunks arrive on the channel returned.
+fn spawn_readers(
     readers: Vec<Connection>,
     tables: &HashMap<String, Arc<TableInfo>>,
     plan: &Plan,
-    store: &CheckpointStore,
-    checkpoint: &Checkpoint,
-    out: Delivering<'_>,
-) -> anyhow::Result<bool> {
-    let progress = Progress::new(out.metrics.clone());
-    track_tables(&progress, tables, &plan.chunks);
+) -> mpsc::Receiver<anyhow::Result<Read>> {
     let queue = Arc::new(Mutex::new(
         plan.chunks
             .iter()
@@ -415,25 +413,7 @@ async fn copy_all(
             read_tx.clone(),
         ));
     }
-    drop(read_tx);
-    let (unit_tx, unit_rx) = mpsc::channel::<Unit>(16);
-    let (ack_tx, ack_rx) = watch::channel(Lsn::ZERO);
-    let done_at = Arc::new(Mutex::new(Vec::<(Lsn, usize)>::new()));
-    let coordinate = coordinate(
-        read_rx,
-        unit_tx,
-        out.budget.clone(),
-        done_at.clone(),
-        progress,
-        &plan.chunks,
-    );
-    let acknowledge = acknowledge(ack_rx, done_at, store, checkpoint, &plan.chunks);
-    let deliver = out.delivery.drive(unit_rx, ack_tx, out.stop.clone());
-    let (read, delivered, acked) = tokio::join!(coordinate, deliver, acknowledge);
-    delivered.map_err(crate::error::Error::from)?;
-    acked?;
-    let complete = read?;
-    Ok(complete && !*out.stop.borrow())
+    read_rx
 }
 
 fn track_tables(
@@ -570,122 +550,170 @@ fn row_event(table: &TableInfo, row: Row, meta: &Source) -> Event {
     }
 }
 
-/// Turns reader output into units, numbering them so acknowledgements name chunks: a unit's
-/// `end_lsn` is its number here, and chunk `i` is delivered once the number it finished at is
-/// acknowledged. Marks the first and last snapshot rows. `Ok(false)` if delivery went away.
-async fn coordinate(
-    mut reads: mpsc::Receiver<anyhow::Result<Read>>,
-    units: mpsc::Sender<Unit>,
-    budget: Arc<QueueBudget>,
-    done_at: Arc<Mutex<Vec<(Lsn, usize)>>>,
+/// The rows of an initial snapshot as a [`Producer`]: reader output turned into units in the
+/// order it arrives, numbered so that acknowledgements name chunks — unit `n` leads to
+/// [`Position::Rows`]`(n)`, and a chunk is delivered once the number of the last unit handed out
+/// when its reader finished it is acknowledged (see [`Chunks`]). The first and last rows are
+/// marked as such.
+pub struct Rows {
+    reads: mpsc::Receiver<anyhow::Result<Read>>,
     progress: Progress,
-    chunks: &[ChunkSpec],
-) -> anyhow::Result<bool> {
-    let mut seq = 0u64;
-    let mut held: Option<Unit> = None;
-    let mut first = true;
-    let mut remaining: HashMap<String, usize> = HashMap::new();
-    for c in chunks {
-        *remaining.entry(c.qualified_name()).or_default() += 1;
+    /// Shared with [`Chunks`]: (last unit number, chunk index) of every chunk read in full.
+    done_at: Arc<Mutex<Vec<(u64, usize)>>>,
+    chunks: Vec<ChunkSpec>,
+    /// Chunks of each table not yet read in full, for the progress bars.
+    remaining: HashMap<String, usize>,
+    /// Units handed out so far.
+    handed: u64,
+    /// The newest unit, held back until the next one shows it was not the last.
+    held: Option<SnapshotRows>,
+    first: bool,
+}
+
+impl Rows {
+    fn new(
+        reads: mpsc::Receiver<anyhow::Result<Read>>,
+        progress: Progress,
+        done_at: Arc<Mutex<Vec<(u64, usize)>>>,
+        chunks: Vec<ChunkSpec>,
+    ) -> Rows {
+        let mut remaining: HashMap<String, usize> = HashMap::new();
+        for c in &chunks {
+            *remaining.entry(c.qualified_name()).or_default() += 1;
+        }
+        Rows {
+            reads,
+            progress,
+            done_at,
+            chunks,
+            remaining,
+            handed: 0,
+            held: None,
+            first: true,
+        }
     }
-    while let Some(read) = reads.recv().await {
-        match read? {
-            Read::Rows(index, mut events) => {
-                if first && let Some(e) = events.first_mut() {
-                    e.source.snapshot = SnapshotMarker::First;
-                    first = false;
-                }
-                progress.add(&chunks[index].qualified_name(), events.len() as u64);
-                seq += 1;
-                let unit = snapshot_unit(seq, events);
-                if let Some(ready) = held.replace(unit)
-                    && !send(&units, &budget, ready).await
-                {
-                    return Ok(false);
-                }
+
+    /// Takes a reader's rows of chunk `index`; returns the unit they push out of hold.
+    fn take_rows(&mut self, index: usize, mut events: Vec<Event>) -> Option<SnapshotRows> {
+        if self.first
+            && let Some(e) = events.first_mut()
+        {
+            e.source.snapshot = SnapshotMarker::First;
+            self.first = false;
+        }
+        let name = self.chunks[index].qualified_name();
+        self.progress.add(&name, events.len() as u64);
+        self.handed += 1;
+        self.held.replace(SnapshotRows {
+            events,
+            position: Position::Rows(self.handed),
+        })
+    }
+
+    /// A reader finished chunk `index`: it is delivered once every unit handed out so far is.
+    fn chunk_read(&mut self, index: usize) {
+        self.done_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((self.handed, index));
+        let name = self.chunks[index].qualified_name();
+        if let Some(n) = self.remaining.get_mut(&name) {
+            *n -= 1;
+            if *n == 0 {
+                self.progress.finish(&name);
             }
-            Read::Done(index) => {
-                done_at
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((Lsn(seq), index));
-                let name = chunks[index].qualified_name();
-                if let Some(n) = remaining.get_mut(&name) {
-                    *n -= 1;
-                    if *n == 0 {
-                        progress.finish(&name);
+        }
+    }
+}
+
+#[async_trait]
+impl Producer for Rows {
+    async fn next(&mut self) -> anyhow::Result<Option<Unit>> {
+        while let Some(read) = self.reads.recv().await {
+            match read? {
+                Read::Rows(index, events) => {
+                    if let Some(ready) = self.take_rows(index, events) {
+                        return Ok(Some(Unit::SnapshotRows(ready)));
                     }
                 }
+                Read::Done(index) => self.chunk_read(index),
             }
         }
+        // Every reader is done: what is held is the last unit.
+        Ok(self.held.take().map(|mut last| {
+            if let Some(e) = last.events.last_mut() {
+                e.source.snapshot = SnapshotMarker::Last;
+            }
+            Unit::SnapshotRows(last)
+        }))
     }
-    if let Some(mut last) = held {
-        if let Some(e) = last.events.last_mut() {
-            e.source.snapshot = SnapshotMarker::Last;
+}
+
+/// The chunks of an initial snapshot and which of them are delivered: follows the delivery
+/// loop's acknowledgements and records delivered chunks in the checkpoint, so a restart reads
+/// only the others.
+pub struct Chunks {
+    chunks: Vec<ChunkSpec>,
+    delivered: Vec<bool>,
+    done_at: Arc<Mutex<Vec<(u64, usize)>>>,
+    store: CheckpointStore,
+    checkpoint: Checkpoint,
+}
+
+impl Chunks {
+    /// Records delivered chunks as acknowledgements arrive, until the delivery loop ends.
+    pub async fn follow(&mut self, mut acks: watch::Receiver<Position>) -> anyhow::Result<()> {
+        while acks.changed().await.is_ok() {
+            let Position::Rows(acked) = *acks.borrow_and_update() else {
+                continue;
+            };
+            if self.mark_delivered(acked) {
+                self.save().await?;
+            }
         }
-        if !send(&units, &budget, last).await {
-            return Ok(false);
-        }
+        Ok(())
     }
-    Ok(true)
-}
 
-async fn send(units: &mpsc::Sender<Unit>, budget: &QueueBudget, unit: Unit) -> bool {
-    budget.acquire(crate::pipeline::weigh(&unit.events)).await;
-    units.send(unit).await.is_ok()
-}
-
-fn snapshot_unit(seq: u64, events: Vec<Event>) -> Unit {
-    Unit {
-        xid: None,
-        // Not a WAL position: the delivery loop acknowledges units by this number, and the
-        // snapshot maps it back to its chunks (until snapshots become producers of their own).
-        commit_lsn: Lsn(seq),
-        end_lsn: Lsn(seq),
-        commit_time_us: 0,
-        gid: None,
-        events,
-    }
-}
-
-/// Records delivered chunks in the checkpoint as acknowledgements arrive.
-async fn acknowledge(
-    mut acks: watch::Receiver<Lsn>,
-    done_at: Arc<Mutex<Vec<(Lsn, usize)>>>,
-    store: &CheckpointStore,
-    checkpoint: &Checkpoint,
-    chunks: &[ChunkSpec],
-) -> anyhow::Result<()> {
-    let mut delivered = vec![false; chunks.len()];
-    let mut checkpoint = checkpoint.clone();
-    while acks.changed().await.is_ok() {
-        let acked = *acks.borrow_and_update();
+    /// Marks the chunks finished at or before unit `acked`; `true` when that was any.
+    fn mark_delivered(&mut self, acked: u64) -> bool {
         let newly: Vec<usize> = {
-            let mut done = done_at.lock().unwrap_or_else(|p| p.into_inner());
+            let mut done = self.done_at.lock().unwrap_or_else(|p| p.into_inner());
             let (ready, waiting): (Vec<_>, Vec<_>) =
                 done.drain(..).partition(|(at, _)| *at <= acked);
             *done = waiting;
             ready.into_iter().map(|(_, i)| i).collect()
         };
-        if newly.is_empty() {
-            continue;
+        for i in &newly {
+            self.delivered[*i] = true;
         }
-        for i in newly {
-            delivered[i] = true;
-        }
-        let pending = chunks
+        !newly.is_empty()
+    }
+
+    async fn save(&mut self) -> anyhow::Result<()> {
+        let pending = self
+            .chunks
             .iter()
-            .zip(&delivered)
+            .zip(&self.delivered)
             .filter(|(_, d)| !**d)
             .map(|(c, _)| c.clone())
             .collect();
-        if let Some(initial) = checkpoint.snapshot.initial.as_mut() {
+        if let Some(initial) = self.checkpoint.snapshot.initial.as_mut() {
             initial.pending = pending;
         }
-        checkpoint.written_at_ms = crate::checkpoint::now_ms();
-        store.save_async(checkpoint.clone()).await?;
+        self.checkpoint.written_at_ms = crate::checkpoint::now_ms();
+        self.store.save_async(self.checkpoint.clone()).await?;
+        Ok(())
     }
-    Ok(())
+
+    /// Every row is delivered: records the snapshot as done and returns the checkpoint the
+    /// stream starts from.
+    pub async fn finish(mut self) -> anyhow::Result<Checkpoint> {
+        self.checkpoint.snapshot.initial = None;
+        self.checkpoint.written_at_ms = crate::checkpoint::now_ms();
+        self.store.save_async(self.checkpoint.clone()).await?;
+        tracing::info!("initial snapshot delivered");
+        Ok(self.checkpoint)
+    }
 }
 
 #[cfg(test)]

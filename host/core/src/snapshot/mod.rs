@@ -15,10 +15,10 @@ mod copy_binary;
 mod copy_text;
 pub mod incremental;
 pub mod initial;
+pub mod interleave;
 pub mod progress;
 pub mod request;
-mod state;
 
-pub use state::{
+pub use crate::checkpoint::{
     ChunkSpec, IncrementalProgress, IncrementalTable, InitialProgress, SnapshotProgress,
 };
