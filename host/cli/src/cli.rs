@@ -286,7 +286,7 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
             tables: args.tables,
         }
     };
-    let message = walflow_core::snapshot::request::send(&config, request).await?;
+    let message = walflow_core::snapshot::command::send(&config, request).await?;
     println!("{message}");
     Ok(())
 }

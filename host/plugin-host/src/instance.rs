@@ -250,7 +250,7 @@ impl LoadedPlugin {
         let mut linker: Linker<StoreState> = Linker::new(&wasm_engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| LoadError::Engine(one_line(&e)))?;
-        super::outbound_http::add_to_linker(&mut linker)
+        super::sandbox::add_http_to_linker(&mut linker)
             .map_err(|e| LoadError::Engine(one_line(&e)))?;
         let link = |e: wasmtime::Error| LoadError::Link {
             path: path.clone(),

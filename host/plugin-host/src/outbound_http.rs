@@ -9,9 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bindings::v0_1::walflow::plugin::outbound_http as outbound_http_v0_1;
-use super::bindings::walflow::plugin::outbound_http::{self, Request, Response};
-use super::sandbox::StoreState;
+use super::bindings::walflow::plugin::outbound_http::{Request, Response};
 use walflow_core::error::chain as error_chain;
 
 /// Largest response body handed to a plugin.
@@ -80,7 +78,7 @@ impl HttpGrant {
         }
     }
 
-    fn send(&self, request: Request) -> Result<Response, String> {
+    pub(crate) fn send(&self, request: Request) -> Result<Response, String> {
         let url = reqwest::Url::parse(&request.url)
             .map_err(|e| format!("malformed URL {:?}: {e}", request.url))?;
         self.check(&url)?;
@@ -168,45 +166,6 @@ fn parse_entry(entry: &str) -> Result<AllowedHost, String> {
         host: host.to_ascii_lowercase(),
         port,
     })
-}
-
-impl outbound_http::Host for StoreState {
-    fn send(&mut self, request: Request) -> Result<Response, String> {
-        match &self.http {
-            Some(grant) => grant.send(request),
-            None => Err(
-                "this plugin has no outbound HTTP; only a [[sinks]] type = \"plugin\" with allow_hosts has"
-                    .to_string(),
-            ),
-        }
-    }
-}
-
-/// 0.1.0's `outbound-http`: the same records under another package version.
-impl outbound_http_v0_1::Host for StoreState {
-    fn send(
-        &mut self,
-        request: outbound_http_v0_1::Request,
-    ) -> Result<outbound_http_v0_1::Response, String> {
-        let request = Request {
-            method: request.method,
-            url: request.url,
-            headers: request.headers,
-            body: request.body,
-        };
-        outbound_http::Host::send(self, request).map(|r| outbound_http_v0_1::Response {
-            status: r.status,
-            headers: r.headers,
-            body: r.body,
-        })
-    }
-}
-
-/// Adds the `outbound-http` import of every ABI version to a plugin linker.
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<StoreState>) -> wasmtime::Result<()> {
-    use wasmtime::component::HasSelf;
-    outbound_http::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |state| state)?;
-    outbound_http_v0_1::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |state| state)
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::bindings::v0_1::walflow::plugin::outbound_http as outbound_http_v0_1;
+use super::bindings::walflow::plugin::outbound_http::{self, Request, Response};
+use super::outbound_http::HttpGrant;
+
 /// The data of one plugin's store.
 pub struct StoreState {
     wasi: WasiCtx,
@@ -19,16 +23,12 @@ pub struct StoreState {
     /// The memory cap, and whether the guest ran into it.
     pub limiter: MemoryLimiter,
     /// Outbound HTTP, when granted (sink plugins with `allow_hosts`).
-    pub http: Option<std::sync::Arc<super::outbound_http::HttpGrant>>,
+    pub http: Option<Arc<HttpGrant>>,
 }
 
 impl StoreState {
     /// Fresh state for the plugin `name` with a memory cap of `memory_bytes`.
-    pub fn new(
-        name: &Arc<str>,
-        memory_bytes: usize,
-        http: Option<Arc<super::outbound_http::HttpGrant>>,
-    ) -> StoreState {
+    pub fn new(name: &Arc<str>, memory_bytes: usize, http: Option<Arc<HttpGrant>>) -> StoreState {
         StoreState {
             wasi: empty_wasi(name),
             table: ResourceTable::new(),
@@ -224,4 +224,46 @@ impl tokio::io::AsyncWrite for LineLogger {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+impl outbound_http::Host for StoreState {
+    fn send(&mut self, request: Request) -> Result<Response, String> {
+        match &self.http {
+            Some(grant) => grant.send(request),
+            None => Err(
+                "this plugin has no outbound HTTP; only a [[sinks]] type = \"plugin\" with allow_hosts has"
+                    .to_string(),
+            ),
+        }
+    }
+}
+
+/// 0.1.0's `outbound-http`: the same records under another package version.
+impl outbound_http_v0_1::Host for StoreState {
+    fn send(
+        &mut self,
+        request: outbound_http_v0_1::Request,
+    ) -> Result<outbound_http_v0_1::Response, String> {
+        let request = Request {
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+        };
+        outbound_http::Host::send(self, request).map(|r| outbound_http_v0_1::Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        })
+    }
+}
+
+/// Adds the `outbound-http` import of every ABI version to a plugin linker (served by the
+/// store's [`HttpGrant`], when it has one).
+pub fn add_http_to_linker(
+    linker: &mut wasmtime::component::Linker<StoreState>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    outbound_http::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |state| state)?;
+    outbound_http_v0_1::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |state| state)
 }

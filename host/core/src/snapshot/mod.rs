@@ -10,6 +10,7 @@
 //!   for `read_only` sources, over the [`control`] socket of the running process.
 
 pub mod catalog;
+pub mod command;
 pub mod control;
 mod copy_binary;
 mod copy_text;

@@ -1,5 +1,5 @@
 //! Incremental snapshot requests: what a signal row or a control-socket message asks for, how it
-//! is checked, and how `walflow snapshot` sends one.
+//! is checked, and how it is written as a signal row (`walflow snapshot` sends it: `command`).
 //!
 //! A signal row has the seed's layout (`id`, `type`, `data`) and Debezium's types:
 //! `execute-snapshot` with `{"data-collections": ["public.orders"], "type": "incremental"}`,
@@ -171,26 +171,6 @@ pub async fn validate(client: &Client, config: &Config, request: &Request) -> an
         }
     }
     Ok(())
-}
-
-/// `walflow snapshot`: checks the request, then inserts it into the signal table, or (for a
-/// read-only source) hands it to the running process over its control socket. Returns what
-/// to tell the user.
-pub async fn send(config: &Config, request: Request) -> anyhow::Result<String> {
-    let source = &config.source;
-    let client = walflow_pg::connect_sql(source).await?;
-    validate(&client, config, &request).await?;
-    if source.read_only || source.signal_table.is_none() {
-        if !source.read_only {
-            anyhow::bail!(
-                "incremental snapshots need a signal_table in [source] (or read_only = true to send requests to the running walflow)"
-            );
-        }
-        return super::control::request(config, &request).await;
-    }
-    let table = source.signal_table.as_deref().unwrap_or_default();
-    let id = insert_signal(&client, table, &request).await?;
-    Ok(format!("requested (signal {id} in {table})"))
 }
 
 /// Inserts `request` as a signal row; returns its id.
