@@ -19,6 +19,7 @@
 //! - [`walflow_command`]: running the program under test as a child ([`walflow!`]).
 //! - [`wait`]: waiting on conditions with deadlines.
 //! - [`ports`]: [`free_port`], a loopback port nothing listens on.
+//! - [`http`]: a minimal HTTP client for walflow's own listeners.
 //! - [`black_hole`]: dropping a server's packets with nftables, for silent link failures.
 
 pub mod black_hole;
@@ -26,6 +27,7 @@ pub mod certificates;
 pub mod child_process;
 pub mod cluster;
 pub mod config_file;
+pub mod http;
 pub mod installs;
 pub mod ports;
 pub mod replay;

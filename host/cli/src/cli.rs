@@ -38,6 +38,16 @@ pub enum Command {
     /// Work with configurations.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Host many tenants' pipelines in one process, managed through a directory and an API.
+    Serve(ServeArgs),
+}
+
+/// `walflow serve -c serve.toml`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The service's configuration (tenants, listen address, pipelines directory).
+    #[arg(short, long, default_value = "serve.toml")]
+    pub config: PathBuf,
 }
 
 /// `walflow config …`
@@ -252,6 +262,10 @@ fn one_sentence(e: &anyhow::Error) -> String {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Serve(args) => {
+            let config = walflow_serve::ServeConfig::load(&args.config)?;
+            walflow_serve::serve(config, std::sync::Arc::new(crate::components::Standard)).await
+        }
         Command::Demo(args) => crate::demo::run(args.into()).await,
         Command::Tail(args) => walflow_core::replication::tail::run(&args.into()).await,
         Command::Plugin(PluginCommand::Run(args)) => {

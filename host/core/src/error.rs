@@ -33,6 +33,16 @@ pub enum Class {
 }
 
 impl Class {
+    /// The class's name, as status pages and logs show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Transient => "transient",
+            Class::Definite => "definite",
+            Class::Rejected => "rejected",
+            Class::Fatal => "fatal",
+        }
+    }
+
     /// The exit code of `walflow` when a run ends with an error of this class: 1 fatal (fix
     /// what the message says), 3 transient (starting again later may succeed), 4 definite (an
     /// event or table the plugins or the encoder failed on), 5 rejected (a destination refused

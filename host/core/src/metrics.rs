@@ -76,6 +76,19 @@ const CHAIN_BUCKETS: [f64; 15] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// A pipeline's numbers at a glance (see [`Metrics::summary`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Events written to the sinks so far.
+    pub events_out: u64,
+    /// The position every sink has acknowledged.
+    pub acked_lsn: crate::event::Lsn,
+    /// WAL the server has written past it.
+    pub lag_bytes: u64,
+    /// Streaming, and the replication connection is up.
+    pub healthy: bool,
+}
+
 /// The label of per-table metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabel {
@@ -409,6 +422,18 @@ impl Metrics {
         self.snapshot_rows_estimated
             .get_or_create(&label)
             .set(lsn_gauge(estimated));
+    }
+
+    /// The numbers a status page shows of this pipeline, read now.
+    pub fn summary(&self) -> Summary {
+        let acked = u64::try_from(self.acked_lsn.get()).unwrap_or(0);
+        let server = self.server_lsn.load(Ordering::Relaxed);
+        Summary {
+            events_out: self.events_out_total(),
+            acked_lsn: crate::event::Lsn(acked),
+            lag_bytes: server.saturating_sub(acked),
+            healthy: self.health().is_ok(),
+        }
     }
 
     /// The exposition, in the OpenMetrics text format.

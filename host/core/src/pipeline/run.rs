@@ -41,6 +41,12 @@ pub struct RunOptions {
     pub extra_sinks: Vec<Box<dyn Sink>>,
     /// Stops the run when it becomes `true` (for programs embedding walflow).
     pub stop: Option<watch::Receiver<bool>>,
+    /// Where the run counts what it does (a fresh set when `None`); `walflow serve` keeps one
+    /// per pipeline across restarts to show its status.
+    pub metrics: Option<Arc<Metrics>>,
+    /// The embedding program handles SIGINT/SIGTERM itself and stops the run through `stop`
+    /// (`walflow serve` stops every pipeline, each with its final checkpoint).
+    pub embedded: bool,
 }
 
 /// What a run did.
@@ -65,7 +71,7 @@ pub async fn run(
     parts: Arc<dyn Components>,
     options: RunOptions,
 ) -> anyhow::Result<RunSummary> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = options.metrics.clone().unwrap_or_default();
     if let Some(m) = &config.metrics {
         metrics
             .clone()
@@ -118,6 +124,7 @@ pub async fn run(
         ack_rx.clone(),
         options.until_lsn,
         options.stop,
+        !options.embedded,
     );
     let startup_link = Link::default();
     metrics.watch_link(startup_link.clone());
@@ -426,6 +433,7 @@ fn spawn_stop_triggers(
     mut acked: watch::Receiver<Position>,
     until: Option<watch::Receiver<Option<Lsn>>>,
     external: Option<watch::Receiver<bool>>,
+    on_signals: bool,
 ) {
     if let Some(mut external) = external {
         let stop = stop.clone();
@@ -438,24 +446,9 @@ fn spawn_stop_triggers(
             let _ = stop.send(true);
         });
     }
-    let on_signal = stop.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let terminated = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; flushing and stopping"),
-            _ = terminated => tracing::info!("terminated; flushing and stopping"),
-        }
-        let _ = on_signal.send(true);
-    });
+    if on_signals {
+        spawn_signal_handler(stop.clone());
+    }
     let Some(mut until) = until else { return };
     tokio::spawn(async move {
         // The target may be set later (the demo's writer sets it when it is done); once its
@@ -481,5 +474,26 @@ fn spawn_stop_triggers(
                 r = acked.changed() => if r.is_err() { return },
             }
         }
+    });
+}
+
+/// Stops the run on SIGINT or SIGTERM.
+fn spawn_signal_handler(stop: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; flushing and stopping"),
+            _ = terminated => tracing::info!("terminated; flushing and stopping"),
+        }
+        let _ = stop.send(true);
     });
 }

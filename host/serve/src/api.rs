@@ -1,0 +1,211 @@
+//! The control API: JSON over HTTP, every call with a bearer token.
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | `/api/pipelines` | the caller's pipelines (every tenant's for the admin) |
+//! | GET | `/api/tenants/{tenant}/pipelines/{name}` | one pipeline's status |
+//! | PUT | `/api/tenants/{tenant}/pipelines/{name}` | create or replace it (body: its config in JSON) |
+//! | DELETE | `/api/tenants/{tenant}/pipelines/{name}` | stop it with a final checkpoint and forget it |
+//! | POST | `/api/tenants/{tenant}/pipelines/{name}/pause`, `/resume` | pause or resume it |
+//! | GET | `/api/schema` | the JSON Schema of a pipeline config |
+//! | GET | `/health` | 200 when every pipeline streams, 503 (with the ones that do not) otherwise |
+//!
+//! No token or an unknown one: 401. A tenant's token reaches only that tenant's pipelines: for
+//! another tenant's, it gets the same 404 as for a pipeline that does not exist, so it learns
+//! nothing about other tenants. Configs are write-only: no response carries one (they hold
+//! passwords), only the status.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::config::TokenDigest;
+use crate::pipelines::{Applied, Format, Origin, PipelineId, Pipelines, Refusal, not_found};
+use crate::supervisor::State as PipelineState;
+
+/// The API's routes over `pipelines`.
+pub fn router(pipelines: Arc<Pipelines>) -> axum::Router {
+    axum::Router::new()
+        .route("/api/pipelines", get(list))
+        .route(
+            "/api/tenants/{tenant}/pipelines/{name}",
+            get(status).put(put).delete(delete),
+        )
+        .route("/api/tenants/{tenant}/pipelines/{name}/pause", post(pause))
+        .route(
+            "/api/tenants/{tenant}/pipelines/{name}/resume",
+            post(resume),
+        )
+        .route("/api/schema", get(schema))
+        .route("/health", get(health))
+        .with_state(pipelines)
+}
+
+/// Who is calling.
+enum Caller {
+    Admin,
+    Tenant(String),
+}
+
+impl Caller {
+    /// Whether the caller may see and change `tenant`'s pipelines.
+    fn reaches(&self, tenant: &str) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Tenant(t) => t == tenant,
+        }
+    }
+}
+
+/// An API answer that is not a success: a status and one sentence.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
+        }
+        response
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Failure {
+        let code = match &r {
+            Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+            Refusal::Conflict(_) => StatusCode::CONFLICT,
+            Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+        };
+        Failure(code, r.to_string())
+    }
+}
+
+/// The caller the `Authorization: Bearer` header names.
+fn caller(pipelines: &Pipelines, headers: &HeaderMap) -> Result<Caller, Failure> {
+    let unauthorized = |why: &str| Failure(StatusCode::UNAUTHORIZED, why.to_string());
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        unauthorized("this API needs a token: send Authorization: Bearer <token>")
+    })?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("send the token as Authorization: Bearer <token>"))?;
+    let digest = TokenDigest::of(token.trim());
+    let config = pipelines.config();
+    if config.admin.as_ref().is_some_and(|a| a.matches(&digest)) {
+        return Ok(Caller::Admin);
+    }
+    config
+        .tenants
+        .iter()
+        .find(|t| t.token.matches(&digest))
+        .map(|t| Caller::Tenant(t.name.clone()))
+        .ok_or_else(|| unauthorized("the token is not valid"))
+}
+
+/// The pipeline a path names, when the caller may reach it; else the not-found answer.
+fn reachable(
+    pipelines: &Pipelines,
+    headers: &HeaderMap,
+    (tenant, name): (String, String),
+) -> Result<PipelineId, Failure> {
+    let caller = caller(pipelines, headers)?;
+    let id = PipelineId { tenant, name };
+    if !caller.reaches(&id.tenant) {
+        return Err(not_found(&id).into());
+    }
+    Ok(id)
+}
+
+async fn list(State(p): State<Arc<Pipelines>>, headers: HeaderMap) -> Result<Response, Failure> {
+    let listed = match caller(&p, &headers)? {
+        Caller::Admin => p.list(None),
+        Caller::Tenant(t) => p.list(Some(&t)),
+    };
+    Ok(Json(json!({ "pipelines": listed })).into_response())
+}
+
+async fn status(
+    State(p): State<Arc<Pipelines>>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    let id = reachable(&p, &headers, path)?;
+    Ok(Json(p.get(&id)?).into_response())
+}
+
+async fn put(
+    State(p): State<Arc<Pipelines>>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+    body: String,
+) -> Result<Response, Failure> {
+    let id = reachable(&p, &headers, path)?;
+    let applied = p.put(&id, Origin::Api, body, Format::Json).await?;
+    let code = match applied {
+        Applied::Created => StatusCode::CREATED,
+        Applied::Replaced | Applied::Unchanged => StatusCode::OK,
+    };
+    Ok((code, Json(p.get(&id)?)).into_response())
+}
+
+async fn delete(
+    State(p): State<Arc<Pipelines>>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    let id = reachable(&p, &headers, path)?;
+    p.remove(&id, Origin::Api).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn pause(
+    State(p): State<Arc<Pipelines>>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    let id = reachable(&p, &headers, path)?;
+    p.set_paused(&id, true).await?;
+    Ok(Json(p.get(&id)?).into_response())
+}
+
+async fn resume(
+    State(p): State<Arc<Pipelines>>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    let id = reachable(&p, &headers, path)?;
+    p.set_paused(&id, false).await?;
+    Ok(Json(p.get(&id)?).into_response())
+}
+
+async fn schema(State(p): State<Arc<Pipelines>>, headers: HeaderMap) -> Result<Response, Failure> {
+    caller(&p, &headers)?;
+    Ok(Json(walflow_config::Config::json_schema()).into_response())
+}
+
+/// Overall health, for a load balancer or an orchestrator: no token needed, and no names in
+/// the answer beyond a count.
+async fn health(State(p): State<Arc<Pipelines>>) -> Response {
+    let all = p.list(None);
+    let down = all
+        .iter()
+        .filter(|s| s.status.state != PipelineState::Paused && !s.numbers.healthy)
+        .count();
+    let body = Json(json!({ "pipelines": all.len(), "not_streaming": down }));
+    if down == 0 {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}

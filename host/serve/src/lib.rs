@@ -1,0 +1,77 @@
+//! `walflow serve`: many pipelines, of many tenants, in one long-running process.
+//!
+//! Each pipeline is the pipeline `walflow run` runs — its own slot, checkpoint, plugins and
+//! sinks — under a [`supervisor`] of its own that restarts it with backoff when it fails, so a
+//! failing pipeline never stops another. Pipelines come from a watched directory of pipeline
+//! files ([`watch`]) and from the control [`api`]; every pipeline belongs to a tenant, and a
+//! tenant's token reaches only its own. See `docs/architecture.md` for where this sits.
+
+pub mod api;
+pub mod config;
+pub mod pipelines;
+pub mod supervisor;
+pub mod watch;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use walflow_core::pipeline::Components;
+
+pub use config::ServeConfig;
+pub use pipelines::Pipelines;
+
+/// Serves `config` until SIGINT or SIGTERM, then stops every pipeline with its final
+/// checkpoint. Sinks and plugins come from `parts`.
+pub async fn serve(config: ServeConfig, parts: Arc<dyn Components>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; set listen in serve.toml to a free address",
+                config.listen
+            )
+        })?;
+    if let Some(dir) = &config.pipelines_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the pipelines directory {}", dir.display()))?;
+    }
+    tracing::info!(listen = %config.listen, tenants = config.tenants.len(), "serving");
+    let pipelines = Arc::new(Pipelines::new(config.clone(), parts));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let watcher = config
+        .pipelines_dir
+        .clone()
+        .map(|dir| tokio::spawn(watch::run(pipelines.clone(), dir, stop.clone())));
+    let mut stopped = stop.clone();
+    let served =
+        axum::serve(listener, api::router(pipelines.clone())).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    let server = tokio::spawn(async move { served.await });
+    wait_for_signal().await;
+    tracing::info!("stopping every pipeline with a final checkpoint");
+    let _ = stop_tx.send(true);
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
+    pipelines.stop_all().await;
+    server.await.context("the API server panicked")??;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+}

@@ -1,0 +1,485 @@
+//! The pipelines a service runs: each one's config, supervisor and status, and the changes
+//! that can be made to them while the others stream.
+//!
+//! A change is checked in full before anything is touched — the config parses, it belongs to a
+//! tenant with room, no other pipeline uses its slot — so a refused change leaves the running
+//! pipeline as it was. Changes are made one at a time; reading the list never waits for one
+//! (a replaced pipeline's final checkpoint can take seconds).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use walflow_config::Config;
+use walflow_core::metrics::{Metrics, Summary};
+use walflow_core::pipeline::Components;
+
+use crate::config::{ServeConfig, check_name};
+use crate::supervisor::{State, Status, Supervisor, set};
+
+/// A pipeline's name within its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PipelineId {
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl std::fmt::Display for PipelineId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.name)
+    }
+}
+
+/// Where a pipeline's config comes from; each is changed only from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A file in the pipelines directory.
+    File,
+    /// The control API.
+    Api,
+}
+
+/// How a pipeline config is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// TOML, as `walflow run` reads it.
+    Toml,
+    /// The same keys in JSON.
+    Json,
+}
+
+/// Why a change was refused; nothing was touched.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The config or the request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// It collides with another pipeline, or with how the pipeline is managed.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such pipeline (for this caller).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// What a status page shows of a pipeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineStatus {
+    /// Its tenant and name.
+    #[serde(flatten)]
+    pub id: PipelineId,
+    /// Where its config comes from.
+    pub origin: Origin,
+    /// Its state and last error.
+    #[serde(flatten)]
+    pub status: Status,
+    /// Events written, acknowledged position, lag.
+    #[serde(flatten)]
+    pub numbers: Numbers,
+}
+
+/// A pipeline's numbers, with the position as PostgreSQL prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Numbers {
+    /// Events written to the sinks since the service started it (across config changes).
+    pub events_out: u64,
+    /// The position every sink has acknowledged.
+    pub acked_lsn: String,
+    /// WAL the server wrote past it.
+    pub lag_bytes: u64,
+    /// Streaming, with the replication connection up.
+    pub healthy: bool,
+}
+
+impl From<Summary> for Numbers {
+    fn from(s: Summary) -> Numbers {
+        Numbers {
+            events_out: s.events_out,
+            acked_lsn: s.acked_lsn.to_string(),
+            lag_bytes: s.lag_bytes,
+            healthy: s.healthy,
+        }
+    }
+}
+
+/// A pipeline the service knows.
+struct Entry {
+    origin: Origin,
+    /// The config text it was last given (an unchanged file is not restarted).
+    text: String,
+    config: Config,
+    metrics: Arc<Metrics>,
+    status: Arc<Mutex<Status>>,
+    supervisor: Option<Supervisor>,
+}
+
+impl Entry {
+    fn status(&self, id: &PipelineId) -> PipelineStatus {
+        PipelineStatus {
+            id: id.clone(),
+            origin: self.origin,
+            status: self
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            numbers: self.metrics.summary().into(),
+        }
+    }
+}
+
+/// What a `put` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// A new pipeline was started.
+    Created,
+    /// A running pipeline was restarted with the new config.
+    Replaced,
+    /// The config was the same: nothing was restarted.
+    Unchanged,
+}
+
+/// The service's pipelines.
+pub struct Pipelines {
+    config: ServeConfig,
+    parts: Arc<dyn Components>,
+    /// Held while a change is made, so changes happen one at a time.
+    changing: tokio::sync::Mutex<()>,
+    entries: Mutex<BTreeMap<PipelineId, Entry>>,
+}
+
+impl Pipelines {
+    /// No pipelines yet; sinks and plugins come from `parts`.
+    pub fn new(config: ServeConfig, parts: Arc<dyn Components>) -> Pipelines {
+        Pipelines {
+            config,
+            parts,
+            changing: tokio::sync::Mutex::new(()),
+            entries: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The service's configuration.
+    pub fn config(&self) -> &ServeConfig {
+        &self.config
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<PipelineId, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates or replaces pipeline `id` with the config `text`, coming from `origin`.
+    pub async fn put(
+        &self,
+        id: &PipelineId,
+        origin: Origin,
+        text: String,
+        format: Format,
+    ) -> Result<Applied, Refusal> {
+        let _one_at_a_time = self.changing.lock().await;
+        let config = self.check(id, origin, &text, format)?;
+        let replaced = {
+            let mut entries = self.entries();
+            if entries.get(id).is_some_and(|e| e.text == text) {
+                return Ok(Applied::Unchanged);
+            }
+            entries.remove(id)
+        };
+        // A replaced pipeline keeps counting where it was.
+        let (applied, metrics) = match replaced {
+            Some(old) => {
+                if let Some(s) = old.supervisor {
+                    s.stop().await;
+                }
+                tracing::info!(pipeline = %id, "pipeline config changed; restarted");
+                (Applied::Replaced, old.metrics)
+            }
+            None => {
+                tracing::info!(pipeline = %id, "pipeline added");
+                (Applied::Created, Arc::default())
+            }
+        };
+        let entry = self.start(id, origin, text, config, metrics);
+        self.entries().insert(id.clone(), entry);
+        Ok(applied)
+    }
+
+    /// Checks everything about a change to `id` before anything is touched; the config to run.
+    fn check(
+        &self,
+        id: &PipelineId,
+        origin: Origin,
+        text: &str,
+        format: Format,
+    ) -> Result<Config, Refusal> {
+        let invalid = |e: anyhow::Error| Refusal::Invalid(format!("{e:#}"));
+        let tenant = self.config.tenant(&id.tenant).ok_or_else(|| {
+            Refusal::Invalid(format!("there is no tenant `{}` in serve.toml", id.tenant))
+        })?;
+        check_name("pipeline", &id.name).map_err(invalid)?;
+        let config = self.parse(id, origin, text, format)?;
+        let entries = self.entries();
+        if let Some(existing) = entries.get(id)
+            && existing.origin != origin
+        {
+            return Err(Refusal::Conflict(match existing.origin {
+                Origin::File => format!(
+                    "pipeline `{id}` comes from a file in the pipelines directory; change or remove the file"
+                ),
+                Origin::Api => format!(
+                    "pipeline `{id}` was created through the API; change or delete it there"
+                ),
+            }));
+        }
+        let others = entries.iter().filter(|(other, _)| *other != id);
+        for (other, entry) in others.clone() {
+            if same_slot(&entry.config, &config) {
+                return Err(Refusal::Conflict(if other.tenant == id.tenant {
+                    format!(
+                        "pipeline `{other}` already uses slot `{}` on that database; give this one a slot of its own",
+                        config.source.slot
+                    )
+                } else {
+                    format!(
+                        "another tenant's pipeline uses slot `{}` on that database; give this one a slot of its own",
+                        config.source.slot
+                    )
+                }));
+            }
+        }
+        let count = others
+            .filter(|(other, _)| other.tenant == id.tenant)
+            .count();
+        if let Some(max) = tenant.max_pipelines
+            && !entries.contains_key(id)
+            && count >= max
+        {
+            return Err(Refusal::Conflict(format!(
+                "tenant `{}` already runs {count} pipelines, its max_pipelines; remove one first",
+                id.tenant
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Parses a pipeline config and makes it the service's: state under `state_dir`, relative
+    /// paths there too, no metrics listener of its own.
+    fn parse(
+        &self,
+        id: &PipelineId,
+        origin: Origin,
+        text: &str,
+        format: Format,
+    ) -> Result<Config, Refusal> {
+        let state = self.state_dir(id);
+        let label = PathBuf::from(format!(
+            "{id}.{}",
+            match format {
+                Format::Toml => "toml",
+                Format::Json => "json",
+            }
+        ));
+        let parsed = match format {
+            Format::Toml => Config::parse(text, &label),
+            Format::Json => Config::parse_json(text, &label),
+        };
+        let mut config = parsed.map_err(|e| Refusal::Invalid(e.to_string()))?;
+        if config.metrics.is_some() {
+            return Err(Refusal::Invalid(format!(
+                "{}: remove [metrics]; walflow serve reports every pipeline's metrics itself",
+                label.display()
+            )));
+        }
+        if origin == Origin::Api && config.source.password_env.is_some() {
+            return Err(Refusal::Invalid(format!(
+                "{}: source.password_env reads the service's environment, which tenants may not; put the password in source.url",
+                label.display()
+            )));
+        }
+        if config.sinks.is_empty() {
+            return Err(Refusal::Invalid(format!(
+                "{}: the pipeline has no [[sinks]]; add one",
+                label.display()
+            )));
+        }
+        walflow_config::tables::TableSelector::from_source(&config.source)
+            .map_err(|e| Refusal::Invalid(format!("{}: {e:#}", label.display())))?;
+        config.state.dir = state.clone();
+        if origin == Origin::Api {
+            config.base_dir = state;
+        }
+        Ok(config)
+    }
+
+    /// Where pipeline `id` keeps its checkpoint.
+    pub fn state_dir(&self, id: &PipelineId) -> PathBuf {
+        self.config.state_dir.join(&id.tenant).join(&id.name)
+    }
+
+    fn start(
+        &self,
+        id: &PipelineId,
+        origin: Origin,
+        text: String,
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> Entry {
+        let status = Arc::new(Mutex::new(Status::default()));
+        let supervisor = Supervisor::start(
+            id.to_string(),
+            config.clone(),
+            self.parts.clone(),
+            metrics.clone(),
+            status.clone(),
+        );
+        Entry {
+            origin,
+            text,
+            config,
+            metrics,
+            status,
+            supervisor: Some(supervisor),
+        }
+    }
+
+    /// Stops pipeline `id` with a final checkpoint and forgets it (its slot stays).
+    pub async fn remove(&self, id: &PipelineId, origin: Origin) -> Result<(), Refusal> {
+        let _one_at_a_time = self.changing.lock().await;
+        let entry = {
+            let mut entries = self.entries();
+            match entries.get(id) {
+                None => return Err(not_found(id)),
+                Some(e) if e.origin != origin => {
+                    return Err(Refusal::Conflict(format!(
+                        "pipeline `{id}` comes from a file in the pipelines directory; remove the file"
+                    )));
+                }
+                Some(_) => entries.remove(id),
+            }
+        };
+        if let Some(s) = entry.and_then(|e| e.supervisor) {
+            s.stop().await;
+        }
+        tracing::info!(pipeline = %id, "pipeline removed");
+        Ok(())
+    }
+
+    /// Pauses (`true`) or resumes pipeline `id`: a paused pipeline is stopped with a final
+    /// checkpoint and keeps its slot.
+    pub async fn set_paused(&self, id: &PipelineId, paused: bool) -> Result<(), Refusal> {
+        let _one_at_a_time = self.changing.lock().await;
+        let (running, config, metrics, status) = {
+            let mut entries = self.entries();
+            let entry = entries.get_mut(id).ok_or_else(|| not_found(id))?;
+            (
+                entry.supervisor.take(),
+                entry.config.clone(),
+                entry.metrics.clone(),
+                entry.status.clone(),
+            )
+        };
+        if paused {
+            if let Some(s) = running {
+                s.stop().await;
+            }
+            set(&status, |s| s.state = State::Paused);
+            tracing::info!(pipeline = %id, "pipeline paused");
+            return Ok(());
+        }
+        let supervisor = running.unwrap_or_else(|| {
+            tracing::info!(pipeline = %id, "pipeline resumed");
+            Supervisor::start(id.to_string(), config, self.parts.clone(), metrics, status)
+        });
+        if let Some(entry) = self.entries().get_mut(id) {
+            entry.supervisor = Some(supervisor);
+        }
+        Ok(())
+    }
+
+    /// Every pipeline of `tenant` (of every tenant for `None`), by tenant and name.
+    pub fn list(&self, tenant: Option<&str>) -> Vec<PipelineStatus> {
+        self.entries()
+            .iter()
+            .filter(|(id, _)| tenant.is_none_or(|t| id.tenant == t))
+            .map(|(id, e)| e.status(id))
+            .collect()
+    }
+
+    /// Pipeline `id`'s status.
+    pub fn get(&self, id: &PipelineId) -> Result<PipelineStatus, Refusal> {
+        self.entries()
+            .get(id)
+            .map(|e| e.status(id))
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// The pipelines that came from files, with the text each was given.
+    pub fn from_files(&self) -> BTreeMap<PipelineId, String> {
+        self.entries()
+            .iter()
+            .filter(|(_, e)| e.origin == Origin::File)
+            .map(|(id, e)| (id.clone(), e.text.clone()))
+            .collect()
+    }
+
+    /// Stops every pipeline, each with its final checkpoint.
+    pub async fn stop_all(&self) {
+        let _one_at_a_time = self.changing.lock().await;
+        let running: Vec<Supervisor> = self
+            .entries()
+            .values_mut()
+            .filter_map(|e| e.supervisor.take())
+            .collect();
+        let mut stopping = tokio::task::JoinSet::new();
+        for supervisor in running {
+            stopping.spawn(supervisor.stop());
+        }
+        while stopping.join_next().await.is_some() {}
+    }
+}
+
+/// The same answer for a pipeline that does not exist and for one the caller may not see.
+pub fn not_found(id: &PipelineId) -> Refusal {
+    Refusal::NotFound(format!(
+        "there is no pipeline `{}` in tenant `{}`",
+        id.name, id.tenant
+    ))
+}
+
+/// Whether two configs stream from the same slot of the same database.
+fn same_slot(a: &Config, b: &Config) -> bool {
+    let place = |c: &Config| {
+        walflow_pg::ConnectOptions::from_source(&c.source)
+            .map(|o| (o.host, o.port, o.dbname))
+            .ok()
+    };
+    a.source.slot == b.source.slot && place(a) == place(b)
+}
+
+/// The pipeline a file in the pipelines directory describes: `<tenant>/<name>.toml|json`.
+pub fn id_of_file(root: &Path, path: &Path) -> Option<(PipelineId, Format)> {
+    let relative = path.strip_prefix(root).ok()?;
+    let mut parts = relative.components();
+    let tenant = parts.next()?.as_os_str().to_str()?.to_string();
+    let file = parts.next()?.as_os_str().to_str()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let (name, ext) = file.rsplit_once('.')?;
+    let format = match ext {
+        "toml" => Format::Toml,
+        "json" => Format::Json,
+        _ => return None,
+    };
+    Some((
+        PipelineId {
+            tenant,
+            name: name.to_string(),
+        },
+        format,
+    ))
+}

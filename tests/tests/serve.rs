@@ -1,0 +1,441 @@
+//! `walflow serve`: two tenants' pipelines in one process, from files and from the API, changed
+//! while the others stream; the API's authorization; secrets kept out of answers and logs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+use walflow_tests::http::{Answer, request};
+use walflow_tests::replay::read_records;
+use walflow_tests::wait::wait_for_async;
+use walflow_tests::{Cluster, TEST_PASSWORD, TestDb, walflow};
+
+const ACME_TOKEN: &str = "acme-token-5f0c1e7a9b";
+const BOLT_TOKEN: &str = "bolt-token-83d2a64c11";
+const ADMIN_TOKEN: &str = "admin-token-0e4f9d2b77";
+
+/// A service under test: its address and directories.
+struct Service {
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Service {
+    fn pipelines(&self) -> PathBuf {
+        self.dir.path().join("pipelines")
+    }
+
+    fn out(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.jsonl"))
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+        request(&self.addr, method, path, token, body).unwrap()
+    }
+}
+
+/// Writes serve.toml (tenant acme with an inline token, bolt's from the environment).
+fn service() -> Service {
+    let dir = tempfile::Builder::new()
+        .prefix("walflow-serve-")
+        .tempdir()
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", walflow_tests::free_port());
+    let text = format!(
+        "listen = \"{addr}\"\npipelines_dir = \"pipelines\"\nstate_dir = \"state\"\nscan_interval = \"200ms\"\n\
+         admin_token_env = \"SERVE_ADMIN_TOKEN\"\n\n\
+         [[tenants]]\nname = \"acme\"\ntoken = \"{ACME_TOKEN}\"\nmax_pipelines = 3\n\n\
+         [[tenants]]\nname = \"bolt\"\ntoken_env = \"BOLT_TOKEN\"\n"
+    );
+    std::fs::write(dir.path().join("serve.toml"), text).unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines/acme")).unwrap();
+    Service { addr, dir }
+}
+
+/// A database with table `t` and a publication of it, readable by the scram role.
+async fn source() -> TestDb {
+    let db = Cluster::shared().new_database().await;
+    let name = db.name().to_string();
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             CREATE PUBLICATION {name}_pub FOR TABLE t;
+             GRANT SELECT ON t TO walflow_scram;"
+        ))
+        .await
+        .unwrap();
+    db
+}
+
+/// A pipeline config (TOML) for a file: superuser, no snapshot, a file sink at `out`.
+fn file_pipeline(db: &TestDb, out: &Path) -> String {
+    db.config()
+        .source("snapshot = \"never\"")
+        .append(&format!(
+            "[[sinks]]\ntype = \"file\"\npath = {}\n",
+            walflow_tests::config_file::toml_string(&out.to_string_lossy())
+        ))
+        .to_toml(Path::new("ignored-by-serve"))
+}
+
+/// A pipeline config (JSON) for the API, with the password inline in the URL as tenants must.
+fn api_pipeline(db: &TestDb, out: &Path) -> String {
+    let info = db.cluster();
+    json!({
+        "source": {
+            "url": format!("postgres://walflow_scram:{TEST_PASSWORD}@{}:{}/{}", info.host(), info.port(), db.name()),
+            "slot": format!("{}_slot", db.name()),
+            "publication": format!("{}_pub", db.name()),
+            "snapshot": "never",
+        },
+        "sinks": [{"type": "file", "path": out.to_string_lossy()}],
+    })
+    .to_string()
+}
+
+/// Inserts rows `ids` into `t`.
+async fn insert(db: &TestDb, ids: std::ops::Range<i32>) {
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO t SELECT g, 'row ' || g FROM generate_series({}, {}) g",
+            ids.start,
+            ids.end - 1
+        ))
+        .await
+        .unwrap();
+}
+
+/// The ids of the rows a file sink received.
+fn ids_in(out: &Path) -> BTreeSet<i64> {
+    read_records(out)
+        .iter()
+        .filter_map(|r| r["value"]["after"]["id"].as_i64())
+        .collect()
+}
+
+/// Waits until `out` holds every id in `ids`.
+async fn wait_rows(out: &Path, ids: std::ops::Range<i32>) {
+    let want: BTreeSet<i64> = ids.map(i64::from).collect();
+    wait_for_async(
+        &format!("rows in {}", out.display()),
+        Duration::from_secs(60),
+        || async { ids_in(out).is_superset(&want).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
+/// The backend PID streaming `slot`, once it is active.
+async fn active_pid(db: &TestDb, slot: &str) -> i32 {
+    let client = db.client().await;
+    wait_for_async(
+        &format!("slot {slot} active"),
+        Duration::from_secs(60),
+        || async {
+            client
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, i32>(0))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until nothing streams `slot`.
+async fn wait_inactive(db: &TestDb, slot: &str) {
+    let client = db.client().await;
+    wait_for_async(
+        &format!("slot {slot} released"),
+        Duration::from_secs(60),
+        || async {
+            let active: Option<bool> = client
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            (active != Some(true)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+fn names(list: &Json) -> Vec<String> {
+    list["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["tenant"].as_str().unwrap(),
+                p["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_others_stream() {
+    let (a, b, c) = (source().await, source().await, source().await);
+    let serve = service();
+    std::fs::write(
+        serve.pipelines().join("acme/orders.toml"),
+        file_pipeline(&a, &serve.out("orders")),
+    )
+    .unwrap();
+    let mut child = walflow!("serve", "-c", serve.dir.path().join("serve.toml"))
+        .env("BOLT_TOKEN", BOLT_TOKEN)
+        .env("SERVE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    wait_for_async("the API", Duration::from_secs(60), || async {
+        request(&serve.addr, "GET", "/health", None, None)
+            .ok()
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+
+    // bolt creates its pipeline through the API.
+    let created = serve.call(
+        "PUT",
+        "/api/tenants/bolt/pipelines/items",
+        Some(BOLT_TOKEN),
+        Some(&api_pipeline(&b, &serve.out("items"))),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let a_slot = format!("{}_slot", a.name());
+    let b_slot = format!("{}_slot", b.name());
+    let orders_pid = active_pid(&a, &a_slot).await;
+    let items_pid = active_pid(&b, &b_slot).await;
+    insert(&a, 0..100).await;
+    insert(&b, 0..100).await;
+    wait_rows(&serve.out("orders"), 0..100).await;
+    wait_rows(&serve.out("items"), 0..100).await;
+
+    // A file added: only its pipeline starts.
+    std::fs::write(
+        serve.pipelines().join("acme/extra.toml"),
+        file_pipeline(&c, &serve.out("extra")),
+    )
+    .unwrap();
+    let c_slot = format!("{}_slot", c.name());
+    active_pid(&c, &c_slot).await;
+    insert(&c, 0..10).await;
+    wait_rows(&serve.out("extra"), 0..10).await;
+    // A file changed: only its pipeline restarts, and nothing is lost across the restart.
+    insert(&a, 100..200).await;
+    let changed = file_pipeline(&a, &serve.out("orders")) + "\n[batch]\nmax_events = 512\n";
+    std::fs::write(serve.pipelines().join("acme/orders.toml"), changed).unwrap();
+    wait_for_async("orders restarted", Duration::from_secs(60), || async {
+        let pid = active_pid(&a, &a_slot).await;
+        (pid != orders_pid).then_some(())
+    })
+    .await
+    .unwrap();
+    insert(&a, 200..300).await;
+    wait_rows(&serve.out("orders"), 0..300).await;
+    // A file removed: its pipeline stops and releases its slot.
+    std::fs::remove_file(serve.pipelines().join("acme/extra.toml")).unwrap();
+    wait_inactive(&c, &c_slot).await;
+    assert_eq!(
+        active_pid(&b, &b_slot).await,
+        items_pid,
+        "bolt's pipeline was restarted by acme's changes"
+    );
+
+    // Pause and resume through the API: the slot is released, and what was written meanwhile
+    // arrives after the resume.
+    let paused = serve.call(
+        "POST",
+        "/api/tenants/bolt/pipelines/items/pause",
+        Some(BOLT_TOKEN),
+        None,
+    );
+    assert_eq!(paused.status, 200, "{paused:?}");
+    assert_eq!(paused.json()["state"], "paused");
+    wait_inactive(&b, &b_slot).await;
+    insert(&b, 100..150).await;
+    let resumed = serve.call(
+        "POST",
+        "/api/tenants/bolt/pipelines/items/resume",
+        Some(BOLT_TOKEN),
+        None,
+    );
+    assert_eq!(resumed.status, 200, "{resumed:?}");
+    wait_rows(&serve.out("items"), 0..150).await;
+
+    authorization(&serve, &a);
+    let status = serve.call(
+        "GET",
+        "/api/tenants/acme/pipelines/orders",
+        Some(ACME_TOKEN),
+        None,
+    );
+    let status = status.json();
+    assert_eq!(status["state"], "running", "{status}");
+    assert!(status["events_out"].as_u64().unwrap() >= 200, "{status}");
+
+    // A pipeline that cannot start shows as failed with the reason; the others stream on.
+    let broken = file_pipeline(&a, &serve.out("broken"))
+        .replace(&format!("/{}\"", a.name()), "/no_such_database\"")
+        .replace(&a_slot, "broken_slot");
+    std::fs::write(serve.pipelines().join("acme/broken.toml"), broken).unwrap();
+    let failed = wait_for_async(
+        "broken pipeline failed",
+        Duration::from_secs(60),
+        || async {
+            let s = serve.call(
+                "GET",
+                "/api/tenants/acme/pipelines/broken",
+                Some(ACME_TOKEN),
+                None,
+            );
+            (s.status == 200 && s.json()["state"] == "failed").then(|| s.json())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_database"),
+        "{failed}"
+    );
+    insert(&b, 150..200).await;
+    wait_rows(&serve.out("items"), 0..200).await;
+    let health = serve.call("GET", "/health", None, None);
+    assert_eq!(
+        health.status, 503,
+        "a failed pipeline is reported: {health:?}"
+    );
+    std::fs::remove_file(serve.pipelines().join("acme/broken.toml")).unwrap();
+
+    child.terminate();
+    let out = child.wait_async(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    for secret in [TEST_PASSWORD, ACME_TOKEN, BOLT_TOKEN, ADMIN_TOKEN] {
+        assert!(
+            !out.stderr.contains(secret) && !out.stdout.contains(secret),
+            "a secret in the service's log:\n{}",
+            out.describe()
+        );
+    }
+    wait_inactive(&a, &a_slot).await;
+    wait_inactive(&b, &b_slot).await;
+}
+
+/// Every endpoint with no token, a wrong one and the other tenant's; bad input answered with
+/// one sentence; nothing secret in any answer.
+fn authorization(serve: &Service, a: &TestDb) {
+    let endpoints = [
+        ("GET", "/api/pipelines"),
+        ("GET", "/api/tenants/bolt/pipelines/items"),
+        ("PUT", "/api/tenants/bolt/pipelines/items"),
+        ("DELETE", "/api/tenants/bolt/pipelines/items"),
+        ("POST", "/api/tenants/bolt/pipelines/items/pause"),
+        ("POST", "/api/tenants/bolt/pipelines/items/resume"),
+        ("GET", "/api/schema"),
+    ];
+    let mut answers = Vec::new();
+    for (method, path) in endpoints {
+        for token in [None, Some("not-a-token-at-all-000")] {
+            let answer = serve.call(method, path, token, Some("{}"));
+            assert_eq!(
+                answer.status, 401,
+                "{method} {path} with {token:?}: {answer:?}"
+            );
+            assert!(
+                answer
+                    .headers
+                    .to_ascii_lowercase()
+                    .contains("www-authenticate: bearer")
+            );
+            answers.push(answer);
+        }
+    }
+    // acme's token on bolt's pipeline: the answer of a pipeline that does not exist.
+    let missing = serve.call(
+        "GET",
+        "/api/tenants/acme/pipelines/nope",
+        Some(ACME_TOKEN),
+        None,
+    );
+    assert_eq!(missing.status, 404);
+    for (method, path) in &endpoints[1..6] {
+        let answer = serve.call(method, path, Some(ACME_TOKEN), Some("{}"));
+        assert_eq!(answer.status, 404, "{method} {path}: {answer:?}");
+        assert_eq!(
+            answer.json()["error"]
+                .as_str()
+                .unwrap()
+                .replace("`items` in tenant `bolt`", "X"),
+            missing.json()["error"]
+                .as_str()
+                .unwrap()
+                .replace("`nope` in tenant `acme`", "X"),
+            "another tenant's pipeline answers differently from a missing one"
+        );
+        answers.push(answer);
+    }
+    let acme = serve.call("GET", "/api/pipelines", Some(ACME_TOKEN), None);
+    assert_eq!(names(&acme.json()), ["acme/orders"]);
+    let admin = serve.call("GET", "/api/pipelines", Some(ADMIN_TOKEN), None);
+    assert_eq!(names(&admin.json()), ["acme/orders", "bolt/items"]);
+    let bolt = serve.call(
+        "GET",
+        "/api/tenants/bolt/pipelines/items",
+        Some(BOLT_TOKEN),
+        None,
+    );
+    assert_eq!(bolt.status, 200);
+    answers.extend([acme, admin, bolt]);
+
+    // Bad input: one sentence, and the running pipelines untouched.
+    let refused = |name: &str, body: String, code: u16, says: &str| {
+        let path = format!("/api/tenants/acme/pipelines/{name}");
+        let answer = serve.call("PUT", &path, Some(ACME_TOKEN), Some(&body));
+        assert_eq!(answer.status, code, "{name}: {answer:?}");
+        let error = answer.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(says), "{name}: {error}");
+        answer
+    };
+    let same_slot = api_pipeline(a, Path::new("/tmp/never.jsonl"));
+    answers.push(refused("twin", same_slot.clone(), 409, "already uses slot"));
+    answers.push(refused("Bad_Name", same_slot.clone(), 400, "not allowed"));
+    let unknown_key = same_slot.replace("\"snapshot\"", "\"snapshots\"");
+    answers.push(refused("typo", unknown_key, 400, "snapshots"));
+    let env_password = json!({
+        "source": {"url": "postgres://u@h/db", "password_env": "SERVE_ADMIN_TOKEN"},
+        "sinks": [{"type": "stdout"}],
+    });
+    answers.push(refused(
+        "env",
+        env_password.to_string(),
+        400,
+        "password_env",
+    ));
+    answers.push(refused("orders", same_slot, 409, "comes from a file"));
+    for answer in &answers {
+        for secret in [TEST_PASSWORD, ACME_TOKEN, BOLT_TOKEN, ADMIN_TOKEN] {
+            assert!(
+                !answer.body.contains(secret),
+                "a secret in an answer: {answer:?}"
+            );
+        }
+    }
+}
