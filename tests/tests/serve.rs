@@ -350,6 +350,7 @@ fn authorization(serve: &Service, a: &TestDb) {
         ("POST", "/api/tenants/bolt/pipelines/items/pause"),
         ("POST", "/api/tenants/bolt/pipelines/items/resume"),
         ("GET", "/api/schema"),
+        ("GET", "/metrics"),
     ];
     let mut answers = Vec::new();
     for (method, path) in endpoints {
@@ -377,6 +378,7 @@ fn authorization(serve: &Service, a: &TestDb) {
     );
     assert_eq!(missing.status, 404);
     for (method, path) in &endpoints[1..6] {
+        assert!(path.contains("/bolt/"));
         let answer = serve.call(method, path, Some(ACME_TOKEN), Some("{}"));
         assert_eq!(answer.status, 404, "{method} {path}: {answer:?}");
         assert_eq!(
@@ -404,6 +406,30 @@ fn authorization(serve: &Service, a: &TestDb) {
     );
     assert_eq!(bolt.status, 200);
     answers.extend([acme, admin, bolt]);
+    // Metrics, labelled by tenant and pipeline, only the caller's.
+    let mine = serve.call("GET", "/metrics", Some(ACME_TOKEN), None);
+    assert_eq!(mine.status, 200);
+    assert!(
+        mine.body.contains(
+            "walflow_events_out_total{tenant=\"acme\",pipeline=\"orders\",table=\"public.t\"}"
+        ),
+        "{}",
+        mine.body
+    );
+    assert!(
+        !mine.body.contains("bolt"),
+        "another tenant's metrics: {}",
+        mine.body
+    );
+    let all = serve.call("GET", "/metrics", Some(ADMIN_TOKEN), None);
+    assert!(all.body.contains("pipeline=\"items\"") && all.body.contains("pipeline=\"orders\""));
+    assert_eq!(
+        all.body
+            .matches("# TYPE walflow_events_out counter")
+            .count(),
+        1
+    );
+    answers.extend([mine, all]);
 
     // Bad input: one sentence, and the running pipelines untouched.
     let refused = |name: &str, body: String, code: u16, says: &str| {

@@ -141,8 +141,27 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Metrics {
+        Metrics::with_registry(Registry::default())
+    }
+}
+
+impl Metrics {
+    /// Metrics whose every sample carries `labels` (`walflow serve` labels each pipeline's by
+    /// tenant and pipeline).
+    pub fn labelled(labels: &[(&str, &str)]) -> Metrics {
+        let labels: Vec<(
+            std::borrow::Cow<'static, str>,
+            std::borrow::Cow<'static, str>,
+        )> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string().into(), v.to_string().into()))
+            .collect();
+        Metrics::with_registry(Registry::with_labels(labels.into_iter()))
+    }
+
+    fn with_registry(registry: Registry) -> Metrics {
         let m = Metrics {
-            registry: Registry::default(),
+            registry,
             events_in: Family::default(),
             events_out: Family::default(),
             events_out_sum: AtomicU64::new(0),

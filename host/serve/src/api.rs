@@ -8,6 +8,7 @@
 //! | DELETE | `/api/tenants/{tenant}/pipelines/{name}` | stop it with a final checkpoint and forget it |
 //! | POST | `/api/tenants/{tenant}/pipelines/{name}/pause`, `/resume` | pause or resume it |
 //! | GET | `/api/schema` | the JSON Schema of a pipeline config |
+//! | GET | `/metrics` | the caller's pipelines' metrics, labelled by tenant and pipeline (OpenMetrics) |
 //! | GET | `/health` | 200 when every pipeline streams, 503 (with the ones that do not) otherwise |
 //!
 //! No token or an unknown one: 401. A tenant's token reaches only that tenant's pipelines: for
@@ -42,6 +43,7 @@ pub fn router(pipelines: Arc<Pipelines>) -> axum::Router {
             post(resume),
         )
         .route("/api/schema", get(schema))
+        .route("/metrics", get(metrics))
         .route("/health", get(health))
         .with_state(pipelines)
 }
@@ -192,6 +194,19 @@ async fn resume(
 async fn schema(State(p): State<Arc<Pipelines>>, headers: HeaderMap) -> Result<Response, Failure> {
     caller(&p, &headers)?;
     Ok(Json(walflow_config::Config::json_schema()).into_response())
+}
+
+async fn metrics(State(p): State<Arc<Pipelines>>, headers: HeaderMap) -> Result<Response, Failure> {
+    let expositions = match caller(&p, &headers)? {
+        Caller::Admin => p.expositions(None),
+        Caller::Tenant(t) => p.expositions(Some(&t)),
+    };
+    let content_type = walflow_core::metrics::Exposition::OpenMetrics.content_type();
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        crate::exposition::merge(&expositions),
+    )
+        .into_response())
 }
 
 /// Overall health, for a load balancer or an orchestrator: no token needed, and no names in

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod config;
+pub mod exposition;
 pub mod pipelines;
 pub mod supervisor;
 pub mod watch;

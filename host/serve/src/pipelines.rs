@@ -200,7 +200,11 @@ impl Pipelines {
             }
             None => {
                 tracing::info!(pipeline = %id, "pipeline added");
-                (Applied::Created, Arc::default())
+                let labels = [
+                    ("tenant", id.tenant.as_str()),
+                    ("pipeline", id.name.as_str()),
+                ];
+                (Applied::Created, Arc::new(Metrics::labelled(&labels)))
             }
         };
         let entry = self.start(id, origin, text, config, metrics);
@@ -415,6 +419,15 @@ impl Pipelines {
             .get(id)
             .map(|e| e.status(id))
             .ok_or_else(|| not_found(id))
+    }
+
+    /// The metrics expositions of every pipeline of `tenant` (of every tenant for `None`).
+    pub fn expositions(&self, tenant: Option<&str>) -> Vec<String> {
+        self.entries()
+            .iter()
+            .filter(|(id, _)| tenant.is_none_or(|t| id.tenant == t))
+            .filter_map(|(_, e)| e.metrics.render().ok())
+            .collect()
     }
 
     /// The pipelines that came from files, with the text each was given.
