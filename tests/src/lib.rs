@@ -20,9 +20,11 @@
 //! - [`wait`]: waiting on conditions with deadlines.
 //! - [`ports`]: [`free_port`], a loopback port nothing listens on.
 //! - [`http`]: a minimal HTTP client for walflow's own listeners.
+//! - [`browser`]: headless Chromium, for the pages walflow serves.
 //! - [`black_hole`]: dropping a server's packets with nftables, for silent link failures.
 
 pub mod black_hole;
+pub mod browser;
 pub mod certificates;
 pub mod child_process;
 pub mod cluster;

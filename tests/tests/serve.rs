@@ -279,6 +279,7 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
     wait_rows(&serve.out("items"), 0..150).await;
 
     authorization(&serve, &a);
+    status_page(&serve);
     let status = serve.call(
         "GET",
         "/api/tenants/acme/pipelines/orders",
@@ -337,6 +338,38 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
     }
     wait_inactive(&a, &a_slot).await;
     wait_inactive(&b, &b_slot).await;
+}
+
+/// The status page in a real browser: a tenant's token shows its pipelines only, with their
+/// state and a throughput chart; without a token it asks for one.
+fn status_page(serve: &Service) {
+    let page = |token: Option<&str>| {
+        let url = match token {
+            Some(t) => format!("http://{}/#token={t}", serve.addr),
+            None => format!("http://{}/", serve.addr),
+        };
+        walflow_tests::browser::dom_after_scripts(&url, Duration::from_secs(5)).unwrap()
+    };
+    let acme = page(Some(ACME_TOKEN));
+    assert!(acme.contains("data-pipeline=\"acme/orders\""), "{acme}");
+    assert!(acme.contains("class=\"state running\""), "{acme}");
+    assert!(acme.contains("class=\"throughput\""), "no chart: {acme}");
+    assert!(
+        !acme.contains("bolt"),
+        "another tenant's pipeline on the page: {acme}"
+    );
+    let admin = page(Some(ADMIN_TOKEN));
+    assert!(
+        admin.contains("data-pipeline=\"bolt/items\"")
+            && admin.contains("data-pipeline=\"acme/orders\""),
+        "{admin}"
+    );
+    let anonymous = page(None);
+    assert!(
+        anonymous.contains("id=\"login\" style=\"display: block;\""),
+        "{anonymous}"
+    );
+    assert!(!anonymous.contains("data-pipeline"), "{anonymous}");
 }
 
 /// Every endpoint with no token, a wrong one and the other tenant's; bad input answered with

@@ -9,6 +9,7 @@
 //! | POST | `/api/tenants/{tenant}/pipelines/{name}/pause`, `/resume` | pause or resume it |
 //! | GET | `/api/schema` | the JSON Schema of a pipeline config |
 //! | GET | `/metrics` | the caller's pipelines' metrics, labelled by tenant and pipeline (OpenMetrics) |
+//! | GET | `/` | the status page (it asks for a token, or takes one from `#token=…`) |
 //! | GET | `/health` | 200 when every pipeline streams, 503 (with the ones that do not) otherwise |
 //!
 //! No token or an unknown one: 401. A tenant's token reaches only that tenant's pipelines: for
@@ -45,6 +46,7 @@ pub fn router(pipelines: Arc<Pipelines>) -> axum::Router {
         .route("/api/schema", get(schema))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
+        .route("/", get(page))
         .with_state(pipelines)
 }
 
@@ -207,6 +209,21 @@ async fn metrics(State(p): State<Arc<Pipelines>>, headers: HeaderMap) -> Result<
         crate::exposition::merge(&expositions),
     )
         .into_response())
+}
+
+/// The status page: static, it reads the API with the token the user gives it.
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        include_str!("status.html"),
+    )
+        .into_response()
 }
 
 /// Overall health, for a load balancer or an orchestrator: no token needed, and no names in

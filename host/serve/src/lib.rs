@@ -43,6 +43,7 @@ pub async fn serve(config: ServeConfig, parts: Arc<dyn Components>) -> anyhow::R
         .pipelines_dir
         .clone()
         .map(|dir| tokio::spawn(watch::run(pipelines.clone(), dir, stop.clone())));
+    let sampler = tokio::spawn(sample(pipelines.clone(), stop.clone()));
     let mut stopped = stop.clone();
     let served =
         axum::serve(listener, api::router(pipelines.clone())).with_graceful_shutdown(async move {
@@ -55,9 +56,21 @@ pub async fn serve(config: ServeConfig, parts: Arc<dyn Components>) -> anyhow::R
     if let Some(w) = watcher {
         let _ = w.await;
     }
+    let _ = sampler.await;
     pipelines.stop_all().await;
     server.await.context("the API server panicked")??;
     Ok(())
+}
+
+/// Samples the pipelines' throughput for the status page until `stop`.
+async fn sample(pipelines: Arc<Pipelines>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(pipelines::SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => pipelines.sample(),
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn wait_for_signal() {

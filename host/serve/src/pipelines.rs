@@ -6,7 +6,7 @@
 //! pipeline as it was. Changes are made one at a time; reading the list never waits for one
 //! (a replaced pipeline's final checkpoint can take seconds).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -93,18 +93,34 @@ pub struct Numbers {
     pub lag_bytes: u64,
     /// Streaming, with the replication connection up.
     pub healthy: bool,
+    /// Events per second written, one value per [`SAMPLE_EVERY`], oldest first (up to
+    /// [`HISTORY`] of them: the last minutes).
+    pub throughput: Vec<f64>,
 }
 
-impl From<Summary> for Numbers {
-    fn from(s: Summary) -> Numbers {
+impl Numbers {
+    fn of(s: Summary, history: &VecDeque<u64>) -> Numbers {
+        let per_second = SAMPLE_EVERY.as_secs_f64();
+        let throughput = history
+            .iter()
+            .zip(history.iter().skip(1))
+            .map(|(a, b)| b.saturating_sub(*a) as f64 / per_second)
+            .collect();
         Numbers {
             events_out: s.events_out,
             acked_lsn: s.acked_lsn.to_string(),
             lag_bytes: s.lag_bytes,
             healthy: s.healthy,
+            throughput,
         }
     }
 }
+
+/// How often each pipeline's count of written events is sampled for its throughput chart.
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Samples kept: ten minutes.
+const HISTORY: usize = 121;
 
 /// A pipeline the service knows.
 struct Entry {
@@ -113,6 +129,8 @@ struct Entry {
     text: String,
     config: Config,
     metrics: Arc<Metrics>,
+    /// `events_out` every [`SAMPLE_EVERY`], oldest first.
+    history: VecDeque<u64>,
     status: Arc<Mutex<Status>>,
     supervisor: Option<Supervisor>,
 }
@@ -127,7 +145,7 @@ impl Entry {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            numbers: self.metrics.summary().into(),
+            numbers: Numbers::of(self.metrics.summary(), &self.history),
         }
     }
 }
@@ -345,6 +363,7 @@ impl Pipelines {
             text,
             config,
             metrics,
+            history: VecDeque::new(),
             status,
             supervisor: Some(supervisor),
         }
@@ -419,6 +438,16 @@ impl Pipelines {
             .get(id)
             .map(|e| e.status(id))
             .ok_or_else(|| not_found(id))
+    }
+
+    /// Samples every pipeline's count of written events (call every [`SAMPLE_EVERY`]).
+    pub fn sample(&self) {
+        for entry in self.entries().values_mut() {
+            if entry.history.len() == HISTORY {
+                entry.history.pop_front();
+            }
+            entry.history.push_back(entry.metrics.summary().events_out);
+        }
     }
 
     /// The metrics expositions of every pipeline of `tenant` (of every tenant for `None`).
