@@ -45,7 +45,8 @@ fn service() -> Service {
     let text = format!(
         "listen = \"{addr}\"\npipelines_dir = \"pipelines\"\nstate_dir = \"state\"\nscan_interval = \"200ms\"\n\
          admin_token_env = \"SERVE_ADMIN_TOKEN\"\n\n\
-         [[tenants]]\nname = \"acme\"\ntoken = \"{ACME_TOKEN}\"\nmax_pipelines = 3\n\n\
+         [[tenants]]\nname = \"acme\"\ntoken = \"{ACME_TOKEN}\"\nmax_pipelines = 3\n\
+         plugin_memory_mb = 1024\nmemory_mb = 600\n\n\
          [[tenants]]\nname = \"bolt\"\ntoken_env = \"BOLT_TOKEN\"\n"
     );
     std::fs::write(dir.path().join("serve.toml"), text).unwrap();
@@ -488,7 +489,31 @@ fn authorization(serve: &Service, a: &TestDb) {
         400,
         "password_env",
     ));
-    answers.push(refused("orders", same_slot, 409, "comes from a file"));
+    answers.push(refused(
+        "orders",
+        same_slot.clone(),
+        409,
+        "comes from a file",
+    ));
+    // Budgets: admission control refuses what would take the tenant over its limits.
+    let mut greedy: Json = serde_json::from_str(&same_slot).unwrap();
+    greedy["source"]["slot"] = json!("greedy_slot");
+    greedy["plugins"] = json!([{"path": "/plugins/any.wasm", "memory_mb": 2048}]);
+    answers.push(refused(
+        "greedy",
+        greedy.to_string(),
+        409,
+        "MiB of plugin memory",
+    ));
+    let mut hungry: Json = serde_json::from_str(&same_slot).unwrap();
+    hungry["source"]["slot"] = json!("hungry_slot");
+    hungry["memory"] = json!({"budget_mb": 400});
+    answers.push(refused(
+        "hungry",
+        hungry.to_string(),
+        409,
+        "MiB of event memory",
+    ));
     for answer in &answers {
         for secret in [TEST_PASSWORD, ACME_TOKEN, BOLT_TOKEN, ADMIN_TOKEN] {
             assert!(

@@ -28,4 +28,8 @@ impl Components for Standard {
     ) -> anyhow::Result<Box<dyn Processor>> {
         walflow_plugin_host::processor::build(config, metrics).await
     }
+
+    fn plugin_memory_ceiling_mb(&self, config: &Config) -> u64 {
+        walflow_plugin_host::processor::memory_ceiling_mb(config)
+    }
 }

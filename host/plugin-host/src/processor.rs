@@ -38,10 +38,7 @@ pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Box
     );
     let reloader = Reloader::watch(engine, slots.clone())
         .map_err(|e| anyhow::anyhow!("cannot watch plugin files for hot reload: {e}"))?;
-    let parallel = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, MAX_CHAINS);
+    let parallel = chains();
     let (back, free) = mpsc::unbounded_channel();
     for _ in 1..parallel {
         back.send(chain.sibling()).expect("the receiver is here");
@@ -61,6 +58,26 @@ pub async fn build(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Box
 
 /// Most chains running batches at once (one per core, up to this).
 const MAX_CHAINS: usize = 4;
+
+/// How many copies of the chain run batches at once: one per core, up to [`MAX_CHAINS`].
+fn chains() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, MAX_CHAINS)
+}
+
+/// The most linear memory the plugin chain of `config` can hold, in MiB: every plugin's cap
+/// (`memory_mb`, or the default) times the copies of the chain that run at once. What a
+/// service budgets a tenant's plugins by.
+pub fn memory_ceiling_mb(config: &walflow_config::Config) -> u64 {
+    let per_chain: u64 = config
+        .plugins
+        .iter()
+        .map(|p| p.memory_mb.unwrap_or(crate::Limits::default().memory_mb))
+        .sum();
+    per_chain * chains() as u64
+}
 
 /// Runs batches through the chain; with several cores, through sibling chains at once (same
 /// plugin versions, instances of their own). A chain goes back to the free ones as soon as its

@@ -65,6 +65,13 @@ pub struct TenantFile {
     /// Most pipelines it may run (unbounded when omitted).
     #[serde(default)]
     pub max_pipelines: Option<usize>,
+    /// Most linear memory its plugins may hold, in MiB, summed over every plugin instance of
+    /// every pipeline (each instance's `memory_mb` cap counts in full).
+    #[serde(default)]
+    pub plugin_memory_mb: Option<u64>,
+    /// Most event data its pipelines may hold, in MiB: the sum of their `[memory] budget_mb`.
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
 }
 
 fn default_listen() -> String {
@@ -114,6 +121,10 @@ pub struct Tenant {
     pub token: TokenDigest,
     /// Most pipelines it may run.
     pub max_pipelines: Option<usize>,
+    /// Most plugin memory over all its pipelines, MiB.
+    pub plugin_memory_mb: Option<u64>,
+    /// Most event memory over all its pipelines (`[memory] budget_mb` summed), MiB.
+    pub memory_mb: Option<u64>,
 }
 
 /// The service's configuration, checked, with paths resolved and tokens read.
@@ -162,11 +173,17 @@ impl ServeConfig {
             if !names.insert(t.name.clone()) {
                 anyhow::bail!("tenant `{}` is listed twice in [[tenants]]", t.name);
             }
-            if t.max_pipelines == Some(0) {
-                anyhow::bail!(
-                    "tenant `{}` has max_pipelines = 0; give it at least 1, or remove the tenant",
-                    t.name
-                );
+            for (key, zero) in [
+                ("max_pipelines", t.max_pipelines == Some(0)),
+                ("plugin_memory_mb", t.plugin_memory_mb == Some(0)),
+                ("memory_mb", t.memory_mb == Some(0)),
+            ] {
+                if zero {
+                    anyhow::bail!(
+                        "tenant `{}` has {key} = 0; give it more, or leave the key out for no limit",
+                        t.name
+                    );
+                }
             }
             let what = format!("tenant `{}`", t.name);
             let Some(token) = token(&what, t.token, t.token_env, &env)? else {
@@ -178,6 +195,8 @@ impl ServeConfig {
                 name: t.name,
                 token,
                 max_pipelines: t.max_pipelines,
+                plugin_memory_mb: t.plugin_memory_mb,
+                memory_mb: t.memory_mb,
             });
         }
         if tenants.is_empty() {
@@ -283,6 +302,10 @@ mod tests {
         assert!(
             refused("[[tenants]]\nname = \"a\"\ntoken_env = \"ACME\"\nmax_pipelines = 0")
                 .contains("max_pipelines = 0")
+        );
+        assert!(
+            refused("[[tenants]]\nname = \"a\"\ntoken_env = \"ACME\"\nplugin_memory_mb = 0")
+                .contains("plugin_memory_mb = 0")
         );
         assert!(
             refused("[[tenants]]\nname = \"a\"\ntoken_env = \"ACME\"\n[[tenants]]\nname = \"a\"\ntoken_env = \"ACME\"")

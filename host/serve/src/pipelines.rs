@@ -273,19 +273,59 @@ impl Pipelines {
                 }));
             }
         }
-        let count = others
+        let siblings: Vec<&Config> = others
             .filter(|(other, _)| other.tenant == id.tenant)
-            .count();
-        if let Some(max) = tenant.max_pipelines
-            && !entries.contains_key(id)
-            && count >= max
-        {
-            return Err(Refusal::Conflict(format!(
-                "tenant `{}` already runs {count} pipelines, its max_pipelines; remove one first",
-                id.tenant
-            )));
-        }
+            .map(|(_, e)| &e.config)
+            .collect();
+        self.within_budget(tenant, &siblings, &config)?;
         Ok(config)
+    }
+
+    /// Whether `config`, beside the tenant's other pipelines `siblings`, stays within the
+    /// tenant's limits: admission control, so a tenant can never hold more than it was given.
+    fn within_budget(
+        &self,
+        tenant: &crate::config::Tenant,
+        siblings: &[&Config],
+        config: &Config,
+    ) -> Result<(), Refusal> {
+        let over = |what: &str, would: u64, max: u64, fix: &str| {
+            Refusal::Conflict(format!(
+                "tenant `{}` would have {would} {what}, over its {max}; {fix}",
+                tenant.name
+            ))
+        };
+        if let Some(max) = tenant.max_pipelines
+            && siblings.len() >= max
+        {
+            let would = siblings.len() as u64 + 1;
+            return Err(over("pipelines", would, max as u64, "remove one first"));
+        }
+        let plugin_mb = |c: &Config| self.parts.plugin_memory_ceiling_mb(c);
+        if let Some(max) = tenant.plugin_memory_mb {
+            let would = siblings.iter().map(|c| plugin_mb(c)).sum::<u64>() + plugin_mb(config);
+            if would > max {
+                return Err(over(
+                    "MiB of plugin memory (every plugin instance's memory_mb)",
+                    would,
+                    max,
+                    "lower memory_mb in [[plugins]], or remove a pipeline",
+                ));
+            }
+        }
+        if let Some(max) = tenant.memory_mb {
+            let would =
+                siblings.iter().map(|c| c.memory.budget_mb).sum::<u64>() + config.memory.budget_mb;
+            if would > max {
+                return Err(over(
+                    "MiB of event memory ([memory] budget_mb summed)",
+                    would,
+                    max,
+                    "lower [memory] budget_mb, or remove a pipeline",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Parses a pipeline config and makes it the service's: state under `state_dir`, relative

@@ -30,4 +30,10 @@ pub trait Components: Send + Sync {
         config: &Config,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Box<dyn Processor>>;
+
+    /// The most memory the processor of `config` can hold, in MiB (what a service budgets
+    /// plugins by); 0 when it cannot say.
+    fn plugin_memory_ceiling_mb(&self, _config: &Config) -> u64 {
+        0
+    }
 }
