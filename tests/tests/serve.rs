@@ -62,8 +62,10 @@ async fn source() -> TestDb {
         .await
         .batch_execute(&format!(
             "CREATE TABLE t (id int PRIMARY KEY, v text);
-             CREATE PUBLICATION {name}_pub FOR TABLE t;
-             GRANT SELECT ON t TO walflow_scram;"
+             CREATE TABLE walflow_signal (id text PRIMARY KEY, type text NOT NULL, data text);
+             CREATE PUBLICATION {name}_pub FOR TABLE t, walflow_signal;
+             GRANT SELECT ON t TO walflow_scram;
+             GRANT ALL ON walflow_signal TO walflow_scram;"
         ))
         .await
         .unwrap();
@@ -90,6 +92,7 @@ fn api_pipeline(db: &TestDb, out: &Path) -> String {
             "slot": format!("{}_slot", db.name()),
             "publication": format!("{}_pub", db.name()),
             "snapshot": "never",
+            "signal_table": "public.walflow_signal",
         },
         "sinks": [{"type": "file", "path": out.to_string_lossy()}],
     })
@@ -320,6 +323,31 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
     );
     insert(&b, 150..200).await;
     wait_rows(&serve.out("items"), 0..200).await;
+    // An incremental snapshot requested through the API re-reads bolt's table.
+    let request = json!({"type": "execute-snapshot", "data-collections": ["public.t"]});
+    let requested = serve.call(
+        "POST",
+        "/api/tenants/bolt/pipelines/items/snapshot",
+        Some(BOLT_TOKEN),
+        Some(&request.to_string()),
+    );
+    assert_eq!(requested.status, 200, "{requested:?}");
+    wait_for_async("the snapshot's rows", Duration::from_secs(60), || async {
+        let read = read_records(&serve.out("items"))
+            .iter()
+            .filter(|r| r["value"]["op"] == "r")
+            .count();
+        (read >= 200).then_some(())
+    })
+    .await
+    .unwrap();
+    let other = serve.call(
+        "POST",
+        "/api/tenants/bolt/pipelines/items/snapshot",
+        Some(ACME_TOKEN),
+        Some(&request.to_string()),
+    );
+    assert_eq!(other.status, 404, "{other:?}");
     let health = serve.call("GET", "/health", None, None);
     assert_eq!(
         health.status, 503,

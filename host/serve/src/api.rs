@@ -7,6 +7,7 @@
 //! | PUT | `/api/tenants/{tenant}/pipelines/{name}` | create or replace it (body: its config in JSON) |
 //! | DELETE | `/api/tenants/{tenant}/pipelines/{name}` | stop it with a final checkpoint and forget it |
 //! | POST | `/api/tenants/{tenant}/pipelines/{name}/pause`, `/resume` | pause or resume it |
+//! | POST | `/api/tenants/{tenant}/pipelines/{name}/snapshot` | an incremental snapshot request, as a signal row's JSON: `{"type": "execute-snapshot", "data-collections": ["public.orders"]}` (also `stop-snapshot`, `pause-snapshot`, `resume-snapshot`) |
 //! | GET | `/api/schema` | the JSON Schema of a pipeline config |
 //! | GET | `/metrics` | the caller's pipelines' metrics, labelled by tenant and pipeline (OpenMetrics) |
 //! | GET | `/` | the status page (it asks for a token, or takes one from `#token=…`) |
@@ -29,6 +30,7 @@ use serde_json::json;
 use crate::config::TokenDigest;
 use crate::pipelines::{Applied, Format, Origin, PipelineId, Pipelines, Refusal, not_found};
 use crate::supervisor::State as PipelineState;
+use walflow_core::snapshot::request::Request;
 
 /// The API's routes over `pipelines`.
 pub fn router(pipelines: Arc<Pipelines>) -> axum::Router {
@@ -42,6 +44,10 @@ pub fn router(pipelines: Arc<Pipelines>) -> axum::Router {
         .route(
             "/api/tenants/{tenant}/pipelines/{name}/resume",
             post(resume),
+        )
+        .route(
+            "/api/tenants/{tenant}/pipelines/{name}/snapshot",
+            post(snapshot),
         )
         .route("/api/schema", get(schema))
         .route("/metrics", get(metrics))
@@ -191,6 +197,32 @@ async fn resume(
     let id = reachable(&p, &headers, path)?;
     p.set_paused(&id, false).await?;
     Ok(Json(p.get(&id)?).into_response())
+}
+
+async fn snapshot(
+    State(p): State<Arc<Pipelines>>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+    body: String,
+) -> Result<Response, Failure> {
+    let id = reachable(&p, &headers, path)?;
+    let config = p.config_of(&id)?;
+    let request: Request = serde_json::from_str(&body).map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("not a snapshot request ({e}); send e.g. {{\"type\": \"execute-snapshot\", \"data-collections\": [\"public.orders\"]}}"),
+        )
+    })?;
+    match walflow_core::snapshot::command::send(&config, request).await {
+        Ok(message) => Ok(Json(json!({ "message": message })).into_response()),
+        Err(e) => {
+            let code = match walflow_core::error::class_of(&e) {
+                Some(walflow_core::error::Class::Transient) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(Failure(code, format!("{e:#}")))
+        }
+    }
 }
 
 async fn schema(State(p): State<Arc<Pipelines>>, headers: HeaderMap) -> Result<Response, Failure> {

@@ -472,6 +472,14 @@ impl Pipelines {
             .collect()
     }
 
+    /// The config pipeline `id` runs with.
+    pub fn config_of(&self, id: &PipelineId) -> Result<Config, Refusal> {
+        self.entries()
+            .get(id)
+            .map(|e| e.config.clone())
+            .ok_or_else(|| not_found(id))
+    }
+
     /// Pipeline `id`'s status.
     pub fn get(&self, id: &PipelineId) -> Result<PipelineStatus, Refusal> {
         self.entries()
