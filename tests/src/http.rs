@@ -25,7 +25,7 @@ impl Answer {
     }
 }
 
-/// Sends `method path` to `addr` with an optional bearer `token` and `body`.
+/// Sends `method path` to `addr` with an optional bearer `token` and JSON `body`.
 pub fn request(
     addr: &str,
     method: &str,
@@ -33,19 +33,30 @@ pub fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<Answer> {
+    let body = body.unwrap_or("").as_bytes();
+    send(addr, (method, path), token, ("application/json", body))
+}
+
+/// Sends `method path` to `addr` with an optional bearer `token` and a body of
+/// `(content type, bytes)`.
+pub fn send(
+    addr: &str,
+    (method, path): (&str, &str),
+    token: Option<&str>,
+    (content_type, body): (&str, &[u8]),
+) -> std::io::Result<Answer> {
     let mut conn = TcpStream::connect(addr)?;
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     if let Some(token) = token {
         head.push_str(&format!("authorization: Bearer {token}\r\n"));
     }
-    let body = body.unwrap_or("");
     head.push_str(&format!(
-        "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "content-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
         body.len()
     ));
     conn.write_all(head.as_bytes())?;
-    conn.write_all(body.as_bytes())?;
+    conn.write_all(body)?;
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();

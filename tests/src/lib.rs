@@ -21,6 +21,7 @@
 //! - [`ports`]: [`free_port`], a loopback port nothing listens on.
 //! - [`http`]: a minimal HTTP client for walflow's own listeners.
 //! - [`browser`]: headless Chromium, for the pages walflow serves.
+//! - [`plugins`]: the plugins of `plugins/`, built once.
 //! - [`black_hole`]: dropping a server's packets with nftables, for silent link failures.
 
 pub mod black_hole;
@@ -31,6 +32,7 @@ pub mod cluster;
 pub mod config_file;
 pub mod http;
 pub mod installs;
+pub mod plugins;
 pub mod ports;
 pub mod replay;
 pub mod slot;

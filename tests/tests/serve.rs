@@ -323,6 +323,8 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
     );
     insert(&b, 150..200).await;
     wait_rows(&serve.out("items"), 0..200).await;
+    uploaded_plugins(&serve, &c).await;
+
     // An incremental snapshot requested through the API re-reads bolt's table.
     let request = json!({"type": "execute-snapshot", "data-collections": ["public.t"]});
     let requested = serve.call(
@@ -367,6 +369,85 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
     }
     wait_inactive(&a, &a_slot).await;
     wait_inactive(&b, &b_slot).await;
+}
+
+/// A plugin uploaded through the API runs in a pipeline that names it by digest; a file that
+/// is not a plugin, another tenant's digest and a path on the host are refused.
+async fn uploaded_plugins(serve: &Service, c: &TestDb) {
+    let wasm = std::fs::read(walflow_tests::plugins::plugin("tag_v1")).unwrap();
+    let uploaded = request_bytes(serve, "/api/tenants/bolt/plugins", BOLT_TOKEN, &wasm);
+    assert_eq!(uploaded.status, 201, "{uploaded:?}");
+    let digest = uploaded.json()["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    let junk = request_bytes(
+        serve,
+        "/api/tenants/bolt/plugins",
+        BOLT_TOKEN,
+        b"\0asm junk",
+    );
+    assert_eq!(junk.status, 400, "{junk:?}");
+    assert!(
+        junk.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a plugin"),
+        "{junk:?}"
+    );
+    let elsewhere = request_bytes(serve, "/api/tenants/bolt/plugins", ACME_TOKEN, &wasm);
+    assert_eq!(elsewhere.status, 404, "{elsewhere:?}");
+
+    c.client()
+        .await
+        .batch_execute("ALTER TABLE t ADD COLUMN version text")
+        .await
+        .unwrap();
+    let with_plugin = |path: &str, slot: &str| {
+        let mut config: Json =
+            serde_json::from_str(&api_pipeline(c, &serve.out("tagged"))).unwrap();
+        config["source"]["slot"] = json!(slot);
+        config["plugins"] = json!([{ "path": path }]);
+        config.to_string()
+    };
+    let put = |tenant: &str, token: &str, body: String| {
+        let path = format!("/api/tenants/{tenant}/pipelines/tagged");
+        serve.call("PUT", &path, Some(token), Some(&body))
+    };
+    let foreign = put("acme", ACME_TOKEN, with_plugin(&digest, "acme_tagged_slot"));
+    assert_eq!(foreign.status, 400, "another tenant's upload: {foreign:?}");
+    assert!(foreign.body.contains("no uploaded plugin"), "{foreign:?}");
+    let host_path = put(
+        "bolt",
+        BOLT_TOKEN,
+        with_plugin("/etc/passwd", "tagged_slot"),
+    );
+    assert_eq!(host_path.status, 400, "{host_path:?}");
+    assert!(host_path.body.contains("digest"), "{host_path:?}");
+    let created = put("bolt", BOLT_TOKEN, with_plugin(&digest, "tagged_slot"));
+    assert_eq!(created.status, 201, "{created:?}");
+    active_pid(c, "tagged_slot").await;
+    insert(c, 1000..1010).await;
+    wait_rows(&serve.out("tagged"), 1000..1010).await;
+    let records = read_records(&serve.out("tagged"));
+    assert!(
+        records
+            .iter()
+            .all(|r| r["value"]["after"]["version"] == "v1"),
+        "the uploaded plugin did not run: {records:?}"
+    );
+    let deleted = serve.call(
+        "DELETE",
+        "/api/tenants/bolt/pipelines/tagged",
+        Some(BOLT_TOKEN),
+        None,
+    );
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    wait_inactive(c, "tagged_slot").await;
+}
+
+/// POSTs `bytes` (a plugin upload).
+fn request_bytes(serve: &Service, path: &str, token: &str, bytes: &[u8]) -> Answer {
+    let post = ("POST", path);
+    walflow_tests::http::send(&serve.addr, post, Some(token), ("application/wasm", bytes)).unwrap()
 }
 
 /// The status page in a real browser: a tenant's token shows its pipelines only, with their
@@ -526,7 +607,10 @@ fn authorization(serve: &Service, a: &TestDb) {
     // Budgets: admission control refuses what would take the tenant over its limits.
     let mut greedy: Json = serde_json::from_str(&same_slot).unwrap();
     greedy["source"]["slot"] = json!("greedy_slot");
-    greedy["plugins"] = json!([{"path": "/plugins/any.wasm", "memory_mb": 2048}]);
+    let wasm = std::fs::read(walflow_tests::plugins::plugin("passthrough")).unwrap();
+    let uploaded = request_bytes(serve, "/api/tenants/acme/plugins", ACME_TOKEN, &wasm);
+    let digest = uploaded.json()["digest"].as_str().unwrap().to_string();
+    greedy["plugins"] = json!([{"path": digest, "memory_mb": 2048}]);
     answers.push(refused(
         "greedy",
         greedy.to_string(),

@@ -32,4 +32,12 @@ impl Components for Standard {
     fn plugin_memory_ceiling_mb(&self, config: &Config) -> u64 {
         walflow_plugin_host::processor::memory_ceiling_mb(config)
     }
+
+    fn check_plugin(&self, path: &Path) -> Result<(), String> {
+        let engine = walflow_plugin_host::PluginEngine::shared().map_err(|e| e.to_string())?;
+        let spec = walflow_plugin_host::PluginSpec::new(path, "{}");
+        walflow_plugin_host::LoadedPlugin::load(&engine, &spec)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }

@@ -8,6 +8,7 @@
 //! | DELETE | `/api/tenants/{tenant}/pipelines/{name}` | stop it with a final checkpoint and forget it |
 //! | POST | `/api/tenants/{tenant}/pipelines/{name}/pause`, `/resume` | pause or resume it |
 //! | POST | `/api/tenants/{tenant}/pipelines/{name}/snapshot` | an incremental snapshot request, as a signal row's JSON: `{"type": "execute-snapshot", "data-collections": ["public.orders"]}` (also `stop-snapshot`, `pause-snapshot`, `resume-snapshot`) |
+//! | POST | `/api/tenants/{tenant}/plugins` | upload a plugin component (the body); answers its `digest`, which pipeline configs name as `path = "sha256:…"` |
 //! | GET | `/api/schema` | the JSON Schema of a pipeline config |
 //! | GET | `/metrics` | the caller's pipelines' metrics, labelled by tenant and pipeline (OpenMetrics) |
 //! | GET | `/` | the status page (it asks for a token, or takes one from `#token=…`) |
@@ -49,12 +50,19 @@ pub fn router(pipelines: Arc<Pipelines>) -> axum::Router {
             "/api/tenants/{tenant}/pipelines/{name}/snapshot",
             post(snapshot),
         )
+        .route(
+            "/api/tenants/{tenant}/plugins",
+            post(upload).layer(axum::extract::DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
+        )
         .route("/api/schema", get(schema))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/", get(page))
         .with_state(pipelines)
 }
+
+/// Largest plugin upload (a Python component with its interpreter is ~40 MiB).
+const MAX_PLUGIN_BYTES: usize = 256 << 20;
 
 /// Who is calling.
 enum Caller {
@@ -223,6 +231,23 @@ async fn snapshot(
             Err(Failure(code, format!("{e:#}")))
         }
     }
+}
+
+async fn upload(
+    State(p): State<Arc<Pipelines>>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    let caller = caller(&p, &headers)?;
+    if !caller.reaches(&tenant) || p.config().tenant(&tenant).is_none() {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("there is no tenant `{tenant}`"),
+        ));
+    }
+    let digest = p.upload_plugin(&tenant, body.to_vec()).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "digest": digest }))).into_response())
 }
 
 async fn schema(State(p): State<Arc<Pipelines>>, headers: HeaderMap) -> Result<Response, Failure> {

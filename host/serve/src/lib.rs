@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod exposition;
 pub mod pipelines;
+pub mod store;
 pub mod supervisor;
 pub mod watch;
 

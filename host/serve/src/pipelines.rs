@@ -370,11 +370,62 @@ impl Pipelines {
         }
         walflow_config::tables::TableSelector::from_source(&config.source)
             .map_err(|e| Refusal::Invalid(format!("{}: {e:#}", label.display())))?;
+        self.resolve_plugins(id, origin, &mut config, &label)?;
         config.state.dir = state.clone();
         if origin == Origin::Api {
             config.base_dir = state;
         }
         Ok(config)
+    }
+
+    /// Points `sha256:` plugin references at the tenant's uploads. A config from the API may
+    /// name plugins only that way: a path would let a tenant run any file of the host.
+    fn resolve_plugins(
+        &self,
+        id: &PipelineId,
+        origin: Origin,
+        config: &mut Config,
+        label: &Path,
+    ) -> Result<(), Refusal> {
+        for plugin in &mut config.plugins {
+            match crate::store::digest_in(&plugin.path) {
+                Some(hex) => {
+                    let stored = crate::store::path_of(&self.config.state_dir, &id.tenant, hex);
+                    if !stored.exists() {
+                        return Err(Refusal::Invalid(format!(
+                            "{}: tenant `{}` has no uploaded plugin sha256:{hex}; upload it with POST /api/tenants/{}/plugins",
+                            label.display(),
+                            id.tenant,
+                            id.tenant
+                        )));
+                    }
+                    plugin.path = stored;
+                }
+                None if origin == Origin::Api => {
+                    return Err(Refusal::Invalid(format!(
+                        "{}: plugins of a pipeline from the API are named by the digest their upload returned (path = \"sha256:…\"), not by a path on the host",
+                        label.display()
+                    )));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads `bytes` as one of `tenant`'s plugins once the plugin host accepts it; its
+    /// digest, or why it was refused.
+    pub async fn upload_plugin(&self, tenant: &str, bytes: Vec<u8>) -> Result<String, Refusal> {
+        let state_dir = self.config.state_dir.clone();
+        let tenant = tenant.to_string();
+        let parts = self.parts.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            crate::store::put(&state_dir, &tenant, &bytes, |path| parts.check_plugin(path))
+        })
+        .await
+        .map_err(|e| Refusal::Invalid(format!("checking the plugin panicked: {e}")))?
+        .map_err(|e| Refusal::Invalid(format!("cannot store the plugin: {e}")))?;
+        stored.map_err(|why| Refusal::Invalid(format!("not a plugin walflow can run: {why}")))
     }
 
     /// Where pipeline `id` keeps its checkpoint.

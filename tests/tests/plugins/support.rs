@@ -1,35 +1,12 @@
 //! Shared helpers of the plugin tests: building the plugins once, and constructing events.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use walflow::config::OnError;
 use walflow::event::{Column, Event, Op, Relation, Source, Value};
 use walflow::plugin::{Chain, Limits, PluginEngine, PluginSpec};
 
-/// Builds every plugin with `scripts/build-plugins` (once per test binary) and returns the
-/// directory holding the `.wasm` files.
-pub fn plugins_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let status = std::process::Command::new(root.join("scripts/build-plugins"))
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("run scripts/build-plugins");
-        assert!(status.success(), "scripts/build-plugins failed");
-        root.join("plugins/target/dist")
-    })
-}
-
-/// The path of a built plugin, e.g. `plugin("table_filter")`.
-pub fn plugin(name: &str) -> PathBuf {
-    let path = plugins_dir().join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} was not built", path.display());
-    path
-}
+pub use walflow_tests::plugins::plugin;
 
 /// A spec for a built plugin with a config and a failure policy.
 pub fn spec(name: &str, config: &str, on_error: OnError) -> PluginSpec {

@@ -36,4 +36,10 @@ pub trait Components: Send + Sync {
     fn plugin_memory_ceiling_mb(&self, _config: &Config) -> u64 {
         0
     }
+
+    /// Whether the file at `path` is a plugin this host can run; `Err` says why not, in one
+    /// sentence. Without a plugin host, nothing is.
+    fn check_plugin(&self, _path: &Path) -> Result<(), String> {
+        Err("this walflow has no plugin host".into())
+    }
 }
