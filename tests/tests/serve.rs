@@ -635,3 +635,110 @@ fn authorization(serve: &Service, a: &TestDb) {
         }
     }
 }
+
+/// A tenant whose plugin loops, allocates without bound and panics is held to its CPU budget —
+/// throttled, never failed — and catches up, while another tenant streams on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_tenant_is_throttled_and_contained_while_another_streams_on() {
+    let (hog_db, calm_db) = (source().await, source().await);
+    hog_db
+        .client()
+        .await
+        .batch_execute("ALTER TABLE t ADD COLUMN action text")
+        .await
+        .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("walflow-serve-")
+        .tempdir()
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", walflow_tests::free_port());
+    let text = format!(
+        "listen = \"{addr}\"\npipelines_dir = \"pipelines\"\nscan_interval = \"200ms\"\n\n\
+         [[tenants]]\nname = \"hog\"\ntoken = \"{ACME_TOKEN}\"\nplugin_cpu_ms_per_s = 200\n\n\
+         [[tenants]]\nname = \"calm\"\ntoken = \"{BOLT_TOKEN}\"\n"
+    );
+    std::fs::write(dir.path().join("serve.toml"), text).unwrap();
+    let serve = Service { addr, dir };
+    for tenant in ["hog", "calm"] {
+        std::fs::create_dir_all(serve.pipelines().join(tenant)).unwrap();
+    }
+    let misbehave = walflow_tests::plugins::plugin("misbehave");
+    let hog = file_pipeline(&hog_db, &serve.out("hog"))
+        + &format!(
+            "\n[[plugins]]\npath = {}\non_error = \"skip\"\ntimeout_ms = 100\nmemory_mb = 64\n",
+            walflow_tests::config_file::toml_string(&misbehave.to_string_lossy())
+        );
+    std::fs::write(serve.pipelines().join("hog/p.toml"), hog).unwrap();
+    std::fs::write(
+        serve.pipelines().join("calm/p.toml"),
+        file_pipeline(&calm_db, &serve.out("calm")),
+    )
+    .unwrap();
+    let mut child = walflow!("serve", "-c", serve.dir.path().join("serve.toml"))
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    active_pid(&hog_db, &format!("{}_slot", hog_db.name())).await;
+    active_pid(&calm_db, &format!("{}_slot", calm_db.name())).await;
+
+    // Twenty transactions, each with a row that loops until the 100 ms deadline: 2 s of plugin
+    // time against a budget of 200 ms per second. Some rows allocate 1 GiB or panic instead.
+    let hog_client = hog_db.client().await;
+    for i in 0..20 {
+        let bad = match i % 5 {
+            3 => "alloc",
+            4 => "panic",
+            _ => "loop",
+        };
+        hog_client
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO t VALUES ({}, 'bad', '{bad}'), ({}, 'ok', NULL); COMMIT;",
+                1000 + i,
+                i
+            ))
+            .await
+            .unwrap();
+    }
+    insert(&calm_db, 0..500).await;
+    wait_rows(&serve.out("calm"), 0..500).await;
+    let hog_status = || {
+        serve.call(
+            "GET",
+            "/api/tenants/hog/pipelines/p",
+            Some(ACME_TOKEN),
+            None,
+        )
+    };
+    let mut states = BTreeSet::new();
+    wait_for_async("the hog's good rows", Duration::from_secs(120), || {
+        states.insert(hog_status().json()["state"].as_str().unwrap().to_string());
+        async {
+            ids_in(&serve.out("hog"))
+                .is_superset(&(0..20).collect())
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let status = hog_status().json();
+    assert_eq!(states, BTreeSet::from(["running".to_string()]), "{status}");
+    let throttled = status["tenant_throttled_seconds"].as_f64().unwrap();
+    assert!(
+        throttled >= 1.0,
+        "the hog was not held to its budget: {status}"
+    );
+    assert!(
+        ids_in(&serve.out("hog")).iter().all(|id| *id < 1000),
+        "a misbehaving row was delivered"
+    );
+    let calm = serve.call(
+        "GET",
+        "/api/tenants/calm/pipelines/p",
+        Some(BOLT_TOKEN),
+        None,
+    );
+    assert_eq!(calm.json()["tenant_throttled_seconds"], 0.0, "{calm:?}");
+    child.terminate();
+    let out = child.wait_async(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}

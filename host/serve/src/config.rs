@@ -72,6 +72,10 @@ pub struct TenantFile {
     /// Most event data its pipelines may hold, in MiB: the sum of their `[memory] budget_mb`.
     #[serde(default)]
     pub memory_mb: Option<u64>,
+    /// Plugin time its pipelines may use, in milliseconds per second (1000 = one core); over
+    /// it, they wait.
+    #[serde(default)]
+    pub plugin_cpu_ms_per_s: Option<u64>,
 }
 
 fn default_listen() -> String {
@@ -125,6 +129,8 @@ pub struct Tenant {
     pub plugin_memory_mb: Option<u64>,
     /// Most event memory over all its pipelines (`[memory] budget_mb` summed), MiB.
     pub memory_mb: Option<u64>,
+    /// Plugin time over all its pipelines, milliseconds per second.
+    pub plugin_cpu_ms_per_s: Option<u64>,
 }
 
 /// The service's configuration, checked, with paths resolved and tokens read.
@@ -177,6 +183,7 @@ impl ServeConfig {
                 ("max_pipelines", t.max_pipelines == Some(0)),
                 ("plugin_memory_mb", t.plugin_memory_mb == Some(0)),
                 ("memory_mb", t.memory_mb == Some(0)),
+                ("plugin_cpu_ms_per_s", t.plugin_cpu_ms_per_s == Some(0)),
             ] {
                 if zero {
                     anyhow::bail!(
@@ -197,6 +204,7 @@ impl ServeConfig {
                 max_pipelines: t.max_pipelines,
                 plugin_memory_mb: t.plugin_memory_mb,
                 memory_mb: t.memory_mb,
+                plugin_cpu_ms_per_s: t.plugin_cpu_ms_per_s,
             });
         }
         if tenants.is_empty() {

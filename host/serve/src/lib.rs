@@ -7,6 +7,7 @@
 //! tenant's token reaches only its own. See `docs/architecture.md` for where this sits.
 
 pub mod api;
+pub mod budget;
 pub mod config;
 pub mod exposition;
 pub mod pipelines;

@@ -15,6 +15,7 @@ use walflow_config::Config;
 use walflow_core::metrics::{Metrics, Summary};
 use walflow_core::pipeline::Components;
 
+use crate::budget::{CpuBudget, TenantParts};
 use crate::config::{ServeConfig, check_name};
 use crate::supervisor::{State, Status, Supervisor, set};
 
@@ -93,13 +94,17 @@ pub struct Numbers {
     pub lag_bytes: u64,
     /// Streaming, with the replication connection up.
     pub healthy: bool,
+    /// Its tenant is out of plugin CPU budget right now (its pipelines wait).
+    pub throttled: bool,
+    /// How long its tenant's pipelines have waited for plugin CPU budget, in seconds.
+    pub tenant_throttled_seconds: f64,
     /// Events per second written, one value per [`SAMPLE_EVERY`], oldest first (up to
     /// [`HISTORY`] of them: the last minutes).
     pub throughput: Vec<f64>,
 }
 
 impl Numbers {
-    fn of(s: Summary, history: &VecDeque<u64>) -> Numbers {
+    fn of(s: Summary, history: &VecDeque<u64>, budget: Option<&CpuBudget>) -> Numbers {
         let per_second = SAMPLE_EVERY.as_secs_f64();
         let throughput = history
             .iter()
@@ -111,6 +116,8 @@ impl Numbers {
             acked_lsn: s.acked_lsn.to_string(),
             lag_bytes: s.lag_bytes,
             healthy: s.healthy,
+            throttled: budget.is_some_and(CpuBudget::exhausted),
+            tenant_throttled_seconds: budget.map_or(0.0, |b| b.throttled().as_secs_f64()),
             throughput,
         }
     }
@@ -136,7 +143,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn status(&self, id: &PipelineId) -> PipelineStatus {
+    fn status(&self, id: &PipelineId, budget: Option<&CpuBudget>) -> PipelineStatus {
         PipelineStatus {
             id: id.clone(),
             origin: self.origin,
@@ -145,7 +152,7 @@ impl Entry {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            numbers: Numbers::of(self.metrics.summary(), &self.history),
+            numbers: Numbers::of(self.metrics.summary(), &self.history, budget),
         }
     }
 }
@@ -165,6 +172,10 @@ pub enum Applied {
 pub struct Pipelines {
     config: ServeConfig,
     parts: Arc<dyn Components>,
+    /// Each tenant's sinks and plugin host, held to its CPU budget.
+    tenant_parts: BTreeMap<String, Arc<dyn Components>>,
+    /// Each tenant's CPU budget, when it has one.
+    budgets: BTreeMap<String, Arc<CpuBudget>>,
     /// Held while a change is made, so changes happen one at a time.
     changing: tokio::sync::Mutex<()>,
     entries: Mutex<BTreeMap<PipelineId, Entry>>,
@@ -173,9 +184,30 @@ pub struct Pipelines {
 impl Pipelines {
     /// No pipelines yet; sinks and plugins come from `parts`.
     pub fn new(config: ServeConfig, parts: Arc<dyn Components>) -> Pipelines {
+        let budgets: BTreeMap<String, Arc<CpuBudget>> = config
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                Some((
+                    t.name.clone(),
+                    Arc::new(CpuBudget::new(t.plugin_cpu_ms_per_s?)),
+                ))
+            })
+            .collect();
+        let tenant_parts = config
+            .tenants
+            .iter()
+            .map(|t| {
+                let budget = budgets.get(&t.name).cloned();
+                let held: Arc<dyn Components> = Arc::new(TenantParts::new(parts.clone(), budget));
+                (t.name.clone(), held)
+            })
+            .collect();
         Pipelines {
             config,
             parts,
+            tenant_parts,
+            budgets,
             changing: tokio::sync::Mutex::new(()),
             entries: Mutex::new(BTreeMap::new()),
         }
@@ -428,6 +460,18 @@ impl Pipelines {
         stored.map_err(|why| Refusal::Invalid(format!("not a plugin walflow can run: {why}")))
     }
 
+    fn budget_of(&self, tenant: &str) -> Option<&CpuBudget> {
+        self.budgets.get(tenant).map(|b| &**b)
+    }
+
+    /// Tenant `tenant`'s sinks and plugin host.
+    fn parts_of(&self, tenant: &str) -> Arc<dyn Components> {
+        self.tenant_parts
+            .get(tenant)
+            .cloned()
+            .unwrap_or_else(|| self.parts.clone())
+    }
+
     /// Where pipeline `id` keeps its checkpoint.
     pub fn state_dir(&self, id: &PipelineId) -> PathBuf {
         self.config.state_dir.join(&id.tenant).join(&id.name)
@@ -445,7 +489,7 @@ impl Pipelines {
         let supervisor = Supervisor::start(
             id.to_string(),
             config.clone(),
-            self.parts.clone(),
+            self.parts_of(&id.tenant),
             metrics.clone(),
             status.clone(),
         );
@@ -506,7 +550,13 @@ impl Pipelines {
         }
         let supervisor = running.unwrap_or_else(|| {
             tracing::info!(pipeline = %id, "pipeline resumed");
-            Supervisor::start(id.to_string(), config, self.parts.clone(), metrics, status)
+            Supervisor::start(
+                id.to_string(),
+                config,
+                self.parts_of(&id.tenant),
+                metrics,
+                status,
+            )
         });
         if let Some(entry) = self.entries().get_mut(id) {
             entry.supervisor = Some(supervisor);
@@ -519,7 +569,7 @@ impl Pipelines {
         self.entries()
             .iter()
             .filter(|(id, _)| tenant.is_none_or(|t| id.tenant == t))
-            .map(|(id, e)| e.status(id))
+            .map(|(id, e)| e.status(id, self.budget_of(&id.tenant)))
             .collect()
     }
 
@@ -535,7 +585,7 @@ impl Pipelines {
     pub fn get(&self, id: &PipelineId) -> Result<PipelineStatus, Refusal> {
         self.entries()
             .get(id)
-            .map(|e| e.status(id))
+            .map(|e| e.status(id, self.budget_of(&id.tenant)))
             .ok_or_else(|| not_found(id))
     }
 
