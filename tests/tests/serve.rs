@@ -30,6 +30,17 @@ impl Service {
         self.dir.path().join(format!("{name}.jsonl"))
     }
 
+    /// Where an API pipeline's relative file sink `out.jsonl` writes: inside its state
+    /// directory, the only place a tenant's file sinks may write.
+    fn api_out(&self, tenant: &str, pipeline: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state")
+            .join(tenant)
+            .join(pipeline)
+            .join("out.jsonl")
+    }
+
     fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
         request(&self.addr, method, path, token, body).unwrap()
     }
@@ -83,8 +94,9 @@ fn file_pipeline(db: &TestDb, out: &Path) -> String {
         .to_toml(Path::new("ignored-by-serve"))
 }
 
-/// A pipeline config (JSON) for the API, with the password inline in the URL as tenants must.
-fn api_pipeline(db: &TestDb, out: &Path) -> String {
+/// A pipeline config (JSON) for the API, with the password inline in the URL as tenants must,
+/// and a file sink `out.jsonl` in its state directory.
+fn api_pipeline(db: &TestDb) -> String {
     let info = db.cluster();
     json!({
         "source": {
@@ -94,7 +106,7 @@ fn api_pipeline(db: &TestDb, out: &Path) -> String {
             "snapshot": "never",
             "signal_table": "public.walflow_signal",
         },
-        "sinks": [{"type": "file", "path": out.to_string_lossy()}],
+        "sinks": [{"type": "file", "path": "out.jsonl"}],
     })
     .to_string()
 }
@@ -218,7 +230,7 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
         "PUT",
         "/api/tenants/bolt/pipelines/items",
         Some(BOLT_TOKEN),
-        Some(&api_pipeline(&b, &serve.out("items"))),
+        Some(&api_pipeline(&b)),
     );
     assert_eq!(created.status, 201, "{created:?}");
     let a_slot = format!("{}_slot", a.name());
@@ -228,7 +240,7 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
     insert(&a, 0..100).await;
     insert(&b, 0..100).await;
     wait_rows(&serve.out("orders"), 0..100).await;
-    wait_rows(&serve.out("items"), 0..100).await;
+    wait_rows(&serve.api_out("bolt", "items"), 0..100).await;
 
     // A file added: only its pipeline starts.
     std::fs::write(
@@ -280,7 +292,7 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
         None,
     );
     assert_eq!(resumed.status, 200, "{resumed:?}");
-    wait_rows(&serve.out("items"), 0..150).await;
+    wait_rows(&serve.api_out("bolt", "items"), 0..150).await;
 
     authorization(&serve, &a);
     status_page(&serve);
@@ -322,7 +334,7 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
         "{failed}"
     );
     insert(&b, 150..200).await;
-    wait_rows(&serve.out("items"), 0..200).await;
+    wait_rows(&serve.api_out("bolt", "items"), 0..200).await;
     uploaded_plugins(&serve, &c).await;
 
     // An incremental snapshot requested through the API re-reads bolt's table.
@@ -335,7 +347,7 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
     );
     assert_eq!(requested.status, 200, "{requested:?}");
     wait_for_async("the snapshot's rows", Duration::from_secs(60), || async {
-        let read = read_records(&serve.out("items"))
+        let read = read_records(&serve.api_out("bolt", "items"))
             .iter()
             .filter(|r| r["value"]["op"] == "r")
             .count();
@@ -402,8 +414,7 @@ async fn uploaded_plugins(serve: &Service, c: &TestDb) {
         .await
         .unwrap();
     let with_plugin = |path: &str, slot: &str| {
-        let mut config: Json =
-            serde_json::from_str(&api_pipeline(c, &serve.out("tagged"))).unwrap();
+        let mut config: Json = serde_json::from_str(&api_pipeline(c)).unwrap();
         config["source"]["slot"] = json!(slot);
         config["plugins"] = json!([{ "path": path }]);
         config.to_string()
@@ -426,8 +437,8 @@ async fn uploaded_plugins(serve: &Service, c: &TestDb) {
     assert_eq!(created.status, 201, "{created:?}");
     active_pid(c, "tagged_slot").await;
     insert(c, 1000..1010).await;
-    wait_rows(&serve.out("tagged"), 1000..1010).await;
-    let records = read_records(&serve.out("tagged"));
+    wait_rows(&serve.api_out("bolt", "tagged"), 1000..1010).await;
+    let records = read_records(&serve.api_out("bolt", "tagged"));
     assert!(
         records
             .iter()
@@ -583,7 +594,7 @@ fn authorization(serve: &Service, a: &TestDb) {
         assert!(error.contains(says), "{name}: {error}");
         answer
     };
-    let same_slot = api_pipeline(a, Path::new("/tmp/never.jsonl"));
+    let same_slot = api_pipeline(a);
     answers.push(refused("twin", same_slot.clone(), 409, "already uses slot"));
     answers.push(refused("Bad_Name", same_slot.clone(), 400, "not allowed"));
     let unknown_key = same_slot.replace("\"snapshot\"", "\"snapshots\"");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use walflow_config::Config;
+use walflow_config::{Config, SinkKind};
 use walflow_core::metrics::{Metrics, Summary};
 use walflow_core::pipeline::Components;
 
@@ -403,6 +403,9 @@ impl Pipelines {
         walflow_config::tables::TableSelector::from_source(&config.source)
             .map_err(|e| Refusal::Invalid(format!("{}: {e:#}", label.display())))?;
         self.resolve_plugins(id, origin, &mut config, &label)?;
+        if origin == Origin::Api {
+            confine(&config, &label)?;
+        }
         config.state.dir = state.clone();
         if origin == Origin::Api {
             config.base_dir = state;
@@ -639,6 +642,49 @@ pub fn not_found(id: &PipelineId) -> Refusal {
         "there is no pipeline `{}` in tenant `{}`",
         id.name, id.tenant
     ))
+}
+
+/// Keeps a pipeline from the API inside its state directory: its file sinks write there
+/// (relative paths, no `..`), and it reads no file of the host.
+fn confine(config: &Config, label: &Path) -> Result<(), Refusal> {
+    let refuse = |what: String| {
+        Refusal::Invalid(format!(
+            "{}: {what}; a pipeline from the API keeps its files inside its state directory",
+            label.display()
+        ))
+    };
+    let inside = |p: &Path| {
+        p.is_relative()
+            && p.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+    };
+    for sink in config.sinks.iter().chain(&config.dead_letter) {
+        match &sink.kind {
+            SinkKind::File(f) if !inside(&f.path) => {
+                return Err(refuse(format!(
+                    "the file sink's path {} is not a relative path inside it",
+                    f.path.display()
+                )));
+            }
+            SinkKind::Plugin(_) => {
+                return Err(refuse(
+                    "sink plugins are not available to pipelines from the API yet".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if config.source.tables_csv.is_some() || config.source.sslrootcert.is_some() {
+        return Err(refuse(
+            "tables_csv and sslrootcert name files of the host; list tables in source.tables"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether two configs stream from the same slot of the same database.
