@@ -34,6 +34,18 @@ impl Backlog {
         columns: &str,
         row_expression: &str,
     ) -> anyhow::Result<Backlog> {
+        Backlog::write_after_slots(changes, columns, row_expression, &[PEER_SLOT, WALFLOW_SLOT])
+            .await
+    }
+
+    /// Like [`write`](Self::write), with `slots` made before the backlog instead of the peer's
+    /// and walflow's.
+    pub async fn write_after_slots(
+        changes: u64,
+        columns: &str,
+        row_expression: &str,
+        slots: &[impl AsRef<str>],
+    ) -> anyhow::Result<Backlog> {
         let cluster = tokio::task::spawn_blocking(|| {
             Cluster::start(
                 ClusterOptions::default()
@@ -51,11 +63,11 @@ impl Backlog {
                 "CREATE TABLE bench ({columns}); CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES;"
             ))
             .await?;
-        for slot in [PEER_SLOT, WALFLOW_SLOT] {
+        for slot in slots {
             client
                 .execute(
                     "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&slot],
+                    &[&slot.as_ref()],
                 )
                 .await?;
         }

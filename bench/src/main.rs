@@ -13,6 +13,9 @@
 //! 5,000,000 rows, 3 runs; the median and best ratios are printed).
 //! `walflow-bench soak [MINUTES]` — a mixed workload through `walflow run` for a while (default
 //! 10 minutes), sampling RSS, file descriptors and the WAL the slot retains.
+//! `walflow-bench serve [CHANGES]` — `walflow serve`: resident memory per idle pipeline (50 of
+//! them), and ten busy pipelines in one service vs ten `walflow run` processes on the same
+//! backlog (default 200,000 changes, read by each).
 //! `walflow-bench latency [SECONDS]` — commit → durable in walflow's file sink vs commit →
 //! arrival at `pg_recvlogical`, single-row transactions at fixed rates, same run (default 5 s
 //! per rate; p50/p95/p99/max printed).
@@ -22,6 +25,7 @@ mod latency;
 mod pipeline;
 mod plugin_chain;
 mod process;
+mod serve;
 mod sinks;
 mod snapshot;
 mod soak;
@@ -40,6 +44,8 @@ const USAGE: &str = "usage: walflow-bench BENCHMARK [COUNT]
   snapshot [ROWS] [RUNS]  initial snapshot at parallelism 1 and 2 vs psql COPY (5,000,000 rows,
                           3 runs: median and best ratio)
   soak [MINUTES]          a mixed workload for MINUTES (10): RSS, descriptors, WAL kept
+  serve [CHANGES]         walflow serve: RSS per idle pipeline (50), and 10 busy pipelines vs
+                          10 walflow run processes on the same backlog (200,000 each)
   latency [SECONDS]       commit → durable in the file sink vs pg_recvlogical, single-row
                           transactions at 1k, 10k, 50k/s and 70% of the maximum (5 s each)";
 
@@ -62,6 +68,8 @@ async fn main() -> anyhow::Result<()> {
             snapshot::run(count("ROWS", 5_000_000)?, runs).await
         }
         Some("latency") => latency::run(count("SECONDS", 5)?).await,
+        Some("serve") => serve::run(count("CHANGES", 200_000)?).await,
+        Some("__walflow-serve") => serve::child(&args[1..]).await,
         Some("__walflow-latency") => latency::child(&args[1..]).await,
         Some("__walflow-snapshot") => snapshot::child(&args[1..]).await,
         Some("soak") => {

@@ -34,7 +34,12 @@ pub fn measure(mut command: Command) -> anyhow::Result<Run> {
     command.stdout(Stdio::null()).stderr(Stdio::inherit());
     let started = Instant::now();
     let child = command.spawn()?;
-    let pid = child.id() as libc::pid_t;
+    wait_measured(child.id(), started)
+}
+
+/// Waits for the child `pid` (spawned at `started`) and measures it; fails unless it exits 0.
+pub fn wait_measured(pid: u32, started: Instant) -> anyhow::Result<Run> {
+    let pid = pid as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

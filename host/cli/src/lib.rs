@@ -18,6 +18,7 @@ pub use walflow_core::{
 pub use walflow_pg as pg;
 pub use walflow_pgoutput as pgoutput;
 pub use walflow_plugin_host as plugin;
+pub use walflow_serve as serve;
 pub use walflow_sinks as sink;
 
 /// Runs the pipeline `config` describes until stopped, with every compiled-in sink and the
