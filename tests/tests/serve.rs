@@ -753,3 +753,191 @@ async fn a_misbehaving_tenant_is_throttled_and_contained_while_another_streams_o
     let out = child.wait_async(Duration::from_secs(60)).await.unwrap();
     assert_eq!(out.code(), Some(0), "{}", out.describe());
 }
+
+/// Writes `rounds` transactions into `t` of `db`, one every 50 ms: ten inserts, an update of an
+/// earlier row and a delete, so replaying the sink must follow changes, not just collect rows.
+/// Returns the WAL position after the last one.
+async fn paced_changes(db: &TestDb, first_round: i32, rounds: i32) -> String {
+    let client = db.client().await;
+    for round in first_round..first_round + rounds {
+        let base = round * 10;
+        client
+            .batch_execute(&format!(
+                "BEGIN;
+                 INSERT INTO t SELECT g, 'v' || g FROM generate_series({base}, {}) g;
+                 UPDATE t SET v = 'updated' WHERE id = {};
+                 DELETE FROM t WHERE id = {};
+                 COMMIT;",
+                base + 9,
+                (base / 2).max(0),
+                base + 3
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until `tenant`'s pipeline `name` has acknowledged `lsn`.
+async fn wait_acked(serve: &Service, token: &str, tenant: &str, name: &str, lsn: &str) {
+    let target = walflow::event::Lsn::parse(lsn).unwrap();
+    let path = format!("/api/tenants/{tenant}/pipelines/{name}");
+    wait_for_async(
+        &format!("{tenant}/{name} at {lsn}"),
+        Duration::from_secs(120),
+        || async {
+            let status = serve.call("GET", &path, Some(token), None).json();
+            let acked = status["acked_lsn"]
+                .as_str()
+                .and_then(walflow::event::Lsn::parse);
+            acked.is_some_and(|a| a >= target).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Three calm pipelines under a fixed offered load: how long until all of it is acknowledged.
+async fn calm_phase(serve: &Service, calm: &[TestDb], first_round: i32) -> Duration {
+    let started = std::time::Instant::now();
+    let ends =
+        futures::future::join_all(calm.iter().map(|db| paced_changes(db, first_round, 40))).await;
+    for (i, end) in ends.iter().enumerate() {
+        wait_acked(serve, BOLT_TOKEN, "calm", &format!("p{i}"), end).await;
+    }
+    started.elapsed()
+}
+
+/// Two tenants with three pipelines each; while the calm tenant's pipelines stream, the other's
+/// plugins loop, allocate without bound and panic. The calm pipelines deliver every change
+/// (replaying their sinks rebuilds their tables) at nearly the rate they did before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_misbehaving_plugins_leave_a_tenants_pipelines_whole_and_on_time() {
+    let mut calm = Vec::new();
+    let mut hog = Vec::new();
+    for _ in 0..3 {
+        calm.push(source().await);
+        let db = source().await;
+        db.client()
+            .await
+            .batch_execute("ALTER TABLE t ADD COLUMN action text")
+            .await
+            .unwrap();
+        hog.push(db);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("walflow-serve-")
+        .tempdir()
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", walflow_tests::free_port());
+    let text = format!(
+        "listen = \"{addr}\"\npipelines_dir = \"pipelines\"\nscan_interval = \"200ms\"\n\n\
+         [[tenants]]\nname = \"hog\"\ntoken = \"{ACME_TOKEN}\"\nplugin_cpu_ms_per_s = 500\n\n\
+         [[tenants]]\nname = \"calm\"\ntoken = \"{BOLT_TOKEN}\"\n"
+    );
+    std::fs::write(dir.path().join("serve.toml"), text).unwrap();
+    let serve = Service { addr, dir };
+    let plugin = |name: &str, extra: &str| {
+        let path = walflow_tests::plugins::plugin(name);
+        format!(
+            "\n[[plugins]]\npath = {}\n{extra}\n",
+            walflow_tests::config_file::toml_string(&path.to_string_lossy())
+        )
+    };
+    for (tenant, dbs) in [("calm", &calm), ("hog", &hog)] {
+        std::fs::create_dir_all(serve.pipelines().join(tenant)).unwrap();
+        for (i, db) in dbs.iter().enumerate() {
+            let chain = match tenant {
+                "calm" => plugin("passthrough", ""),
+                _ => plugin(
+                    "misbehave",
+                    "on_error = \"skip\"\ntimeout_ms = 200\nmemory_mb = 64",
+                ),
+            };
+            let text = file_pipeline(db, &serve.out(&format!("{tenant}{i}"))) + &chain;
+            std::fs::write(serve.pipelines().join(format!("{tenant}/p{i}.toml")), text).unwrap();
+        }
+    }
+    let mut child = walflow!("serve", "-c", serve.dir.path().join("serve.toml"))
+        .env("RUST_LOG", "info")
+        .spawn()
+        .unwrap();
+    for db in calm.iter().chain(&hog) {
+        active_pid(db, &format!("{}_slot", db.name())).await;
+    }
+
+    let before = calm_phase(&serve, &calm, 0).await;
+    let stop_hog = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hogging = Vec::new();
+    for db in &hog {
+        let client = db.client().await;
+        let stop = stop_hog.clone();
+        hogging.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let action = ["loop", "alloc", "panic"][i % 3];
+                client
+                    .batch_execute(&format!(
+                        "INSERT INTO t VALUES ({}, 'bad', '{action}'), ({}, 'ok', NULL)",
+                        100_000 + i,
+                        i
+                    ))
+                    .await
+                    .unwrap();
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = calm_phase(&serve, &calm, 1000).await;
+    stop_hog.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogging {
+        h.await.unwrap();
+    }
+    let ratio = before.as_secs_f64() / during.as_secs_f64();
+    eprintln!(
+        "calm delivery rate while the hog misbehaves: {ratio:.2} of before ({before:?} vs {during:?})"
+    );
+    assert!(
+        ratio >= 0.5,
+        "the calm tenant slowed to {ratio:.2} of its rate ({before:?} vs {during:?})"
+    );
+    for (i, db) in calm.iter().enumerate() {
+        let records = read_records(&serve.out(&format!("calm{i}")));
+        walflow_tests::replay::assert_rebuilds(&db.client().await, &records, &[("t", &[])])
+            .await;
+        let status = serve
+            .call(
+                "GET",
+                &format!("/api/tenants/calm/pipelines/p{i}"),
+                Some(BOLT_TOKEN),
+                None,
+            )
+            .json();
+        assert_eq!(status["state"], "running", "{status}");
+        assert_eq!(status["restarts"], 0, "{status}");
+    }
+    for i in 0..3 {
+        let status = serve
+            .call(
+                "GET",
+                &format!("/api/tenants/hog/pipelines/p{i}"),
+                Some(ACME_TOKEN),
+                None,
+            )
+            .json();
+        assert_eq!(
+            status["state"], "running",
+            "the hog's pipeline failed instead of skipping: {status}"
+        );
+    }
+    child.terminate();
+    let out = child.wait_async(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}
