@@ -910,8 +910,7 @@ async fn another_tenants_misbehaving_plugins_leave_a_tenants_pipelines_whole_and
     );
     for (i, db) in calm.iter().enumerate() {
         let records = read_records(&serve.out(&format!("calm{i}")));
-        walflow_tests::replay::assert_rebuilds(&db.client().await, &records, &[("t", &[])])
-            .await;
+        walflow_tests::replay::assert_rebuilds(&db.client().await, &records, &[("t", &[])]).await;
         let status = serve
             .call(
                 "GET",

@@ -97,16 +97,27 @@ impl CpuBudget {
     }
 }
 
-/// A pipeline's processor, held to its tenant's [`CpuBudget`].
+/// A pipeline's processor, held to its tenant's share of the cores and [`CpuBudget`].
 pub struct Budgeted {
     inner: Box<dyn Processor>,
-    budget: std::sync::Arc<CpuBudget>,
+    budget: Option<std::sync::Arc<CpuBudget>>,
+    share: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Budgeted {
-    /// `inner`, charging every batch to `budget` and waiting for it before each.
-    pub fn new(inner: Box<dyn Processor>, budget: std::sync::Arc<CpuBudget>) -> Budgeted {
-        Budgeted { inner, budget }
+    /// `inner`, running a batch only with a permit of the tenant's `share` (its batches in the
+    /// plugins at once, over all its pipelines), charging every batch to `budget` and waiting
+    /// for it before each.
+    pub fn new(
+        inner: Box<dyn Processor>,
+        budget: Option<std::sync::Arc<CpuBudget>>,
+        share: std::sync::Arc<tokio::sync::Semaphore>,
+    ) -> Budgeted {
+        Budgeted {
+            inner,
+            budget,
+            share,
+        }
     }
 }
 
@@ -125,40 +136,64 @@ impl Processor for Budgeted {
     }
 
     async fn start(&mut self, events: Vec<Event>) -> Started {
-        self.budget.wait().await;
+        if let Some(budget) = &self.budget {
+            budget.wait().await;
+        }
+        let Ok(permit) = self.share.clone().acquire_owned().await else {
+            return Started::Done(Err(Error::fatal("the tenant's plugin share was closed")));
+        };
         let at = Instant::now();
+        let budget = self.budget.clone();
+        let charge = move || {
+            if let Some(budget) = &budget {
+                budget.charge(at.elapsed());
+            }
+        };
         match self.inner.start(events).await {
             Started::Done(answer) => {
-                self.budget.charge(at.elapsed());
+                charge();
+                drop(permit);
                 Started::Done(answer)
             }
-            Started::Running(task) => {
-                let budget = self.budget.clone();
-                Started::Running(tokio::spawn(async move {
-                    let answer = Started::Running(task).answer().await;
-                    budget.charge(at.elapsed());
-                    answer
-                }))
-            }
+            Started::Running(task) => Started::Running(tokio::spawn(async move {
+                let answer = Started::Running(task).answer().await;
+                charge();
+                drop(permit);
+                answer
+            })),
         }
     }
 }
 
 /// A tenant's view of the service's sinks and plugin host: its processors are held to its
-/// [`CpuBudget`], when it has one.
+/// share of the cores and to its [`CpuBudget`], when it has one.
 pub struct TenantParts {
     inner: std::sync::Arc<dyn Components>,
     budget: Option<std::sync::Arc<CpuBudget>>,
+    share: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl TenantParts {
-    /// `inner`, with processors held to `budget`.
+    /// `inner`, with processors held to `budget` and to `share` batches in the plugins at once
+    /// over all the tenant's pipelines.
     pub fn new(
         inner: std::sync::Arc<dyn Components>,
         budget: Option<std::sync::Arc<CpuBudget>>,
+        share: usize,
     ) -> TenantParts {
-        TenantParts { inner, budget }
+        TenantParts {
+            inner,
+            budget,
+            share: std::sync::Arc::new(tokio::sync::Semaphore::new(share.max(1))),
+        }
     }
+}
+
+/// Each tenant's share of the cores for plugin work: the cores divided among the tenants (at
+/// least one each), so a busy tenant cannot take the threads another one needs.
+pub fn fair_share(tenants: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / tenants.max(1)).max(1)
 }
 
 #[async_trait]
@@ -173,10 +208,11 @@ impl Components for TenantParts {
         metrics: std::sync::Arc<Metrics>,
     ) -> anyhow::Result<Box<dyn Processor>> {
         let inner = self.inner.processor(config, metrics).await?;
-        Ok(match &self.budget {
-            Some(budget) => Box::new(Budgeted::new(inner, budget.clone())),
-            None => inner,
-        })
+        Ok(Box::new(Budgeted::new(
+            inner,
+            self.budget.clone(),
+            self.share.clone(),
+        )))
     }
 
     fn plugin_memory_ceiling_mb(&self, config: &Config) -> u64 {

@@ -194,12 +194,14 @@ impl Pipelines {
                 ))
             })
             .collect();
+        let share = crate::budget::fair_share(config.tenants.len());
         let tenant_parts = config
             .tenants
             .iter()
             .map(|t| {
                 let budget = budgets.get(&t.name).cloned();
-                let held: Arc<dyn Components> = Arc::new(TenantParts::new(parts.clone(), budget));
+                let held: Arc<dyn Components> =
+                    Arc::new(TenantParts::new(parts.clone(), budget, share));
                 (t.name.clone(), held)
             })
             .collect();
