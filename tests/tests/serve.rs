@@ -405,6 +405,12 @@ async fn uploaded_plugins(serve: &Service, c: &TestDb) {
             .contains("not a plugin"),
         "{junk:?}"
     );
+    let not_ours = std::fs::read(walflow_tests::plugins::plugin("not-a-plugin")).unwrap();
+    let other_world = request_bytes(serve, "/api/tenants/bolt/plugins", BOLT_TOKEN, &not_ours);
+    assert_eq!(
+        other_world.status, 400,
+        "a component of another world: {other_world:?}"
+    );
     let elsewhere = request_bytes(serve, "/api/tenants/bolt/plugins", ACME_TOKEN, &wasm);
     assert_eq!(elsewhere.status, 404, "{elsewhere:?}");
 
