@@ -1,7 +1,8 @@
 //! The replication connection's wire level: TCP (or TLS) stream, startup with
 //! `replication=database`, authentication (trust, cleartext, md5, SCRAM-SHA-256 with
 //! `tls-server-end-point` channel binding when the server offers SCRAM-SHA-256-PLUS), the simple
-//! query protocol, and CopyBoth framing.
+//! query protocol, and the framing of COPY. What travels inside a replication CopyBoth stream
+//! is [`crate::stream`]'s.
 //!
 //! Reads go through one large buffer; a CopyData frame is split off it without copying, so the
 //! fast path costs one `BytesMut::split_to` per message.
@@ -10,7 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
@@ -80,29 +81,6 @@ pub struct Frame {
 
 /// A row of a simple-query result in text format.
 pub type TextRow = Vec<Option<String>>;
-
-/// A message inside the CopyBoth stream.
-#[derive(Debug)]
-pub enum CopyMessage {
-    /// WAL data ('w'): start LSN, server's end of WAL, send time, and the pgoutput payload.
-    XLogData {
-        /// LSN of the start of this data.
-        start: crate::lsn::Lsn,
-        /// The server's current end of WAL.
-        end: crate::lsn::Lsn,
-        /// The payload.
-        data: Bytes,
-    },
-    /// Primary keepalive ('k').
-    Keepalive {
-        /// The server's current end of WAL.
-        end: crate::lsn::Lsn,
-        /// Whether the server asks for an immediate reply.
-        reply: bool,
-    },
-    /// The server ended the copy (CopyDone).
-    Done,
-}
 
 /// An open connection in replication mode.
 pub struct Connection {
@@ -535,49 +513,12 @@ impl Connection {
         err
     }
 
-    /// Reads the next message of the CopyBoth stream.
-    pub async fn next_copy(&mut self) -> Result<CopyMessage, ConnectError> {
-        loop {
-            if let Some(m) = self.try_copy()? {
-                return Ok(m);
-            }
-            self.fill().await?;
-        }
-    }
-
-    /// The next message of the CopyBoth stream if the buffer holds one whole, without I/O.
-    pub fn try_copy(&mut self) -> Result<Option<CopyMessage>, ConnectError> {
-        while let Some(frame) = self.try_frame()? {
-            match frame.tag {
-                b'd' => return parse_copy_data(frame.body).map(Some),
-                b'c' => return Ok(Some(CopyMessage::Done)),
-                b'N' | b'S' => {}
-                b'E' => return Err(server_error(frame)),
-                other => {
-                    return Err(ConnectError::Protocol(format!(
-                        "unexpected message '{}' in the replication stream",
-                        other as char
-                    )));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Queues a standby status update: everything up to `lsn` written, flushed and applied.
-    pub fn queue_status(&mut self, lsn: crate::lsn::Lsn, reply: bool) {
-        let lsn = lsn.0;
-        let mut body = [0u8; 34];
-        body[0] = b'r';
-        body[1..9].copy_from_slice(&lsn.to_be_bytes());
-        body[9..17].copy_from_slice(&lsn.to_be_bytes());
-        body[17..25].copy_from_slice(&lsn.to_be_bytes());
-        body[25..33].copy_from_slice(&pg_now_micros().to_be_bytes());
-        body[33] = u8::from(reply);
+    /// Queues a CopyData message with `body` (sent with the next [`flush`](Self::flush)).
+    pub fn queue_copy_data(&mut self, body: &[u8]) {
         self.wbuf.extend_from_slice(b"d");
         self.wbuf
             .extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
-        self.wbuf.extend_from_slice(&body);
+        self.wbuf.extend_from_slice(body);
     }
 
     /// Ends the copy from our side (CopyDone) and waits for the server to finish, so the
@@ -619,46 +560,8 @@ impl Connection {
     }
 }
 
-/// Microseconds since 2000-01-01, PostgreSQL's epoch.
-fn pg_now_micros() -> i64 {
-    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    now.as_micros() as i64 - PG_EPOCH_UNIX_SECS * 1_000_000
-}
-
-fn parse_copy_data(mut body: BytesMut) -> Result<CopyMessage, ConnectError> {
-    let short = || ConnectError::Protocol("truncated CopyData in the replication stream".into());
-    match body.first() {
-        Some(b'w') if body.len() >= 25 => {
-            let start = u64::from_be_bytes(body[1..9].try_into().map_err(|_| short())?).into();
-            let end = u64::from_be_bytes(body[9..17].try_into().map_err(|_| short())?).into();
-            body.advance(25);
-            Ok(CopyMessage::XLogData {
-                start,
-                end,
-                data: body.freeze(),
-            })
-        }
-        Some(b'k') if body.len() >= 18 => {
-            let end = u64::from_be_bytes(body[1..9].try_into().map_err(|_| short())?).into();
-            Ok(CopyMessage::Keepalive {
-                end,
-                reply: body[17] != 0,
-            })
-        }
-        Some(b'w') | Some(b'k') => Err(short()),
-        Some(other) => Err(ConnectError::Protocol(format!(
-            "unknown CopyData kind '{}' in the replication stream",
-            *other as char
-        ))),
-        None => Err(short()),
-    }
-}
-
 /// The error an ErrorResponse frame (tag `E`) carries.
-fn server_error(frame: Frame) -> ConnectError {
+pub(crate) fn server_error(frame: Frame) -> ConnectError {
     match parse_frame(frame) {
         Ok(backend::Message::ErrorResponse(e)) => {
             ServerError::from_fields(e.fields()).into_generic()

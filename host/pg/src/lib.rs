@@ -13,9 +13,10 @@
 //! - [`socket`]: TCP keepalive and user timeout on every socket to PostgreSQL.
 //! - [`link`]: [`Link`], whether the connection is up (for `/health`), and the startup wait.
 //! - [`silence`]: the stream's receive timeout.
-//! - [`conn`]: startup, authentication, simple queries and CopyBoth framing.
+//! - [`conn`]: startup, authentication, simple queries and COPY framing.
 //! - [`lsn`]: WAL positions as text.
 //! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
+//! - [`stream`]: the replication stream on the wire: what travels inside CopyBoth.
 //! - [`setup_sql`]: the setup script `walflow setup-sql` prints.
 
 pub mod backoff;
@@ -30,10 +31,11 @@ pub mod setup_sql;
 pub mod silence;
 pub mod socket;
 pub mod sql;
+pub mod stream;
 pub mod tls;
 
 pub use commands::{PublicationAction, PublicationError, SlotInfo, SlotSnapshot, SystemIdentity};
-pub use conn::{Connection, CopyMessage};
+pub use conn::Connection;
 pub use error::{ConnectError, ServerError};
 pub use link::{Link, LinkState, wait_until_reachable};
 pub use options::ConnectOptions;

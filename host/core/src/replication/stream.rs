@@ -38,12 +38,13 @@ use crate::value::{TypeInfo, TypeKind, TypeRegistry};
 use walflow_config::SourceConfig;
 use walflow_pg::backoff::Backoff;
 use walflow_pg::commands::protocol_version;
-use walflow_pg::conn::{Connection, CopyMessage};
+use walflow_pg::conn::Connection;
 use walflow_pg::error::ConnectError;
 use walflow_pg::link::Link;
 use walflow_pg::options::ConnectOptions;
 use walflow_pg::silence::Silence;
 use walflow_pg::sql::connect_sql_with;
+use walflow_pg::stream::frames::{self, CopyMessage, WalData};
 use walflow_pgoutput::{Message, decode};
 
 /// Why the stream stopped.
@@ -516,7 +517,7 @@ impl ReplicationStream {
                 return Ok(StreamItem::Interrupted);
             };
             match msg {
-                CopyMessage::XLogData { start, end, data } => {
+                CopyMessage::XLogData(WalData { start, end, data }) => {
                     if let Some(txn) = self.on_data(start, end, data).await? {
                         if txn.end_lsn <= self.delivered && !self.delivered.is_zero() {
                             // Sent again after a reconnect; the caller has it already.
@@ -569,8 +570,10 @@ impl ReplicationStream {
                 addr: self.opts.addr(),
                 source: std::io::Error::other("not connected"),
             })?;
-            if let Some(m) = conn.try_copy()? {
-                return Ok(Some(m));
+            while let Some(frame) = conn.try_frame()? {
+                if let Some(m) = frames::copy_message(frame)? {
+                    return Ok(Some(m));
+                }
             }
             let mut wait = self
                 .options
@@ -616,7 +619,8 @@ impl ReplicationStream {
         let reply = std::mem::take(&mut self.status_due_reply);
         let ask = std::mem::take(&mut self.ask_reply);
         if let Some(conn) = self.conn.as_mut() {
-            conn.queue_status(self.confirmed, ask);
+            let update = frames::status_update(self.confirmed, frames::pg_now_micros(), ask);
+            conn.queue_copy_data(&update);
             conn.flush().await?;
             if self.confirmed != self.reported {
                 tracing::debug!(lsn = %format_lsn(self.confirmed), reply, "confirmed flush position");
