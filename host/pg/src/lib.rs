@@ -16,7 +16,8 @@
 //! - [`conn`]: startup, authentication, simple queries and COPY framing.
 //! - [`lsn`]: WAL positions as text.
 //! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
-//! - [`stream`]: the replication stream on the wire: what travels inside CopyBoth.
+//! - [`stream`]: [`WalStream`], the replication stream on the wire: frames, keepalives,
+//!   status updates, the receive timeout and reconnects.
 //! - [`setup_sql`]: the setup script `walflow setup-sql` prints.
 
 pub mod backoff;
@@ -40,3 +41,4 @@ pub use error::{ConnectError, ServerError};
 pub use link::{Link, LinkState, wait_until_reachable};
 pub use options::ConnectOptions;
 pub use sql::connect_sql;
+pub use stream::{WalControl, WalEvent, WalOptions, WalStream};

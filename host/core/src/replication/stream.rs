@@ -1,6 +1,11 @@
-//! [`ReplicationStream`]: committed transactions from a slot, with keepalive replies, periodic
-//! standby status updates, type-registry refreshes and reconnects with capped exponential
-//! backoff — everything the pipeline needs from PostgreSQL, and nothing it must not have.
+//! [`ReplicationStream`]: committed transactions from a slot — everything the pipeline needs
+//! from PostgreSQL, and nothing it must not have.
+//!
+//! The wire level (frames, keepalive replies, status updates, the receive timeout, reconnects
+//! with backoff) is [`walflow_pg::stream::WalStream`]'s. This wraps it with what needs the core's
+//! knowledge: the continuity check on every new connection, pgoutput decoding and assembly into
+//! transactions, type-registry refreshes, prepared-transaction holds, and how far a
+//! confirmation may go.
 //!
 //! # How the pipeline drives it
 //!
@@ -26,25 +31,21 @@
 //! fatal error is returned once.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
+use std::time::Duration;
 
 use super::continuity::{self, ContinuityError, Verified};
 use crate::assemble::{AssembleError, Assembler, Transaction};
 use crate::checkpoint::{Checkpoint, SlotIdentity};
-use crate::event::{Lsn, format_lsn};
+use crate::event::Lsn;
 use crate::value::{TypeInfo, TypeKind, TypeRegistry};
 use walflow_config::SourceConfig;
 use walflow_pg::backoff::Backoff;
-use walflow_pg::commands::protocol_version;
 use walflow_pg::conn::Connection;
 use walflow_pg::error::ConnectError;
 use walflow_pg::link::Link;
 use walflow_pg::options::ConnectOptions;
-use walflow_pg::silence::Silence;
 use walflow_pg::sql::connect_sql_with;
-use walflow_pg::stream::frames::{self, CopyMessage, WalData};
+use walflow_pg::stream::{WalControl, WalData, WalEvent, WalOptions, WalStream};
 use walflow_pgoutput::{Message, decode};
 
 /// Why the stream stopped.
@@ -103,7 +104,7 @@ pub struct StreamOptions {
     /// Waits between reconnects, and after how many failures in a row to give up.
     pub reconnect: Backoff,
     /// Declare the connection dead after this long without a byte from the server (`None`:
-    /// never); see [`Silence`].
+    /// never); see [`walflow_pg::silence::Silence`].
     pub receive_timeout: Option<Duration>,
     /// Where the stream records whether it is connected (read by `/health`).
     pub link: Link,
@@ -125,14 +126,12 @@ impl StreamOptions {
 
 /// Confirms and stops a [`ReplicationStream`] from another task while it waits in
 /// [`ReplicationStream::next_item`]: the pipeline acknowledges from its delivery task, and
-/// cancelling `next_item` mid-read or mid-write could corrupt the protocol stream.
+/// cancelling `next_item` mid-read or mid-write could corrupt the protocol stream. The signals
+/// are the wire stream's ([`WalControl`]); the prepared-transaction holds that clamp a
+/// confirmation are the core's.
 #[derive(Debug, Clone, Default)]
 pub struct StreamControl {
-    confirmed: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    position: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    wake: std::sync::Arc<tokio::sync::Notify>,
+    wal: WalControl,
     holds: super::PreparedHolds,
 }
 
@@ -146,39 +145,25 @@ impl StreamControl {
 
     /// Everything before `lsn` is durably delivered and checkpointed; report it promptly.
     pub fn confirm(&self, lsn: Lsn) {
-        self.confirmed
-            .fetch_max(lsn.0, std::sync::atomic::Ordering::AcqRel);
-        self.wake.notify_one();
+        self.wal.confirm(lsn);
     }
 
     /// Makes a waiting `next_item` return [`StreamItem::Interrupted`] as soon as no
     /// transaction is in flight, so its caller can act on news from another task.
     pub fn interrupt(&self) {
-        self.interrupt
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.wake.notify_one();
+        self.wal.interrupt();
     }
 
     /// Asks the server to report its position now (a status update requesting a reply), so an
     /// idle stream yields [`StreamItem::Idle`] without waiting for the next keepalive.
     pub fn request_position(&self) {
-        if !self
-            .position
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            self.wake.notify_one();
-        }
+        self.wal.request_position();
     }
 
     /// Ends the stream: `next_item` returns [`StreamItem::End`]; then call
     /// [`ReplicationStream::stop`] for a clean CopyDone.
     pub fn stop(&self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        self.wake.notify_one();
-    }
-
-    fn stop_requested(&self) -> bool {
-        self.stop.load(std::sync::atomic::Ordering::Acquire)
+        self.wal.stop();
     }
 }
 
@@ -202,22 +187,14 @@ enum TwoPhaseStep {
     Rollback(Lsn),
 }
 
-/// Least time between two status updates that ask the server for its position.
-const ASK_POSITION_EVERY: Duration = Duration::from_millis(200);
-
 /// Committed transactions from a replication slot. See the module docs for the protocol.
 pub struct ReplicationStream {
     source: SourceConfig,
     opts: ConnectOptions,
     options: StreamOptions,
-    conn: Option<Connection>,
+    wal: WalStream,
     assembler: Assembler,
     verified: Verified,
-    proto: u32,
-    /// Highest LSN the caller confirmed (sent as write/flush/apply).
-    confirmed: Lsn,
-    /// Last LSN sent to the server.
-    reported: Lsn,
     /// Highest `end_lsn` handed to the caller.
     delivered: Lsn,
     /// Highest LSN the caller acknowledged (before clamping to what is safe to confirm).
@@ -226,16 +203,9 @@ pub struct ReplicationStream {
     server_end: Lsn,
     in_txn: bool,
     open_streams: HashSet<u32>,
-    last_status: Instant,
-    status_due_reply: bool,
-    /// Ask the server to answer the next status update with its position.
-    ask_reply: bool,
     refreshed_types: HashSet<u32>,
     sql: Option<tokio_postgres::Client>,
-    ended: bool,
     control: StreamControl,
-    /// Time waited on the socket without hearing from the server.
-    silence: Silence,
 }
 
 impl ReplicationStream {
@@ -267,56 +237,31 @@ impl ReplicationStream {
         let mut assembler = Assembler::new(opts.dbname.clone(), registry);
         load_primary_keys(&mut conn, &mut assembler).await?;
         let start = verified.start_lsn;
-        let mut stream = ReplicationStream {
+        let control = StreamControl::default();
+        let wal = WalStream::start(
+            conn,
+            start,
+            verified.server_version_num,
+            wal_options(source, &options),
+            control.wal.clone(),
+        )
+        .await?;
+        Ok(ReplicationStream {
             source: source.clone(),
             opts,
-            proto: protocol_version(verified.server_version_num),
-            silence: Silence::new(options.receive_timeout),
             options,
-            conn: None,
+            wal,
             assembler,
-            confirmed: start,
-            reported: Lsn::ZERO,
             delivered: start,
             acked: start,
             server_end: Lsn::ZERO,
             in_txn: false,
             open_streams: HashSet::new(),
-            last_status: Instant::now(),
-            status_due_reply: false,
-            ask_reply: false,
             refreshed_types: HashSet::new(),
             sql: None,
-            ended: false,
-            control: StreamControl::default(),
+            control,
             verified,
-        };
-        stream.start(conn).await?;
-        Ok(stream)
-    }
-
-    async fn start(&mut self, mut conn: Connection) -> Result<(), StreamError> {
-        let proto = conn
-            .start_replication(
-                &self.source.slot,
-                &self.source.publication,
-                self.confirmed,
-                self.verified.server_version_num,
-            )
-            .await?;
-        tracing::info!(
-            slot = %self.source.slot,
-            from = %format_lsn(self.confirmed),
-            proto,
-            tls = conn.is_tls(),
-            "streaming started"
-        );
-        self.proto = proto;
-        self.conn = Some(conn);
-        self.last_status = Instant::now();
-        self.silence.heard();
-        self.options.link.up();
-        Ok(())
+        })
     }
 
     /// The source this stream reads.
@@ -339,15 +284,10 @@ impl ReplicationStream {
     /// [`idle_lsn`](Self::idle_lsn) and [`confirmed_lsn`](Self::confirmed_lsn) see a
     /// confirmation before the next read.
     pub fn apply_confirmed(&mut self) {
-        let lsn = Lsn(self
-            .control
-            .confirmed
-            .load(std::sync::atomic::Ordering::Acquire));
-        if lsn > self.confirmed {
+        let lsn = self.control.wal.confirmed();
+        if lsn > self.confirmed_lsn() {
             self.confirm(lsn);
-            if self.confirmed > self.reported {
-                self.status_due_reply = true;
-            }
+            self.wal.report_soon();
         }
     }
 
@@ -363,12 +303,12 @@ impl ReplicationStream {
 
     /// The pgoutput protocol version in use.
     pub fn protocol_version(&self) -> u32 {
-        self.proto
+        self.wal.protocol_version()
     }
 
     /// The highest LSN confirmed so far.
     pub fn confirmed_lsn(&self) -> Lsn {
-        self.confirmed
+        self.wal.confirmed()
     }
 
     /// The server's WAL end as last reported (0 before the first keepalive).
@@ -390,13 +330,13 @@ impl ReplicationStream {
     /// and never at or past a prepared transaction still held.
     pub fn safe_lsn(&self, acked: Lsn) -> Lsn {
         let lsn = acked.min(self.delivered.max(self.idle_lsn().unwrap_or_default()));
-        self.control.holds.clamp(lsn).max(self.confirmed)
+        self.control.holds.clamp(lsn).max(self.confirmed_lsn())
     }
 
     /// When nothing is in flight or unacknowledged, the server's current position: confirming
     /// it lets an idle slot release WAL. Checkpoint it before [`confirm`](Self::confirm)ing.
     pub fn idle_lsn(&self) -> Option<Lsn> {
-        (!self.pending() && self.server_end > self.confirmed).then_some(self.server_end)
+        (!self.pending() && self.server_end > self.confirmed_lsn()).then_some(self.server_end)
     }
 
     /// Records that everything before `lsn` is acknowledged, after the checkpoint at
@@ -406,9 +346,7 @@ impl ReplicationStream {
     pub fn confirm(&mut self, lsn: Lsn) {
         self.acked = self.acked.max(lsn);
         let lsn = self.safe_lsn(lsn);
-        if lsn > self.confirmed {
-            self.confirmed = lsn;
-        }
+        self.wal.confirm(lsn);
     }
 
     /// The next committed transaction (or non-transactional logical message). Reconnects on
@@ -427,98 +365,13 @@ impl ReplicationStream {
     /// its position while nothing is pending, so the caller can checkpoint and confirm
     /// [`idle_lsn`](Self::idle_lsn) (or stop at an LSN) without waiting for a transaction.
     pub async fn next_item(&mut self) -> Result<StreamItem, StreamError> {
-        let mut failures = 0u32;
+        // Reconnect failures in a row count from each call: an item yielded is progress.
+        self.wal.progressed();
         loop {
-            // A stop also ends a run of failed reconnects.
-            if self.ended || (self.conn.is_none() && self.control.stop_requested()) {
-                return Ok(StreamItem::End);
-            }
-            match self.next_once().await {
-                Ok(StreamItem::End) => {
-                    self.ended = true;
-                    return Ok(StreamItem::End);
-                }
-                Ok(item) => return Ok(item),
-                Err(e) if e.is_retryable() => {
-                    failures += 1;
-                    let backoff = self.options.reconnect;
-                    if backoff.exhausted(failures) {
-                        return Err(e);
-                    }
-                    let delay = backoff.delay(failures);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
-                    if self.conn.take().is_some() {
-                        self.options.link.down(&e);
-                        // The next connection's silence is counted afresh.
-                        self.silence.heard();
-                    }
-                    if !self.pause(delay).await {
-                        continue;
-                    }
-                    if let Err(e) = self.reconnect().await {
-                        if !e.is_retryable() {
-                            return Err(e);
-                        }
-                        self.options.link.down(&e);
-                        tracing::warn!(error = %e, "reconnect failed");
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Sleeps `delay`, cut short by a stop request; `false` when stopping.
-    async fn pause(&self, delay: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + delay;
-        while !self.control.stop_requested() {
-            let wake = self.control.wake.notified();
-            if tokio::time::timeout_at(deadline, wake).await.is_err() {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Whether a whole message is already buffered (the next call will not wait on the
-    /// network); callers flush their own output when it is not.
-    pub fn has_buffered(&self) -> bool {
-        self.conn.as_ref().is_some_and(Connection::has_buffered)
-    }
-
-    async fn reconnect(&mut self) -> Result<(), StreamError> {
-        let mut conn = Connection::connect(&self.opts, true).await?;
-        let cp = Checkpoint {
-            lsn: self.confirmed,
-            identity: self.verified.identity.clone(),
-            written_at_ms: 0,
-            snapshot: Default::default(),
-        };
-        let had_checkpoint = !self.confirmed.is_zero();
-        let verified = continuity::check(
-            &mut conn,
-            &self.source.slot,
-            had_checkpoint.then_some(&cp),
-            self.options.accept_gap,
-        )
-        .await?;
-        self.assembler.reset_in_flight();
-        self.in_txn = false;
-        self.open_streams.clear();
-        self.server_end = Lsn::ZERO;
-        self.reported = Lsn::ZERO;
-        self.verified.server_version_num = verified.server_version_num;
-        self.start(conn).await
-    }
-
-    async fn next_once(&mut self) -> Result<StreamItem, StreamError> {
-        loop {
-            let Some(msg) = self.read_copy().await? else {
-                return Ok(StreamItem::Interrupted);
-            };
-            match msg {
-                CopyMessage::XLogData(WalData { start, end, data }) => {
-                    if let Some(txn) = self.on_data(start, end, data).await? {
+            self.apply_confirmed();
+            match self.wal.recv(!self.in_flight()).await? {
+                WalEvent::Data(data) => {
+                    if let Some(txn) = self.on_data(data).await? {
                         if txn.end_lsn <= self.delivered && !self.delivered.is_zero() {
                             // Sent again after a reconnect; the caller has it already.
                             continue;
@@ -527,116 +380,68 @@ impl ReplicationStream {
                         return Ok(StreamItem::Transaction(txn));
                     }
                 }
-                CopyMessage::Keepalive { end, reply } => {
+                WalEvent::Keepalive { end } => {
                     if !self.in_txn && self.open_streams.is_empty() {
                         self.server_end = self.server_end.max(end);
-                    }
-                    if reply {
-                        self.status_due_reply = true;
                     }
                     if !self.in_flight() && !self.server_end.is_zero() {
                         return Ok(StreamItem::Idle(self.server_end));
                     }
                 }
-                CopyMessage::Done => return Ok(StreamItem::End),
+                // Taken in by `apply_confirmed` at the top of the loop.
+                WalEvent::Confirmed => {}
+                WalEvent::Reconnected => self.vet_reconnect().await?,
+                WalEvent::Interrupted => return Ok(StreamItem::Interrupted),
+                WalEvent::End => return Ok(StreamItem::End),
             }
         }
     }
 
-    /// The next CopyBoth message, sending status updates when due; `None` when interrupted
-    /// (see [`StreamControl::interrupt`]) between transactions.
-    async fn read_copy(&mut self) -> Result<Option<CopyMessage>, StreamError> {
-        use std::sync::atomic::Ordering;
-        loop {
-            self.apply_confirmed();
-            if self.control.stop_requested() {
-                return Ok(Some(CopyMessage::Done));
-            }
-            if !self.in_flight() && self.control.interrupt.swap(false, Ordering::AcqRel) {
-                return Ok(None);
-            }
-            if self.control.position.swap(false, Ordering::AcqRel) {
-                self.ask_reply = true;
-            }
-            self.check_silence()?;
-            let ask_due = self.ask_reply && self.last_status.elapsed() >= ASK_POSITION_EVERY;
-            if self.status_due_reply
-                || ask_due
-                || self.last_status.elapsed() >= self.options.status_interval
-            {
-                self.send_status().await?;
-            }
-            let conn = self.conn.as_mut().ok_or_else(|| ConnectError::Broken {
-                addr: self.opts.addr(),
-                source: std::io::Error::other("not connected"),
-            })?;
-            while let Some(frame) = conn.try_frame()? {
-                if let Some(m) = frames::copy_message(frame)? {
-                    return Ok(Some(m));
-                }
-            }
-            let mut wait = self
-                .options
-                .status_interval
-                .saturating_sub(self.last_status.elapsed());
-            if self.ask_reply {
-                wait = wait.min(ASK_POSITION_EVERY.saturating_sub(self.last_status.elapsed()));
-            }
-            wait = wait.min(self.silence.next_check());
-            let wake = self.control.wake.clone();
-            let waiting = Instant::now();
-            tokio::select! {
-                r = conn.fill() => {
-                    r?;
-                    self.silence.heard();
-                }
-                _ = tokio::time::sleep(wait) => self.silence.waited(waiting.elapsed()),
-                _ = wake.notified() => self.silence.waited(waiting.elapsed()),
-            }
-        }
+    /// Whether a whole message is already buffered (the next call will not wait on the
+    /// network); callers flush their own output when it is not.
+    pub fn has_buffered(&self) -> bool {
+        self.wal.has_buffered()
     }
 
-    /// Asks the server for a reply halfway through a silence, and fails the connection once
-    /// the silence reaches the receive timeout (retryable: the stream reconnects).
-    fn check_silence(&mut self) -> Result<(), ConnectError> {
-        if self.silence.ping_due() {
-            self.ask_reply = true;
-        }
-        if !self.silence.is_dead() {
+    /// Checks a new connection after a loss the way `open` checked the first: the slot must
+    /// still continue what was confirmed. Then forgets what was in flight (the server sends it
+    /// again) and lets the stream resume.
+    async fn vet_reconnect(&mut self) -> Result<(), StreamError> {
+        let confirmed = self.confirmed_lsn();
+        let Some(conn) = self.wal.connection_to_vet() else {
             return Ok(());
-        }
-        let secs = self.silence.timeout().unwrap_or_default().as_secs_f64();
-        Err(ConnectError::Broken {
-            addr: self.opts.addr(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("nothing received for {secs}s (receive_timeout)"),
-            ),
-        })
-    }
-
-    async fn send_status(&mut self) -> Result<(), StreamError> {
-        let reply = std::mem::take(&mut self.status_due_reply);
-        let ask = std::mem::take(&mut self.ask_reply);
-        if let Some(conn) = self.conn.as_mut() {
-            let update = frames::status_update(self.confirmed, frames::pg_now_micros(), ask);
-            conn.queue_copy_data(&update);
-            conn.flush().await?;
-            if self.confirmed != self.reported {
-                tracing::debug!(lsn = %format_lsn(self.confirmed), reply, "confirmed flush position");
+        };
+        let cp = Checkpoint {
+            lsn: confirmed,
+            identity: self.verified.identity.clone(),
+            written_at_ms: 0,
+            snapshot: Default::default(),
+        };
+        let had_checkpoint = !confirmed.is_zero();
+        let checked = continuity::check(
+            conn,
+            &self.source.slot,
+            had_checkpoint.then_some(&cp),
+            self.options.accept_gap,
+        )
+        .await;
+        match checked {
+            Ok(verified) => {
+                self.assembler.reset_in_flight();
+                self.in_txn = false;
+                self.open_streams.clear();
+                self.server_end = Lsn::ZERO;
+                self.verified.server_version_num = verified.server_version_num;
+                self.wal.resume(verified.server_version_num);
+                Ok(())
             }
-            self.reported = self.confirmed;
+            Err(e) if e.is_retryable() && self.wal.reject(&e) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        self.last_status = Instant::now();
-        Ok(())
     }
 
-    async fn on_data(
-        &mut self,
-        start: Lsn,
-        end: Lsn,
-        data: Bytes,
-    ) -> Result<Option<Transaction>, StreamError> {
+    async fn on_data(&mut self, frame: WalData) -> Result<Option<Transaction>, StreamError> {
+        let WalData { start, end, data } = frame;
         let msg = decode(&data, self.assembler.in_stream()).map_err(AssembleError::from)?;
         self.track(&msg);
         let two_phase = self.two_phase_step(&msg);
@@ -764,28 +569,21 @@ impl ReplicationStream {
 
     /// Ends streaming cleanly: a last status update, CopyDone, and Terminate.
     pub async fn stop(mut self) -> Result<(), StreamError> {
-        let Some(_) = self.conn.as_ref() else {
-            return Ok(());
-        };
         // What was confirmed through the control since the last read goes out too.
         self.apply_confirmed();
-        if let Err(e) = self.send_status().await {
-            // The checkpoint holds the position; the next start confirms it.
-            tracing::warn!(error = %e, "the connection was gone at stop; the next start confirms the last checkpoint");
-            return Ok(());
-        }
-        let mut conn = self.conn.take().expect("checked above");
-        let result = tokio::time::timeout(Duration::from_secs(10), conn.finish_copy()).await;
-        conn.close().await;
-        match result {
-            Ok(r) => r.map_err(StreamError::from),
-            Err(_) => {
-                tracing::warn!(
-                    "the server did not finish the copy within 10s; closed the connection"
-                );
-                Ok(())
-            }
-        }
+        self.wal.finish().await.map_err(StreamError::from)
+    }
+}
+
+/// The wire stream's part of `options`, for `source`'s slot and publication.
+fn wal_options(source: &SourceConfig, options: &StreamOptions) -> WalOptions {
+    WalOptions {
+        slot: source.slot.clone(),
+        publication: source.publication.clone(),
+        status_interval: options.status_interval,
+        receive_timeout: options.receive_timeout,
+        reconnect: options.reconnect,
+        link: options.link.clone(),
     }
 }
 
