@@ -465,3 +465,6 @@ fn not_connected(opts: &ConnectOptions) -> ConnectError {
         source: std::io::Error::other("not connected"),
     }
 }
+
+#[cfg(test)]
+mod tests;
