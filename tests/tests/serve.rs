@@ -58,7 +58,7 @@ fn service() -> Service {
          admin_token_env = \"SERVE_ADMIN_TOKEN\"\n\n\
          [[tenants]]\nname = \"acme\"\ntoken = \"{ACME_TOKEN}\"\nmax_pipelines = 3\n\
          plugin_memory_mb = 1024\nmemory_mb = 600\n\n\
-         [[tenants]]\nname = \"bolt\"\ntoken_env = \"BOLT_TOKEN\"\n"
+         [[tenants]]\nname = \"bolt\"\ntoken_env = \"BOLT_TOKEN\"\nallow_hosts = [\"127.0.0.1:9\"]\n"
     );
     std::fs::write(dir.path().join("serve.toml"), text).unwrap();
     std::fs::create_dir_all(dir.path().join("pipelines/acme")).unwrap();
@@ -451,6 +451,7 @@ async fn uploaded_plugins(serve: &Service, c: &TestDb) {
             .all(|r| r["value"]["after"]["version"] == "v1"),
         "the uploaded plugin did not run: {records:?}"
     );
+    sink_plugin_hosts(serve, c);
     let deleted = serve.call(
         "DELETE",
         "/api/tenants/bolt/pipelines/tagged",
@@ -459,6 +460,41 @@ async fn uploaded_plugins(serve: &Service, c: &TestDb) {
     );
     assert_eq!(deleted.status, 204, "{deleted:?}");
     wait_inactive(c, "tagged_slot").await;
+}
+
+/// A sink plugin of a pipeline from the API may reach only its tenant's `allow_hosts`.
+fn sink_plugin_hosts(serve: &Service, c: &TestDb) {
+    let wasm = std::fs::read(walflow_tests::plugins::plugin("webhook_sink")).unwrap();
+    let uploaded = request_bytes(serve, "/api/tenants/bolt/plugins", BOLT_TOKEN, &wasm);
+    assert_eq!(uploaded.status, 201, "{uploaded:?}");
+    let digest = uploaded.json()["digest"].as_str().unwrap().to_string();
+    let hook = |host: &str| {
+        let mut config: Json = serde_json::from_str(&api_pipeline(c)).unwrap();
+        config["source"]["slot"] = json!("hook_slot");
+        config["sinks"] = json!([{
+            "type": "plugin",
+            "path": digest,
+            "allow_hosts": [host],
+            "config": {"url": format!("http://{host}/hook")},
+        }]);
+        config.to_string()
+    };
+    let path = "/api/tenants/bolt/pipelines/hook";
+    let refused = serve.call(
+        "PUT",
+        path,
+        Some(BOLT_TOKEN),
+        Some(&hook("evil.example.com")),
+    );
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused.body.contains("may not reach evil.example.com"),
+        "{refused:?}"
+    );
+    let allowed = serve.call("PUT", path, Some(BOLT_TOKEN), Some(&hook("127.0.0.1:9")));
+    assert_eq!(allowed.status, 201, "{allowed:?}");
+    let deleted = serve.call("DELETE", path, Some(BOLT_TOKEN), None);
+    assert_eq!(deleted.status, 204, "{deleted:?}");
 }
 
 /// POSTs `bytes` (a plugin upload).

@@ -76,6 +76,10 @@ pub struct TenantFile {
     /// it, they wait.
     #[serde(default)]
     pub plugin_cpu_ms_per_s: Option<u64>,
+    /// The hosts (`host` or `host:port`) its sink plugins may be allowed to reach; none when
+    /// omitted.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -131,6 +135,8 @@ pub struct Tenant {
     pub memory_mb: Option<u64>,
     /// Plugin time over all its pipelines, milliseconds per second.
     pub plugin_cpu_ms_per_s: Option<u64>,
+    /// The hosts its sink plugins may reach (lowercase).
+    pub allow_hosts: Vec<String>,
 }
 
 /// The service's configuration, checked, with paths resolved and tokens read.
@@ -205,6 +211,11 @@ impl ServeConfig {
                 plugin_memory_mb: t.plugin_memory_mb,
                 memory_mb: t.memory_mb,
                 plugin_cpu_ms_per_s: t.plugin_cpu_ms_per_s,
+                allow_hosts: t
+                    .allow_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
             });
         }
         if tenants.is_empty() {

@@ -405,6 +405,7 @@ impl Pipelines {
         walflow_config::tables::TableSelector::from_source(&config.source)
             .map_err(|e| Refusal::Invalid(format!("{}: {e:#}", label.display())))?;
         self.resolve_plugins(id, origin, &mut config, &label)?;
+        self.check_sink_plugins(id, origin, &mut config, &label)?;
         if origin == Origin::Api {
             confine(&config, &label)?;
         }
@@ -425,26 +426,75 @@ impl Pipelines {
         label: &Path,
     ) -> Result<(), Refusal> {
         for plugin in &mut config.plugins {
-            match crate::store::digest_in(&plugin.path) {
-                Some(hex) => {
-                    let stored = crate::store::path_of(&self.config.state_dir, &id.tenant, hex);
-                    if !stored.exists() {
-                        return Err(Refusal::Invalid(format!(
-                            "{}: tenant `{}` has no uploaded plugin sha256:{hex}; upload it with POST /api/tenants/{}/plugins",
-                            label.display(),
-                            id.tenant,
-                            id.tenant
-                        )));
-                    }
-                    plugin.path = stored;
-                }
-                None if origin == Origin::Api => {
+            plugin.path = self.stored_plugin(id, origin, &plugin.path, label)?;
+        }
+        Ok(())
+    }
+
+    /// Where the plugin `path` names is: the tenant's upload for a `sha256:` reference (which
+    /// must exist), else `path` itself — refused for a pipeline from the API, where a path
+    /// would let a tenant run any file of the host.
+    fn stored_plugin(
+        &self,
+        id: &PipelineId,
+        origin: Origin,
+        path: &Path,
+        label: &Path,
+    ) -> Result<PathBuf, Refusal> {
+        match crate::store::digest_in(path) {
+            Some(hex) => {
+                let stored = crate::store::path_of(&self.config.state_dir, &id.tenant, hex);
+                if !stored.exists() {
                     return Err(Refusal::Invalid(format!(
-                        "{}: plugins of a pipeline from the API are named by the digest their upload returned (path = \"sha256:…\"), not by a path on the host",
-                        label.display()
+                        "{}: tenant `{}` has no uploaded plugin sha256:{hex}; upload it with POST /api/tenants/{}/plugins",
+                        label.display(),
+                        id.tenant,
+                        id.tenant
                     )));
                 }
-                None => {}
+                Ok(stored)
+            }
+            None if origin == Origin::Api => Err(Refusal::Invalid(format!(
+                "{}: plugins of a pipeline from the API are named by the digest their upload returned (path = \"sha256:…\"), not by a path on the host",
+                label.display()
+            ))),
+            None => Ok(path.to_path_buf()),
+        }
+    }
+
+    /// Points each sink plugin's `sha256:` path at the tenant's uploads (a pipeline from the
+    /// API may name it no other way) and holds its `allow_hosts` to the tenant's.
+    fn check_sink_plugins(
+        &self,
+        id: &PipelineId,
+        origin: Origin,
+        config: &mut Config,
+        label: &Path,
+    ) -> Result<(), Refusal> {
+        let allowed = self
+            .config
+            .tenant(&id.tenant)
+            .map(|t| t.allow_hosts.clone())
+            .unwrap_or_default();
+        for sink in config.sinks.iter_mut().chain(config.dead_letter.iter_mut()) {
+            let SinkKind::Plugin(plugin) = &mut sink.kind else {
+                continue;
+            };
+            plugin.path = self.stored_plugin(id, origin, &plugin.path, label)?;
+            let asked = plugin
+                .allow_hosts
+                .as_ref()
+                .map(|h| h.to_vec())
+                .unwrap_or_default();
+            if let Some(host) = asked
+                .iter()
+                .find(|h| !allowed.contains(&h.to_ascii_lowercase()))
+            {
+                return Err(Refusal::Invalid(format!(
+                    "{}: tenant `{}` may not reach {host} from a sink plugin; add it to the tenant's allow_hosts in serve.toml",
+                    label.display(),
+                    id.tenant
+                )));
             }
         }
         Ok(())
@@ -671,11 +721,6 @@ fn confine(config: &Config, label: &Path) -> Result<(), Refusal> {
                     "the file sink's path {} is not a relative path inside it",
                     f.path.display()
                 )));
-            }
-            SinkKind::Plugin(_) => {
-                return Err(refuse(
-                    "sink plugins are not available to pipelines from the API yet".into(),
-                ));
             }
             _ => {}
         }
