@@ -90,6 +90,21 @@ impl Backlog {
         })
     }
 
+    /// Emits a transactional logical message after the backlog; its LSN (as text) is where
+    /// every reader of the backlog stops.
+    pub async fn end_marker(&self) -> anyhow::Result<String> {
+        let row = self
+            .db
+            .client()
+            .await
+            .query_one(
+                "SELECT pg_logical_emit_message(true, 'bench', 'end')::text",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// The walflow URL of the database.
     pub fn url(&self) -> String {
         format!(

@@ -23,25 +23,18 @@ use anyhow::{Context, bail};
 use crate::backlog::{Backlog, PUBLICATION, WALFLOW_SLOT};
 use crate::process::measure;
 
+/// The backlog's table: a key, text, numeric, bytea and a timestamp.
+pub const COLUMNS: &str =
+    "id int8 PRIMARY KEY, name text, amount numeric, payload bytea, at timestamptz";
+
+/// Row `g` of the backlog.
+pub const ROW: &str = "g, 'name ' || g, g * 1.25, decode(md5(g::text), 'hex'), now()";
+
 /// Runs the benchmark over `changes` inserted rows.
 pub async fn run(changes: u64) -> anyhow::Result<()> {
     let plugins = build_plugins()?;
-    let backlog = Backlog::write(
-        changes,
-        "id int8 PRIMARY KEY, name text, amount numeric, payload bytea, at timestamptz",
-        "g, 'name ' || g, g * 1.25, decode(md5(g::text), 'hex'), now()",
-    )
-    .await?;
-    let marker: String = backlog
-        .db
-        .client()
-        .await
-        .query_one(
-            "SELECT pg_logical_emit_message(true, 'bench', 'end')::text",
-            &[],
-        )
-        .await?
-        .get(0);
+    let backlog = Backlog::write(changes, COLUMNS, ROW).await?;
+    let marker = backlog.end_marker().await?;
     let peer = backlog.recvlogical(&marker);
     let peer_run = measure(peer).context("pg_recvlogical")?;
 

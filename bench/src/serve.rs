@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::backlog::Backlog;
-use crate::pipeline::{build_plugins, plugin_chain_to_file};
+use crate::pipeline::{COLUMNS, ROW, build_plugins, plugin_chain_to_file};
 use crate::process::{measure, wait_measured};
 
 /// Pipelines in the idle measurement.
@@ -171,23 +171,8 @@ async fn idle() -> anyhow::Result<()> {
 async fn busy(changes: u64) -> anyhow::Result<()> {
     let plugins = build_plugins()?;
     let slots: Vec<String> = (0..2 * BUSY).map(|i| format!("busy_{i}")).collect();
-    let backlog = Backlog::write_after_slots(
-        changes,
-        "id int8 PRIMARY KEY, name text, amount numeric, payload bytea, at timestamptz",
-        "g, 'name ' || g, g * 1.25, decode(md5(g::text), 'hex'), now()",
-        &slots,
-    )
-    .await?;
-    let marker: String = backlog
-        .db
-        .client()
-        .await
-        .query_one(
-            "SELECT pg_logical_emit_message(true, 'bench', 'end')::text",
-            &[],
-        )
-        .await?
-        .get(0);
+    let backlog = Backlog::write_after_slots(changes, COLUMNS, ROW, &slots).await?;
+    let marker = backlog.end_marker().await?;
     let marker_lsn = walflow::event::Lsn::parse(&marker).context("marker LSN")?;
     let chain = plugin_chain_to_file(&plugins);
 

@@ -192,9 +192,7 @@ async fn pause(
     headers: HeaderMap,
     Path(path): Path<(String, String)>,
 ) -> Result<Response, Failure> {
-    let id = reachable(&p, &headers, path)?;
-    p.set_paused(&id, true).await?;
-    Ok(Json(p.get(&id)?).into_response())
+    set_paused(&p, &headers, path, true).await
 }
 
 async fn resume(
@@ -202,8 +200,18 @@ async fn resume(
     headers: HeaderMap,
     Path(path): Path<(String, String)>,
 ) -> Result<Response, Failure> {
-    let id = reachable(&p, &headers, path)?;
-    p.set_paused(&id, false).await?;
+    set_paused(&p, &headers, path, false).await
+}
+
+/// Pauses or resumes the pipeline a path names; answers its status.
+async fn set_paused(
+    p: &Pipelines,
+    headers: &HeaderMap,
+    path: (String, String),
+    paused: bool,
+) -> Result<Response, Failure> {
+    let id = reachable(p, headers, path)?;
+    p.set_paused(&id, paused).await?;
     Ok(Json(p.get(&id)?).into_response())
 }
 

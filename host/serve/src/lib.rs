@@ -52,7 +52,7 @@ pub async fn serve(config: ServeConfig, parts: Arc<dyn Components>) -> anyhow::R
             let _ = stopped.wait_for(|s| *s).await;
         });
     let server = tokio::spawn(async move { served.await });
-    wait_for_signal().await;
+    walflow_core::pipeline::wait_for_stop_signal().await;
     tracing::info!("stopping every pipeline with a final checkpoint");
     let _ = stop_tx.send(true);
     if let Some(w) = watcher {
@@ -72,22 +72,5 @@ async fn sample(pipelines: Arc<Pipelines>, mut stop: tokio::sync::watch::Receive
             _ = every.tick() => pipelines.sample(),
             _ = stop.changed() => return,
         }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminated => {}
     }
 }

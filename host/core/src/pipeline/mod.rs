@@ -27,7 +27,7 @@ use async_trait::async_trait;
 
 pub use components::Components;
 pub use delivery::{Delivery, DeliveryError, DeliveryOptions};
-pub use run::{RunOptions, RunSummary, run};
+pub use run::{RunOptions, RunSummary, run, wait_for_stop_signal};
 pub use weight::{Weight, of_events as weigh};
 
 use crate::encode::Encoder;

@@ -480,20 +480,25 @@ fn spawn_stop_triggers(
 /// Stops the run on SIGINT or SIGTERM.
 fn spawn_signal_handler(stop: watch::Sender<bool>) {
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let terminated = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; flushing and stopping"),
-            _ = terminated => tracing::info!("terminated; flushing and stopping"),
-        }
+        let signal = wait_for_stop_signal().await;
+        tracing::info!("{signal}; flushing and stopping");
         let _ = stop.send(true);
     });
+}
+
+/// Waits for SIGINT or SIGTERM; says which ("interrupted" or "terminated").
+pub async fn wait_for_stop_signal() -> &'static str {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = terminated => "terminated",
+    }
 }
