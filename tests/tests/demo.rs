@@ -1,25 +1,14 @@
 //! `walflow demo` runs to completion from a clean checkout: it starts its own PostgreSQL,
 //! streams through the built-in plugins, and stops by itself.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value as Json;
 use walflow_tests::walflow;
 
-fn build_plugins() -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let status = std::process::Command::new(root.join("scripts/build-plugins"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run scripts/build-plugins");
-    assert!(status.success(), "scripts/build-plugins failed");
-    root.join("plugins/target/dist")
-}
-
 #[test]
 fn demo_streams_through_the_built_in_plugins_and_stops_by_itself() {
-    let plugins = build_plugins();
+    let plugins = walflow_tests::plugins::plugins_dir();
     let output = walflow!("demo", "--duration", "2s", "--plugins-dir", &plugins)
         .output(Duration::from_secs(180))
         .unwrap();

@@ -689,17 +689,20 @@ fn authorization(serve: &Service, a: &TestDb) {
     }
 }
 
-/// A tenant whose plugin loops, allocates without bound and panics is held to its CPU budget —
-/// throttled, never failed — and catches up, while another tenant streams on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_misbehaving_tenant_is_throttled_and_contained_while_another_streams_on() {
-    let (hog_db, calm_db) = (source().await, source().await);
-    hog_db
-        .client()
+/// A source whose `t` has an `action` column, which tells the misbehave plugin what to do.
+async fn misbehaving_source() -> TestDb {
+    let db = source().await;
+    db.client()
         .await
         .batch_execute("ALTER TABLE t ADD COLUMN action text")
         .await
         .unwrap();
+    db
+}
+
+/// A service with tenants `hog` (plugin CPU budget `hog_cpu_ms_per_s`) and `calm`, and their
+/// pipeline directories.
+fn hog_and_calm(hog_cpu_ms_per_s: u64) -> Service {
     let dir = tempfile::Builder::new()
         .prefix("walflow-serve-")
         .tempdir()
@@ -707,7 +710,7 @@ async fn a_misbehaving_tenant_is_throttled_and_contained_while_another_streams_o
     let addr = format!("127.0.0.1:{}", walflow_tests::free_port());
     let text = format!(
         "listen = \"{addr}\"\npipelines_dir = \"pipelines\"\nscan_interval = \"200ms\"\n\n\
-         [[tenants]]\nname = \"hog\"\ntoken = \"{ACME_TOKEN}\"\nplugin_cpu_ms_per_s = 200\n\n\
+         [[tenants]]\nname = \"hog\"\ntoken = \"{ACME_TOKEN}\"\nplugin_cpu_ms_per_s = {hog_cpu_ms_per_s}\n\n\
          [[tenants]]\nname = \"calm\"\ntoken = \"{BOLT_TOKEN}\"\n"
     );
     std::fs::write(dir.path().join("serve.toml"), text).unwrap();
@@ -715,11 +718,28 @@ async fn a_misbehaving_tenant_is_throttled_and_contained_while_another_streams_o
     for tenant in ["hog", "calm"] {
         std::fs::create_dir_all(serve.pipelines().join(tenant)).unwrap();
     }
-    let misbehave = walflow_tests::plugins::plugin("misbehave");
+    serve
+}
+
+/// A `[[plugins]]` entry for the built plugin `name`, with `extra` settings.
+fn plugin_entry(name: &str, extra: &str) -> String {
+    let path = walflow_tests::plugins::plugin(name);
+    format!(
+        "\n[[plugins]]\npath = {}\n{extra}\n",
+        walflow_tests::config_file::toml_string(&path.to_string_lossy())
+    )
+}
+
+/// A tenant whose plugin loops, allocates without bound and panics is held to its CPU budget —
+/// throttled, never failed — and catches up, while another tenant streams on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_tenant_is_throttled_and_contained_while_another_streams_on() {
+    let (hog_db, calm_db) = (misbehaving_source().await, source().await);
+    let serve = hog_and_calm(200);
     let hog = file_pipeline(&hog_db, &serve.out("hog"))
-        + &format!(
-            "\n[[plugins]]\npath = {}\non_error = \"skip\"\ntimeout_ms = 100\nmemory_mb = 64\n",
-            walflow_tests::config_file::toml_string(&misbehave.to_string_lossy())
+        + &plugin_entry(
+            "misbehave",
+            "on_error = \"skip\"\ntimeout_ms = 100\nmemory_mb = 64",
         );
     std::fs::write(serve.pipelines().join("hog/p.toml"), hog).unwrap();
     std::fs::write(
@@ -872,39 +892,14 @@ async fn another_tenants_misbehaving_plugins_leave_a_tenants_pipelines_whole_and
     let mut hog = Vec::new();
     for _ in 0..3 {
         calm.push(source().await);
-        let db = source().await;
-        db.client()
-            .await
-            .batch_execute("ALTER TABLE t ADD COLUMN action text")
-            .await
-            .unwrap();
-        hog.push(db);
+        hog.push(misbehaving_source().await);
     }
-    let dir = tempfile::Builder::new()
-        .prefix("walflow-serve-")
-        .tempdir()
-        .unwrap();
-    let addr = format!("127.0.0.1:{}", walflow_tests::free_port());
-    let text = format!(
-        "listen = \"{addr}\"\npipelines_dir = \"pipelines\"\nscan_interval = \"200ms\"\n\n\
-         [[tenants]]\nname = \"hog\"\ntoken = \"{ACME_TOKEN}\"\nplugin_cpu_ms_per_s = 500\n\n\
-         [[tenants]]\nname = \"calm\"\ntoken = \"{BOLT_TOKEN}\"\n"
-    );
-    std::fs::write(dir.path().join("serve.toml"), text).unwrap();
-    let serve = Service { addr, dir };
-    let plugin = |name: &str, extra: &str| {
-        let path = walflow_tests::plugins::plugin(name);
-        format!(
-            "\n[[plugins]]\npath = {}\n{extra}\n",
-            walflow_tests::config_file::toml_string(&path.to_string_lossy())
-        )
-    };
+    let serve = hog_and_calm(500);
     for (tenant, dbs) in [("calm", &calm), ("hog", &hog)] {
-        std::fs::create_dir_all(serve.pipelines().join(tenant)).unwrap();
         for (i, db) in dbs.iter().enumerate() {
             let chain = match tenant {
-                "calm" => plugin("passthrough", ""),
-                _ => plugin(
+                "calm" => plugin_entry("passthrough", ""),
+                _ => plugin_entry(
                     "misbehave",
                     "on_error = \"skip\"\ntimeout_ms = 200\nmemory_mb = 64",
                 ),
