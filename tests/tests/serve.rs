@@ -144,7 +144,9 @@ async fn wait_rows(out: &Path, ids: std::ops::Range<i32>) {
     .unwrap();
 }
 
-/// The backend PID streaming `slot`, once it is active.
+/// The backend PID streaming `slot`, once it is active and past its consistent point. A slot
+/// being created is already active, but changes committed before its consistent point are not
+/// streamed without a snapshot: waiting only for `active` races with slot creation.
 async fn active_pid(db: &TestDb, slot: &str) -> i32 {
     let client = db.client().await;
     wait_for_async(
@@ -153,7 +155,8 @@ async fn active_pid(db: &TestDb, slot: &str) -> i32 {
         || async {
             client
                 .query_opt(
-                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    "SELECT active_pid FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND active AND confirmed_flush_lsn IS NOT NULL",
                     &[&slot],
                 )
                 .await
@@ -757,6 +760,7 @@ async fn a_misbehaving_tenant_is_throttled_and_contained_while_another_streams_o
     // Twenty transactions, each with a row that loops until the 100 ms deadline: 2 s of plugin
     // time against a budget of 200 ms per second. Some rows allocate 1 GiB or panic instead.
     let hog_client = hog_db.client().await;
+    let started = std::time::Instant::now();
     for i in 0..20 {
         let bad = match i % 5 {
             3 => "alloc",
@@ -800,13 +804,37 @@ async fn a_misbehaving_tenant_is_throttled_and_contained_while_another_streams_o
         }
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| {
+        let log = child.stderr();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        let delivered = ids_in(&serve.out("hog"));
+        panic!(
+            "{e}; delivered {delivered:?}; states {states:?}; {}\nlog tail:\n{}",
+            hog_status().json(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    });
+    // Twelve rows ran into their 100 ms deadline: at least 1.2 s was charged. A batch may
+    // overrun the budget, but the next one waits until it is paid back: a row written now
+    // arrives only once the 0.2 s of burst plus 0.2 s per second cover everything charged.
+    hog_client
+        .batch_execute("INSERT INTO t VALUES (25, 'ok', NULL)")
+        .await
+        .unwrap();
+    wait_rows(&serve.out("hog"), 25..26).await;
+    let elapsed = started.elapsed().as_secs_f64();
     let status = hog_status().json();
     assert_eq!(states, BTreeSet::from(["running".to_string()]), "{status}");
     let throttled = status["tenant_throttled_seconds"].as_f64().unwrap();
+    let spent = status["tenant_plugin_seconds"].as_f64().unwrap();
+    assert!(spent >= 1.2, "the looping rows were not charged: {status}");
     assert!(
-        throttled >= 1.0,
-        "the hog was not held to its budget: {status}"
+        throttled > 0.0,
+        "the hog never waited for its budget: {status}"
+    );
+    assert!(
+        spent <= 0.2 + 0.2 * elapsed + 0.05,
+        "the hog ran a batch before paying back its budget ({elapsed:.1}s): {status}"
     );
     assert!(
         ids_in(&serve.out("hog")).iter().all(|id| *id < 1000),

@@ -37,6 +37,8 @@ struct Bucket {
     refilled: Instant,
     /// Time pipelines spent waiting for the budget.
     throttled: Duration,
+    /// Plugin time charged so far.
+    spent: Duration,
 }
 
 impl CpuBudget {
@@ -49,6 +51,7 @@ impl CpuBudget {
                 balance_ms: rate_ms,
                 refilled: Instant::now(),
                 throttled: Duration::ZERO,
+                spent: Duration::ZERO,
             }),
         }
     }
@@ -83,7 +86,9 @@ impl CpuBudget {
 
     /// Charges `spent` of plugin time.
     pub fn charge(&self, spent: Duration) {
-        self.bucket().balance_ms -= spent.as_secs_f64() * 1000.0;
+        let mut b = self.bucket();
+        b.balance_ms -= spent.as_secs_f64() * 1000.0;
+        b.spent += spent;
     }
 
     /// Whether the tenant is out of budget right now.
@@ -94,6 +99,11 @@ impl CpuBudget {
     /// How long its pipelines have waited for the budget so far.
     pub fn throttled(&self) -> Duration {
         self.bucket().throttled
+    }
+
+    /// How much plugin time its pipelines have been charged so far.
+    pub fn spent(&self) -> Duration {
+        self.bucket().spent
     }
 }
 
@@ -136,12 +146,15 @@ impl Processor for Budgeted {
     }
 
     async fn start(&mut self, events: Vec<Event>) -> Started {
-        if let Some(budget) = &self.budget {
-            budget.wait().await;
-        }
+        // The permit first, then the budget: batches queued for the permit were all started
+        // before the running ones were charged, so only with the permit does the balance
+        // account for every batch before this one.
         let Ok(permit) = self.share.clone().acquire_owned().await else {
             return Started::Done(Err(Error::fatal("the tenant's plugin share was closed")));
         };
+        if let Some(budget) = &self.budget {
+            budget.wait().await;
+        }
         let at = Instant::now();
         let budget = self.budget.clone();
         let charge = move || {

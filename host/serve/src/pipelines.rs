@@ -98,6 +98,8 @@ pub struct Numbers {
     pub throttled: bool,
     /// How long its tenant's pipelines have waited for plugin CPU budget, in seconds.
     pub tenant_throttled_seconds: f64,
+    /// Plugin time its tenant's pipelines have been charged, in seconds.
+    pub tenant_plugin_seconds: f64,
     /// Events per second written, one value per [`SAMPLE_EVERY`], oldest first (up to
     /// [`HISTORY`] of them: the last minutes).
     pub throughput: Vec<f64>,
@@ -118,6 +120,7 @@ impl Numbers {
             healthy: s.healthy,
             throttled: budget.is_some_and(CpuBudget::exhausted),
             tenant_throttled_seconds: budget.map_or(0.0, |b| b.throttled().as_secs_f64()),
+            tenant_plugin_seconds: budget.map_or(0.0, |b| b.spent().as_secs_f64()),
             throughput,
         }
     }
