@@ -298,7 +298,6 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
     wait_rows(&serve.api_out("bolt", "items"), 0..150).await;
 
     authorization(&serve, &a);
-    status_page(&serve);
     let status = serve.call(
         "GET",
         "/api/tenants/acme/pipelines/orders",
@@ -336,6 +335,8 @@ async fn tenants_run_pipelines_from_files_and_the_api_and_change_them_while_othe
             .contains("no_such_database"),
         "{failed}"
     );
+    assert_eq!(failed["errors"][0]["class"], "fatal", "{failed}");
+    status_page(&serve);
     insert(&b, 150..200).await;
     wait_rows(&serve.api_out("bolt", "items"), 0..200).await;
     uploaded_plugins(&serve, &c).await;
@@ -507,7 +508,7 @@ fn request_bytes(serve: &Service, path: &str, token: &str, bytes: &[u8]) -> Answ
 }
 
 /// The status page in a real browser: a tenant's token shows its pipelines only, with their
-/// state and a throughput chart; without a token it asks for one.
+/// state, a throughput chart and a failed one's last errors; without a token it asks for one.
 fn status_page(serve: &Service) {
     let page = |token: Option<&str>| {
         let url = match token {
@@ -518,6 +519,15 @@ fn status_page(serve: &Service) {
     };
     let acme = page(Some(ACME_TOKEN));
     assert!(acme.contains("data-pipeline=\"acme/orders\""), "{acme}");
+    let broken = acme
+        .split("data-pipeline=\"acme/broken\"")
+        .nth(1)
+        .and_then(|row| row.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for the failed pipeline: {acme}"));
+    assert!(
+        broken.contains("<ol><li><time") && broken.contains("no_such_database"),
+        "the failure is not listed: {broken}"
+    );
     assert!(acme.contains("class=\"state running\""), "{acme}");
     assert!(acme.contains("class=\"throughput\""), "no chart: {acme}");
     assert!(

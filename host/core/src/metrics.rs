@@ -15,7 +15,7 @@
 //! (0.0.4) parser reads it as well. The listener is axum on hyper's HTTP/1 server.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -77,7 +77,7 @@ const CHAIN_BUCKETS: [f64; 15] = [
 ];
 
 /// A pipeline's numbers at a glance (see [`Metrics::summary`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Summary {
     /// Events written to the sinks so far.
     pub events_out: u64,
@@ -85,8 +85,36 @@ pub struct Summary {
     pub acked_lsn: crate::event::Lsn,
     /// WAL the server has written past it.
     pub lag_bytes: u64,
+    /// Age of the oldest commit read and not yet acknowledged, in seconds (0 when caught up).
+    pub lag_seconds: f64,
     /// Streaming, and the replication connection is up.
     pub healthy: bool,
+}
+
+/// Transactions read and not yet acknowledged, oldest first: (acknowledged at, committed at).
+/// At most [`Unacked::MOST`] are kept; past that, the newest are not noted, so the lag reads
+/// a little low until the oldest are acknowledged.
+#[derive(Debug, Default)]
+struct Unacked(std::collections::VecDeque<(u64, i64)>);
+
+impl Unacked {
+    const MOST: usize = 4096;
+
+    fn push(&mut self, lsn: u64, commit_us: i64) {
+        if self.0.len() < Self::MOST && commit_us != 0 {
+            self.0.push_back((lsn, commit_us));
+        }
+    }
+
+    fn acked(&mut self, lsn: u64) {
+        while self.0.front().is_some_and(|(at, _)| *at <= lsn) {
+            self.0.pop_front();
+        }
+    }
+
+    fn oldest_commit_us(&self) -> Option<i64> {
+        self.0.front().map(|(_, commit)| *commit)
+    }
 }
 
 /// The label of per-table metrics.
@@ -130,8 +158,8 @@ pub struct Metrics {
     acked_lsn: Gauge,
     /// The server's WAL position, as last reported (exposed as `walflow_replication_lag_bytes`).
     server_lsn: AtomicU64,
-    /// Commit time (µs since the Unix epoch) of the newest transaction read, 0 before any.
-    last_commit_us: AtomicI64,
+    /// Transactions read and not yet acknowledged by every sink: their age is the lag.
+    unacked: Mutex<Unacked>,
     connected: Gauge,
     lag_bytes: Gauge,
     lag_seconds: FloatGauge,
@@ -180,7 +208,7 @@ impl Metrics {
             snapshot_rows_estimated: Family::default(),
             acked_lsn: Gauge::default(),
             server_lsn: AtomicU64::new(0),
-            last_commit_us: AtomicI64::new(0),
+            unacked: Mutex::new(Unacked::default()),
             connected: Gauge::default(),
             lag_bytes: Gauge::default(),
             lag_seconds: FloatGauge::default(),
@@ -282,7 +310,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "walflow_replication_lag",
-            "Age of the newest commit seen",
+            "Age of the oldest commit read and not yet acknowledged by every sink",
             Unit::Seconds,
             self.lag_seconds.clone(),
         );
@@ -348,11 +376,16 @@ impl Metrics {
 
     /// Counts events read from the source, per table.
     pub fn record_in(&self, events: &[Event]) {
-        if let Some(t) = events.iter().rev().find(|e| e.source.commit_time_us != 0) {
-            self.last_commit_us
-                .store(t.source.commit_time_us, Ordering::Relaxed);
-        }
         count_per_table(&self.events_in, events);
+    }
+
+    /// A transaction committed at `commit_us` (µs since the Unix epoch) was read, to be
+    /// acknowledged at `lsn`: until then it counts towards the lag in seconds.
+    pub fn record_unacked(&self, lsn: crate::event::Lsn, commit_us: i64) {
+        self.unacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(lsn.0, commit_us);
     }
 
     /// Counts events and bytes written to the sinks, per table.
@@ -412,6 +445,10 @@ impl Metrics {
     pub fn set_acked_lsn(&self, lsn: crate::event::Lsn) {
         let lsn = lsn.0;
         self.acked_lsn.set(lsn_gauge(lsn));
+        self.unacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acked(lsn);
     }
 
     /// The server's current WAL position, as last reported.
@@ -443,6 +480,18 @@ impl Metrics {
             .set(lsn_gauge(estimated));
     }
 
+    /// Age of the oldest commit read and not yet acknowledged, in seconds (0 when caught up).
+    fn lag_seconds(&self) -> f64 {
+        let oldest = self
+            .unacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .oldest_commit_us();
+        oldest.map_or(0.0, |commit| {
+            (crate::encode::now_ms() as f64 / 1e3 - commit as f64 / 1e6).max(0.0)
+        })
+    }
+
     /// The numbers a status page shows of this pipeline, read now.
     pub fn summary(&self) -> Summary {
         let acked = u64::try_from(self.acked_lsn.get()).unwrap_or(0);
@@ -451,6 +500,7 @@ impl Metrics {
             events_out: self.events_out_total(),
             acked_lsn: crate::event::Lsn(acked),
             lag_bytes: server.saturating_sub(acked),
+            lag_seconds: self.lag_seconds(),
             healthy: self.health().is_ok(),
         }
     }
@@ -466,13 +516,7 @@ impl Metrics {
         let acked = u64::try_from(self.acked_lsn.get()).unwrap_or(0);
         let server = self.server_lsn.load(Ordering::Relaxed);
         self.lag_bytes.set(lsn_gauge(server.saturating_sub(acked)));
-        let last = self.last_commit_us.load(Ordering::Relaxed);
-        let lag_s = if last == 0 {
-            0.0
-        } else {
-            (crate::encode::now_ms() as f64 / 1e3 - last as f64 / 1e6).max(0.0)
-        };
-        self.lag_seconds.set(lag_s);
+        self.lag_seconds.set(self.lag_seconds());
         let mut out = String::with_capacity(8 * 1024);
         match format {
             Exposition::OpenMetrics => {
@@ -929,5 +973,21 @@ mod tests {
             text.contains("walflow_events_in_total{table=\"public.b\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_lag_in_seconds_is_the_age_of_the_oldest_unacknowledged_commit() {
+        let metrics = Metrics::default();
+        assert_eq!(metrics.summary().lag_seconds, 0.0);
+        let now_us = crate::encode::now_ms() as i64 * 1000;
+        metrics.record_unacked(crate::event::Lsn(100), now_us - 5_000_000);
+        metrics.record_unacked(crate::event::Lsn(200), now_us - 1_000_000);
+        let lag = metrics.summary().lag_seconds;
+        assert!((4.9..6.0).contains(&lag), "{lag}");
+        metrics.set_acked_lsn(crate::event::Lsn(150));
+        let lag = metrics.summary().lag_seconds;
+        assert!((0.9..2.0).contains(&lag), "{lag}");
+        metrics.set_acked_lsn(crate::event::Lsn(200));
+        assert_eq!(metrics.summary().lag_seconds, 0.0, "caught up");
     }
 }

@@ -92,6 +92,8 @@ pub struct Numbers {
     pub acked_lsn: String,
     /// WAL the server wrote past it.
     pub lag_bytes: u64,
+    /// Age of the oldest commit read and not yet acknowledged, in seconds (0 when caught up).
+    pub lag_seconds: f64,
     /// Streaming, with the replication connection up.
     pub healthy: bool,
     /// Its tenant is out of plugin CPU budget right now (its pipelines wait).
@@ -117,6 +119,7 @@ impl Numbers {
             events_out: s.events_out,
             acked_lsn: s.acked_lsn.to_string(),
             lag_bytes: s.lag_bytes,
+            lag_seconds: s.lag_seconds,
             healthy: s.healthy,
             throttled: budget.is_some_and(CpuBudget::exhausted),
             tenant_throttled_seconds: budget.map_or(0.0, |b| b.throttled().as_secs_f64()),

@@ -48,6 +48,22 @@ pub struct Status {
     pub last_error_class: Option<&'static str>,
     /// Runs started after a failure.
     pub restarts: u64,
+    /// The last failures, oldest first (at most [`ERRORS_KEPT`]).
+    pub errors: std::collections::VecDeque<Failure>,
+}
+
+/// How many failures a pipeline's status keeps.
+pub const ERRORS_KEPT: usize = 5;
+
+/// One failed run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// When it ended, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Its class (`transient`, `definite`, `rejected`, `fatal`).
+    pub class: &'static str,
+    /// Why (one sentence, secrets redacted by the source).
+    pub error: String,
 }
 
 impl Default for Status {
@@ -57,6 +73,7 @@ impl Default for Status {
             last_error: None,
             last_error_class: None,
             restarts: 0,
+            errors: std::collections::VecDeque::new(),
         }
     }
 }
@@ -139,6 +156,14 @@ async fn supervise(mut s: Supervised) {
         tracing::warn!(pipeline = %s.name, class = class.name(), error = %why, retry_in_ms = delay.as_millis() as u64, "pipeline failed; restarting");
         set(&s.status, |st| {
             st.state = State::Failed;
+            if st.errors.len() == ERRORS_KEPT {
+                st.errors.pop_front();
+            }
+            st.errors.push_back(Failure {
+                at_ms: now_ms(),
+                class: class.name(),
+                error: why.clone(),
+            });
             st.last_error = Some(why);
             st.last_error_class = Some(class.name());
         });
@@ -151,6 +176,12 @@ async fn supervise(mut s: Supervised) {
         });
     }
     set(&s.status, |st| st.state = State::Stopped);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Sleeps `delay` unless stopped first; `false` when stopped.

@@ -59,6 +59,10 @@ impl Output {
     /// `false` once the delivery loop is gone.
     async fn send(&self, unit: Unit) -> bool {
         self.metrics.record_in(unit.events());
+        let committed = unit.events().first().map(|e| e.source.commit_time_us);
+        if let (Some(lsn), Some(commit_us)) = (unit.position().lsn(), committed) {
+            self.metrics.record_unacked(lsn, commit_us);
+        }
         self.budget
             .acquire(super::weight::of_events(unit.events()))
             .await;
