@@ -979,7 +979,7 @@ mod tests {
     fn the_lag_in_seconds_is_the_age_of_the_oldest_unacknowledged_commit() {
         let metrics = Metrics::default();
         assert_eq!(metrics.summary().lag_seconds, 0.0);
-        let now_us = crate::encode::now_ms() as i64 * 1000;
+        let now_us = crate::encode::now_ms() * 1000;
         metrics.record_unacked(crate::event::Lsn(100), now_us - 5_000_000);
         metrics.record_unacked(crate::event::Lsn(200), now_us - 1_000_000);
         let lag = metrics.summary().lag_seconds;
