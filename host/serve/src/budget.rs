@@ -22,6 +22,8 @@ use walflow_core::metrics::Metrics;
 use walflow_core::pipeline::{Components, FollowUp, Processed, Processor, Started};
 use walflow_core::sink::{Sink, SinkError};
 
+use crate::cores::{Seat, Slot};
+
 /// One tenant's plugin CPU budget.
 #[derive(Debug)]
 pub struct CpuBudget {
@@ -111,22 +113,40 @@ impl CpuBudget {
 pub struct Budgeted {
     inner: Box<dyn Processor>,
     budget: Option<std::sync::Arc<CpuBudget>>,
-    share: std::sync::Arc<tokio::sync::Semaphore>,
+    seat: Seat,
 }
 
 impl Budgeted {
-    /// `inner`, running a batch only with a permit of the tenant's `share` (its batches in the
-    /// plugins at once, over all its pipelines), charging every batch to `budget` and waiting
-    /// for it before each.
+    /// `inner`, running a batch only while it holds a core of the tenant's `seat`, charging
+    /// every batch to `budget` and waiting for it before each.
     pub fn new(
         inner: Box<dyn Processor>,
         budget: Option<std::sync::Arc<CpuBudget>>,
-        share: std::sync::Arc<tokio::sync::Semaphore>,
+        seat: Seat,
     ) -> Budgeted {
         Budgeted {
             inner,
             budget,
-            share,
+            seat,
+        }
+    }
+}
+
+impl Budgeted {
+    /// A core to run the next batch on, once the budget has something left. The budget is
+    /// checked holding the core: batches queued for a core were all started before the
+    /// running ones were charged, so only then does the balance account for every batch
+    /// before this one. A tenant out of budget gives the core back while it waits.
+    async fn core(seat: &Seat, budget: Option<&CpuBudget>) -> Slot {
+        loop {
+            let core = seat.acquire().await;
+            match budget {
+                Some(budget) if budget.exhausted() => {
+                    drop(core);
+                    budget.wait().await;
+                }
+                _ => return core,
+            }
         }
     }
 }
@@ -146,15 +166,7 @@ impl Processor for Budgeted {
     }
 
     async fn start(&mut self, events: Vec<Event>) -> Started {
-        // The permit first, then the budget: batches queued for the permit were all started
-        // before the running ones were charged, so only with the permit does the balance
-        // account for every batch before this one.
-        let Ok(permit) = self.share.clone().acquire_owned().await else {
-            return Started::Done(Err(Error::fatal("the tenant's plugin share was closed")));
-        };
-        if let Some(budget) = &self.budget {
-            budget.wait().await;
-        }
+        let permit = Budgeted::core(&self.seat, self.budget.as_deref()).await;
         let at = Instant::now();
         let budget = self.budget.clone();
         let charge = move || {
@@ -183,30 +195,22 @@ impl Processor for Budgeted {
 pub struct TenantParts {
     inner: std::sync::Arc<dyn Components>,
     budget: Option<std::sync::Arc<CpuBudget>>,
-    share: std::sync::Arc<tokio::sync::Semaphore>,
+    seat: Seat,
 }
 
 impl TenantParts {
-    /// `inner`, with processors held to `budget` and to `share` batches in the plugins at once
-    /// over all the tenant's pipelines.
+    /// `inner`, with processors held to `budget` and to the tenant's `seat` at the cores.
     pub fn new(
         inner: std::sync::Arc<dyn Components>,
         budget: Option<std::sync::Arc<CpuBudget>>,
-        share: usize,
+        seat: Seat,
     ) -> TenantParts {
         TenantParts {
             inner,
             budget,
-            share: std::sync::Arc::new(tokio::sync::Semaphore::new(share.max(1))),
+            seat,
         }
     }
-}
-
-/// Each tenant's share of the cores for plugin work: the cores divided among the tenants (at
-/// least one each), so a busy tenant cannot take the threads another one needs.
-pub fn fair_share(tenants: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / tenants.max(1)).max(1)
 }
 
 #[async_trait]
@@ -224,7 +228,7 @@ impl Components for TenantParts {
         Ok(Box::new(Budgeted::new(
             inner,
             self.budget.clone(),
-            self.share.clone(),
+            self.seat.clone(),
         )))
     }
 

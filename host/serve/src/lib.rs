@@ -9,6 +9,7 @@
 pub mod api;
 pub mod budget;
 pub mod config;
+pub mod cores;
 pub mod exposition;
 pub mod pipelines;
 pub mod store;

@@ -17,6 +17,7 @@ use walflow_core::pipeline::Components;
 
 use crate::budget::{CpuBudget, TenantParts};
 use crate::config::{ServeConfig, check_name};
+use crate::cores::Cores;
 use crate::supervisor::{State, Status, Supervisor, set};
 
 /// A pipeline's name within its tenant.
@@ -200,14 +201,15 @@ impl Pipelines {
                 ))
             })
             .collect();
-        let share = crate::budget::fair_share(config.tenants.len());
+        let cores = Cores::of_this_machine();
         let tenant_parts = config
             .tenants
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let budget = budgets.get(&t.name).cloned();
                 let held: Arc<dyn Components> =
-                    Arc::new(TenantParts::new(parts.clone(), budget, share));
+                    Arc::new(TenantParts::new(parts.clone(), budget, cores.seat(i)));
                 (t.name.clone(), held)
             })
             .collect();
