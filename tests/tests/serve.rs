@@ -95,9 +95,11 @@ fn file_pipeline(db: &TestDb, out: &Path) -> String {
 }
 
 /// A pipeline config (JSON) for the API, with the password inline in the URL as tenants must,
-/// and a file sink `out.jsonl` in its state directory.
+/// the server verified against the cluster's CA given inline, and a file sink `out.jsonl` in
+/// its state directory.
 fn api_pipeline(db: &TestDb) -> String {
     let info = db.cluster();
+    let ca = info.ca_cert().expect("the shared cluster serves TLS");
     json!({
         "source": {
             "url": format!("postgres://walflow_scram:{TEST_PASSWORD}@{}:{}/{}", info.host(), info.port(), db.name()),
@@ -105,6 +107,8 @@ fn api_pipeline(db: &TestDb) -> String {
             "publication": format!("{}_pub", db.name()),
             "snapshot": "never",
             "signal_table": "public.walflow_signal",
+            "sslmode": "verify-full",
+            "sslrootcert_pem": std::fs::read_to_string(ca).unwrap(),
         },
         "sinks": [{"type": "file", "path": "out.jsonl"}],
     })
@@ -669,6 +673,16 @@ fn authorization(serve: &Service, a: &TestDb) {
         same_slot.clone(),
         409,
         "comes from a file",
+    ));
+    let mut host_file: Json = serde_json::from_str(&same_slot).unwrap();
+    host_file["source"]["slot"] = json!("cert_slot");
+    host_file["source"]["sslrootcert_pem"] = Json::Null;
+    host_file["source"]["sslrootcert"] = json!("/etc/ssl/certs/ca-certificates.crt");
+    answers.push(refused(
+        "cert",
+        host_file.to_string(),
+        400,
+        "sslrootcert_pem",
     ));
     // Budgets: admission control refuses what would take the tenant over its limits.
     let mut greedy: Json = serde_json::from_str(&same_slot).unwrap();

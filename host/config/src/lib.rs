@@ -112,6 +112,10 @@ pub struct SourceConfig {
     /// PEM file of root certificates for verify-ca/verify-full.
     #[serde(default)]
     pub sslrootcert: Option<PathBuf>,
+    /// The same root certificates as PEM text, inline: for pipelines given to `walflow serve`
+    /// through its API, which may not name files of the host. Not with `sslrootcert`.
+    #[serde(default)]
+    pub sslrootcert_pem: Option<String>,
     /// Replication slot name.
     #[serde(default = "default_slot")]
     pub slot: String,
@@ -429,6 +433,12 @@ impl Config {
         if self.source.snapshot_chunk_size == 0 {
             return Err("[source] snapshot_chunk_size must be at least 1".into());
         }
+        if self.source.sslrootcert.is_some() && self.source.sslrootcert_pem.is_some() {
+            return Err(
+                "[source] has both sslrootcert and sslrootcert_pem; keep one (the file, or the PEM text inline)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -591,6 +601,22 @@ mod tests {
             Some(Duration::from_secs(5))
         );
         assert_eq!(parse("receive_timeout = \"0s\""), None);
+    }
+
+    #[test]
+    fn root_certificates_come_from_a_file_or_inline_not_both() {
+        let parse = |extra: &str| {
+            Config::parse(
+                &format!("[source]\nurl = \"postgres://u@h/db\"\n{extra}"),
+                Path::new("w.toml"),
+            )
+        };
+        let inline = parse("sslrootcert_pem = \"-----BEGIN CERTIFICATE-----\"").unwrap();
+        assert!(inline.source.sslrootcert_pem.is_some());
+        let both = parse("sslrootcert = \"ca.pem\"\nsslrootcert_pem = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("keep one"), "{both}");
     }
 
     #[test]

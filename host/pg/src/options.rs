@@ -28,6 +28,8 @@ pub struct ConnectOptions {
     pub sslmode: SslMode,
     /// PEM root certificates for verify-ca / verify-full.
     pub sslrootcert: Option<PathBuf>,
+    /// The same as PEM text, given inline (wins over `sslrootcert`).
+    pub sslrootcert_pem: Option<String>,
     /// `application_name` shown in `pg_stat_activity`.
     pub application_name: String,
     /// How long to wait for TCP connect and the TLS handshake.
@@ -58,6 +60,7 @@ impl ConnectOptions {
         if opts.options.sslrootcert.is_none() {
             opts.options.sslrootcert = source.sslrootcert.clone();
         }
+        opts.options.sslrootcert_pem = source.sslrootcert_pem.clone();
         if let Some(var) = &source.password_env {
             match std::env::var(var) {
                 Ok(p) => opts.options.password = Some(p),
@@ -123,6 +126,7 @@ fn parse_url(url: &str) -> Result<Parsed, ConnectError> {
         password,
         sslmode: SslMode::Prefer,
         sslrootcert: None,
+        sslrootcert_pem: None,
         application_name: "walflow".into(),
         connect_timeout: Duration::from_secs(10),
     };

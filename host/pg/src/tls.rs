@@ -73,32 +73,30 @@ fn load_roots(opts: &ConnectOptions) -> Result<RootCertStore, ConnectError> {
         message,
     };
     let mut roots = RootCertStore::empty();
-    match &opts.sslrootcert {
-        Some(path) => {
+    let given = match (&opts.sslrootcert_pem, &opts.sslrootcert) {
+        (Some(pem), _) => Some(("sslrootcert_pem".to_string(), pem.as_bytes().to_vec())),
+        (None, Some(path)) => {
             let pem = std::fs::read(path).map_err(|e| {
                 tls_err(format!(
                     "cannot read sslrootcert {} ({e}); point sslrootcert at the PEM file of the CA that signed the server's certificate",
                     path.display()
                 ))
             })?;
+            Some((format!("sslrootcert {}", path.display()), pem))
+        }
+        (None, None) => None,
+    };
+    match given {
+        Some((what, pem)) => {
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| {
-                    tls_err(format!(
-                        "sslrootcert {} is not valid PEM ({e})",
-                        path.display()
-                    ))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    tls_err(format!(
-                        "sslrootcert {} holds a bad certificate ({e})",
-                        path.display()
-                    ))
-                })?;
+                let cert = cert.map_err(|e| tls_err(format!("{what} is not valid PEM ({e})")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(format!("{what} holds a bad certificate ({e})")))?;
             }
             if roots.is_empty() {
                 return Err(tls_err(format!(
-                    "sslrootcert {} holds no certificate; give the PEM file of the CA that signed the server's certificate",
-                    path.display()
+                    "{what} holds no certificate; give the PEM of the CA that signed the server's certificate"
                 )));
             }
         }

@@ -735,7 +735,7 @@ fn confine(config: &Config, label: &Path) -> Result<(), Refusal> {
     }
     if config.source.tables_csv.is_some() || config.source.sslrootcert.is_some() {
         return Err(refuse(
-            "tables_csv and sslrootcert name files of the host; list tables in source.tables"
+            "tables_csv and sslrootcert name files of the host; list tables in source.tables and give root certificates inline as source.sslrootcert_pem"
                 .into(),
         ));
     }

@@ -24,6 +24,7 @@ pub fn options(db: &TestDb, user: TestUser, mode: SslMode, host: &str) -> Connec
         password: user.password().map(|_| TEST_PASSWORD.to_string()),
         sslmode: mode,
         sslrootcert: db.cluster().ca_cert().map(Path::to_path_buf),
+        sslrootcert_pem: None,
         application_name: "walflow-test".into(),
         connect_timeout: Duration::from_secs(10),
     }
