@@ -460,7 +460,7 @@ impl Processor for FailItems {
                 .into_iter()
                 .map(|e| (e, "plugin trapped".into()))
                 .collect(),
-            records: None,
+            ..Processed::default()
         })
     }
 }

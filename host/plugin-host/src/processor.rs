@@ -130,12 +130,15 @@ impl Processor for ChainProcessor {
         let lost = self.lost.clone();
         let follow_up = self.follow_up.clone();
         Started::Running(tokio::task::spawn_blocking(move || {
+            let cpu_before = thread_cpu_time();
             let run = std::panic::catch_unwind(AssertUnwindSafe(|| chain.run_picked(events)));
+            let cpu = thread_cpu_time().saturating_sub(cpu_before);
             match run {
                 Ok(result) => {
                     // The processor may be gone (the pipeline stopped): then so is the chain.
                     let _ = back.send(chain);
                     let mut processed = result.map(processed).map_err(|e| classified(&e))?;
+                    processed.cpu = Some(cpu);
                     if let Some(follow_up) = follow_up {
                         processed.records = Some(follow_up(&processed.events));
                     }
@@ -172,6 +175,20 @@ fn classified(e: &ChainError) -> Error {
     Error::new(class, e.to_string())
 }
 
+/// CPU time this thread has used so far.
+fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill; the clock exists on Linux.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    if !ok {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// A panic's message, when it has one.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
@@ -184,6 +201,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 fn processed(output: crate::ChainOutput) -> Processed {
     Processed {
         records: None,
+        cpu: None,
         events: output.events,
         dead_letters: output
             .dead_letters

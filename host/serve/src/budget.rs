@@ -5,9 +5,10 @@
 //! bucket; while the bucket is empty, the tenant's pipelines wait before their next batch. The
 //! delivery loop waiting is backpressure all the way up — the reader stops pulling from the
 //! slot — so a tenant over its budget is slowed, never failed, and catches up as the budget
-//! refills. Time is the batch's wall time in the plugin chain: plugin calls are CPU work, so on
-//! a machine that is not oversubscribed the two agree, and oversubscription charges a little
-//! more, never less.
+//! refills. A batch is charged the CPU time the plugin chain's thread used on it (measured
+//! by the thread's own CPU clock), so a plugin waiting on I/O or a machine
+//! oversubscribed by others is not charged for time it did not run; a processor that does
+//! not measure is charged the batch's wall time.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -169,20 +170,22 @@ impl Processor for Budgeted {
         let permit = Budgeted::core(&self.seat, self.budget.as_deref()).await;
         let at = Instant::now();
         let budget = self.budget.clone();
-        let charge = move || {
+        // The CPU the plugins' thread used, when the processor measured it; else wall time.
+        let charge = move |answer: &Result<Processed, Error>| {
             if let Some(budget) = &budget {
-                budget.charge(at.elapsed());
+                let cpu = answer.as_ref().ok().and_then(|p| p.cpu);
+                budget.charge(cpu.unwrap_or_else(|| at.elapsed()));
             }
         };
         match self.inner.start(events).await {
             Started::Done(answer) => {
-                charge();
+                charge(&answer);
                 drop(permit);
                 Started::Done(answer)
             }
             Started::Running(task) => Started::Running(tokio::spawn(async move {
                 let answer = Started::Running(task).answer().await;
-                charge();
+                charge(&answer);
                 drop(permit);
                 answer
             })),

@@ -107,6 +107,9 @@ pub struct Processed {
     pub dead_letters: Vec<(Event, String)>,
     /// `events` encoded by the [`FollowUp`], when the processor ran it (index for index).
     pub records: Option<Result<Vec<crate::sink::EncodedRecord>, String>>,
+    /// CPU time the processor's thread spent in the plugins on the batch, when it measured
+    /// it: what a tenant's plugin CPU budget is charged (waiting on I/O is not CPU).
+    pub cpu: Option<std::time::Duration>,
 }
 
 /// Work on a batch's output that a processor may run on the thread that ran the chain (the
