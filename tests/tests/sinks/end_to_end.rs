@@ -552,6 +552,21 @@ async fn stream_into_redis(
     walflow_tests::ConfigFile,
     walflow_tests::WalflowChild,
 ) {
+    let sink = format!("type = \"redis\"\nurl = \"{}\"", redis.url());
+    stream_into(source, table, extra, &sink).await
+}
+
+/// [`stream_into_redis`] for any sink: `sink` is the body of its `[[sinks]]` entry.
+async fn stream_into(
+    source: &walflow_tests::TestDb,
+    table: &str,
+    extra: &str,
+    sink: &str,
+) -> (
+    String,
+    walflow_tests::ConfigFile,
+    walflow_tests::WalflowChild,
+) {
     let name = table.split_whitespace().next().unwrap_or(table);
     source
         .client()
@@ -564,10 +579,7 @@ async fn stream_into_redis(
         .source(&format!("tables = [\"public.{name}\"]"))
         .source("snapshot = \"never\"")
         .source("topic_prefix = \"app\"")
-        .append(&format!(
-            "{extra}\n[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url()
-        ));
+        .append(&format!("{extra}\n[[sinks]]\n{sink}\n"));
     let slot = builder.slot_name().to_string();
     let config = builder.write().unwrap();
     let child = walflow!("run", "-c", &config.path).spawn().unwrap();
@@ -636,17 +648,33 @@ async fn large_rows_behind_a_redis_outage_stay_within_the_memory_budget() {
     );
 }
 
-/// The network between walflow and its broker drops every packet for 30 s (no RST: nftables),
+/// The network between walflow and redis drops every packet for 30 s (no RST: nftables),
 /// while rows keep coming: nothing is confirmed that redis does not have, and once the link is
 /// back every row arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_black_holed_broker_link_holds_the_slot_and_recovers() {
+async fn a_black_holed_redis_link_holds_the_slot_and_recovers() {
+    black_holed_broker_link(Kind::Redis).await;
+}
+
+/// The same for Kafka (tansu): the producer's requests time out into a void instead of being
+/// refused, and nothing is confirmed until the broker has acknowledged it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_kafka_link_holds_the_slot_and_recovers() {
+    black_holed_broker_link(Kind::Tansu).await;
+}
+
+async fn black_holed_broker_link(kind: Kind) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-    let redis = Broker::start(Kind::Redis);
+    let broker = Broker::start(kind);
+    let sink = match kind {
+        Kind::Redis => format!("type = \"redis\"\nurl = \"{}\"", broker.url()),
+        Kind::Tansu => crate::kafka_entry(&broker.url()),
+        Kind::Nats => unreachable!("not black-holed here"),
+    };
     let source = Cluster::shared().new_database().await;
     let (slot, _config, mut child) =
-        stream_into_redis(&source, "ns (id int PRIMARY KEY, v text)", "", &redis).await;
+        stream_into(&source, "ns (id int PRIMARY KEY, v text)", "", &sink).await;
     let last = Arc::new(AtomicI32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = steady_writer(source.client().await, last.clone(), stop.clone());
@@ -654,7 +682,7 @@ async fn a_black_holed_broker_link_holds_the_slot_and_recovers() {
 
     let hole = walflow_tests::black_hole::BlackHole::drop_traffic(
         std::net::Ipv4Addr::LOCALHOST,
-        redis.port(),
+        broker.port(),
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -662,7 +690,7 @@ async fn a_black_holed_broker_link_holds_the_slot_and_recovers() {
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert!(
         !source.slot_reached(&slot, &during).await,
-        "the slot was confirmed past rows redis never got"
+        "the slot was confirmed past rows the broker never got"
     );
     assert!(child.is_running(), "walflow gave up:\n{}", child.stderr());
     hole.lift();
@@ -679,6 +707,17 @@ async fn a_black_holed_broker_link_holds_the_slot_and_recovers() {
     child.terminate();
     let out = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(out.status.success(), "{}", out.describe());
-    let ids = ids_of(&crate::redis_records(&redis.url(), &["app.public.ns"]).await);
-    assert_eq!(ids, (1..=written).collect(), "every row reached redis");
+    let records = match kind {
+        Kind::Tansu => crate::kafka_records(&broker.url(), &["app.public.ns"])
+            .await
+            .into_iter()
+            .map(|(_, r, _)| r)
+            .collect(),
+        _ => crate::redis_records(&broker.url(), &["app.public.ns"]).await,
+    };
+    assert_eq!(
+        ids_of(&records),
+        (1..=written).collect(),
+        "every row reached the broker"
+    );
 }
