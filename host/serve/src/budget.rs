@@ -144,6 +144,7 @@ impl Budgeted {
             match budget {
                 Some(budget) if budget.exhausted() => {
                     drop(core);
+                    seat.step_away();
                     budget.wait().await;
                 }
                 _ => return core,

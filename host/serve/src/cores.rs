@@ -161,6 +161,15 @@ impl Cores {
 }
 
 impl Seat {
+    /// This tenant will not want a core for a while (it waits for its CPU budget): it stops
+    /// counting as a tenant with work once it holds none, so others may use every core.
+    pub fn step_away(&self) {
+        let mut s = self.cores.schedule();
+        if s.held[self.tenant] == 0 {
+            s.returned[self.tenant] = None;
+        }
+    }
+
     /// Waits for a core: at once while one is free and this tenant is below its share or
     /// alone with work; otherwise in line.
     pub async fn acquire(&self) -> Slot {
@@ -253,6 +262,19 @@ mod tests {
         );
         tokio::time::sleep(RECENT).await;
         let a2 = ready(a.acquire()).await.expect("b idle: a may use both");
+        drop((a1, a2));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_that_steps_away_leaves_every_core_to_the_others() {
+        let cores = Cores::new(2);
+        let (a, b) = (cores.seat(0), cores.seat(1));
+        let a1 = a.acquire().await;
+        drop(b.acquire().await);
+        b.step_away(); // b waits for its budget now
+        let a2 = ready(a.acquire())
+            .await
+            .expect("b stepped away: a may use both");
         drop((a1, a2));
     }
 
