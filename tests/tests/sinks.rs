@@ -1309,6 +1309,7 @@ async fn a_kafka_topic_that_cannot_be_created_is_fatal_and_named() {
         key: None,
         payload: b"{}".to_vec(),
         lsn: Lsn(1),
+        value: None,
     };
     let batch = walflow::sink::SinkBatch {
         records: std::slice::from_ref(&record),
@@ -1418,6 +1419,7 @@ fn numbered_records(first: usize, count: usize) -> Vec<walflow::sink::EncodedRec
             key: None,
             payload: format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(980)).into_bytes(),
             lsn: Lsn(n as u64),
+            value: None,
         })
         .collect()
 }

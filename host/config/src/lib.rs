@@ -47,6 +47,13 @@ pub struct Config {
     /// Encoder for sinks that take bytes.
     #[serde(default)]
     pub encoding: Encoding,
+    /// The shape of JSON records: walflow's own (the default, unchanged for existing
+    /// consumers) or exactly Debezium's PostgreSQL connector's.
+    #[serde(default)]
+    pub envelope: Envelope,
+    /// Debezium's settings, with Debezium's names and defaults, for `envelope = "debezium"`.
+    #[serde(default)]
+    pub debezium: Option<DebeziumConfig>,
     /// The directory of the config file; relative paths in it (sink files too) start here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -350,6 +357,146 @@ pub enum Encoding {
     Msgpack,
 }
 
+/// The shape of a JSON record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Envelope {
+    /// walflow's envelope: one record per change, values in their natural JSON form
+    /// (README, "Events").
+    #[default]
+    Walflow,
+    /// Byte-for-byte what Debezium's PostgreSQL connector emits through Kafka Connect's JSON
+    /// converter without schemas: tombstones, primary-key changes as delete + create, Debezium's
+    /// value representations; tuned by the `[debezium]` settings.
+    Debezium,
+}
+
+/// `[debezium]`: the Debezium PostgreSQL connector settings `envelope = "debezium"` honours,
+/// under Debezium's own names (quoted in TOML: `"decimal.handling.mode" = "string"`) and with
+/// Debezium's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DebeziumConfig {
+    /// `numeric`/`decimal`/`money`: `precise` (the unscaled value's bytes, base64), `string`
+    /// or `double`.
+    #[serde(rename = "decimal.handling.mode", default)]
+    pub decimal_handling_mode: DecimalHandlingMode,
+    /// Dates, times and timestamps: `adaptive`, `adaptive_time_microseconds`, `connect` or
+    /// `isostring`.
+    #[serde(rename = "time.precision.mode", default)]
+    pub time_precision_mode: TimePrecisionMode,
+    /// `bytea`: `bytes` (base64 in JSON), `base64`, `base64-url-safe` or `hex`.
+    #[serde(rename = "binary.handling.mode", default)]
+    pub binary_handling_mode: BinaryHandlingMode,
+    /// Whether a delete is followed by a tombstone (the key with a null value).
+    #[serde(rename = "tombstones.on.delete", default = "default_true")]
+    pub tombstones_on_delete: bool,
+    /// What a TOASTed value an update left unchanged is written as (its UTF-8 bytes for
+    /// `bytea` columns).
+    #[serde(
+        rename = "unavailable.value.placeholder",
+        default = "default_unavailable_value"
+    )]
+    pub unavailable_value_placeholder: String,
+    /// The logical server name: `source.name` and the first part of every topic. Defaults to
+    /// `[source] topic_prefix`, else the database name.
+    #[serde(rename = "topic.prefix", default)]
+    pub topic_prefix: Option<String>,
+    /// Operations not emitted, comma-separated from `c`, `u`, `d`, `t`, or `none`.
+    #[serde(rename = "skipped.operations", default = "default_skipped_operations")]
+    pub skipped_operations: String,
+}
+
+impl Default for DebeziumConfig {
+    fn default() -> Self {
+        DebeziumConfig {
+            decimal_handling_mode: DecimalHandlingMode::default(),
+            time_precision_mode: TimePrecisionMode::default(),
+            binary_handling_mode: BinaryHandlingMode::default(),
+            tombstones_on_delete: true,
+            unavailable_value_placeholder: default_unavailable_value(),
+            topic_prefix: None,
+            skipped_operations: default_skipped_operations(),
+        }
+    }
+}
+
+impl DebeziumConfig {
+    /// Whether `skipped.operations` names the operation with Debezium's letter `op`.
+    pub fn skips(&self, op: &str) -> bool {
+        self.skipped_operations.split(',').any(|o| o.trim() == op)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let ops: Vec<&str> = self.skipped_operations.split(',').map(str::trim).collect();
+        let valid = ops == ["none"] || ops.iter().all(|o| ["c", "u", "d", "t"].contains(o));
+        if !valid {
+            return Err(format!(
+                "[debezium] \"skipped.operations\" is `{}`; supported: a comma-separated list of c, u, d, t, or none",
+                self.skipped_operations
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_unavailable_value() -> String {
+    "__debezium_unavailable_value".into()
+}
+
+fn default_skipped_operations() -> String {
+    "t".into()
+}
+
+/// Debezium's `decimal.handling.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DecimalHandlingMode {
+    /// The unscaled value as big-endian two's-complement bytes (base64 in JSON); a `numeric`
+    /// without a declared scale as `{"scale", "value"}`.
+    #[default]
+    Precise,
+    /// The decimal as a string.
+    String,
+    /// A JSON number (may lose precision).
+    Double,
+}
+
+/// Debezium's `time.precision.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimePrecisionMode {
+    /// Epoch days, and milliseconds or microseconds by the column's precision.
+    #[default]
+    Adaptive,
+    /// As `adaptive`, but `time` always in microseconds.
+    AdaptiveTimeMicroseconds,
+    /// Kafka Connect's logical types: epoch days and milliseconds.
+    Connect,
+    /// ISO-8601 strings.
+    Isostring,
+}
+
+/// Debezium's `binary.handling.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BinaryHandlingMode {
+    /// Bytes (base64 in JSON).
+    #[default]
+    Bytes,
+    /// A base64 string.
+    Base64,
+    /// A URL-safe base64 string.
+    #[serde(rename = "base64-url-safe")]
+    Base64UrlSafe,
+    /// A lowercase hex string.
+    Hex,
+}
+
 /// A configuration problem, with where it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -438,6 +585,22 @@ impl Config {
                 "[source] has both sslrootcert and sslrootcert_pem; keep one (the file, or the PEM text inline)"
                     .into(),
             );
+        }
+        match (self.envelope, &self.debezium) {
+            (Envelope::Walflow, Some(_)) => {
+                return Err(
+                    "[debezium] settings apply only with envelope = \"debezium\"; set it or remove the section".into(),
+                );
+            }
+            (Envelope::Debezium, debezium) => {
+                if self.encoding != Encoding::Json {
+                    return Err("envelope = \"debezium\" writes JSON; set encoding = \"json\" or use envelope = \"walflow\"".into());
+                }
+                if let Some(d) = debezium {
+                    d.validate()?;
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -575,6 +738,71 @@ mod tests {
         assert!(matches!(&sink.kind, SinkKind::Http(h) if h.url == "http://x"));
         let sink: SinkConfig = toml::from_str("type = \"stdout\"").unwrap();
         assert_eq!(sink.on_error, SinkOnError::Stop);
+    }
+
+    fn parse_with(root: &str, tail: &str) -> Result<Config, String> {
+        let text = format!("{root}\n[source]\nurl = \"postgres://u@h/db\"\n{tail}");
+        Config::parse(&text, Path::new("w.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_walflow_envelope_is_the_default_and_debezium_takes_debeziums_defaults() {
+        let config = parse_with("", "").unwrap();
+        assert_eq!(config.envelope, Envelope::Walflow);
+        let config = parse_with("envelope = \"debezium\"", "").unwrap();
+        assert_eq!(config.envelope, Envelope::Debezium);
+        assert_eq!(config.debezium, None);
+        let config = parse_with(
+            "envelope = \"debezium\"",
+            "[debezium]\n\"decimal.handling.mode\" = \"string\"\n\"tombstones.on.delete\" = false",
+        )
+        .unwrap();
+        let d = config.debezium.unwrap();
+        assert_eq!(d.decimal_handling_mode, DecimalHandlingMode::String);
+        assert_eq!(d.time_precision_mode, TimePrecisionMode::Adaptive);
+        assert_eq!(d.binary_handling_mode, BinaryHandlingMode::Bytes);
+        assert!(!d.tombstones_on_delete);
+        assert_eq!(
+            d.unavailable_value_placeholder,
+            "__debezium_unavailable_value"
+        );
+        assert!(d.skips("t") && !d.skips("d"));
+    }
+
+    #[test]
+    fn an_unsupported_debezium_value_names_the_key_the_value_and_the_supported_ones() {
+        let err = parse_with(
+            "envelope = \"debezium\"",
+            "[debezium]\n\"time.precision.mode\" = \"nanos\"",
+        )
+        .unwrap_err();
+        for part in [
+            "time.precision.mode",
+            "nanos",
+            "adaptive_time_microseconds",
+            "isostring",
+        ] {
+            assert!(err.contains(part), "{part} missing from: {err}");
+        }
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let err = parse_with(
+            "envelope = \"debezium\"",
+            "[debezium]\n\"skipped.operations\" = \"c,x\"",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("skipped.operations") && err.contains("c,x") && err.contains("none"),
+            "{err}"
+        );
+        let err = parse_with("envelope = \"debezium\"\nencoding = \"msgpack\"", "").unwrap_err();
+        assert!(err.contains("envelope = \"debezium\" writes JSON"), "{err}");
+        let err = parse_with("", "[debezium]\n\"topic.prefix\" = \"x\"").unwrap_err();
+        assert!(err.contains("envelope = \"debezium\""), "{err}");
+        let err = parse_with("envelope = \"dbz\"", "").unwrap_err();
+        assert!(
+            err.contains("dbz") && err.contains("walflow") && err.contains("debezium"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,11 +41,19 @@ pub struct EncodedRecord {
     pub key: Option<Vec<u8>>,
     /// The encoded record (the whole envelope).
     pub payload: Vec<u8>,
+    /// For a record of the `debezium` envelope: where the Debezium value sits in `payload`
+    /// (`null` for a tombstone). Sinks that carry key and value apart (Kafka) send that alone,
+    /// with `key` as the message key (`None`: a null key). `None` for walflow's envelope,
+    /// whose payload is the whole message.
+    pub value: Option<std::ops::Range<usize>>,
     /// The event's LSN.
     pub lsn: crate::event::Lsn,
 }
 
-/// A batch as sinks see it: the encoded records and the events they came from, index for index.
+/// A batch as sinks see it: the encoded records and the events they came from, index for index
+/// — except under the `debezium` envelope, where an event makes zero to three records
+/// (records with [`EncodedRecord::value`] set): sinks must not pair those with `events` by
+/// index.
 #[derive(Debug, Clone, Copy)]
 pub struct SinkBatch<'a> {
     /// Encoded records, in source order.

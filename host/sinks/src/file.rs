@@ -553,6 +553,7 @@ mod tests {
                 key: None,
                 payload: vec![b'a' + (i % 26) as u8; 64 << 10],
                 lsn: walflow_core::event::Lsn(i),
+                value: None,
             })
             .collect();
         let batch = SinkBatch {
@@ -591,6 +592,7 @@ mod tests {
             key: None,
             payload: format!("{{\"n\":{n}}}").into_bytes(),
             lsn: walflow_core::event::Lsn(n),
+            value: None,
         };
         let first: Vec<EncodedRecord> = (0..10).map(record).collect();
         sink.write(SinkBatch {

@@ -31,11 +31,24 @@ use walflow_config::sinks::KafkaSinkConfig;
 use super::settings::{invalid, secret_env};
 use super::{Sink, SinkBatch, SinkError};
 
+/// The Kafka message value of `record`: the whole payload, or under the `debezium` envelope the
+/// Debezium value alone, `None` (a null value) for a tombstone.
+fn message_value(record: &walflow_core::sink::EncodedRecord) -> Option<Vec<u8>> {
+    match &record.value {
+        None => Some(record.payload.clone()),
+        Some(range) => {
+            let value = record.payload.get(range.clone())?;
+            (value != b"null").then(|| value.to_vec())
+        }
+    }
+}
+
 /// A record waiting for its acknowledgement.
 struct Pending {
     topic: String,
     key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    /// The message value; `None` for a tombstone (a null value).
+    payload: Option<Vec<u8>>,
     lsn: u64,
     /// Its delivery, once handed to the producer.
     delivery: Option<DeliveryFuture>,
@@ -242,9 +255,10 @@ impl KafkaSink {
                 key: "walflow.lsn",
                 value: Some(lsn.as_str()),
             });
-            let mut record = FutureRecord::to(&p.topic)
-                .payload(p.payload.as_slice())
-                .headers(headers);
+            let mut record = FutureRecord::to(&p.topic).headers(headers);
+            if let Some(payload) = &p.payload {
+                record = record.payload(payload.as_slice());
+            }
             record = match &p.key {
                 Some(key) => record.key(key.as_slice()),
                 None => record.partition(0),
@@ -488,7 +502,7 @@ impl Sink for KafkaSink {
             self.pending.push(Pending {
                 topic: r.topic.to_string(),
                 key: super::key::record_key(r, batch.events.get(i)),
-                payload: r.payload.clone(),
+                payload: message_value(r),
                 lsn: r.lsn.0,
                 delivery: None,
             });

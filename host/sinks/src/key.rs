@@ -15,6 +15,10 @@ pub(crate) fn record_key(record: &EncodedRecord, event: Option<&Event>) -> Optio
     if let Some(key) = &record.key {
         return Some(key.clone());
     }
+    if record.value.is_some() {
+        // A Debezium record's key is its own (`None`: null); its event is not at its index.
+        return None;
+    }
     let event = event?;
     event.relation.key_indices().next()?;
     let encoding = if is_json(&record.payload) {

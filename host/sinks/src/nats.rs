@@ -225,7 +225,9 @@ impl Sink for NatsSink {
     async fn write(&mut self, batch: SinkBatch<'_>) -> Result<(), SinkError> {
         self.pending.reserve(batch.records.len());
         for (i, r) in batch.records.iter().enumerate() {
-            let id = self.message_id(batch.events.get(i), r.lsn.0);
+            // Debezium records are not paired with events by index: their ids run by LSN.
+            let event = batch.events.get(i).filter(|_| r.value.is_none());
+            let id = self.message_id(event, r.lsn.0);
             self.pending.push(Message {
                 subject: r.topic.to_string(),
                 id,

@@ -7,6 +7,7 @@
 //! ([`Record`]), JSON through a writer of its own (`json_writer`) that makes the same bytes
 //! as serde_json would, at a fraction of the cost.
 
+pub mod debezium;
 pub mod json;
 mod json_text;
 mod json_writer;
@@ -19,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::event::Event;
 use walflow_config::Encoding;
 
+pub use debezium::{DebeziumEncoder, DebeziumRecord};
 pub use record::{DeadLetter, Record};
 
 /// What an encoder needs besides the event itself.
@@ -73,12 +75,45 @@ fn source_ts_ms(event: &Event, processed_ms: i64) -> i64 {
 pub struct Encoder {
     encoding: Encoding,
     options: EncodeOptions,
+    /// Set for `envelope = "debezium"`: records are Debezium's, zero to three per event.
+    debezium: Option<Arc<DebeziumEncoder>>,
 }
 
 impl Encoder {
-    /// An encoder for `encoding` with `options`.
+    /// An encoder for `encoding` with `options` (walflow's envelope).
     pub fn new(encoding: Encoding, options: EncodeOptions) -> Encoder {
-        Encoder { encoding, options }
+        Encoder {
+            encoding,
+            options,
+            debezium: None,
+        }
+    }
+
+    /// An encoder of the `debezium` envelope with Debezium's `settings` (JSON only).
+    pub fn debezium(settings: walflow_config::DebeziumConfig, options: EncodeOptions) -> Encoder {
+        let debezium = DebeziumEncoder::new(settings, options.name.clone());
+        Encoder {
+            encoding: Encoding::Json,
+            options,
+            debezium: Some(Arc::new(debezium)),
+        }
+    }
+
+    /// The encoder the configuration asks for: its `encoding`, `envelope` and `[debezium]`
+    /// settings.
+    pub fn from_config(config: &walflow_config::Config, options: EncodeOptions) -> Encoder {
+        match config.envelope {
+            walflow_config::Envelope::Walflow => Encoder::new(config.encoding, options),
+            walflow_config::Envelope::Debezium => {
+                Encoder::debezium(config.debezium.clone().unwrap_or_default(), options)
+            }
+        }
+    }
+
+    /// The Debezium envelope's encoder, when this encoder writes it: an event then makes
+    /// zero or more records ([`DebeziumEncoder::records`]), not one.
+    pub fn debezium_envelope(&self) -> Option<&DebeziumEncoder> {
+        self.debezium.as_deref()
     }
 
     /// Appends the encoded record of `event` to `out` (no trailing newline).
@@ -94,6 +129,16 @@ impl Encoder {
         ts_ms: i64,
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
+        if let Some(debezium) = &self.debezium {
+            // Every record of the event, one per line.
+            for (i, record) in debezium.records(event, ts_ms).into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(&record.line);
+            }
+            return Ok(());
+        }
         match self.encoding {
             Encoding::Json => {
                 json_writer::write_record(event, &self.options, ts_ms, out);
@@ -122,6 +167,9 @@ impl Encoder {
 
     /// The encoded key of `event` (the key object alone), for sinks that partition by key.
     pub fn encode_key(&self, event: &Event) -> Result<Vec<u8>, EncodeError> {
+        if let Some(debezium) = &self.debezium {
+            return Ok(debezium.key(event));
+        }
         let record = Record::new(event, &self.options, 0);
         let key = record.key();
         Ok(match self.encoding {
@@ -132,6 +180,9 @@ impl Encoder {
 
     /// The topic `event` goes to.
     pub fn topic(&self, event: &Event) -> Arc<str> {
+        if let Some(debezium) = &self.debezium {
+            return debezium.topic(event);
+        }
         match &event.topic {
             Some(t) => t.clone(),
             None => default_topic(event, self.options.name.as_deref()).into(),

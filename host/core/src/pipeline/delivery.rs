@@ -408,6 +408,24 @@ fn encode(
     mut buffers: Vec<Vec<u8>>,
 ) -> Result<Vec<EncodedRecord>, DeliveryError> {
     let ts_ms = crate::encode::now_ms();
+    if let Some(debezium) = encoder.debezium_envelope() {
+        // Debezium's records: zero to three per event (tombstones, primary-key changes,
+        // skipped operations), each with its key and where its value is.
+        let mut records = Vec::with_capacity(events.len() + events.len() / 4);
+        for e in events {
+            for r in debezium.records(e, ts_ms) {
+                records.push(EncodedRecord {
+                    topic: r.topic,
+                    key: r.key,
+                    payload: r.line,
+                    lsn: e.source.lsn,
+                    value: Some(r.value),
+                });
+            }
+        }
+        drop(buffers);
+        return Ok(records);
+    }
     let mut capacity = 256;
     crate::collect::try_collect_exact(events.iter().map(|e| {
         let mut payload = buffers
@@ -422,6 +440,7 @@ fn encode(
             key: None,
             payload,
             lsn: e.source.lsn,
+            value: None,
         })
     }))
 }
@@ -738,6 +757,7 @@ fn dead_letter_records(
                 key: None,
                 payload,
                 lsn: event.source.lsn,
+                value: None,
             })
         })
         .collect()

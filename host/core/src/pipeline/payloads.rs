@@ -74,6 +74,7 @@ mod tests {
             key: None,
             payload,
             lsn: Lsn(0),
+            value: None,
         }
     }
 

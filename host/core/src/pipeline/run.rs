@@ -84,8 +84,8 @@ pub async fn run(
     sinks.extend(options.extra_sinks);
     let dead_letter = build_dead_letter(&config, &*parts).await?;
     let processor = build_processor(&config, &*parts, &metrics).await?;
-    let encoder = Encoder::new(
-        config.encoding,
+    let encoder = Encoder::from_config(
+        &config,
         EncodeOptions {
             name: config.source.topic_prefix.clone(),
             include_types: false,
