@@ -587,27 +587,30 @@ fn wal_options(source: &SourceConfig, options: &StreamOptions) -> WalOptions {
     }
 }
 
-/// Primary-key columns of tables whose replica identity is FULL (in key order).
+/// Primary-key columns of tables whose replica identity is FULL (in key order); a table
+/// without a primary key has one row with a null column name.
 const FULL_IDENTITY_KEYS_QUERY: &str = "SELECT c.oid, a.attname \
      FROM pg_catalog.pg_class c \
-     JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary \
-     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey) \
-     WHERE c.relreplident = 'f' \
+     LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary \
+     LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey) \
+     WHERE c.relreplident = 'f' AND c.relkind IN ('r', 'p') \
      ORDER BY c.oid, array_position(i.indkey::int2[], a.attnum)";
 
 /// Under `REPLICA IDENTITY FULL` pgoutput flags every column as part of the key, but the event
-/// key (as in Debezium) is the primary key: teach the assembler those tables' primary keys.
+/// key (as in Debezium) is the primary key: teach the assembler those tables' primary keys, and
+/// that a table without one has no key (as its snapshot rows have none).
 async fn load_primary_keys(
     conn: &mut Connection,
     assembler: &mut Assembler,
 ) -> Result<(), ConnectError> {
     let mut keys: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
     for row in conn.simple_query(FULL_IDENTITY_KEYS_QUERY).await? {
-        let (Some(Some(oid)), Some(Some(column))) = (row.first(), row.get(1)) else {
+        let (Some(Some(oid)), Some(column)) = (row.first(), row.get(1)) else {
             continue;
         };
         if let Ok(oid) = oid.parse() {
-            keys.entry(oid).or_default().push(column.clone());
+            let key = keys.entry(oid).or_default();
+            key.extend(column.clone());
         }
     }
     for (oid, columns) in keys {
