@@ -21,6 +21,7 @@ pub struct ConfigBuilder {
     slot: String,
     publication: String,
     source_lines: Vec<String>,
+    root_lines: Vec<String>,
     tail: String,
 }
 
@@ -43,6 +44,7 @@ impl ConfigBuilder {
             slot: format!("{}_slot", db.name()),
             publication: format!("{}_pub", db.name()),
             source_lines: Vec::new(),
+            root_lines: Vec::new(),
             tail: String::new(),
         }
     }
@@ -103,6 +105,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Adds a raw top-level `key = value` line (before `[source]`), e.g. `envelope = "debezium"`.
+    pub fn root(mut self, line: &str) -> Self {
+        self.root_lines.push(line.to_string());
+        self
+    }
+
     /// Appends raw TOML after `[source]` and `[state]` (sinks, plugins, …).
     pub fn append(mut self, toml: &str) -> Self {
         self.tail.push_str(toml);
@@ -127,7 +135,12 @@ impl ConfigBuilder {
             "postgres://{}@{}:{}/{}",
             user, self.host, self.port, self.database
         );
-        let mut text = String::from("[source]\n");
+        let mut text = String::new();
+        for line in &self.root_lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("[source]\n");
         text.push_str(&format!("url = {}\n", toml_string(&url)));
         if self.login.is_some() || self.user.password().is_some() {
             text.push_str(&format!("password_env = {}\n", toml_string(PASSWORD_ENV)));

@@ -18,6 +18,7 @@
 //! - [`config_file`]: `walflow.toml` files for a test database.
 //! - [`walflow_command`]: running the program under test as a child ([`walflow!`]).
 //! - [`wait`]: waiting on conditions with deadlines.
+//! - [`debezium`]: real Debezium (embedded engine) as a peer, for the envelope equality tests.
 //! - [`ports`]: [`free_port`], a loopback port nothing listens on.
 //! - [`http`]: a minimal HTTP client for walflow's own listeners.
 //! - [`browser`]: headless Chromium, for the pages walflow serves.
@@ -30,6 +31,7 @@ pub mod certificates;
 pub mod child_process;
 pub mod cluster;
 pub mod config_file;
+pub mod debezium;
 pub mod http;
 pub mod installs;
 pub mod plugins;
