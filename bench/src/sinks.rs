@@ -63,6 +63,7 @@ fn backlog(events: usize) -> Vec<Unit> {
                     xid: Some((n / EVENTS_PER_TRANSACTION) as u32),
                     commit_time_us: 1_700_000_000_000_000,
                     snapshot: Default::default(),
+                    last_commit_lsn: None,
                 },
                 before: None,
                 after: Some(vec![

@@ -12,9 +12,7 @@
 //! except times of processing, which no two runs share:
 //! - `value.ts_ms`, `value.ts_us`, `value.ts_ns` (when the record was made);
 //! - `source.ts_ms`, `ts_us`, `ts_ns` of a non-transactional logical message only (it has no
-//!   commit time: Debezium repeats the previous transaction's, walflow writes when it read it);
-//! - the first element of `source.sequence` (the previous commit's LSN as the reader saw it:
-//!   walflow does not track it and writes `null`).
+//!   commit time: Debezium repeats the previous transaction's, walflow writes when it read it).
 
 use std::time::Duration;
 
@@ -219,7 +217,7 @@ fn assert_same_records(ours: &[Json], theirs: &[Json]) {
         }
     );
     assert!(
-        ours.len() > 30,
+        ours.len() > 25,
         "too few records to mean anything: {}",
         ours.len()
     );
@@ -288,13 +286,6 @@ fn comparable(record: &Json) -> Json {
                 for field in ["ts_ms", "ts_us", "ts_ns"] {
                     source.remove(field);
                 }
-            }
-            if let Some(sequence) = source.get("sequence").and_then(Json::as_str) {
-                let parsed: Json = serde_json::from_str(sequence).unwrap_or(Json::Null);
-                source.insert(
-                    "sequence".into(),
-                    parsed.get(1).cloned().unwrap_or(Json::Null),
-                );
             }
         }
     }

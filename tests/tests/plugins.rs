@@ -760,6 +760,7 @@ fn plugins_of_both_abi_versions_edit_alike() {
         xid: Some(4242),
         commit_time_us: 1_700_000_000_123_456,
         snapshot: SnapshotMarker::Last,
+        last_commit_lsn: None,
     };
     let input = || {
         let mut events = jobs(&actions);

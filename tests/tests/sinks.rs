@@ -1464,3 +1464,121 @@ async fn a_disk_full_mid_batch_leaves_each_record_once_after_the_retry() {
         );
     }
 }
+
+/// Under `envelope = "debezium"` a Kafka message is Debezium's: the value alone (no walflow
+/// wrapper) with the key as the message key, and a delete's tombstone is a null value, so a
+/// compacted topic forgets the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_gets_debezium_values_and_tombstones_as_null_values() {
+    use std::sync::Arc;
+    use walflow::event::{Column, Op, Relation, Source};
+    let tansu = Broker::start(Kind::Tansu);
+    let mut s = sink(&kafka_entry(&tansu.url())).await.unwrap();
+    let relation = Arc::new(Relation {
+        oid: 1,
+        schema: "public".into(),
+        table: "orders".into(),
+        columns: ["id", "note"]
+            .iter()
+            .map(|name| Column {
+                name: (*name).into(),
+                type_oid: 0,
+                type_name: if *name == "id" { "int4" } else { "text" }.into(),
+                type_modifier: -1,
+                key: *name == "id",
+            })
+            .collect(),
+    });
+    let event = |op: Op, id: i64, lsn: u64| Event {
+        op,
+        relation: relation.clone(),
+        source: Source {
+            db: "shop".into(),
+            lsn: Lsn(lsn),
+            xid: Some(7),
+            commit_time_us: 1_700_000_000_000_000,
+            ..Source::default()
+        },
+        before: (op == Op::Delete).then(|| vec![Value::Int(id), Value::Null]),
+        after: (op == Op::Create).then(|| vec![Value::Int(id), Value::Text("n".into())]),
+        topic: None,
+        message: None,
+    };
+    let events = vec![event(Op::Create, 1, 100), event(Op::Delete, 1, 200)];
+    let encoder = walflow::encode::Encoder::debezium(
+        walflow::config::DebeziumConfig::default(),
+        walflow::encode::EncodeOptions {
+            name: Some("app".into()),
+            include_types: false,
+        },
+    );
+    let debezium = encoder.debezium_envelope().unwrap();
+    let records: Vec<walflow::sink::EncodedRecord> = events
+        .iter()
+        .flat_map(|e| {
+            debezium
+                .records(e, 1)
+                .into_iter()
+                .map(|r| walflow::sink::EncodedRecord {
+                    topic: r.topic,
+                    key: r.key,
+                    payload: r.line,
+                    lsn: e.source.lsn,
+                    value: Some(r.value),
+                })
+        })
+        .collect();
+    assert_eq!(records.len(), 3, "create, delete, tombstone");
+    s.write(walflow::sink::SinkBatch {
+        records: &records,
+        events: &events,
+    })
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+
+    use rskafka::client::ClientBuilder;
+    use rskafka::client::partition::UnknownTopicHandling;
+    let client = ClientBuilder::new(vec![tansu.url()]).build().await.unwrap();
+    let mut got = Vec::new();
+    for partition in 0..3 {
+        let pc = client
+            .partition_client("app.public.orders", partition, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        let (fetched, _) = pc.fetch_records(0, 1..10_000_000, 500).await.unwrap();
+        got.extend(fetched.into_iter().map(|r| (r.record.key, r.record.value)));
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (key, _) in &got {
+        let key: Json = serde_json::from_slice(key.as_deref().expect("a key")).unwrap();
+        assert_eq!(key, serde_json::json!({"id": 1}));
+    }
+    let values: Vec<Option<Json>> = got
+        .iter()
+        .map(|(_, v)| v.as_deref().map(|v| serde_json::from_slice(v).unwrap()))
+        .collect();
+    let value = |op: &str| {
+        values
+            .iter()
+            .flatten()
+            .find(|v| v["op"] == op)
+            .unwrap_or_else(|| panic!("no {op} among {values:?}"))
+    };
+    assert_eq!(
+        value("c")["after"],
+        serde_json::json!({"id": 1, "note": "n"})
+    );
+    assert!(value("c").get("topic").is_none(), "the value alone");
+    assert_eq!(
+        value("d")["before"],
+        serde_json::json!({"id": 1, "note": null})
+    );
+    assert_eq!(
+        values.iter().filter(|v| v.is_none()).count(),
+        1,
+        "one tombstone: {values:?}"
+    );
+    // One key, one partition, in order: the tombstone comes last.
+    assert_eq!(values.last(), Some(&None), "{values:?}");
+}

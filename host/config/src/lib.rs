@@ -379,14 +379,26 @@ pub enum Envelope {
 pub struct DebeziumConfig {
     /// `numeric`/`decimal`/`money`: `precise` (the unscaled value's bytes, base64), `string`
     /// or `double`.
-    #[serde(rename = "decimal.handling.mode", default)]
+    #[serde(
+        rename = "decimal.handling.mode",
+        default,
+        deserialize_with = "keyed::decimal_handling_mode"
+    )]
     pub decimal_handling_mode: DecimalHandlingMode,
     /// Dates, times and timestamps: `adaptive`, `adaptive_time_microseconds`, `connect` or
     /// `isostring`.
-    #[serde(rename = "time.precision.mode", default)]
+    #[serde(
+        rename = "time.precision.mode",
+        default,
+        deserialize_with = "keyed::time_precision_mode"
+    )]
     pub time_precision_mode: TimePrecisionMode,
     /// `bytea`: `bytes` (base64 in JSON), `base64`, `base64-url-safe` or `hex`.
-    #[serde(rename = "binary.handling.mode", default)]
+    #[serde(
+        rename = "binary.handling.mode",
+        default,
+        deserialize_with = "keyed::binary_handling_mode"
+    )]
     pub binary_handling_mode: BinaryHandlingMode,
     /// Whether a delete is followed by a tombstone (the key with a null value).
     #[serde(rename = "tombstones.on.delete", default = "default_true")]
@@ -437,6 +449,37 @@ impl DebeziumConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Deserializers that put the setting's name in front of serde's message (`unknown variant
+/// `x`, expected one of …`), so the sentence names the key, the value and the supported ones.
+mod keyed {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    fn named<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+        key: &str,
+    ) -> Result<T, D::Error> {
+        T::deserialize(d).map_err(|e| D::Error::custom(format!("[debezium] \"{key}\": {e}")))
+    }
+
+    pub fn decimal_handling_mode<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<super::DecimalHandlingMode, D::Error> {
+        named(d, "decimal.handling.mode")
+    }
+
+    pub fn time_precision_mode<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<super::TimePrecisionMode, D::Error> {
+        named(d, "time.precision.mode")
+    }
+
+    pub fn binary_handling_mode<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<super::BinaryHandlingMode, D::Error> {
+        named(d, "binary.handling.mode")
     }
 }
 

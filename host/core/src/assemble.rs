@@ -151,6 +151,9 @@ pub struct Assembler {
     prepared: HashMap<String, Prepared>,
     message_relation: Arc<Relation>,
     key_columns: HashMap<u32, Vec<String>>,
+    /// The end LSN of the last Commit (Commit Prepared, Stream Commit) seen, for
+    /// `Source::last_commit_lsn`.
+    last_commit_lsn: Option<Lsn>,
 }
 
 impl Assembler {
@@ -172,6 +175,7 @@ impl Assembler {
                 columns: Vec::new(),
             }),
             key_columns: HashMap::new(),
+            last_commit_lsn: None,
         }
     }
 
@@ -355,6 +359,7 @@ impl Assembler {
                 return Err(out_of_order("Commit", "without a Begin"));
             }
         };
+        self.last_commit_lsn = Some(Lsn(c.end_lsn));
         Ok(Transaction {
             xid: Some(txn.xid),
             commit_lsn: Lsn(c.commit_lsn),
@@ -396,6 +401,7 @@ impl Assembler {
         for event in &mut events {
             event.source.commit_time_us = c.commit_time_us;
         }
+        self.last_commit_lsn = Some(Lsn(c.end_lsn));
         Ok(Transaction {
             xid: Some(held.xid),
             commit_lsn: Lsn(c.commit_lsn),
@@ -437,6 +443,7 @@ impl Assembler {
         for event in &mut events {
             event.source.commit_time_us = c.commit_time_us;
         }
+        self.last_commit_lsn = Some(Lsn(c.end_lsn));
         Ok(Transaction {
             xid: Some(c.xid),
             commit_lsn: Lsn(c.commit_lsn),
@@ -567,6 +574,7 @@ impl Assembler {
         before: Option<Row>,
         after: Option<Row>,
     ) -> Result<(), AssembleError> {
+        let last_commit_lsn = self.last_commit_lsn;
         let event = |xid: u32, commit_time_us: i64, db: &Arc<str>| Event {
             op,
             relation: entry.relation.clone(),
@@ -576,6 +584,7 @@ impl Assembler {
                 xid: Some(xid),
                 commit_time_us,
                 snapshot: Default::default(),
+                last_commit_lsn,
             },
             before,
             after,
@@ -590,6 +599,7 @@ impl Assembler {
         m: &LogicalMessageBody<'_>,
     ) -> Result<Option<Transaction>, AssembleError> {
         let relation = self.message_relation.clone();
+        let last_commit_lsn = self.last_commit_lsn;
         let event = |xid: Option<u32>, commit_time_us: i64, db: &Arc<str>| Event {
             op: Op::Message,
             relation,
@@ -599,6 +609,7 @@ impl Assembler {
                 xid,
                 commit_time_us,
                 snapshot: Default::default(),
+                last_commit_lsn,
             },
             before: None,
             after: None,
@@ -613,13 +624,18 @@ impl Assembler {
             self.buffer("Message", m.xid, |xid, time, db| event(Some(xid), time, db))?;
             return Ok(None);
         }
+        // A non-transactional message is a unit of its own, committed where it is (Debezium
+        // counts it as the last commit too).
+        let mut message = event(m.xid, 0, &self.db);
+        message.source.last_commit_lsn = Some(Lsn(m.lsn));
+        self.last_commit_lsn = Some(Lsn(m.lsn));
         Ok(Some(Transaction {
             xid: m.xid,
             commit_lsn: Lsn(m.lsn),
             end_lsn: Lsn(m.lsn),
             commit_time_us: 0,
             gid: None,
-            events: vec![event(m.xid, 0, &self.db)],
+            events: vec![message],
         }))
     }
 

@@ -254,6 +254,10 @@ pub struct Source {
     pub commit_time_us: i64,
     /// Snapshot marker.
     pub snapshot: SnapshotMarker,
+    /// The end LSN of the last transaction whose commit the reader saw before this change
+    /// (the first element of Debezium's `source.sequence`); `None` when it saw none since it
+    /// started, or for events not read from the stream.
+    pub last_commit_lsn: Option<Lsn>,
 }
 
 /// One change event.

@@ -155,6 +155,7 @@ pub fn random(seed: u64, transactions: usize, with_truncates: bool) -> Workload 
                     xid: Some(xid),
                     commit_time_us: 1_700_000_000_000_000,
                     snapshot: Default::default(),
+                    last_commit_lsn: None,
                 },
                 before,
                 after,

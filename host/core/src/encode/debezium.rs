@@ -17,10 +17,10 @@
 //! JSON line `{"topic", "key", "value"}`; the sink record remembers where its value is, so Kafka
 //! gets the value alone with the key as the message key, and a tombstone as a null value.
 //!
-//! Known differences from Debezium 3.6.3 (README, "Events"): `source.sequence`'s first element
-//! (the previous commit's LSN) is always `null`, composite-typed columns (which Debezium drops)
-//! are written as text, and `provide.transaction.metadata` is not supported (`transaction` is
-//! always `null`).
+//! Known differences from Debezium 3.6.3 (README, "Events"): composite-typed columns (which
+//! Debezium drops) are written as text, `provide.transaction.metadata` is not supported
+//! (`transaction` is always `null`), and `source.sequence`'s first element is the last commit
+//! walflow saw since it started (Debezium's survives restarts in its offsets).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -300,9 +300,18 @@ impl DebeziumEncoder {
         out.extend_from_slice(snapshot_marker(src.snapshot).as_bytes());
         out.extend_from_slice(b"\",\"db\":");
         string(out, &src.db);
-        // `sequence` is a JSON array in a string: the last commit's LSN (not tracked: null)
-        // and this change's.
-        out.extend_from_slice(b",\"sequence\":\"[null,\\\"");
+        // `sequence` is a JSON array in a string: the last commit's end LSN as the reader saw
+        // it, and this change's.
+        out.extend_from_slice(b",\"sequence\":\"[");
+        match src.last_commit_lsn {
+            Some(lsn) => {
+                out.extend_from_slice(b"\\\"");
+                integer(out, lsn.0);
+                out.extend_from_slice(b"\\\"");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\\\"");
         integer(out, src.lsn.0);
         out.extend_from_slice(b"\\\"]\",\"ts_us\":");
         integer(out, commit_us);
@@ -363,7 +372,16 @@ impl DebeziumEncoder {
             Value::UnchangedToast => {
                 let placeholder = &self.settings.unavailable_value_placeholder;
                 if type_name == "bytea" {
-                    self.binary(out, placeholder.as_bytes());
+                    // What Debezium 3.6.3 writes for an unchanged bytea (seen in its output):
+                    // the placeholder's bytes with `bytes`, its text with `hex`, and null with
+                    // the base64 modes.
+                    match self.settings.binary_handling_mode {
+                        BinaryHandlingMode::Bytes => self.binary(out, placeholder.as_bytes()),
+                        BinaryHandlingMode::Hex => string(out, placeholder),
+                        BinaryHandlingMode::Base64 | BinaryHandlingMode::Base64UrlSafe => {
+                            out.extend_from_slice(b"null")
+                        }
+                    }
                 } else {
                     string(out, placeholder);
                 }
@@ -506,9 +524,11 @@ impl DebeziumEncoder {
                     return string(out, text);
                 };
                 match mode {
-                    TimePrecisionMode::Isostring => {
-                        string(out, &format!("{}Z", format_clock(micros, None)))
-                    }
+                    // A `LocalTime`: 24:00:00 is midnight.
+                    TimePrecisionMode::Isostring => string(
+                        out,
+                        &format!("{}Z", format_clock(micros % 86_400_000_000, None)),
+                    ),
                     TimePrecisionMode::Connect => integer(out, micros / 1000),
                     TimePrecisionMode::Adaptive if precision <= 3 => integer(out, micros / 1000),
                     _ => integer(out, micros),

@@ -363,6 +363,7 @@ fn parse_source(source: &Map<String, Json>) -> Result<Source, ParseError> {
         xid: source.get("txId").and_then(Json::as_u64).map(|x| x as u32),
         commit_time_us: source.get("ts_ms").and_then(Json::as_i64).unwrap_or(0) * 1000,
         snapshot,
+        last_commit_lsn: None,
     })
 }
 
@@ -430,6 +431,7 @@ mod tests {
                 xid: Some(42),
                 commit_time_us: 1_700_000_000_123_000,
                 snapshot: SnapshotMarker::False,
+                last_commit_lsn: None,
             },
             before: None,
             after: Some(vec![

@@ -448,6 +448,7 @@ mod tests {
                         xid: (seed % 2 == 0).then_some(42),
                         commit_time_us: if seed == 3 { 0 } else { -1_700_000_000_123_456 },
                         snapshot: [SnapshotMarker::False, SnapshotMarker::First][seed as usize % 2],
+                        last_commit_lsn: None,
                     },
                     before: (op != Op::Create).then(|| row(seed + 1)),
                     after: matches!(op, Op::Create | Op::Update | Op::Read).then(|| row(seed)),

@@ -781,6 +781,7 @@ async fn read_chunk(
         xid: None,
         commit_time_us: crate::checkpoint::now_ms() * 1000,
         snapshot: SnapshotMarker::Incremental,
+        last_commit_lsn: None,
     };
     let mut key_columns = info.primary_key.clone();
     key_columns.sort_unstable();

@@ -403,6 +403,7 @@ fn spawn_readers(
         xid: None,
         commit_time_us: crate::checkpoint::now_ms() * 1000,
         snapshot: SnapshotMarker::True,
+        last_commit_lsn: None,
     };
     for reader in readers {
         tokio::spawn(read_chunks(

@@ -298,6 +298,7 @@ fn replacement_from_wit(event: wit::Event) -> Replacement {
             xid: source.xid,
             commit_time_us: source.commit_time_us,
             snapshot: snapshot_from_wit(source.snapshot),
+            last_commit_lsn: None,
         },
         before: event.before.map(row),
         after: event.after.map(row),

@@ -437,6 +437,7 @@ impl Answer<'_> {
                 xid: source.xid,
                 commit_time_us: source.commit_time_us,
                 snapshot: snapshot_from_wit(source.snapshot),
+                last_commit_lsn: None,
             },
             before: event.before.map(|r| self.row(r)).transpose()?,
             after: event.after.map(|r| self.row(r)).transpose()?,
