@@ -256,10 +256,10 @@ fn first_difference(a: &Json, b: &Json, path: &str) -> String {
                     _ => {}
                 }
             }
-            for k in y.keys().filter(|k| !x.contains_key(*k)) {
-                return format!("{path}.{k}: only Debezium has it ({})", y[k]);
+            match y.keys().find(|k| !x.contains_key(*k)) {
+                Some(k) => format!("{path}.{k}: only Debezium has it ({})", y[k]),
+                None => String::new(),
             }
-            String::new()
         }
         (Json::Array(x), Json::Array(y)) if x.len() == y.len() => x
             .iter()
@@ -281,11 +281,11 @@ fn comparable(record: &Json) -> Json {
         }
         let non_transactional = value.get("op").and_then(Json::as_str) == Some("m")
             && value["source"]["txId"].is_null();
-        if let Some(source) = value.get_mut("source").and_then(Json::as_object_mut) {
-            if non_transactional {
-                for field in ["ts_ms", "ts_us", "ts_ns"] {
-                    source.remove(field);
-                }
+        if non_transactional
+            && let Some(source) = value.get_mut("source").and_then(Json::as_object_mut)
+        {
+            for field in ["ts_ms", "ts_us", "ts_ns"] {
+                source.remove(field);
             }
         }
     }
