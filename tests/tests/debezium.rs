@@ -328,3 +328,12 @@ async fn adaptive_time_microseconds_base64_equal_debezium() {
     ])
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decimal_precise_connect_hex_equal_debezium() {
+    equal_to_debezium(&[
+        ("time.precision.mode", "connect"),
+        ("binary.handling.mode", "hex"),
+    ])
+    .await;
+}
