@@ -16,11 +16,15 @@
 //! `walflow-bench serve [CHANGES]` — `walflow serve`: resident memory per idle pipeline (50 of
 //! them), and ten busy pipelines in one service vs ten `walflow run` processes on the same
 //! backlog (default 200,000 changes, read by each).
+//! `walflow-bench debezium [CHANGES]` — `walflow run` with `envelope = "debezium"` vs Debezium's
+//! embedded engine on the same backlog, fresh slots, same run: events/s, CPU and peak RSS as
+//! ratios (default 1,000,000 changes; needs `scripts/install-debezium`).
 //! `walflow-bench latency [SECONDS]` — commit → durable in walflow's file sink vs commit →
 //! arrival at `pg_recvlogical`, single-row transactions at fixed rates, same run (default 5 s
 //! per rate; p50/p95/p99/max printed).
 
 mod backlog;
+mod debezium;
 mod latency;
 mod pipeline;
 mod plugin_chain;
@@ -46,6 +50,8 @@ const USAGE: &str = "usage: walflow-bench BENCHMARK [COUNT]
   soak [MINUTES]          a mixed workload for MINUTES (10): RSS, descriptors, WAL kept
   serve [CHANGES]         walflow serve: RSS per idle pipeline (50), and 10 busy pipelines vs
                           10 walflow run processes on the same backlog (200,000 each)
+  debezium [CHANGES]      walflow run (envelope = \"debezium\") vs Debezium embedded on the same
+                          backlog: throughput, CPU and peak RSS as ratios (1,000,000)
   latency [SECONDS]       commit → durable in the file sink vs pg_recvlogical, single-row
                           transactions at 1k, 10k, 50k/s and 70% of the maximum (5 s each)";
 
@@ -68,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             snapshot::run(count("ROWS", 5_000_000)?, runs).await
         }
         Some("latency") => latency::run(count("SECONDS", 5)?).await,
+        Some("debezium") => debezium::run(count("CHANGES", 1_000_000)?).await,
         Some("serve") => serve::run(count("CHANGES", 200_000)?).await,
         Some("__walflow-serve") => serve::child(&args[1..]).await,
         Some("__walflow-latency") => latency::child(&args[1..]).await,

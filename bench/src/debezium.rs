@@ -1,0 +1,104 @@
+//! `walflow run` with `envelope = "debezium"` against Debezium itself (its embedded engine and
+//! PostgreSQL connector, JSON converter without schemas) on the same backlog of changes.
+//!
+//! One throwaway PostgreSQL 15 and two fresh pgoutput slots created before the backlog (the
+//! pipeline benchmark's table: a key, text, numeric, bytea and a timestamp), so both read
+//! exactly the same WAL and write the same records (the equality tests in
+//! `tests/tests/debezium.rs` prove them equal) to a file each, one JSON line per record. Each
+//! runs as a child until it has written the backlog's end marker; wall time, CPU time and peak
+//! RSS come from the kernel (wait4). Debezium's time includes the JVM's start and the
+//! connector's catalog reads, as it would in production. Printed: events/s, CPU and peak RSS
+//! of each, and walflow's as ratios to Debezium's. Needs `scripts/install-debezium`.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::backlog::{Backlog, PUBLICATION, WALFLOW_SLOT};
+use crate::pipeline::{COLUMNS, ROW};
+use crate::process::measure;
+
+/// The slot Debezium reads.
+const DEBEZIUM_SLOT: &str = "bench_debezium";
+
+/// Runs the benchmark over `changes` inserted rows.
+pub async fn run(changes: u64) -> anyhow::Result<()> {
+    let backlog =
+        Backlog::write_after_slots(changes, COLUMNS, ROW, &[DEBEZIUM_SLOT, WALFLOW_SLOT]).await?;
+    let marker = backlog.end_marker().await?;
+    let dir = tempfile::tempdir()?;
+
+    let properties = [
+        ("database.hostname", "127.0.0.1".to_string()),
+        ("database.port", backlog.cluster.port().to_string()),
+        ("database.user", "postgres".into()),
+        ("database.password", "unused".into()),
+        ("database.dbname", backlog.db.name().to_string()),
+        ("topic.prefix", "bench".into()),
+        ("plugin.name", "pgoutput".into()),
+        ("slot.name", DEBEZIUM_SLOT.into()),
+        ("publication.name", PUBLICATION.into()),
+        ("publication.autocreate.mode", "disabled".into()),
+        ("snapshot.mode", "no_data".into()),
+    ];
+    let (peer, peer_out) =
+        walflow_tests::debezium::command(dir.path(), &properties, Some("bench"))?;
+    let peer_run = measure(peer).context("debezium")?;
+    let peer_written = count_lines(&peer_out)?;
+
+    let config = dir.path().join("walflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"envelope = "debezium"
+
+[source]
+url = "{url}"
+sslmode = "disable"
+slot = "{WALFLOW_SLOT}"
+publication = "{PUBLICATION}"
+publication_autocreate = "disabled"
+snapshot = "never"
+
+[debezium]
+"topic.prefix" = "bench"
+
+[[sinks]]
+type = "file"
+path = "out/events.jsonl"
+"#,
+            url = backlog.url(),
+        ),
+    )?;
+    let mut ours = Command::new(std::env::current_exe()?);
+    ours.arg("__walflow-run").arg(&config).arg(&marker);
+    let ours_run = measure(ours).context("walflow run")?;
+    let written = count_lines(&dir.path().join("out/events.jsonl"))?;
+    if written < changes || peer_written < changes {
+        bail!("walflow wrote {written} records and Debezium {peer_written}, expected {changes}");
+    }
+
+    let peer_eps = changes as f64 / peer_run.elapsed.as_secs_f64();
+    let ours_eps = changes as f64 / ours_run.elapsed.as_secs_f64();
+    println!("debezium benchmark: {}", backlog.describe());
+    println!(
+        "  Debezium 3.6.3 embedded (JSON converter, to a file): {}",
+        peer_run.describe(peer_eps)
+    );
+    println!(
+        "  walflow run (envelope = \"debezium\", file sink):     {}",
+        ours_run.describe(ours_eps)
+    );
+    println!(
+        "  walflow / Debezium: throughput {:.2}x, CPU {:.3}x, peak RSS {:.3}x",
+        ours_eps / peer_eps,
+        ours_run.cpu.as_secs_f64() / peer_run.cpu.as_secs_f64(),
+        ours_run.max_rss_kib as f64 / peer_run.max_rss_kib as f64
+    );
+    Ok(())
+}
+
+fn count_lines(path: &std::path::Path) -> anyhow::Result<u64> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text.iter().filter(|b| **b == b'\n').count() as u64)
+}
