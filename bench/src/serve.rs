@@ -23,13 +23,13 @@
 //! ten processes), the service using ~5% less CPU and 281–285 MiB at its peak against 633–657
 //! MiB summed over the processes.
 //!
-//! Measured 2026-12-08 (release, same VM, a nice-10 compile running beside it, 200,000 changes):
-//! 0.30–0.32 MiB per idle pipeline; busy ratio 0.869–0.908 (service ~218k–234k events/s,
-//! ~5.7–6.0 s of CPU, ~280–291 MiB peak; processes ~240k–269k, ~6.3–6.6 s, ~633–639 MiB).
-//! Isolation, two runs: beside the budgeted tenant 0.751 (at 200 ms/s; 0.644 and 0.746 at
-//! 500 ms/s), beside the unbudgeted one 0.236–0.287. What keeps the first under 0.8 is not
-//! measured yet: the spinning tenant's own decoding, traps and re-instantiations outside its
-//! plugin time, and the compile beside it, are the leads.
+//! Measured 2026-12-08 (release, same VM, quiet, 200,000 changes, two runs): 0.31–0.32 MiB
+//! per idle pipeline; busy ratio 1.110 and 0.984 (service ~326k/375k events/s, 5.4/4.6 s of
+//! CPU, ~290 MiB peak; processes ~294k/381k, 6.2/4.7 s, ~650 MiB summed). Isolation: beside
+//! the budgeted tenant 0.991 and 0.962, beside the unbudgeted one 0.315 and 0.238. Runs taken
+//! beside a nice-10 compile scattered far wider (busy 0.75–0.91): compare runs on a quiet
+//! machine only. Before a throttled tenant stepped away from the cores it held the calm one to
+//! half of them: 0.75 beside the budgeted tenant.
 
 use std::path::Path;
 use std::process::{Child, Command};
