@@ -29,6 +29,7 @@ use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 use walflow_config::{BinaryHandlingMode, DebeziumConfig, DecimalHandlingMode, TimePrecisionMode};
 
 use super::default_topic;
+use super::json_writer::{integer, message_key, string};
 use crate::event::{Column, Event, Op, SnapshotMarker, TemporalKind, Value};
 
 /// The Debezium release whose records this envelope reproduces (written as `source.version`).
@@ -131,47 +132,42 @@ impl DebeziumEncoder {
     }
 
     fn tombstone(&self, event: &Event, key_row: Option<&[Value]>) -> DebeziumRecord {
-        let topic = self.topic(event);
-        let mut line = Vec::with_capacity(64);
-        line.extend_from_slice(b"{\"topic\":");
-        string(&mut line, &topic);
-        line.extend_from_slice(b",\"key\":");
-        let key_start = line.len();
-        self.write_key(&mut line, event, key_row);
-        let key = key_of(&line[key_start..]);
-        line.extend_from_slice(b",\"value\":");
-        let start = line.len();
-        line.extend_from_slice(b"null");
-        let value = start..line.len();
-        line.push(b'}');
-        DebeziumRecord {
-            topic,
-            key,
-            line,
-            value,
-        }
+        self.framed(event, key_row, 64, |line| line.extend_from_slice(b"null"))
     }
 
     fn record(&self, event: &Event, part: Part, ts_ms: i64) -> DebeziumRecord {
-        let topic = self.topic(event);
-        let mut line = Vec::with_capacity(256);
-        line.extend_from_slice(b"{\"topic\":");
-        string(&mut line, &topic);
-        line.extend_from_slice(b",\"key\":");
-        let key_start = line.len();
         let key_row = match part {
             Part::KeyChangeDelete => event.before.as_deref(),
             _ => event.key_row(),
         };
+        self.framed(event, key_row, 256, |line| {
+            if event.op == Op::Message {
+                self.write_message_value(line, event, ts_ms);
+            } else {
+                self.write_value(line, event, part, ts_ms);
+            }
+        })
+    }
+
+    /// One `{"topic","key","value"}` line: the key from `key_row`, the value by `value`.
+    fn framed(
+        &self,
+        event: &Event,
+        key_row: Option<&[Value]>,
+        capacity: usize,
+        value: impl FnOnce(&mut Vec<u8>),
+    ) -> DebeziumRecord {
+        let topic = self.topic(event);
+        let mut line = Vec::with_capacity(capacity);
+        line.extend_from_slice(b"{\"topic\":");
+        string(&mut line, &topic);
+        line.extend_from_slice(b",\"key\":");
+        let key_start = line.len();
         self.write_key(&mut line, event, key_row);
         let key = key_of(&line[key_start..]);
         line.extend_from_slice(b",\"value\":");
         let start = line.len();
-        if event.op == Op::Message {
-            self.write_message_value(&mut line, event, ts_ms);
-        } else {
-            self.write_value(&mut line, event, part, ts_ms);
-        }
+        value(&mut line);
         let value = start..line.len();
         line.push(b'}');
         DebeziumRecord {
@@ -184,12 +180,7 @@ impl DebeziumEncoder {
 
     fn write_key(&self, out: &mut Vec<u8>, event: &Event, row: Option<&[Value]>) {
         if event.op == Op::Message {
-            out.extend_from_slice(b"{\"prefix\":");
-            match &event.message {
-                Some(m) => string(out, &m.prefix),
-                None => out.extend_from_slice(b"null"),
-            }
-            out.push(b'}');
+            message_key(out, event);
             return;
         }
         let relation = &event.relation;
@@ -623,16 +614,6 @@ fn processing_times(out: &mut Vec<u8>, ts_ms: i64) {
     integer(out, i128::from(ts_ms) * 1000);
     out.extend_from_slice(b",\"ts_ns\":");
     integer(out, i128::from(ts_ms) * 1_000_000);
-}
-
-fn string(out: &mut Vec<u8>, s: &str) {
-    if serde_json::to_writer(&mut *out, s).is_err() {
-        out.extend_from_slice(b"\"\"");
-    }
-}
-
-fn integer(out: &mut Vec<u8>, i: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
 }
 
 /// A float as Jackson writes a Java double: NaN and infinities as strings.

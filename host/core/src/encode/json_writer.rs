@@ -70,12 +70,7 @@ pub fn write_record(event: &Event, options: &EncodeOptions, ts_ms: i64, out: &mu
 /// The key object: replica-identity columns, `null` without any (and for truncates).
 fn key(out: &mut Vec<u8>, event: &Event, parts: &RelationParts) {
     if event.op == Op::Message {
-        out.extend_from_slice(b"{\"prefix\":");
-        match &event.message {
-            Some(m) => string(out, &m.prefix),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.push(b'}');
+        message_key(out, event);
         return;
     }
     let row = event.key_row();
@@ -241,7 +236,7 @@ fn by_serde(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
-fn integer(out: &mut Vec<u8>, i: impl itoa::Integer) {
+pub(super) fn integer(out: &mut Vec<u8>, i: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
 }
 
@@ -294,9 +289,19 @@ thread_local! {
     static LAST_DB: RefCell<LastQuoted> = RefCell::default();
 }
 
+/// A logical message's key, `{"prefix": …}`, as both envelopes write it.
+pub(super) fn message_key(out: &mut Vec<u8>, event: &Event) {
+    out.extend_from_slice(b"{\"prefix\":");
+    match &event.message {
+        Some(m) => string(out, &m.prefix),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+}
+
 /// A JSON string. Text with nothing to escape is copied whole; anything else goes through
 /// serde_json's escaping.
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(super) fn string(out: &mut Vec<u8>, s: &str) {
     if is_plain(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
