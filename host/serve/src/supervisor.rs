@@ -24,10 +24,11 @@ const RESTART: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_sec
 const STEADY: Duration = Duration::from_secs(60);
 
 /// What a pipeline is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Its run is starting or streaming.
+    #[default]
     Running,
     /// Its last run failed; it restarts after a pause.
     Failed,
@@ -38,18 +39,40 @@ pub enum State {
 }
 
 /// A pipeline's state and history, shared between its supervisor and the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(into = "StatusView")]
 pub struct Status {
     /// What it is doing.
     pub state: State,
-    /// Why the last run ended, when it failed (one sentence, secrets redacted by the source).
-    pub last_error: Option<String>,
-    /// The class of that failure (`transient`, `definite`, `rejected`, `fatal`).
-    pub last_error_class: Option<&'static str>,
     /// Runs started after a failure.
     pub restarts: u64,
     /// The last failures, oldest first (at most [`ERRORS_KEPT`]).
     pub errors: std::collections::VecDeque<Failure>,
+}
+
+/// [`Status`] as the API shows it: the last failure's message and class on their own too.
+#[derive(Serialize)]
+struct StatusView {
+    state: State,
+    /// Why the last run ended, when it failed (one sentence, secrets redacted by the source).
+    last_error: Option<String>,
+    /// The class of that failure (`transient`, `definite`, `rejected`, `fatal`).
+    last_error_class: Option<&'static str>,
+    restarts: u64,
+    errors: std::collections::VecDeque<Failure>,
+}
+
+impl From<Status> for StatusView {
+    fn from(s: Status) -> StatusView {
+        let last = s.errors.back();
+        StatusView {
+            state: s.state,
+            last_error: last.map(|f| f.error.clone()),
+            last_error_class: last.map(|f| f.class),
+            restarts: s.restarts,
+            errors: s.errors,
+        }
+    }
 }
 
 /// How many failures a pipeline's status keeps.
@@ -64,18 +87,6 @@ pub struct Failure {
     pub class: &'static str,
     /// Why (one sentence, secrets redacted by the source).
     pub error: String,
-}
-
-impl Default for Status {
-    fn default() -> Status {
-        Status {
-            state: State::Running,
-            last_error: None,
-            last_error_class: None,
-            restarts: 0,
-            errors: std::collections::VecDeque::new(),
-        }
-    }
 }
 
 /// A supervised pipeline: stop it to end its run with a final checkpoint.
@@ -162,10 +173,8 @@ async fn supervise(mut s: Supervised) {
             st.errors.push_back(Failure {
                 at_ms: now_ms(),
                 class: class.name(),
-                error: why.clone(),
+                error: why,
             });
-            st.last_error = Some(why);
-            st.last_error_class = Some(class.name());
         });
         if !pause(&mut s.stop, delay).await {
             break;
