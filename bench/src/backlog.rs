@@ -114,6 +114,17 @@ impl Backlog {
         )
     }
 
+    /// A walflow config streaming `slot` of this backlog from its start (the publication made
+    /// with it, no snapshot), followed by `rest` ([[plugins]], [[sinks]]).
+    pub fn walflow_config(&self, slot: &str, rest: &str) -> String {
+        format!(
+            "[source]\nurl = \"{}\"\nsslmode = \"disable\"\nslot = \"{slot}\"\n\
+             publication = \"{PUBLICATION}\"\npublication_autocreate = \"disabled\"\n\
+             snapshot = \"never\"\n{rest}",
+            self.url()
+        )
+    }
+
     /// `pg_recvlogical` (the server's own, else the one on PATH) reading its slot up to `end`
     /// into /dev/null.
     pub fn recvlogical(&self, end: &str) -> Command {

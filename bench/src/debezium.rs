@@ -61,24 +61,12 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            r#"envelope = "debezium"
-
-[source]
-url = "{url}"
-sslmode = "disable"
-slot = "{WALFLOW_SLOT}"
-publication = "{PUBLICATION}"
-publication_autocreate = "disabled"
-snapshot = "never"
-
-[debezium]
-"topic.prefix" = "bench"
-
-[[sinks]]
-type = "file"
-path = "out/events.jsonl"
-"#,
-            url = backlog.url(),
+            "envelope = \"debezium\"\n\n{}",
+            backlog.walflow_config(
+                WALFLOW_SLOT,
+                "\n[debezium]\n\"topic.prefix\" = \"bench\"\n\n\
+                 [[sinks]]\ntype = \"file\"\npath = \"out/events.jsonl\"\n",
+            )
         ),
     )?;
     let mut ours = Command::new(std::env::current_exe()?);

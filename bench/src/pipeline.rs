@@ -20,7 +20,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::backlog::{Backlog, PUBLICATION, WALFLOW_SLOT};
+use crate::backlog::{Backlog, WALFLOW_SLOT};
 use crate::process::measure;
 
 /// The backlog's table: a key, text, numeric, bytea and a timestamp.
@@ -42,18 +42,7 @@ pub async fn run(changes: u64) -> anyhow::Result<()> {
     let config = dir.path().join("walflow.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"[source]
-url = "{url}"
-sslmode = "disable"
-slot = "{WALFLOW_SLOT}"
-publication = "{PUBLICATION}"
-publication_autocreate = "disabled"
-snapshot = "never"
-{chain}"#,
-            url = backlog.url(),
-            chain = plugin_chain_to_file(&plugins),
-        ),
+        backlog.walflow_config(WALFLOW_SLOT, &plugin_chain_to_file(&plugins)),
     )?;
     let mut ours = Command::new(std::env::current_exe()?);
     ours.arg("__walflow-run").arg(&config).arg(&marker);

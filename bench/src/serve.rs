@@ -89,12 +89,7 @@ fn service_config(dir: &Path, port: u16) -> anyhow::Result<std::path::PathBuf> {
 
 /// A pipeline config reading `slot` of `backlog`, with `rest` ([[plugins]], [[sinks]]).
 fn pipeline_config(backlog: &Backlog, slot: &str, rest: &str) -> String {
-    format!(
-        "[source]\nurl = \"{}\"\nsslmode = \"disable\"\nslot = \"{slot}\"\npublication = \"{}\"\n\
-         publication_autocreate = \"disabled\"\nsnapshot = \"never\"\n{rest}",
-        backlog.url(),
-        crate::backlog::PUBLICATION
-    )
+    backlog.walflow_config(slot, rest)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
