@@ -312,16 +312,27 @@ impl BigPipeline {
         }
     }
 
-    /// After giving the pipeline two seconds, asserts that the slot is confirmed no further
-    /// than `held` (`why` names what should have held it back).
-    async fn assert_not_confirmed_past(&self, held: &str, why: &str) {
+    /// After giving the pipeline two seconds, asserts that the slot is confirmed short of
+    /// `held`, the end of the first held transaction (`why` names what should have held it
+    /// back).
+    async fn assert_confirmed_short_of(&self, held: &str, why: &str) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let confirmed = self.db.slot_confirmed(&self.slot).await.unwrap();
         assert!(
-            !lsn_after(&self.client, &confirmed, held).await,
-            "{confirmed} was confirmed {why} (rows start at {held})"
+            lsn_before(&self.client, &confirmed, held).await,
+            "{confirmed} was confirmed {why} (the first held transaction ends by {held})"
         );
     }
+}
+
+/// Inserts row `id` and returns a WAL position at or past the end of its transaction.
+///
+/// While walflow has nothing in flight it may confirm idle progress, and other databases of
+/// the shared server write WAL at any time, so a position taken *before* the row would be an
+/// unfair bound; a held transaction is only confirmed once its end is, so this one is exact.
+async fn insert_first_held(client: &tokio_postgres::Client, id: i32) -> String {
+    insert_big(client, id, 1).await;
+    insert_lsn(client).await
 }
 
 /// The server's current WAL insert position.
@@ -333,10 +344,10 @@ async fn insert_lsn(client: &tokio_postgres::Client) -> String {
         .get(0)
 }
 
-/// Whether LSN `a` is past LSN `b`.
-async fn lsn_after(client: &tokio_postgres::Client, a: &str, b: &str) -> bool {
+/// Whether LSN `a` is before LSN `b`.
+async fn lsn_before(client: &tokio_postgres::Client, a: &str, b: &str) -> bool {
     client
-        .query_one("SELECT $1::text::pg_lsn > $2::text::pg_lsn", &[&a, &b])
+        .query_one("SELECT $1::text::pg_lsn < $2::text::pg_lsn", &[&a, &b])
         .await
         .unwrap()
         .get(0)
@@ -383,8 +394,8 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
     down.store(true, Ordering::SeqCst);
     // Idle progress may still be confirmed, but nothing from the first row written while the
     // sink is down.
-    let held = insert_lsn(client).await;
-    insert_big(client, 50, 3000).await;
+    let held = insert_first_held(client, 50).await;
+    insert_big(client, 51, 2999).await;
     // Backpressure reaches the server: walflow stops reading, so WAL stays unsent.
     wait_for_async(
         "the walsender to stall",
@@ -393,7 +404,7 @@ async fn a_failing_sink_holds_the_pipeline_back_without_confirming() {
     )
     .await
     .unwrap();
-    big.assert_not_confirmed_past(&held, "while the sink was down")
+    big.assert_confirmed_short_of(&held, "while the sink was down")
         .await;
     assert_eq!(
         accepted.lock().unwrap().len(),
@@ -499,7 +510,7 @@ async fn writing_goes_on_during_a_background_flush_and_confirms_after_it() {
     let (db, client, slot) = (&big.db, &big.client, &big.slot);
 
     open.send(false).unwrap();
-    let held = insert_lsn(client).await;
+    let held = insert_first_held(client, 20).await;
     // Rows one by one: each is its own transaction, so a flush starts while the next arrive.
     let mut id = 20;
     wait_for_async(
@@ -518,7 +529,7 @@ async fn writing_goes_on_during_a_background_flush_and_confirms_after_it() {
     )
     .await
     .unwrap();
-    big.assert_not_confirmed_past(&held, "before its flush finished")
+    big.assert_confirmed_short_of(&held, "before its flush finished")
         .await;
 
     open.send(true).unwrap();
