@@ -100,7 +100,18 @@ impl Unit {
 pub trait Producer: Send {
     /// The next unit; `None` once there are no more (the source ended or was stopped).
     async fn next(&mut self) -> anyhow::Result<Option<Unit>>;
+
+    /// Called about every [`KEEP_ALIVE_EVERY`] while the pipeline is not ready for the unit
+    /// last returned (backpressure): a producer whose server expects to hear from it — the
+    /// replication stream — answers now, so a slow sink does not get its connection timed
+    /// out. The default does nothing.
+    async fn keep_alive(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
+
+/// How often [`Producer::keep_alive`] is called while the pipeline makes a producer wait.
+pub const KEEP_ALIVE_EVERY: std::time::Duration = walflow_pg::stream::KEEP_ALIVE_EVERY;
 
 #[cfg(test)]
 mod tests {

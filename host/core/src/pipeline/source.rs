@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use crate::checkpoint::{CheckpointStore, Ledger, SnapshotProgress};
 use crate::event::Lsn;
 use crate::metrics::Metrics;
-use crate::producer::{Position, Producer, Unit};
+use crate::producer::{KEEP_ALIVE_EVERY, Position, Producer, Unit};
 use crate::replication::stream::StreamControl;
 use crate::replication::{ReplicationStream, StreamItem, StreamOptions};
 use crate::snapshot::incremental::{Incremental, Marks};
@@ -72,10 +72,24 @@ impl Output {
 
 /// Hands every unit of `producer` to the delivery loop, in order and within the queue budget.
 /// `Ok(true)` once the producer ran out, `Ok(false)` when the delivery loop went away first.
+/// While the delivery loop is behind, the producer is kept alive (see
+/// [`Producer::keep_alive`]).
 pub async fn pump(producer: &mut dyn Producer, out: &Output) -> anyhow::Result<bool> {
     while let Some(unit) = producer.next().await? {
-        if !out.send(unit).await {
-            return Ok(false);
+        let send = out.send(unit);
+        tokio::pin!(send);
+        let mut tick = tokio::time::interval(KEEP_ALIVE_EVERY);
+        tick.reset();
+        loop {
+            tokio::select! {
+                sent = &mut send => {
+                    if !sent {
+                        return Ok(false);
+                    }
+                    break;
+                }
+                _ = tick.tick() => producer.keep_alive().await?,
+            }
         }
     }
     Ok(true)
@@ -115,6 +129,10 @@ impl Producer for Changes {
             StreamItem::Interrupted => Some(Unit::Idle(self.stream.server_lsn())),
             StreamItem::End => None,
         })
+    }
+
+    async fn keep_alive(&mut self) -> anyhow::Result<()> {
+        Ok(self.stream.keep_alive().await?)
     }
 }
 
@@ -156,6 +174,10 @@ impl<P: Producer> Producer for Selected<P> {
             });
         }
         Ok(unit)
+    }
+
+    async fn keep_alive(&mut self) -> anyhow::Result<()> {
+        self.inner.keep_alive().await
     }
 }
 

@@ -397,6 +397,15 @@ impl ReplicationStream {
         }
     }
 
+    /// While the caller cannot take the next item (its consumer is behind), keeps the server
+    /// hearing from the stream, with whatever was confirmed meanwhile (see
+    /// [`WalStream::keep_alive`](walflow_pg::stream::WalStream::keep_alive)). Call it every
+    /// second or so between [`next_item`](Self::next_item)s that are far apart.
+    pub async fn keep_alive(&mut self) -> Result<(), StreamError> {
+        self.apply_confirmed();
+        Ok(self.wal.keep_alive().await?)
+    }
+
     /// Whether a whole message is already buffered (the next call will not wait on the
     /// network); callers flush their own output when it is not.
     pub fn has_buffered(&self) -> bool {

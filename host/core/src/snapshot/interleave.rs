@@ -62,4 +62,8 @@ impl<P: Producer> Producer for Interleaved<P> {
             self.ahead.push_back(unit);
         }
     }
+
+    async fn keep_alive(&mut self) -> anyhow::Result<()> {
+        self.inner.keep_alive().await
+    }
 }

@@ -43,6 +43,11 @@ pub use frames::{CopyMessage, WalData};
 /// Least time between two status updates that ask the server for its position.
 const ASK_POSITION_EVERY: Duration = Duration::from_millis(200);
 
+/// Most time between two status updates while the caller cannot read
+/// ([`WalStream::keep_alive`]): well under any `wal_sender_timeout` in use (PostgreSQL's
+/// default is 60 s; some set 5 s), and cheap — one 34-byte message.
+pub const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a clean stop waits for the server to finish the copy.
 const FINISH_WAIT: Duration = Duration::from_secs(10);
 
@@ -181,6 +186,25 @@ impl WalStream {
     /// Sends the next status update at once if the confirmed position moved since the last.
     pub fn report_soon(&mut self) {
         self.status_due |= self.confirmed > self.reported;
+    }
+
+    /// Keeps the server hearing from a caller that cannot read for now (its consumer is
+    /// behind): a status update goes out when one is due or [`KEEP_ALIVE_EVERY`] passed since
+    /// the last. Reads nothing — the server's data waits in the socket — so a server whose
+    /// `wal_sender_timeout` is shorter than the wait does not take the stream for dead and
+    /// make it start its transaction over. A connection found broken is dropped for
+    /// [`recv`](Self::recv) to reconnect; `Err` only when the backoff gives up.
+    pub async fn keep_alive(&mut self) -> Result<(), ConnectError> {
+        if !matches!(self.phase, Phase::Streaming(_)) {
+            return Ok(());
+        }
+        if !self.status_is_due() && self.last_status.elapsed() < KEEP_ALIVE_EVERY {
+            return Ok(());
+        }
+        match self.send_status().await {
+            Err(e) if e.is_retryable() && self.fail(&e) => Ok(()),
+            other => other,
+        }
     }
 
     /// Whether a whole message is already buffered (the next [`recv`](Self::recv) will not wait

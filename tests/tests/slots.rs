@@ -1,0 +1,96 @@
+//! Slot safety against real servers: what keeps a slot from pinning WAL, timing out or being
+//! lost without anyone noticing — heartbeats, retained-WAL metrics and warnings, invalidated
+//! slots, and status replies that keep flowing while a huge transaction is delivered.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use walflow_tests::{Cluster, ClusterOptions, walflow};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Ids of the inserted rows of `table` the file sink at `out` holds, read line by line (a
+/// million records as JSON trees at once would take gigabytes).
+fn ids_in(out: &Path, table: &str) -> BTreeSet<i64> {
+    let mut ids = BTreeSet::new();
+    for file in walflow::sink::written_files(out) {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let value = &record["value"];
+            if value["source"]["table"] == table && value["op"] == "c" {
+                ids.extend(value["after"]["id"].as_i64());
+            }
+        }
+    }
+    ids
+}
+
+/// A transaction of 2,000,000 rows takes walflow far longer to deliver than the server's
+/// `wal_sender_timeout` (5 s here). Backpressure stops walflow from reading meanwhile, but the
+/// server must keep hearing from it: a walsender that times out restarts the whole
+/// transaction on the next connection, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_replies_keep_flowing_while_a_huge_transaction_is_delivered() {
+    let cluster = Cluster::start(
+        ClusterOptions::default()
+            .without_tls()
+            .setting("wal_sender_timeout", "'5s'"),
+    )
+    .unwrap();
+    let db = cluster.new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE huge (id int PRIMARY KEY, n int)")
+        .await
+        .unwrap();
+    let builder = db
+        .config()
+        .source("snapshot = \"never\"")
+        .append("[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"");
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let out = config.dir().join("out.jsonl");
+    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    db.wait_for_slot(&slot, RUN_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+
+    const ROWS: i64 = 2_000_000;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO huge SELECT g, g FROM generate_series(1, {ROWS}) g"
+        ))
+        .await
+        .unwrap();
+    // A few small transactions behind it, so the reader has more to hand over while the
+    // delivery of the huge one is still running.
+    for id in ROWS + 1..=ROWS + 20 {
+        client
+            .execute("INSERT INTO huge VALUES ($1::int8::int, 0)", &[&id])
+            .await
+            .unwrap();
+    }
+    let marker = db.emit_marker().await;
+    db.wait_for_confirmed(&slot, &marker, Duration::from_secs(600))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+
+    let log = std::fs::read_to_string(cluster.log_path()).unwrap();
+    assert!(
+        !log.contains("terminating walsender process due to replication timeout"),
+        "the server timed walflow out while it delivered:\n{}",
+        cluster.log_tail(30)
+    );
+    assert!(
+        !child.stderr().contains("reconnect"),
+        "walflow had to reconnect:\n{}",
+        child.stderr()
+    );
+    let ids = ids_in(&out, "huge");
+    assert_eq!(ids.len() as i64, ROWS + 20, "every row reached the sink");
+    child.terminate();
+    let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(output.status.success(), "{}", output.describe());
+}
