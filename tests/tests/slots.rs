@@ -94,3 +94,85 @@ async fn status_replies_keep_flowing_while_a_huge_transaction_is_delivered() {
     let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(output.status.success(), "{}", output.describe());
 }
+
+/// Message prefixes of the logical messages the file sink at `out` holds.
+fn message_prefixes(out: &Path) -> Vec<String> {
+    walflow_tests::replay::read_records(out)
+        .iter()
+        .filter_map(|r| r["value"]["message"]["prefix"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// `heartbeat = "message"` (the default kind) moves an otherwise idle server's WAL with
+/// `pg_logical_emit_message`, so the slot follows the server with no table and no grants; the
+/// heartbeats never reach the sink, while the application's own messages do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_heartbeats_move_an_idle_slot_and_are_never_delivered() {
+    // A server of its own: nothing else writes WAL, so only heartbeats can move the slot.
+    let cluster = Cluster::start(ClusterOptions::default().without_tls()).unwrap();
+    let db = cluster.new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE quiet (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let builder = db
+        .config()
+        .source("snapshot = \"never\"")
+        .source("heartbeat_interval = \"1s\"")
+        .append("[batch]\nmax_wait = \"20ms\"\n\n[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"");
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let out = config.dir().join("out.jsonl");
+    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    db.wait_for_slot(&slot, RUN_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    // A second slot sees what reaches the WAL, heartbeats included.
+    client
+        .batch_execute(
+            "SELECT pg_create_logical_replication_slot('probe', 'test_decoding');
+             INSERT INTO quiet VALUES (1);
+             SELECT pg_logical_emit_message(true, 'app', 'hello');",
+        )
+        .await
+        .unwrap();
+    // Nothing more is written by the test: only heartbeats can be in the WAL from here.
+    let beats = "SELECT lsn::text FROM pg_logical_slot_peek_changes('probe', NULL, NULL)
+                 WHERE data LIKE 'message: transactional: 0 prefix: walflow_heartbeat%'";
+    let second: String = walflow_tests::wait_for_async("two heartbeats", RUN_TIMEOUT, || async {
+        let rows = client.query(beats, &[]).await.unwrap();
+        rows.get(1).map(|r| r.get(0))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    db.wait_for_confirmed(&slot, &second, RUN_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the slot did not follow the heartbeats: {e}\n{}",
+                child.stderr()
+            )
+        });
+    client
+        .batch_execute("SELECT pg_drop_replication_slot('probe')")
+        .await
+        .unwrap();
+
+    let table: Option<String> = client
+        .query_one("SELECT to_regclass('walflow.walflow_heartbeat')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(table, None, "message heartbeats need no table");
+    assert!(
+        !child.stderr().contains("cannot write the heartbeat"),
+        "{}",
+        child.stderr()
+    );
+    assert_eq!(message_prefixes(&out), vec!["app".to_string()]);
+    assert_eq!(ids_in(&out, "quiet"), BTreeSet::from([1]));
+    child.terminate();
+    let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(output.status.success(), "{}", output.describe());
+}

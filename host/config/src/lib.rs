@@ -157,6 +157,22 @@ pub struct SourceConfig {
     #[serde(default, deserialize_with = "duration_opt::deserialize")]
     #[schemars(with = "Option<String>")]
     pub heartbeat_interval: Option<Duration>,
+    /// How heartbeats are written: `message` (the default: `pg_logical_emit_message`, no
+    /// table and no grants needed) or `table` (an upsert into `walflow_heartbeat`, created by
+    /// `walflow setup-sql`).
+    #[serde(default)]
+    pub heartbeat: HeartbeatKind,
+    /// Where heartbeats are written when not on the source itself: the primary's URL, for a
+    /// source that is a standby (which cannot be written to). Same credentials and TLS
+    /// settings as `url`. Heartbeats are written there even with `read_only`.
+    #[serde(default)]
+    pub heartbeat_url: Option<String>,
+    /// Retained WAL (the server's position minus the slot's `restart_lsn`), in MiB, past
+    /// which walflow logs a warning and sets `walflow_slot_retained_wal_over_threshold`:
+    /// the slot is pinning WAL the server cannot recycle. Default
+    /// [`DEFAULT_RETAINED_WAL_WARN_MB`] (10 GiB).
+    #[serde(default)]
+    pub retained_wal_warn_mb: Option<u64>,
     /// How long the replication stream waits without a byte from the server before it
     /// declares the connection dead and reconnects (e.g. `"30s"`; `"0s"` never). Halfway
     /// through it asks the server for a reply, so a live idle server is never mistaken for a
@@ -178,6 +194,13 @@ pub struct SourceConfig {
 pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl SourceConfig {
+    /// The retained-WAL warning threshold in bytes.
+    pub fn retained_wal_warn_bytes(&self) -> u64 {
+        self.retained_wal_warn_mb
+            .unwrap_or(DEFAULT_RETAINED_WAL_WARN_MB)
+            .saturating_mul(1024 * 1024)
+    }
+
     /// The receive timeout in effect: `None` when disabled with `"0s"`.
     pub fn receive_timeout(&self) -> Option<Duration> {
         match self.receive_timeout {
@@ -187,6 +210,26 @@ impl SourceConfig {
         }
     }
 }
+
+/// `retained_wal_warn_mb` when the config does not set one.
+pub const DEFAULT_RETAINED_WAL_WARN_MB: u64 = 10 * 1024;
+
+/// How walflow writes heartbeats (`[source] heartbeat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HeartbeatKind {
+    /// `pg_logical_emit_message(false, 'walflow_heartbeat', '')`: moves the server's WAL with
+    /// no table and no privilege beyond the default EXECUTE; walflow never delivers its own
+    /// messages.
+    #[default]
+    Message,
+    /// An upsert into the `walflow_heartbeat` table beside the signal table (for tools
+    /// downstream that watch a table).
+    Table,
+}
+
+/// The prefix of walflow's heartbeat messages; messages with it are never delivered.
+pub const HEARTBEAT_MESSAGE_PREFIX: &str = "walflow_heartbeat";
 
 fn default_slot() -> String {
     "walflow_slot".into()

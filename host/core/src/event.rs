@@ -281,6 +281,14 @@ pub struct Event {
 }
 
 impl Event {
+    /// Whether this is one of walflow's heartbeat messages: never delivered, whatever the
+    /// current config says (an earlier run, or another pipeline on the server, wrote it).
+    pub fn is_heartbeat_message(&self) -> bool {
+        self.message
+            .as_ref()
+            .is_some_and(|m| m.prefix == walflow_config::HEARTBEAT_MESSAGE_PREFIX)
+    }
+
     /// The key: the replica-identity columns, taken from `after` or else `before`.
     pub fn key(&self) -> Vec<(&str, &Value)> {
         self.key_values().collect()

@@ -166,7 +166,9 @@ fn plan(config: &Config, platform: Platform) -> Result<Plan, SetupSqlError> {
         .as_deref()
         .map(|t| split_table(t, "signal_table"))
         .transpose()?;
-    let heartbeat = (source.heartbeat_interval.is_some() && !source.read_only).then(|| {
+    let writes_table = source.heartbeat == walflow_config::HeartbeatKind::Table
+        && (!source.read_only || source.heartbeat_url.is_some());
+    let heartbeat = (source.heartbeat_interval.is_some() && writes_table).then(|| {
         let schema = signal.as_ref().map_or("walflow", |(s, _)| s.as_str());
         (schema.to_string(), "walflow_heartbeat".to_string())
     });
@@ -541,7 +543,7 @@ mod tests {
     #[test]
     fn self_managed_script_uses_replication_attribute_and_lists_tables() {
         let sql = render(
-            &config("tables = [\"public.orders\", \"inventory.*\"]\nsignal_table = \"walflow.walflow_signal\"\nheartbeat_interval = \"10s\""),
+            &config("tables = [\"public.orders\", \"inventory.*\"]\nsignal_table = \"walflow.walflow_signal\"\nheartbeat_interval = \"10s\"\nheartbeat = \"table\""),
             Platform::SelfManaged,
         )
         .unwrap();
@@ -565,6 +567,15 @@ mod tests {
             sql.contains("SELECT pg_create_logical_replication_slot('walflow_slot', 'pgoutput');")
         );
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"walflow\".\"walflow_heartbeat\""));
+        let messages = render(
+            &config("heartbeat_interval = \"10s\""),
+            Platform::SelfManaged,
+        )
+        .unwrap();
+        assert!(
+            !messages.contains("walflow_heartbeat"),
+            "message heartbeats need no table: {messages}"
+        );
         assert!(sql.contains("-- ALTER TABLE \"public\".\"orders\" REPLICA IDENTITY FULL;"));
         // The slot comes after COMMIT.
         assert!(

@@ -137,7 +137,7 @@ impl Producer for Changes {
 }
 
 /// Keeps the events of the captured tables (and logical messages), and leaves out heartbeat
-/// rows. Outermost, so that what merges into the stream (the incremental snapshot, which
+/// rows and messages. Outermost, so that what merges into the stream (the incremental snapshot, which
 /// takes its signal rows out) still sees every table.
 pub struct Selected<P> {
     inner: P,
@@ -168,9 +168,11 @@ impl<P: Producer> Producer for Selected<P> {
         // A transaction left empty still moves the position on: an idle slot follows the server.
         if let Some(Unit::Transaction(t)) = unit.as_mut() {
             t.events.retain(|e| {
-                is_message(e)
-                    || (self.selector.matches(&e.relation.schema, &e.relation.table)
-                        && !is_heartbeat(e, self.heartbeat.as_ref()))
+                if is_message(e) {
+                    return !e.is_heartbeat_message();
+                }
+                self.selector.matches(&e.relation.schema, &e.relation.table)
+                    && !is_heartbeat(e, self.heartbeat.as_ref())
             });
         }
         Ok(unit)

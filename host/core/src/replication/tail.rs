@@ -91,7 +91,7 @@ pub async fn run(args: &TailOptions) -> anyhow::Result<()> {
         };
         let reached = match item {
             StreamItem::Transaction(txn) => {
-                for event in &txn.events {
+                for event in txn.events.iter().filter(|e| !e.is_heartbeat_message()) {
                     line.clear();
                     encoder.encode_into(event, &mut line)?;
                     line.push(b'\n');
