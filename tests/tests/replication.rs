@@ -912,9 +912,29 @@ async fn wal_level_replica_is_refused() {
 
 #[tokio::test]
 async fn invalidated_slot_is_refused() {
+    refuses_invalidated_slot(ClusterOptions::default(), "(wal_status = 'lost')").await;
+}
+
+/// PostgreSQL 17 and later say why a slot was invalidated; the refusal names it.
+#[tokio::test]
+async fn invalidated_slot_is_refused_with_the_servers_reason() {
+    let newest = pg_installs()
+        .into_iter()
+        .rfind(|i| i.major >= 17)
+        .expect("PostgreSQL 17+ is installed (scripts/test installs 10-18)");
+    refuses_invalidated_slot(
+        ClusterOptions::default().bin_dir(newest.bin_dir),
+        "(invalidation_reason = 'wal_removed')",
+    )
+    .await;
+}
+
+/// Gets a slot invalidated by `max_slot_wal_keep_size` on a server started with `options`, and
+/// checks that walflow refuses to continue it, saying `named`.
+async fn refuses_invalidated_slot(options: ClusterOptions, named: &str) {
     let cluster = tokio::task::spawn_blocking(|| {
         Cluster::start(
-            ClusterOptions::default()
+            options
                 .without_tls()
                 .setting("max_slot_wal_keep_size", "'1MB'")
                 .setting("wal_keep_size", "0")
@@ -978,7 +998,12 @@ async fn invalidated_slot_is_refused() {
         .unwrap();
     assert_ne!(out.code(), Some(0));
     assert!(
-        out.stderr.contains("invalidated (wal_status = 'lost')"),
+        out.stderr.contains(&format!("invalidated {named}")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("max_slot_wal_keep_size"),
         "{}",
         out.describe()
     );

@@ -176,3 +176,107 @@ async fn message_heartbeats_move_an_idle_slot_and_are_never_delivered() {
     let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(output.status.success(), "{}", output.describe());
 }
+
+/// The value of the sample `name` (with its labels, as exposed) on walflow's `/metrics`.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    let answer = walflow_tests::http::request(metrics, "GET", "/metrics", None, None).ok()?;
+    answer
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A transaction left open pins the slot's `restart_lsn` however far walflow confirms: the WAL
+/// written meanwhile stays on the server. walflow reports the retained WAL, how much more the
+/// server may write before the slot is lost (`safe_wal_size`) and `wal_status`, and warns once
+/// the retained WAL passes `retained_wal_warn_mb` — and says so again when it is back under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_wal_is_measured_and_warned_about_past_the_threshold() {
+    let cluster = Cluster::start(
+        ClusterOptions::default()
+            .without_tls()
+            .setting("max_slot_wal_keep_size", "'256MB'"),
+    )
+    .unwrap();
+    let db = cluster.new_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE w (id int PRIMARY KEY, pad text)")
+        .await
+        .unwrap();
+    let metrics = format!("127.0.0.1:{}", walflow_tests::ports::free_port());
+    let builder = db
+        .config()
+        .source("snapshot = \"never\"")
+        .source("retained_wal_warn_mb = 1")
+        .append(&format!(
+            "[metrics]\nlisten = \"{metrics}\"\n\n[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\""
+        ));
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    db.wait_for_slot(&slot, RUN_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; INSERT INTO w VALUES (0, 'held open')")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO w SELECT g, repeat('x', 1000) FROM generate_series(1, 4000) g; CHECKPOINT",
+        )
+        .await
+        .unwrap();
+    let over = "walflow_slot_retained_wal_over_threshold";
+    walflow_tests::wait_for_async("the retained-wal warning", RUN_TIMEOUT, || async {
+        (sample(&metrics, over) == Some(1.0)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    let retained = sample(&metrics, "walflow_slot_retained_wal_bytes").unwrap();
+    assert!(retained > 4e6, "4 MB of rows are retained: {retained}");
+    let safe = sample(&metrics, "walflow_slot_safe_wal_size_bytes").unwrap();
+    assert!(
+        safe > 0.0 && safe < 300.0 * 1024.0 * 1024.0,
+        "safe_wal_size is about what max_slot_wal_keep_size (256MB, counted in whole segments) leaves: {safe}"
+    );
+    assert_eq!(
+        sample(&metrics, "walflow_slot_wal_status{status=\"reserved\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "walflow_slot_retained_wal_threshold_bytes"),
+        Some(1048576.0)
+    );
+    assert!(
+        child
+            .stderr()
+            .contains("the slot retains more wal than retained_wal_warn_mb"),
+        "{}",
+        child.stderr()
+    );
+
+    // Once the transaction ends and walflow confirms past it, the server lets the WAL go.
+    holder.batch_execute("COMMIT").await.unwrap();
+    let marker = db.emit_marker().await;
+    db.wait_for_confirmed(&slot, &marker, RUN_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    walflow_tests::wait_for_async("the slot to let the WAL go", RUN_TIMEOUT, || async {
+        client.batch_execute("CHECKPOINT").await.unwrap();
+        (sample(&metrics, over) == Some(0.0)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    assert!(
+        child.stderr().contains("back under retained_wal_warn_mb"),
+        "{}",
+        child.stderr()
+    );
+    child.terminate();
+    let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(output.status.success(), "{}", output.describe());
+}

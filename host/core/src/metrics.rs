@@ -165,7 +165,27 @@ pub struct Metrics {
     lag_seconds: FloatGauge,
     healthy: AtomicBool,
     link: Mutex<Option<Link>>,
+    slot: SlotGauges,
 }
+
+/// The slot's standing on the server (see [`Metrics::set_slot_health`]).
+#[derive(Default)]
+struct SlotGauges {
+    retained_wal: Gauge,
+    safe_wal_size: Gauge,
+    wal_status: Family<StatusLabel, Gauge>,
+    over_threshold: Gauge,
+    threshold: Gauge,
+}
+
+/// The label of `walflow_slot_wal_status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+/// The values `wal_status` takes.
+const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
 impl Default for Metrics {
     fn default() -> Metrics {
@@ -214,6 +234,7 @@ impl Metrics {
             lag_seconds: FloatGauge::default(),
             healthy: AtomicBool::new(false),
             link: Mutex::new(None),
+            slot: SlotGauges::default(),
         };
         m.registered()
     }
@@ -324,7 +345,41 @@ impl Metrics {
             "Estimated rows of a table being snapshotted",
             self.snapshot_rows_estimated.clone(),
         );
+        self.slot.register(r);
         self
+    }
+}
+
+impl SlotGauges {
+    fn register(&self, r: &mut Registry) {
+        r.register_with_unit(
+            "walflow_slot_retained_wal",
+            "WAL the server keeps for the slot: its position minus the slot's restart_lsn",
+            Unit::Bytes,
+            self.retained_wal.clone(),
+        );
+        r.register_with_unit(
+            "walflow_slot_safe_wal_size",
+            "WAL the server may still write before the slot loses what it needs (pg_replication_slots.safe_wal_size; -1 when unlimited)",
+            Unit::Bytes,
+            self.safe_wal_size.clone(),
+        );
+        r.register(
+            "walflow_slot_wal_status",
+            "1 for the slot's current wal_status (reserved, extended, unreserved, lost)",
+            self.wal_status.clone(),
+        );
+        r.register(
+            "walflow_slot_retained_wal_over_threshold",
+            "1 while the slot retains more WAL than retained_wal_warn_mb",
+            self.over_threshold.clone(),
+        );
+        r.register_with_unit(
+            "walflow_slot_retained_wal_threshold",
+            "retained_wal_warn_mb, in bytes",
+            Unit::Bytes,
+            self.threshold.clone(),
+        );
     }
 }
 
@@ -449,6 +504,26 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .acked(lsn);
+    }
+
+    /// Records how the slot stands on the server, and whether its retained WAL passed
+    /// `threshold` bytes.
+    pub fn set_slot_health(&self, health: &walflow_pg::slot_health::SlotHealth, threshold: u64) {
+        let g = &self.slot;
+        let retained = health.retained_bytes.unwrap_or(0);
+        g.retained_wal.set(retained);
+        g.safe_wal_size.set(health.safe_wal_size.unwrap_or(-1));
+        for status in WAL_STATUSES {
+            let now = health.wal_status.as_deref() == Some(status);
+            g.wal_status
+                .get_or_create(&StatusLabel {
+                    status: status.to_string(),
+                })
+                .set(i64::from(now));
+        }
+        g.threshold.set(threshold.min(i64::MAX as u64) as i64);
+        g.over_threshold
+            .set(i64::from(retained > 0 && retained as u64 > threshold));
     }
 
     /// The server's current WAL position, as last reported.

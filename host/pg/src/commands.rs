@@ -46,6 +46,17 @@ pub struct SlotInfo {
     pub confirmed_flush_lsn: Option<Lsn>,
     /// `reserved`, `extended`, `unreserved`, `lost` (PostgreSQL 13+).
     pub wal_status: Option<String>,
+    /// Why the server invalidated the slot, when it did: `invalidation_reason` on
+    /// PostgreSQL 17+ (`wal_removed`, `rows_removed`, `wal_level_insufficient`,
+    /// `idle_timeout`); on 16, `rows_removed` when `conflicting` says so.
+    pub invalidation_reason: Option<String>,
+}
+
+impl SlotInfo {
+    /// Whether the server invalidated the slot: it can no longer stream from it.
+    pub fn is_invalidated(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost") || self.invalidation_reason.is_some()
+    }
 }
 
 /// A slot just created.
@@ -136,14 +147,21 @@ impl Connection {
 
     /// The slot's row of `pg_replication_slots`, if it exists.
     pub async fn slot_info(&mut self, slot: &str) -> Result<Option<SlotInfo>, ConnectError> {
-        let wal_status = if self.server_version_num().await? >= 130000 {
+        let version = self.server_version_num().await?;
+        let wal_status = if version >= 130000 {
             "wal_status"
         } else {
             "NULL"
         };
+        let reason = match version {
+            170000.. => "invalidation_reason",
+            160000.. => "CASE WHEN conflicting THEN 'rows_removed' END",
+            _ => "NULL",
+        };
         let sql = format!(
             "SELECT slot_name, coalesce(plugin, ''), slot_type, database, active, restart_lsn, \
-             confirmed_flush_lsn, {wal_status} FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+             confirmed_flush_lsn, {wal_status}, {reason} FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = {}",
             literal(slot)
         );
         let rows = self.simple_query(&sql).await?;
@@ -156,6 +174,7 @@ impl Connection {
             restart_lsn: cell(r, 5).and_then(Lsn::parse),
             confirmed_flush_lsn: cell(r, 6).and_then(Lsn::parse),
             wal_status: cell(r, 7).map(str::to_string),
+            invalidation_reason: cell(r, 8).map(str::to_string),
         }))
     }
 

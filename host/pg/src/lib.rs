@@ -16,6 +16,8 @@
 //! - [`conn`]: startup, authentication, simple queries and COPY framing.
 //! - [`lsn`]: WAL positions as text.
 //! - [`commands`]: IDENTIFY_SYSTEM, slots, publications, START_REPLICATION.
+//! - [`slot_health`]: how a slot stands on the server (retained WAL, `safe_wal_size`,
+//!   `wal_status`, why it was invalidated).
 //! - [`stream`]: [`WalStream`], the replication stream on the wire: frames, keepalives,
 //!   status updates, the receive timeout and reconnects.
 //! - [`setup_sql`]: the setup script `walflow setup-sql` prints.
@@ -30,6 +32,7 @@ pub mod options;
 pub mod quote;
 pub mod setup_sql;
 pub mod silence;
+pub mod slot_health;
 pub mod socket;
 pub mod sql;
 pub mod stream;

@@ -17,6 +17,7 @@ pub mod heartbeat;
 mod payloads;
 mod retry;
 mod run;
+pub mod slot_watch;
 pub mod source;
 mod startup;
 mod weight;

@@ -208,6 +208,10 @@ async fn follow(
             every,
         )))
     });
+    let _slot_watch = AbortOnDrop(tokio::spawn(super::slot_watch::run(
+        config.source.clone(),
+        metrics.clone(),
+    )));
     let (unit_tx, unit_rx) = mpsc::channel::<Unit>(UNIT_QUEUE);
     let on_stop = control.clone();
     tokio::spawn(async move {

@@ -16,6 +16,7 @@ use tokio_postgres::Client;
 use walflow_config::{Config, SourceConfig};
 
 pub use report::{Finding, Report, Status};
+pub use slot::human_bytes;
 use walflow_config::tables::TableSelector;
 
 /// What every check needs to know about the connection and the config.

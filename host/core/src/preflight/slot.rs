@@ -29,9 +29,6 @@ fn load_checkpoint(ctx: &Context<'_>, report: &mut Report) -> Option<Checkpoint>
     }
 }
 
-/// Above this much retained WAL, say so.
-const RETAINED_WARN_BYTES: i64 = 1 << 30;
-
 pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), QueryError> {
     let slot = &ctx.source.slot;
     let wal_status = if ctx.version_num >= 130000 {
@@ -140,10 +137,10 @@ pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), 
     }
     if let Some(bytes) = retained {
         let text = format!("\"{slot}\" retains {} of WAL", human_bytes(bytes));
-        if bytes > RETAINED_WARN_BYTES {
+        if bytes > 0 && bytes as u64 > ctx.source.retained_wal_warn_bytes() {
             report.warn(
                 "slot WAL",
-                format!("{text}; the server keeps it until walflow consumes it"),
+                format!("{text}, more than retained_wal_warn_mb; the server keeps it until walflow consumes it"),
                 format!("run walflow to catch up, or drop an abandoned slot: SELECT pg_drop_replication_slot({});", literal(slot)),
             );
         } else {
@@ -154,7 +151,7 @@ pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), 
 }
 
 /// `1536` → `1.5 KiB`.
-pub(super) fn human_bytes(bytes: i64) -> String {
+pub fn human_bytes(bytes: i64) -> String {
     let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

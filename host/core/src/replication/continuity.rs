@@ -17,6 +17,58 @@ use walflow_pg::error::ConnectError;
 /// The two ways forward, appended to every gap message.
 const WAYS_FORWARD: &str = "either re-snapshot (set snapshot = \"when_needed\", or remove the checkpoint file and start with snapshot = \"initial\"), or accept the gap with --accept-gap / accept_gap = true";
 
+/// Why the server invalidated a slot, as `pg_replication_slots` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    /// `invalidation_reason` (PostgreSQL 16+), when the server gives one.
+    pub reason: Option<String>,
+}
+
+impl Invalidation {
+    /// Of the slot `info` (call when it [`is_invalidated`](SlotInfo::is_invalidated)).
+    pub fn of(info: &SlotInfo) -> Invalidation {
+        Invalidation {
+            reason: info.invalidation_reason.clone(),
+        }
+    }
+
+    /// The column that says so.
+    fn shown(&self) -> String {
+        match &self.reason {
+            Some(r) => format!("invalidation_reason = '{r}'"),
+            None => "wal_status = 'lost'".to_string(),
+        }
+    }
+
+    /// What happened.
+    fn cause(&self) -> &'static str {
+        match self.reason.as_deref() {
+            None | Some("wal_removed") => "the server removed WAL it still needed",
+            Some("rows_removed") => {
+                "the primary removed catalog rows it still needed (a conflict with recovery on a standby)"
+            }
+            Some("wal_level_insufficient") => "the primary's wal_level was lowered below logical",
+            Some("idle_timeout") => "it sat unused for longer than idle_replication_slot_timeout",
+            Some(_) => "the server gave it up (its log says why)",
+        }
+    }
+
+    /// How to keep it from happening again.
+    fn prevention(&self) -> &'static str {
+        match self.reason.as_deref() {
+            None | Some("wal_removed") => {
+                "keep walflow running or raise max_slot_wal_keep_size (watch walflow_slot_safe_wal_size_bytes)"
+            }
+            Some("rows_removed") => {
+                "set hot_standby_feedback = on on the standby and give it a physical slot on the primary"
+            }
+            Some("wal_level_insufficient") => "set wal_level = logical on the primary",
+            Some("idle_timeout") => "raise idle_replication_slot_timeout or keep walflow running",
+            Some(_) => "fix what the server log names",
+        }
+    }
+}
+
 /// Why streaming must not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ContinuityError {
@@ -100,14 +152,17 @@ pub enum ContinuityError {
         /// Bytes.
         gap: u64,
     },
-    /// `wal_status = 'lost'`.
+    /// `wal_status = 'lost'`, or an `invalidation_reason` (PostgreSQL 16+).
     #[error(
-        "replication slot \"{slot}\" is invalidated (wal_status = 'lost'): the server removed WAL it still needed, {gap} bytes of history after the checkpoint at {checkpoint} are unaccounted for; raise max_slot_wal_keep_size, drop the slot, and {WAYS_FORWARD}"
+        "replication slot \"{slot}\" is invalidated ({}): {}; {gap} bytes of history after {checkpoint} are unaccounted for; {}, drop the slot, and {WAYS_FORWARD}",
+        reason.shown(), reason.cause(), reason.prevention()
     )]
     SlotInvalidated {
         /// Slot.
         slot: String,
-        /// Checkpoint LSN (or the slot's confirmed position).
+        /// Why the server invalidated it.
+        reason: Invalidation,
+        /// `the checkpoint at …` (or the slot's confirmed position).
         checkpoint: String,
         /// Bytes.
         gap: u64,
@@ -221,9 +276,10 @@ pub async fn check_creating(
     if let Some(info) = &info {
         slot_fitness(info, slot, &db)?;
     }
-    let gap = match checkpoint {
-        Some(cp) => history_gap(cp, &system, info.as_ref(), &db),
-        None => Ok(()),
+    let gap = match (checkpoint, &info) {
+        (Some(cp), _) => history_gap(cp, &system, info.as_ref(), &db),
+        (None, Some(i)) if i.is_invalidated() => Err(invalidated_unchecked(i, &system)),
+        (None, _) => Ok(()),
     };
     let mut accepted_gap = None;
     if let Err(e) = gap {
@@ -234,9 +290,7 @@ pub async fn check_creating(
         tracing::warn!(error = %e, bytes, "continuing past a gap in the slot's history (accept_gap, or snapshot = \"when_needed\" re-snapshots)");
         accepted_gap = Some(bytes);
     }
-    let lost = info
-        .as_ref()
-        .is_some_and(|i| i.wal_status.as_deref() == Some("lost"));
+    let lost = info.as_ref().is_some_and(SlotInfo::is_invalidated);
     if lost && accepted_gap.is_some() {
         conn.drop_slot(slot).await?;
     }
@@ -277,6 +331,18 @@ pub async fn check_creating(
     })
 }
 
+/// An invalidated slot met without a checkpoint: whoever used it before missed what the
+/// server removed since its confirmed position.
+fn invalidated_unchecked(info: &SlotInfo, system: &SystemIdentity) -> ContinuityError {
+    let confirmed = info.confirmed_flush_lsn.unwrap_or_default();
+    ContinuityError::SlotInvalidated {
+        slot: info.name.clone(),
+        reason: Invalidation::of(info),
+        checkpoint: format!("its confirmed position {}", format_lsn(confirmed)),
+        gap: system.xlogpos.bytes_since(confirmed),
+    }
+}
+
 /// What `pg_replication_slots` would say of a slot just created — without asking, because any
 /// command on the connection would end the snapshot it exported.
 fn created_slot_info(slot: &str, made: &walflow_pg::commands::CreatedSlot, db: &str) -> SlotInfo {
@@ -289,6 +355,7 @@ fn created_slot_info(slot: &str, made: &walflow_pg::commands::CreatedSlot, db: &
         restart_lsn: Some(made.consistent_point),
         confirmed_flush_lsn: Some(made.consistent_point),
         wal_status: None,
+        invalidation_reason: None,
     }
 }
 
@@ -373,10 +440,11 @@ fn history_gap(
             gap: system.xlogpos.bytes_since(cp.lsn),
         });
     };
-    if info.wal_status.as_deref() == Some("lost") {
+    if info.is_invalidated() {
         return Err(ContinuityError::SlotInvalidated {
             slot,
-            checkpoint,
+            reason: Invalidation::of(info),
+            checkpoint: format!("the checkpoint at {checkpoint}"),
             gap: system.xlogpos.bytes_since(cp.lsn),
         });
     }
@@ -451,6 +519,7 @@ mod tests {
             restart_lsn: Some(Lsn(restart)),
             confirmed_flush_lsn: Some(Lsn(confirmed)),
             wal_status: Some(wal_status.into()),
+            invalidation_reason: None,
         }
     }
 
@@ -499,6 +568,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, ContinuityError::SlotInvalidated { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("(wal_status = 'lost')"), "{text}");
+        assert!(text.contains("max_slot_wal_keep_size"), "{text}");
+        let mut conflicted = slot(900, 1500, "reserved");
+        conflicted.invalidation_reason = Some("rows_removed".into());
+        let e = history_gap(&cp(1000), &system(5000), Some(&conflicted), "app").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("(invalidation_reason = 'rows_removed')")
+                && text.contains("hot_standby_feedback = on"),
+            "a slot invalidated by a recovery conflict is named as such, with its remedy: {text}"
+        );
         let e = history_gap(
             &cp(1000),
             &system(5000),
