@@ -183,6 +183,11 @@ pub struct SourceConfig {
     /// Prefix of default topic names.
     #[serde(default)]
     pub topic_prefix: Option<String>,
+    /// Create the slot as a failover slot (PostgreSQL 17+): standbys with
+    /// `sync_replication_slots = on` keep a copy of it, so after a promotion walflow continues
+    /// on the new primary where it stopped. Set at creation; an existing slot is altered.
+    #[serde(default)]
+    pub failover: bool,
     /// Continue even though the slot's history has a gap (an explicit, logged choice).
     #[serde(default)]
     pub accept_gap: bool,

@@ -50,6 +50,8 @@ pub struct SlotInfo {
     /// PostgreSQL 17+ (`wal_removed`, `rows_removed`, `wal_level_insufficient`,
     /// `idle_timeout`); on 16, `rows_removed` when `conflicting` says so.
     pub invalidation_reason: Option<String>,
+    /// Whether it is a failover slot (PostgreSQL 17+; `false` before).
+    pub failover: bool,
 }
 
 impl SlotInfo {
@@ -158,10 +160,15 @@ impl Connection {
             160000.. => "CASE WHEN conflicting THEN 'rows_removed' END",
             _ => "NULL",
         };
+        let failover = if version >= 170000 {
+            "failover"
+        } else {
+            "false"
+        };
         let sql = format!(
             "SELECT slot_name, coalesce(plugin, ''), slot_type, database, active, restart_lsn, \
-             confirmed_flush_lsn, {wal_status}, {reason} FROM pg_catalog.pg_replication_slots \
-             WHERE slot_name = {}",
+             confirmed_flush_lsn, {wal_status}, {reason}, {failover} \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
             literal(slot)
         );
         let rows = self.simple_query(&sql).await?;
@@ -175,6 +182,7 @@ impl Connection {
             confirmed_flush_lsn: cell(r, 6).and_then(Lsn::parse),
             wal_status: cell(r, 7).map(str::to_string),
             invalidation_reason: cell(r, 8).map(str::to_string),
+            failover: cell(r, 9) == Some("t"),
         }))
     }
 
@@ -184,15 +192,28 @@ impl Connection {
         slot: &str,
         snapshot: SlotSnapshot,
     ) -> Result<CreatedSlot, ConnectError> {
-        let snapshot_kw = match snapshot {
-            SlotSnapshot::Nothing => "NOEXPORT_SNAPSHOT",
-            SlotSnapshot::Export => "EXPORT_SNAPSHOT",
-            SlotSnapshot::Use => "USE_SNAPSHOT",
+        let sql = if self.options().slot_failover {
+            // The options list (15+) is the only spelling FAILOVER (17+) has.
+            let snapshot = match snapshot {
+                SlotSnapshot::Nothing => "nothing",
+                SlotSnapshot::Export => "export",
+                SlotSnapshot::Use => "use",
+            };
+            format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}', FAILOVER true)",
+                ident(slot)
+            )
+        } else {
+            let snapshot_kw = match snapshot {
+                SlotSnapshot::Nothing => "NOEXPORT_SNAPSHOT",
+                SlotSnapshot::Export => "EXPORT_SNAPSHOT",
+                SlotSnapshot::Use => "USE_SNAPSHOT",
+            };
+            format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot_kw}",
+                ident(slot)
+            )
         };
-        let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot_kw}",
-            ident(slot)
-        );
         let rows = self.simple_query(&sql).await?;
         let row = rows
             .first()
@@ -203,6 +224,17 @@ impl Connection {
                 .ok_or_else(|| protocol_error("CREATE_REPLICATION_SLOT"))?,
             snapshot_name: cell(row, 2).map(str::to_string),
         })
+    }
+
+    /// Makes an existing slot a failover slot (PostgreSQL 17+). Never right after creating
+    /// one: the ALTER would end the snapshot the creation exported.
+    pub async fn make_failover_slot(&mut self, slot: &str) -> Result<(), ConnectError> {
+        self.simple_query(&format!(
+            "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+            ident(slot)
+        ))
+        .await
+        .map(|_| ())
     }
 
     /// Drops a slot (used by tests and the accept-gap path never: only explicit callers).

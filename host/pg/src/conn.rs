@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::error::{ConnectError, ServerError};
-use super::options::ConnectOptions;
+use super::options::{ConnectOptions, SessionAttrs};
 use super::sql::io_error;
 use super::tls;
 use walflow_config::SslMode;
@@ -96,6 +96,44 @@ impl Connection {
     /// Connects and logs in with `replication=database` (or as a plain SQL session when
     /// `replication` is false).
     pub async fn connect(
+        opts: &ConnectOptions,
+        replication: bool,
+    ) -> Result<Connection, ConnectError> {
+        let mut last = None;
+        for (host, port) in opts.hosts() {
+            let one = opts.for_host(host, port);
+            let mut conn = match Connection::connect_one(&one, replication).await {
+                Ok(conn) => conn,
+                Err(e) if e.is_retryable() => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if conn.will_do(opts.target_session_attrs).await? {
+                return Ok(conn);
+            }
+            conn.close().await;
+            last = Some(ConnectError::Broken {
+                addr: one.addr(),
+                source: io::Error::other(
+                    "the server is read-only and target_session_attrs asks for read-write",
+                ),
+            });
+        }
+        Err(last.unwrap_or_else(|| io_error(opts, io::Error::other("no host to connect to"))))
+    }
+
+    /// Whether this server is one `attrs` accepts.
+    async fn will_do(&mut self, attrs: SessionAttrs) -> Result<bool, ConnectError> {
+        match attrs {
+            SessionAttrs::Any => Ok(true),
+            SessionAttrs::ReadWrite => Ok(self.show("transaction_read_only").await? == "off"),
+        }
+    }
+
+    /// Connects to `opts`' first host only.
+    async fn connect_one(
         opts: &ConnectOptions,
         replication: bool,
     ) -> Result<Connection, ConnectError> {

@@ -34,6 +34,43 @@ pub struct ConnectOptions {
     pub application_name: String,
     /// How long to wait for TCP connect and the TLS handshake.
     pub connect_timeout: Duration,
+    /// Logical slots this connection creates are failover slots (`[source] failover`,
+    /// PostgreSQL 17+).
+    pub slot_failover: bool,
+    /// The further hosts of a multi-host URL (`postgres://u@h1:5432,h2:5432/db`), tried in
+    /// order after `host:port`, as libpq does.
+    pub other_hosts: Vec<(String, u16)>,
+    /// `target_session_attrs`: which of the hosts will do.
+    pub target_session_attrs: SessionAttrs,
+}
+
+/// Which server of a multi-host URL a connection settles on (`target_session_attrs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionAttrs {
+    /// The first that accepts the connection.
+    #[default]
+    Any,
+    /// The first that accepts writes (`transaction_read_only` off): after a failover, the
+    /// promoted standby rather than a stale primary that came back.
+    ReadWrite,
+}
+
+impl ConnectOptions {
+    /// Every host to try, in order: `host:port` first.
+    pub fn hosts(&self) -> impl Iterator<Item = (&str, u16)> {
+        std::iter::once((self.host.as_str(), self.port))
+            .chain(self.other_hosts.iter().map(|(h, p)| (h.as_str(), *p)))
+    }
+
+    /// These options for one of the [`hosts`](Self::hosts) alone.
+    pub fn for_host(&self, host: &str, port: u16) -> ConnectOptions {
+        ConnectOptions {
+            host: host.to_string(),
+            port,
+            other_hosts: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -61,6 +98,7 @@ impl ConnectOptions {
             opts.options.sslrootcert = source.sslrootcert.clone();
         }
         opts.options.sslrootcert_pem = source.sslrootcert_pem.clone();
+        opts.options.slot_failover = source.failover;
         if let Some(var) = &source.password_env {
             match std::env::var(var) {
                 Ok(p) => opts.options.password = Some(p),
@@ -117,10 +155,17 @@ fn parse_url(url: &str) -> Result<Parsed, ConnectError> {
         },
         None => (String::new(), None),
     };
-    let (host, port) = split_host_port(hostport)?;
+    let mut hosts = hostport
+        .split(',')
+        .map(split_host_port)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let (host, port) = hosts.next().unwrap_or_else(|| ("localhost".into(), 5432));
     let mut options = ConnectOptions {
         host,
         port,
+        other_hosts: hosts.collect(),
+        target_session_attrs: SessionAttrs::Any,
         user,
         dbname: decode(path)?,
         password,
@@ -129,6 +174,7 @@ fn parse_url(url: &str) -> Result<Parsed, ConnectError> {
         sslrootcert_pem: None,
         application_name: "walflow".into(),
         connect_timeout: Duration::from_secs(10),
+        slot_failover: false,
     };
     let mut sslmode_from_url = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -156,9 +202,20 @@ fn parse_url(url: &str) -> Result<Parsed, ConnectError> {
                     .map_err(|_| bad(format!("port `{v}` in [source] url is not a port number")))?
             }
             "password" => options.password = Some(v),
+            "target_session_attrs" => {
+                options.target_session_attrs = match v.as_str() {
+                    "any" => SessionAttrs::Any,
+                    "read-write" | "primary" => SessionAttrs::ReadWrite,
+                    other => {
+                        return Err(bad(format!(
+                            "target_session_attrs `{other}` is not supported; use any or read-write"
+                        )));
+                    }
+                }
+            }
             other => {
                 return Err(bad(format!(
-                    "[source] url has the unknown parameter `{other}`; supported: sslmode, sslrootcert, application_name, connect_timeout, user, dbname, host, port"
+                    "[source] url has the unknown parameter `{other}`; supported: sslmode, sslrootcert, application_name, connect_timeout, user, dbname, host, port, target_session_attrs"
                 )));
             }
         }
@@ -270,6 +327,25 @@ mod tests {
         assert_eq!(o.dbname, "app");
         assert_eq!(o.sslmode, SslMode::VerifyFull);
         assert_eq!(o.application_name, "t");
+    }
+
+    #[test]
+    fn multi_host_urls_list_every_host_in_order() {
+        let o = ConnectOptions::from_source(&source(
+            "postgres://u@a:5433,b,[::1]:5435/app?target_session_attrs=read-write",
+        ))
+        .unwrap();
+        let hosts: Vec<_> = o.hosts().collect();
+        assert_eq!(hosts, vec![("a", 5433), ("b", 5432), ("::1", 5435)]);
+        assert_eq!(o.target_session_attrs, SessionAttrs::ReadWrite);
+        let one = o.for_host("b", 5432);
+        assert_eq!(one.hosts().count(), 1);
+        let e =
+            ConnectOptions::from_source(&source("postgres://u@a/db?target_session_attrs=standby"))
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(e.contains("use any or read-write"), "{e}");
     }
 
     #[test]

@@ -24,9 +24,13 @@ pub async fn connect_sql_with(
     opts: &ConnectOptions,
 ) -> Result<tokio_postgres::Client, ConnectError> {
     let mut config = tokio_postgres::Config::new();
+    for (host, port) in opts.hosts() {
+        config.host(host).port(port);
+    }
+    if opts.target_session_attrs == crate::options::SessionAttrs::ReadWrite {
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    }
     config
-        .host(&opts.host)
-        .port(opts.port)
         .user(&opts.user)
         .dbname(&opts.dbname)
         .application_name(&opts.application_name)

@@ -27,6 +27,7 @@ pub fn options(db: &TestDb, user: TestUser, mode: SslMode, host: &str) -> Connec
         sslrootcert_pem: None,
         application_name: "walflow-test".into(),
         connect_timeout: Duration::from_secs(10),
+        slot_failover: false,
     }
 }
 

@@ -5,6 +5,7 @@
 //! The checks only read: they run as the configured user over the same connection settings as
 //! the pipeline (`replication::connect_sql`), so what they see is what walflow will see.
 
+mod failover;
 mod publication;
 pub mod report;
 mod server;
@@ -122,6 +123,7 @@ async fn run_checks(
     tables::check_selection(&ctx, &selector, report);
     publication::check(&ctx, report).await?;
     slot::check(&ctx, report).await?;
+    failover::check(&ctx, report).await?;
     tables::check_identity(&ctx, report);
     Ok(())
 }

@@ -80,6 +80,14 @@ pub enum ContinuityError {
         /// `server_version`.
         version: String,
     },
+    /// `failover = true` where failover slots do not exist.
+    #[error(
+        "failover = true needs a primary running PostgreSQL 17 or newer ({server}); remove it from [source], or rely on your platform's own slot failover"
+    )]
+    FailoverUnsupported {
+        /// What the server is.
+        server: String,
+    },
     /// Connected to a standby.
     #[error(
         "the server is a read replica (pg_is_in_recovery() is true), which cannot serve logical replication; connect to the primary (Aurora: the cluster's writer endpoint)"
@@ -272,9 +280,17 @@ pub async fn check_creating(
     let version_num = server_fitness(conn).await?;
     let system = conn.identify_system().await?;
     let db = conn.options().dbname.clone();
-    let info = conn.slot_info(slot).await?;
+    let mut info = conn.slot_info(slot).await?;
     if let Some(info) = &info {
         slot_fitness(info, slot, &db)?;
+    }
+    if conn.options().slot_failover {
+        failover_fitness(conn, version_num).await?;
+        if let Some(info) = info.as_mut().filter(|i| !i.failover && !i.is_invalidated()) {
+            conn.make_failover_slot(slot).await?;
+            info.failover = true;
+            tracing::info!(slot, "made the slot a failover slot (failover = true)");
+        }
     }
     let gap = match (checkpoint, &info) {
         (Some(cp), _) => history_gap(cp, &system, info.as_ref(), &db),
@@ -356,6 +372,7 @@ fn created_slot_info(slot: &str, made: &walflow_pg::commands::CreatedSlot, db: &
         confirmed_flush_lsn: Some(made.consistent_point),
         wal_status: None,
         invalidation_reason: None,
+        failover: false,
     }
 }
 
@@ -380,6 +397,21 @@ async fn server_fitness(conn: &mut Connection) -> Result<u32, ContinuityError> {
         return Err(ContinuityError::WalLevel { level });
     }
     Ok(version_num)
+}
+
+/// Failover slots live on a primary of PostgreSQL 17 or newer.
+async fn failover_fitness(conn: &mut Connection, version_num: u32) -> Result<(), ContinuityError> {
+    let standby = conn.query_scalar("SELECT pg_is_in_recovery()").await?;
+    if version_num >= 170000 && standby.as_deref() != Some("t") {
+        return Ok(());
+    }
+    let version = conn.show("server_version").await?;
+    let server = if version_num >= 170000 {
+        format!("this is a standby of PostgreSQL {version}")
+    } else {
+        format!("this is PostgreSQL {version}")
+    };
+    Err(ContinuityError::FailoverUnsupported { server })
 }
 
 fn slot_fitness(info: &SlotInfo, slot: &str, db: &str) -> Result<(), ContinuityError> {
@@ -520,6 +552,7 @@ mod tests {
             confirmed_flush_lsn: Some(Lsn(confirmed)),
             wal_status: Some(wal_status.into()),
             invalidation_reason: None,
+            failover: false,
         }
     }
 
