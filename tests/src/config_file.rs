@@ -23,6 +23,9 @@ pub struct ConfigBuilder {
     source_lines: Vec<String>,
     root_lines: Vec<String>,
     tail: String,
+    /// More `host:port`s of a multi-host URL, and its query string.
+    more_hosts: Vec<(String, u16)>,
+    url_query: Option<String>,
 }
 
 /// A TOML basic string literal for `s`.
@@ -46,7 +49,22 @@ impl ConfigBuilder {
             source_lines: Vec::new(),
             root_lines: Vec::new(),
             tail: String::new(),
+            more_hosts: Vec::new(),
+            url_query: None,
         }
+    }
+
+    /// Lists `host:port` after the database's own in a multi-host URL (a standby to fail
+    /// over to).
+    pub fn also_host(mut self, host: &str, port: u16) -> Self {
+        self.more_hosts.push((host.to_string(), port));
+        self
+    }
+
+    /// Adds `query` (e.g. `target_session_attrs=read-write`) to the URL.
+    pub fn url_query(mut self, query: &str) -> Self {
+        self.url_query = Some(query.to_string());
+        self
     }
 
     /// Connects as `user` (its password comes from [`PASSWORD_ENV`]).
@@ -131,10 +149,15 @@ impl ConfigBuilder {
     /// The config text, with `[state] dir` = `state_dir`.
     pub fn to_toml(&self, state_dir: &Path) -> String {
         let user = self.login.as_deref().unwrap_or(self.user.name());
-        let url = format!(
-            "postgres://{}@{}:{}/{}",
-            user, self.host, self.port, self.database
-        );
+        let mut hosts = format!("{}:{}", self.host, self.port);
+        for (host, port) in &self.more_hosts {
+            hosts.push_str(&format!(",{host}:{port}"));
+        }
+        let mut url = format!("postgres://{user}@{hosts}/{}", self.database);
+        if let Some(query) = &self.url_query {
+            url.push('?');
+            url.push_str(query);
+        }
         let mut text = String::new();
         for line in &self.root_lines {
             text.push_str(line);

@@ -111,6 +111,8 @@ impl Connection {
                 Err(e) => return Err(e),
             };
             if conn.will_do(opts.target_session_attrs).await? {
+                // Reconnects start from here, and go on to the other hosts.
+                conn.opts = opts.preferring(host, port);
                 return Ok(conn);
             }
             conn.close().await;

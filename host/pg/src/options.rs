@@ -62,6 +62,22 @@ impl ConnectOptions {
             .chain(self.other_hosts.iter().map(|(h, p)| (h.as_str(), *p)))
     }
 
+    /// The same hosts with `host:port` tried first (the one a connection settled on, so a
+    /// reconnect tries it again before the others).
+    pub fn preferring(&self, host: &str, port: u16) -> ConnectOptions {
+        let others = self
+            .hosts()
+            .filter(|&(h, p)| (h, p) != (host, port))
+            .map(|(h, p)| (h.to_string(), p))
+            .collect();
+        ConnectOptions {
+            host: host.to_string(),
+            port,
+            other_hosts: others,
+            ..self.clone()
+        }
+    }
+
     /// These options for one of the [`hosts`](Self::hosts) alone.
     pub fn for_host(&self, host: &str, port: u16) -> ConnectOptions {
         ConnectOptions {
@@ -340,6 +356,9 @@ mod tests {
         assert_eq!(o.target_session_attrs, SessionAttrs::ReadWrite);
         let one = o.for_host("b", 5432);
         assert_eq!(one.hosts().count(), 1);
+        let settled = o.preferring("b", 5432);
+        let hosts: Vec<_> = settled.hosts().collect();
+        assert_eq!(hosts, vec![("b", 5432), ("a", 5433), ("::1", 5435)]);
         let e =
             ConnectOptions::from_source(&source("postgres://u@a/db?target_session_attrs=standby"))
                 .err()

@@ -36,6 +36,9 @@ pub enum CopyMessage {
     },
     /// The server ended the copy (CopyDone).
     Done,
+    /// The server ended streaming on its own with CommandComplete and no CopyDone: what a
+    /// walsender does when its server shuts down (a restart, a failover, maintenance).
+    ServerEnded,
 }
 
 /// Length of an XLogData header: kind, start, end, send time.
@@ -51,6 +54,7 @@ pub fn copy_message(frame: Frame) -> Result<Option<CopyMessage>, ConnectError> {
     match frame.tag {
         b'd' => copy_data(frame.body).map(Some),
         b'c' => Ok(Some(CopyMessage::Done)),
+        b'C' => Ok(Some(CopyMessage::ServerEnded)),
         b'N' | b'S' => Ok(None),
         b'E' => Err(server_error(frame)),
         other => Err(ConnectError::Protocol(format!(
@@ -211,6 +215,11 @@ mod tests {
         assert_eq!(copy_message(frame(b'S', b"a\0b\0")).unwrap(), None);
         let err = copy_message(frame(b'Z', b"I")).unwrap_err();
         assert!(err.to_string().contains("unexpected message 'Z'"), "{err}");
+        assert_eq!(
+            copy_message(frame(b'C', b"START_REPLICATION\0")).unwrap(),
+            Some(CopyMessage::ServerEnded),
+            "a walsender of a server shutting down ends with CommandComplete alone"
+        );
         let Some(CopyMessage::Keepalive { reply: true, .. }) =
             copy_message(frame(b'd', &keepalive(7, true))).unwrap()
         else {

@@ -388,8 +388,10 @@ impl WalStream {
                 return Err(not_connected(&self.opts));
             };
             while let Some(frame) = conn.try_frame()? {
-                if let Some(message) = frames::copy_message(frame)? {
-                    return Ok(self.event(message));
+                match frames::copy_message(frame)? {
+                    Some(CopyMessage::ServerEnded) => return Err(server_ended(&self.opts)),
+                    Some(message) => return Ok(self.event(message)),
+                    None => {}
                 }
             }
             let waiting = Instant::now();
@@ -429,6 +431,7 @@ impl WalStream {
                 WalEvent::Keepalive { end }
             }
             CopyMessage::Done => WalEvent::End,
+            CopyMessage::ServerEnded => WalEvent::End,
         }
     }
 
@@ -480,6 +483,18 @@ impl WalStream {
         }
         self.last_status = Instant::now();
         Ok(())
+    }
+}
+
+/// The server shut down under the stream: a connection lost, so the stream reconnects (to
+/// the same server once it is back, or to another host of the URL).
+fn server_ended(opts: &ConnectOptions) -> ConnectError {
+    ConnectError::Broken {
+        addr: opts.addr(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the server ended streaming (it is shutting down or restarting)",
+        ),
     }
 }
 
