@@ -87,6 +87,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Connects to `port` instead of the database's server's (e.g. its standby).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
     /// Connects to database `name` instead of the test's own (e.g. one that does not exist).
     pub fn database(mut self, name: &str) -> Self {
         self.database = name.to_string();

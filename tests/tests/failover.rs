@@ -193,3 +193,160 @@ async fn a_promoted_standby_continues_the_failover_slot_with_nothing_lost() {
     let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
     assert!(output.status.success(), "{}", output.describe());
 }
+
+/// Decoding from a standby (PostgreSQL 16+): `walflow check` says the standby can decode, the
+/// slot lives on the standby, changes written on the primary arrive through it, and heartbeats
+/// go to the primary named by `heartbeat_url` (a standby cannot be written to) and reach the
+/// standby's slot through replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_decodes_with_heartbeats_written_on_the_primary() {
+    let (primary, standby) = primary_and_standby().await;
+    let db: TestDb = primary.new_database().await;
+    let client = db.client().await;
+    let publication = format!("{}_pub", db.name());
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY, note text);
+             CREATE PUBLICATION \"{publication}\" FOR TABLE t;"
+        ))
+        .await
+        .unwrap();
+    let heartbeat_url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        primary.port(),
+        db.name()
+    );
+    let builder = db
+        .config()
+        .port(standby.port())
+        .source("publication_autocreate = \"disabled\"")
+        .source("snapshot = \"never\"")
+        .source("heartbeat_interval = \"1s\"")
+        .source(&format!("heartbeat_url = \"{heartbeat_url}\""))
+        .append("[batch]\nmax_wait = \"20ms\"\n\n[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"");
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let out = config.dir().join("out.jsonl");
+    let on_standby = client_at(standby.port(), db.name()).await;
+
+    let check = walflow!("check", "-c", &config.path)
+        .output_async(RUN_TIMEOUT)
+        .await
+        .unwrap();
+    assert!(
+        check.stdout.contains("the standby can decode"),
+        "{}",
+        check.describe()
+    );
+
+    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    // A slot on a standby is ready once the primary logs a snapshot of its running
+    // transactions; ask for one instead of waiting for the next.
+    wait_for_async(
+        "walflow to create its slot on the standby",
+        RUN_TIMEOUT,
+        || async {
+            client
+                .batch_execute("SELECT pg_log_standby_snapshot()")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            slot_at(&on_standby, &slot, "0/0", false)
+                .await
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+
+    insert(&client, 1..=50).await;
+    let marker = mark(&client).await;
+    wait_for_async(
+        "the standby's slot to pass the rows",
+        RUN_TIMEOUT,
+        || async {
+            slot_at(&on_standby, &slot, &marker, false)
+                .await
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    let records = replay::read_records(&out);
+    replay::assert_rebuilds(&client, &records, &[("t", &[])]).await;
+
+    // Heartbeats: messages of walflow's prefix in the primary's WAL, never in the sink.
+    let beats = format!(
+        "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('probe', NULL, NULL,
+            'proto_version', '1', 'publication_names', '{publication}', 'messages', 'true')
+          WHERE position('walflow_heartbeat'::bytea IN data) > 0"
+    );
+    client
+        .batch_execute("SELECT pg_create_logical_replication_slot('probe', 'pgoutput')")
+        .await
+        .unwrap();
+    wait_for_async("heartbeats on the primary", RUN_TIMEOUT, || async {
+        let n: i64 = client.query_one(&beats, &[]).await.unwrap().get(0);
+        (n >= 2).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    client
+        .batch_execute("SELECT pg_drop_replication_slot('probe')")
+        .await
+        .unwrap();
+    assert!(
+        !child.stderr().contains("cannot write the heartbeat"),
+        "{}",
+        child.stderr()
+    );
+    assert!(
+        replay::read_records(&out)
+            .iter()
+            .all(|r| r["value"]["message"]["prefix"] != "walflow_heartbeat"),
+        "a heartbeat reached the sink"
+    );
+    child.terminate();
+    let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(output.status.success(), "{}", output.describe());
+}
+
+/// `failover = true` on PostgreSQL 15: one sentence, a non-zero exit, no slot and no
+/// checkpoint; `walflow check` says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_on_a_server_older_than_17_is_refused_in_one_sentence() {
+    let db = Cluster::shared().new_database().await;
+    let builder = db
+        .config()
+        .source("failover = true")
+        .append("[[sinks]]\ntype = \"stdout\"");
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let run = walflow!("run", "-c", &config.path)
+        .output_async(RUN_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("failover = true needs a primary running PostgreSQL 17 or newer"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        db.slot_confirmed(&slot).await.is_none(),
+        "a slot was created"
+    );
+    let state = config.dir().join("state");
+    let files = std::fs::read_dir(&state).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(files, 0, "a checkpoint was written in {}", state.display());
+    let check = walflow!("check", "-c", &config.path)
+        .output_async(RUN_TIMEOUT)
+        .await
+        .unwrap();
+    assert!(
+        check.stdout.contains("FAIL  failover slot"),
+        "{}",
+        check.describe()
+    );
+}

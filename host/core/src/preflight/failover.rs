@@ -23,8 +23,35 @@ pub(super) async fn check(ctx: &Context<'_>, report: &mut Report) -> Result<(), 
     if standby && ctx.version_num >= 160000 {
         decoding_standby(ctx, report).await?;
     }
+    if !standby && ctx.version_num >= 170000 {
+        waited_for_standbys(ctx, report).await?;
+    }
     if ctx.source.failover {
         failover(ctx, report, standby).await?;
+    }
+    Ok(())
+}
+
+/// Logical walsenders wait for every slot `synchronized_standby_slots` names — forever for
+/// one that does not exist (a promoted standby keeps its old primary's setting).
+async fn waited_for_standbys(ctx: &Context<'_>, report: &mut Report) -> Result<(), QueryError> {
+    let missing: Option<String> = ctx
+        .client
+        .query_one(
+            "SELECT string_agg(s, ', ') FROM unnest(string_to_array(
+                      replace(current_setting('synchronized_standby_slots'), ' ', ''), ',')) s
+              WHERE s <> '' AND s <> '*'
+                AND NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = s)",
+            &[],
+        )
+        .await?
+        .get(0);
+    if let Some(missing) = missing {
+        report.fail(
+            "standby slots",
+            format!("synchronized_standby_slots names {missing}, which does not exist here: walflow would receive nothing while the server waits for it"),
+            "ALTER SYSTEM SET synchronized_standby_slots = '<this server's standbys' physical slots>' (or RESET it); SELECT pg_reload_conf();",
+        );
     }
     Ok(())
 }
