@@ -28,6 +28,8 @@ pub fn options(db: &TestDb, user: TestUser, mode: SslMode, host: &str) -> Connec
         application_name: "walflow-test".into(),
         connect_timeout: Duration::from_secs(10),
         slot_failover: false,
+        other_hosts: Vec::new(),
+        target_session_attrs: Default::default(),
     }
 }
 
