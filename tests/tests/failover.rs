@@ -229,10 +229,33 @@ async fn a_standby_decodes_with_heartbeats_written_on_the_primary() {
     let out = config.dir().join("out.jsonl");
     let on_standby = client_at(standby.port(), db.name()).await;
 
-    let check = walflow!("check", "-c", &config.path)
-        .output_async(RUN_TIMEOUT)
-        .await
-        .unwrap();
+    // Without feedback the primary may remove rows decoding needs: check tells the two apart.
+    let check_with = |feedback: &'static str| {
+        let (on_standby, path) = (&on_standby, &config.path);
+        async move {
+            each(
+                on_standby,
+                &[
+                    &format!("ALTER SYSTEM SET hot_standby_feedback = {feedback}"),
+                    "SELECT pg_reload_conf()",
+                ],
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            walflow!("check", "-c", path)
+                .output_async(RUN_TIMEOUT)
+                .await
+                .unwrap()
+        }
+    };
+    let cannot = check_with("off").await;
+    assert!(
+        cannot.stdout.contains("FAIL  standby decoding")
+            && cannot.stdout.contains("hot_standby_feedback off"),
+        "{}",
+        cannot.describe()
+    );
+    let check = check_with("on").await;
     assert!(
         check.stdout.contains("the standby can decode"),
         "{}",
