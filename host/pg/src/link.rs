@@ -83,7 +83,8 @@ impl Link {
 }
 
 /// Waits between startup attempts: from 200 ms, doubling up to 10 s, for as long as it takes.
-const STARTUP_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+pub const STARTUP_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
 /// Waits until `source` accepts a replication login, retrying retryable errors with
 /// [`Backoff`] and recording each in `link`. `Ok(false)` when `stop` turned true first;

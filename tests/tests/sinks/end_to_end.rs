@@ -353,6 +353,97 @@ async fn a_stopped_redis_holds_back_the_slot_until_it_is_back() {
     assert_eq!(ids, (1..=500).collect(), "every inserted row reached redis");
 }
 
+/// Ids of the rows of `app.public.t` in the redis stream at `url`.
+async fn redis_ids(url: &str) -> std::collections::BTreeSet<i64> {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("app.public.t")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .map(|e| {
+            let v: Vec<u8> = e.get("value").unwrap();
+            let r: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            r["value"]["after"]["id"].as_i64().unwrap()
+        })
+        .collect()
+}
+
+/// A broker that is down when walflow starts is waited for, exactly like one that goes down
+/// later: once redis is up, the pipeline starts (snapshot included) and every row arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_down_at_start_is_waited_for_and_then_gets_everything() {
+    let mut redis = Broker::start(Kind::Redis);
+    redis.stop();
+    let source = Cluster::shared().new_database().await;
+    let client = source.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+        )
+        .await
+        .unwrap();
+    let builder = source
+        .config()
+        .source("tables = [\"public.t\"]")
+        .source("topic_prefix = \"app\"")
+        .append(&format!(
+            "[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ));
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
+    walflow_tests::wait_for_async(
+        "walflow to wait for redis",
+        Duration::from_secs(60),
+        || async {
+            child
+                .stderr()
+                .contains("a sink is unreachable at start; retrying")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    assert!(
+        source.slot_confirmed(&slot).await.is_none(),
+        "a slot was created meanwhile"
+    );
+
+    redis.restart();
+    source
+        .wait_for_slot(&slot, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    client
+        .batch_execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(101, 150) g")
+        .await
+        .unwrap();
+    let marker = source.emit_marker().await;
+    source
+        .wait_for_confirmed(&slot, &marker, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    child.terminate();
+    child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        redis_ids(&redis.url()).await,
+        (1..=150).collect(),
+        "the snapshot and the changes after it reached redis"
+    );
+}
+
 /// How long the sinks stay down in the outage test (`WALFLOW_CHAOS_OUTAGE_SECS`, default 60).
 fn outage() -> Duration {
     let secs = std::env::var("WALFLOW_CHAOS_OUTAGE_SECS")

@@ -80,7 +80,23 @@ pub async fn run(
             .with_context(|| format!("cannot listen for metrics on {}", m.listen))?;
     }
     let selector = TableSelector::from_source(&config.source)?;
-    let mut sinks = build_sinks(&config, &*parts, !options.extra_sinks.is_empty()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ack_tx, ack_rx) = watch::channel(Position::Lsn(Lsn::ZERO));
+    spawn_stop_triggers(
+        stop_tx.clone(),
+        ack_rx.clone(),
+        options.until_lsn,
+        options.stop,
+        !options.embedded,
+    );
+    let startup_link = Link::default();
+    metrics.watch_link(startup_link.clone());
+    let has_extra = !options.extra_sinks.is_empty();
+    let Some(mut sinks) =
+        wait_for_sinks(&config, &*parts, has_extra, &startup_link, stop_rx.clone()).await?
+    else {
+        return Ok(RunSummary::default());
+    };
     sinks.extend(options.extra_sinks);
     let dead_letter = build_dead_letter(&config, &*parts).await?;
     let processor = build_processor(&config, &*parts, &metrics).await?;
@@ -117,17 +133,6 @@ pub async fn run(
             .map(|s| s.on_error == SinkOnError::DeadLetter)
             .collect(),
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (ack_tx, ack_rx) = watch::channel(Position::Lsn(Lsn::ZERO));
-    spawn_stop_triggers(
-        stop_tx.clone(),
-        ack_rx.clone(),
-        options.until_lsn,
-        options.stop,
-        !options.embedded,
-    );
-    let startup_link = Link::default();
-    metrics.watch_link(startup_link.clone());
     if !wait_until_reachable(&config.source, &startup_link, stop_rx.clone()).await? {
         delivery.close().await;
         return Ok(RunSummary::default());
@@ -353,6 +358,42 @@ async fn start_incremental(
         commands: command_rx,
     })?;
     Ok((Some(engine), Some(marks), listening))
+}
+
+/// Starts the sinks, waiting out destinations that are down (retried with the one backoff,
+/// each failure logged and shown by `/health` through `link`) — as a destination that goes
+/// down later is waited for, and as PostgreSQL is. Nothing is created on PostgreSQL
+/// meanwhile. `None` when stopped while waiting; errors waiting cannot fix are returned.
+async fn wait_for_sinks(
+    config: &Config,
+    parts: &dyn Components,
+    has_extra: bool,
+    link: &Link,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Vec<Box<dyn Sink>>>> {
+    let backoff = walflow_pg::link::STARTUP_BACKOFF;
+    let mut failures = 0;
+    loop {
+        let e = match build_sinks(config, parts, has_extra).await {
+            Ok(sinks) => {
+                if failures > 0 {
+                    tracing::info!("every sink is reachable again");
+                }
+                return Ok(Some(sinks));
+            }
+            Err(e) if crate::error::class_of(&e) == Some(crate::error::Class::Transient) => e,
+            Err(e) => return Err(e),
+        };
+        failures += 1;
+        let delay = backoff.delay(failures);
+        let retry_in_ms = delay.as_millis() as u64;
+        tracing::warn!(error = %format!("{e:#}"), retry_in_ms, "a sink is unreachable at start; retrying");
+        link.down(&format!("{e:#}"));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(None),
+        }
+    }
 }
 
 async fn build_sinks(
