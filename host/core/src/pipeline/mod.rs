@@ -13,6 +13,7 @@
 
 mod components;
 mod delivery;
+pub mod drain;
 pub mod heartbeat;
 mod payloads;
 mod retry;
