@@ -21,6 +21,7 @@ mod run;
 pub mod slot_watch;
 pub mod source;
 mod startup;
+mod upgrade;
 mod weight;
 
 use std::sync::Arc;
