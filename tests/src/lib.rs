@@ -14,7 +14,9 @@
 //! ```
 //!
 //! - [`cluster`]: [`Cluster::shared`], [`Cluster::start`], [`TestDb`], the login roles.
-//! - [`installs`]: the PostgreSQL 10–18 builds for version-matrix tests.
+//! - [`installs`]: the PostgreSQL 10–18 builds for version-matrix tests, and PostgreSQL 18's
+//!   complete toolset ([`installs::pg18_full_bin`]).
+//! - [`upgrade`]: `pg_upgrade` of a test cluster to PostgreSQL 18.
 //! - [`config_file`]: `walflow.toml` files for a test database.
 //! - [`walflow_command`]: running the program under test as a child ([`walflow!`]).
 //! - [`wait`]: waiting on conditions with deadlines.
@@ -38,6 +40,7 @@ pub mod plugins;
 pub mod ports;
 pub mod replay;
 pub mod slot;
+pub mod upgrade;
 pub mod wait;
 pub mod walflow_command;
 

@@ -31,6 +31,10 @@ pub enum Command {
     Plugin(PluginCommand),
     /// Check that the source database is ready, with the SQL to fix each finding.
     Check(ConfigArgs),
+    /// Before a PostgreSQL upgrade, with writes stopped: wait until the running pipeline has
+    /// delivered everything, then record a drain marker so `walflow run` continues on the
+    /// upgraded server without a re-snapshot.
+    Drain(DrainArgs),
     /// Print the setup script (user, grants, publication, slot, signal and heartbeat tables).
     SetupSql(SetupSqlArgs),
     /// Request an incremental snapshot of tables.
@@ -74,6 +78,17 @@ pub struct RunArgs {
     /// Continue although the slot's history has a gap (see the message that suggested this).
     #[arg(long)]
     pub accept_gap: bool,
+}
+
+/// `walflow drain`
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The configuration file (the running `walflow run`'s).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// How long to wait for writes to stop and everything to be delivered (e.g. `30s`, `5m`).
+    #[arg(long, default_value = "5m", value_parser = walflow_config::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// `walflow demo`
@@ -183,6 +198,15 @@ impl From<DemoArgs> for crate::demo::DemoOptions {
     }
 }
 
+impl From<DrainArgs> for walflow_core::pipeline::drain::DrainOptions {
+    fn from(a: DrainArgs) -> Self {
+        walflow_core::pipeline::drain::DrainOptions {
+            config: a.config.config,
+            timeout: a.timeout,
+        }
+    }
+}
+
 impl From<TailArgs> for walflow_core::replication::tail::TailOptions {
     fn from(a: TailArgs) -> Self {
         walflow_core::replication::tail::TailOptions {
@@ -274,6 +298,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .await?
         }
         Command::Check(args) => walflow_core::preflight::run(&args.config).await,
+        Command::Drain(args) => walflow_core::pipeline::drain::run(&args.into()).await,
         Command::SetupSql(args) => setup_sql(&args),
         Command::Snapshot(args) => snapshot(args).await,
         Command::Config(ConfigCommand::Schema) => {

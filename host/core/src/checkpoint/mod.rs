@@ -19,9 +19,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod drain_marker;
 mod ledger;
 mod snapshot_state;
 
+pub use drain_marker::{DrainMarker, DrainMarkerStore};
 pub use ledger::{Confirmer, Ledger};
 pub use snapshot_state::{
     ChunkSpec, IncrementalProgress, IncrementalTable, InitialProgress, SnapshotProgress,
@@ -119,18 +121,8 @@ impl CheckpointStore {
 
     /// The checkpoint file (`<dir>/<slot>.checkpoint.json`).
     pub fn path(&self) -> PathBuf {
-        let safe: String = self
-            .slot
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        self.dir.join(format!("{safe}.checkpoint.json"))
+        self.dir
+            .join(format!("{}.checkpoint.json", file_stem(&self.slot)))
     }
 
     /// Reads the checkpoint; `None` when there is none yet.
@@ -163,18 +155,7 @@ impl CheckpointStore {
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(io)?;
-        let tmp = path.with_extension("json.tmp");
-        let mut bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| io(e.into()))?;
-        bytes.push(b'\n');
-        {
-            let mut f = create_private(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        fs::rename(&tmp, &path).map_err(io)?;
-        sync_dir(&self.dir).map_err(io)?;
-        Ok(())
+        write_json_atomically(&self.dir, &path, checkpoint).map_err(io)
     }
 
     /// [`save`](Self::save) on tokio's blocking pool, for async callers.
@@ -204,7 +185,40 @@ impl CheckpointStore {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// A slot name as a file name: characters other than ASCII letters, digits and `_` become `-`.
+pub(crate) fn file_stem(slot: &str) -> String {
+    slot.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Writes `value` as pretty JSON to `path` in `dir` the way checkpoints are written: a private
+/// temporary file, fsynced, renamed over `path`, and the directory fsynced.
+pub(crate) fn write_json_atomically(
+    dir: &Path,
+    path: &Path,
+    value: &impl Serialize,
+) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    {
+        let mut f = create_private(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

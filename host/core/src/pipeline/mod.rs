@@ -13,6 +13,7 @@
 
 mod components;
 mod delivery;
+pub mod drain;
 pub mod heartbeat;
 mod payloads;
 mod retry;
@@ -20,6 +21,7 @@ mod run;
 pub mod slot_watch;
 pub mod source;
 mod startup;
+mod upgrade;
 mod weight;
 
 use std::sync::Arc;

@@ -148,7 +148,11 @@ pub async fn run(
         stop: (stop_tx, stop_rx),
         acks: (ack_tx, ack_rx),
     };
-    let result = follow(&config, &store, running).await;
+    // After a drained upgrade, a new slot continues the checkpoint before anything reads it.
+    let result = match super::upgrade::continue_after_drain(&config, &store).await {
+        Ok(()) => follow(&config, &store, running).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         startup::undo(&config, started, &store).await;
     }

@@ -177,7 +177,7 @@ pub enum ContinuityError {
     },
     /// Another server, or the same one re-initialised or upgraded with a new identity.
     #[error(
-        "the server's system identifier is {found}, but the checkpoint belongs to {stored} (another server, a restore, or an upgrade that re-created the cluster); the history between the two is unknown, so changes may be missing; {WAYS_FORWARD}"
+        "the server's system identifier is {found}, but the checkpoint belongs to {stored} (another server, a restore, or an upgrade that re-created the cluster) and no `walflow drain` vouches for the change; the history between the two is unknown, so changes may be missing; {WAYS_FORWARD} (next time, run `walflow drain` before upgrading, and the run continues without either)"
     )]
     SystemChanged {
         /// In the checkpoint.
