@@ -6,6 +6,7 @@
 
 pub mod redact;
 pub mod sinks;
+pub mod ssh;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use sinks::{SINK_TYPES, SinkConfig, SinkKind, SinkOnError, StringList};
+pub use ssh::SshConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
@@ -191,6 +193,10 @@ pub struct SourceConfig {
     /// Continue even though the slot's history has a gap (an explicit, logged choice).
     #[serde(default)]
     pub accept_gap: bool,
+    /// Reach the database through an SSH host: every connection to it (replication,
+    /// snapshots, SQL) is a channel of one SSH session.
+    #[serde(default)]
+    pub ssh: Option<SshConfig>,
 }
 
 /// `receive_timeout` when the config does not set one (PostgreSQL's own
@@ -677,6 +683,9 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(ssh) = &self.source.ssh {
+            ssh.validate()?;
+        }
         match (self.envelope, &self.debezium) {
             (Envelope::Walflow, Some(_)) => {
                 return Err(
@@ -711,6 +720,14 @@ impl Config {
         }
         if let Some(cert) = &mut self.source.sslrootcert {
             fix(cert);
+        }
+        if let Some(ssh) = &mut self.source.ssh {
+            for file in [&mut ssh.private_key_file, &mut ssh.known_hosts_file]
+                .into_iter()
+                .flatten()
+            {
+                fix(file);
+            }
         }
         fix(&mut self.state.dir);
     }
@@ -1011,5 +1028,61 @@ url = "redis://127.0.0.1:6379"
             schema.contains("librdkafka_options"),
             "kafka settings missing"
         );
+    }
+
+    fn with_ssh(extra: &str) -> Result<Config, String> {
+        Config::parse(
+            &format!(
+                "[source]\nurl = \"postgres://u@db.internal/app\"\n[source.ssh]\nhost = \"bastion\"\nuser = \"tunnel\"\n{extra}"
+            ),
+            Path::new("/etc/walflow/w.toml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn ssh_settings_have_defaults_and_paths_relative_to_the_file() {
+        let config = with_ssh("private_key_file = \"id_ed25519\"\nknown_hosts_file = \"known_hosts\"\n")
+            .unwrap();
+        let ssh = config.source.ssh.unwrap();
+        assert_eq!(ssh.port, 22);
+        assert_eq!(
+            ssh.private_key_file.as_deref(),
+            Some(Path::new("/etc/walflow/id_ed25519"))
+        );
+        assert_eq!(
+            ssh.known_hosts_file.as_deref(),
+            Some(Path::new("/etc/walflow/known_hosts"))
+        );
+        assert_eq!(ssh.keepalive_interval(), Some(ssh::DEFAULT_KEEPALIVE_INTERVAL));
+        assert_eq!(ssh.connect_timeout(), ssh::DEFAULT_CONNECT_TIMEOUT);
+        let quiet = with_ssh("known_hosts_file = \"k\"\nkeepalive_interval = \"0s\"\nconnect_timeout = \"3s\"\nport = 2222\n").unwrap();
+        let quiet = quiet.source.ssh.unwrap();
+        assert_eq!(quiet.keepalive_interval(), None);
+        assert_eq!(quiet.connect_timeout(), Duration::from_secs(3));
+        assert_eq!(quiet.addr(), "bastion:2222");
+    }
+
+    #[test]
+    fn an_ssh_host_key_is_never_trusted_unannounced() {
+        let e = with_ssh("").unwrap_err();
+        assert!(e.contains("known_hosts_file") && e.contains("host_key"), "{e}");
+        let e = with_ssh("known_hosts_file = \"k\"\nhost_key = \"SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\"\n").unwrap_err();
+        assert!(e.contains("keep one"), "{e}");
+        let e = with_ssh("host_key = \"ssh-ed25519 AAAA\"\n").unwrap_err();
+        assert!(e.contains("not a SHA256 fingerprint"), "{e}");
+        with_ssh("host_key = \"SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\"\n").unwrap();
+    }
+
+    #[test]
+    fn bad_ssh_settings_name_the_key() {
+        let e = with_ssh("known_hosts_file = \"k\"\nidentity = \"x\"\n").unwrap_err();
+        assert!(e.contains("identity") && e.contains("line 7"), "{e}");
+        let e = with_ssh("known_hosts_file = \"k\"\nprivate_key_passphrase_env = \"P\"\n").unwrap_err();
+        assert!(e.contains("without private_key_file"), "{e}");
+        let e = with_ssh("known_hosts_file = \"k\"\nkeepalive_interval = \"often\"\n").unwrap_err();
+        assert!(e.contains("often"), "{e}");
+        let schema = Config::json_schema().to_string();
+        assert!(schema.contains("known_hosts_file") && schema.contains("private_key_passphrase_env"));
     }
 }

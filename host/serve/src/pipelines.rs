@@ -739,6 +739,12 @@ fn confine(config: &Config, label: &Path) -> Result<(), Refusal> {
                 .into(),
         ));
     }
+    if config.source.ssh.is_some() {
+        return Err(refuse(
+            "source.ssh reads a key, a known_hosts file or the SSH agent of the host; give SSH-tunnelled pipelines as files in the pipelines directory"
+                .into(),
+        ));
+    }
     Ok(())
 }
 
