@@ -1042,8 +1042,9 @@ url = "redis://127.0.0.1:6379"
 
     #[test]
     fn ssh_settings_have_defaults_and_paths_relative_to_the_file() {
-        let config = with_ssh("private_key_file = \"id_ed25519\"\nknown_hosts_file = \"known_hosts\"\n")
-            .unwrap();
+        let config =
+            with_ssh("private_key_file = \"id_ed25519\"\nknown_hosts_file = \"known_hosts\"\n")
+                .unwrap();
         let ssh = config.source.ssh.unwrap();
         assert_eq!(ssh.port, 22);
         assert_eq!(
@@ -1054,7 +1055,10 @@ url = "redis://127.0.0.1:6379"
             ssh.known_hosts_file.as_deref(),
             Some(Path::new("/etc/walflow/known_hosts"))
         );
-        assert_eq!(ssh.keepalive_interval(), Some(ssh::DEFAULT_KEEPALIVE_INTERVAL));
+        assert_eq!(
+            ssh.keepalive_interval(),
+            Some(ssh::DEFAULT_KEEPALIVE_INTERVAL)
+        );
         assert_eq!(ssh.connect_timeout(), ssh::DEFAULT_CONNECT_TIMEOUT);
         let quiet = with_ssh("known_hosts_file = \"k\"\nkeepalive_interval = \"0s\"\nconnect_timeout = \"3s\"\nport = 2222\n").unwrap();
         let quiet = quiet.source.ssh.unwrap();
@@ -1066,7 +1070,10 @@ url = "redis://127.0.0.1:6379"
     #[test]
     fn an_ssh_host_key_is_never_trusted_unannounced() {
         let e = with_ssh("").unwrap_err();
-        assert!(e.contains("known_hosts_file") && e.contains("host_key"), "{e}");
+        assert!(
+            e.contains("known_hosts_file") && e.contains("host_key"),
+            "{e}"
+        );
         let e = with_ssh("known_hosts_file = \"k\"\nhost_key = \"SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\"\n").unwrap_err();
         assert!(e.contains("keep one"), "{e}");
         let e = with_ssh("host_key = \"ssh-ed25519 AAAA\"\n").unwrap_err();
@@ -1078,11 +1085,14 @@ url = "redis://127.0.0.1:6379"
     fn bad_ssh_settings_name_the_key() {
         let e = with_ssh("known_hosts_file = \"k\"\nidentity = \"x\"\n").unwrap_err();
         assert!(e.contains("identity") && e.contains("line 7"), "{e}");
-        let e = with_ssh("known_hosts_file = \"k\"\nprivate_key_passphrase_env = \"P\"\n").unwrap_err();
+        let e =
+            with_ssh("known_hosts_file = \"k\"\nprivate_key_passphrase_env = \"P\"\n").unwrap_err();
         assert!(e.contains("without private_key_file"), "{e}");
         let e = with_ssh("known_hosts_file = \"k\"\nkeepalive_interval = \"often\"\n").unwrap_err();
         assert!(e.contains("often"), "{e}");
         let schema = Config::json_schema().to_string();
-        assert!(schema.contains("known_hosts_file") && schema.contains("private_key_passphrase_env"));
+        assert!(
+            schema.contains("known_hosts_file") && schema.contains("private_key_passphrase_env")
+        );
     }
 }

@@ -102,9 +102,7 @@ impl SshConfig {
                 ));
             }
             (Some(_), Some(_)) => {
-                return Err(
-                    "[source.ssh] has both known_hosts_file and host_key; keep one".into(),
-                );
+                return Err("[source.ssh] has both known_hosts_file and host_key; keep one".into());
             }
             (None, Some(key)) if !is_fingerprint(key) => {
                 return Err(format!(

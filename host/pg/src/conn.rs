@@ -16,8 +16,8 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
+use super::dial::{Socket, dial};
 use super::error::{ConnectError, ServerError};
 use super::options::{ConnectOptions, SessionAttrs};
 use super::sql::io_error;
@@ -27,10 +27,10 @@ use walflow_config::SslMode;
 /// How much the read buffer grows by when it runs dry.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// TCP or TLS.
+/// The socket (TCP or a tunnel channel), or TLS on it.
 enum Transport {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(Socket),
+    Tls(Box<tokio_rustls::client::TlsStream<Socket>>),
 }
 
 impl AsyncRead for Transport {
@@ -139,22 +139,7 @@ impl Connection {
         opts: &ConnectOptions,
         replication: bool,
     ) -> Result<Connection, ConnectError> {
-        let tcp = tokio::time::timeout(
-            opts.connect_timeout,
-            TcpStream::connect((opts.host.as_str(), opts.port)),
-        )
-        .await
-        .map_err(|_| {
-            io_error(
-                opts,
-                io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
-            )
-        })?
-        .map_err(|e| io_error(opts, e))?;
-        let _ = tcp.set_nodelay(true);
-        if let Err(e) = super::socket::configure(&tcp) {
-            tracing::warn!(error = %e, "cannot set tcp keepalive; a silently dead link will go unnoticed longer");
-        }
+        let tcp = dial(opts).await?;
         let io = negotiate_tls(opts, tcp).await?;
         let tls = matches!(io, Transport::Tls(_));
         let mut conn = Connection {
@@ -640,10 +625,7 @@ fn text_row(row: &backend::DataRowBody) -> Result<TextRow, ConnectError> {
 }
 
 /// SSLRequest and handshake per sslmode.
-async fn negotiate_tls(
-    opts: &ConnectOptions,
-    mut tcp: TcpStream,
-) -> Result<Transport, ConnectError> {
+async fn negotiate_tls(opts: &ConnectOptions, mut tcp: Socket) -> Result<Transport, ConnectError> {
     let Some(config) = tls::client_config(opts)? else {
         return Ok(Transport::Plain(tcp));
     };

@@ -95,6 +95,9 @@ pub enum ConnectError {
         /// `; hint: …` or empty.
         hint: String,
     },
+    /// The SSH tunnel of `[source.ssh]` could not carry the connection.
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
     /// The server sent something that breaks the protocol.
     #[error(
         "PostgreSQL sent an unexpected message: {0}; this is a bug in walflow or a proxy in between"
@@ -111,6 +114,7 @@ impl ConnectError {
             | ConnectError::TooManyConnections(_)
             | ConnectError::ServerUnavailable(_) => true,
             ConnectError::Server { code, .. } => retryable_sqlstate(code),
+            ConnectError::Ssh(e) => e.is_retryable(),
             _ => false,
         }
     }

@@ -1,6 +1,6 @@
 //! The PostgreSQL connection walflow talks through: our own replication connection on
-//! postgres-protocol's message codecs over a tokio TCP or TLS stream (tokio-postgres cannot
-//! stream replication, CopyBoth), ordinary SQL connections with the same TLS and auth rules,
+//! postgres-protocol's message codecs over TCP or an SSH tunnel channel, with or without TLS
+//! (tokio-postgres cannot stream replication, CopyBoth), ordinary SQL connections with the same TLS and auth rules,
 //! and the catalog and replication commands built on them. Nothing here knows about events,
 //! snapshots or sinks (see `docs/architecture.md`).
 //!
@@ -10,6 +10,8 @@
 //! - [`sql`]: [`connect_sql`], ordinary tokio-postgres connections with the same rules, and
 //!   [`sql::ident`]/[`sql::literal`], the one place names and text are quoted into SQL.
 //! - [`error`]: [`ConnectError`], classified into retryable and fatal.
+//! - [`dial`]: the one place a connection to PostgreSQL is opened: TCP, or a channel of
+//!   [`ssh`], the `[source.ssh]` tunnel (one SSH session per source, reopened when it dies).
 //! - [`socket`]: TCP keepalive and user timeout on every socket to PostgreSQL.
 //! - [`link`]: [`Link`], whether the connection is up (for `/health`), and the startup wait.
 //! - [`silence`]: the stream's receive timeout.
@@ -25,6 +27,7 @@
 pub mod backoff;
 pub mod commands;
 pub mod conn;
+pub mod dial;
 pub mod error;
 pub mod link;
 pub mod lsn;
@@ -35,6 +38,7 @@ pub mod silence;
 pub mod slot_health;
 pub mod socket;
 pub mod sql;
+pub mod ssh;
 pub mod stream;
 pub mod tls;
 
@@ -44,4 +48,5 @@ pub use error::{ConnectError, ServerError};
 pub use link::{Link, LinkState, wait_until_reachable};
 pub use options::ConnectOptions;
 pub use sql::connect_sql;
+pub use ssh::SshError;
 pub use stream::{WalControl, WalEvent, WalOptions, WalStream};

@@ -6,9 +6,11 @@
 //! over defaults, so a URL copied from elsewhere behaves as it did there.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::ConnectError;
+use super::ssh::{self, Tunnel};
 use walflow_config::{SourceConfig, SslMode};
 
 /// Everything needed to open a connection.
@@ -42,6 +44,9 @@ pub struct ConnectOptions {
     pub other_hosts: Vec<(String, u16)>,
     /// `target_session_attrs`: which of the hosts will do.
     pub target_session_attrs: SessionAttrs,
+    /// The SSH tunnel every connection goes through (`[source.ssh]`); `host` and `port` are
+    /// then as the SSH host sees them.
+    pub tunnel: Option<Arc<Tunnel>>,
 }
 
 /// Which server of a multi-host URL a connection settles on (`target_session_attrs`).
@@ -99,6 +104,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
+            .field("tunnel", &self.tunnel)
             .finish()
     }
 }
@@ -115,6 +121,7 @@ impl ConnectOptions {
         }
         opts.options.sslrootcert_pem = source.sslrootcert_pem.clone();
         opts.options.slot_failover = source.failover;
+        opts.options.tunnel = source.ssh.as_ref().map(ssh::tunnel);
         if let Some(var) = &source.password_env {
             match std::env::var(var) {
                 Ok(p) => opts.options.password = Some(p),
@@ -128,12 +135,16 @@ impl ConnectOptions {
         Ok(opts.options)
     }
 
-    /// `host:port` for messages.
+    /// `host:port` for messages (`host:port via SSH host:port` through a tunnel).
     pub fn addr(&self) -> String {
-        if self.host.contains(':') {
+        let addr = if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
+        };
+        match &self.tunnel {
+            Some(tunnel) => format!("{addr} via SSH host {}", tunnel.addr()),
+            None => addr,
         }
     }
 }
@@ -191,6 +202,7 @@ fn parse_url(url: &str) -> Result<Parsed, ConnectError> {
         application_name: "walflow".into(),
         connect_timeout: Duration::from_secs(10),
         slot_failover: false,
+        tunnel: None,
     };
     let mut sslmode_from_url = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {

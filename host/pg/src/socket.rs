@@ -44,16 +44,6 @@ pub fn configure(tcp: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// The same settings for a tokio-postgres connection, which opens its own socket.
-pub fn configure_sql(config: &mut tokio_postgres::Config) {
-    config
-        .keepalives(true)
-        .keepalives_idle(KEEPALIVE_IDLE)
-        .keepalives_interval(KEEPALIVE_INTERVAL)
-        .keepalives_retries(KEEPALIVE_RETRIES)
-        .tcp_user_timeout(USER_TIMEOUT);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,11 @@ pub use crate::quote::{ident, literal, qualified, replication_literal};
 use std::error::Error as _;
 use std::io;
 
+use tokio_postgres::tls::MakeTlsConnect;
+
+use super::dial::{Socket, dial};
 use super::error::{ConnectError, ServerError};
-use super::options::ConnectOptions;
+use super::options::{ConnectOptions, SessionAttrs};
 use super::tls::{self, MakeRustls};
 use walflow_config::{SourceConfig, SslMode};
 
@@ -19,18 +22,59 @@ pub async fn connect_sql(source: &SourceConfig) -> Result<tokio_postgres::Client
     connect_sql_with(&opts).await
 }
 
-/// Opens an SQL connection with resolved options.
+/// Opens an SQL connection with resolved options: to the first of its hosts that accepts it
+/// (and, with `target_session_attrs=read-write`, accepts writes), each on a socket from
+/// [`dial`], so through the SSH tunnel when there is one (TCP keepalive is set there).
 pub async fn connect_sql_with(
     opts: &ConnectOptions,
 ) -> Result<tokio_postgres::Client, ConnectError> {
-    let mut config = tokio_postgres::Config::new();
+    let mut last = None;
     for (host, port) in opts.hosts() {
-        config.host(host).port(port);
+        let one = opts.for_host(host, port);
+        let client = match connect_one(&one).await {
+            Ok(client) => client,
+            Err(e) if e.is_retryable() => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if will_do(&client, opts.target_session_attrs)
+            .await
+            .map_err(|e| classify(&one, e))?
+        {
+            return Ok(client);
+        }
+        last = Some(ConnectError::Broken {
+            addr: one.addr(),
+            source: io::Error::other(
+                "the server is read-only and target_session_attrs asks for read-write",
+            ),
+        });
     }
-    if opts.target_session_attrs == crate::options::SessionAttrs::ReadWrite {
-        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    Err(last.unwrap_or_else(|| io_error(opts, io::Error::other("no host to connect to"))))
+}
+
+/// Whether the server behind `client` is one `attrs` accepts.
+async fn will_do(
+    client: &tokio_postgres::Client,
+    attrs: SessionAttrs,
+) -> Result<bool, tokio_postgres::Error> {
+    match attrs {
+        SessionAttrs::Any => Ok(true),
+        SessionAttrs::ReadWrite => {
+            let row = client.query_one("SHOW transaction_read_only", &[]).await?;
+            Ok(row.get::<_, String>(0) == "off")
+        }
     }
+}
+
+/// Connects to `opts`' first host only.
+async fn connect_one(opts: &ConnectOptions) -> Result<tokio_postgres::Client, ConnectError> {
+    let mut config = tokio_postgres::Config::new();
     config
+        .host(&opts.host)
+        .port(opts.port)
         .user(&opts.user)
         .dbname(&opts.dbname)
         .application_name(&opts.application_name)
@@ -40,27 +84,32 @@ pub async fn connect_sql_with(
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
-    super::socket::configure_sql(&mut config);
     if let Some(p) = &opts.password {
         config.password(p);
     }
     let tls_config = tls::client_config(opts)?;
+    let socket = dial(opts).await?;
     let result = match tls_config {
         None => config
-            .connect(tokio_postgres::NoTls)
+            .connect_raw(socket, tokio_postgres::NoTls)
             .await
             .map(|(client, conn)| {
                 spawn_connection(conn);
                 client
             }),
         Some(tls_config) => {
-            config
-                .connect(MakeRustls::new(tls_config))
-                .await
-                .map(|(client, conn)| {
-                    spawn_connection(conn);
-                    client
-                })
+            let tls = MakeTlsConnect::<Socket>::make_tls_connect(
+                &mut MakeRustls::new(tls_config),
+                &opts.host,
+            )
+            .map_err(|e| ConnectError::Tls {
+                addr: opts.addr(),
+                message: format!("{e}; give a host name or IP address in [source] url"),
+            })?;
+            config.connect_raw(socket, tls).await.map(|(client, conn)| {
+                spawn_connection(conn);
+                client
+            })
         }
     };
     result.map_err(|e| classify(opts, e))

@@ -30,6 +30,7 @@ pub fn options(db: &TestDb, user: TestUser, mode: SslMode, host: &str) -> Connec
         slot_failover: false,
         other_hosts: Vec::new(),
         target_session_attrs: Default::default(),
+        tunnel: None,
     }
 }
 
