@@ -11,6 +11,7 @@ pub mod report;
 mod server;
 mod slot;
 mod tables;
+mod tunnel;
 
 use tokio_postgres::Client;
 
@@ -51,6 +52,10 @@ fn sql_error_text(e: &tokio_postgres::Error) -> String {
 /// Runs every check against the source of `config`.
 pub async fn check(config: &Config) -> Report {
     let mut report = Report::default();
+    // Held for the whole check, so every query below uses the session verified here.
+    let Some(_tunnel) = tunnel::check(&config.source, &mut report).await else {
+        return report;
+    };
     let client = match walflow_pg::connect_sql(&config.source).await {
         Ok(client) => client,
         Err(e) => {
