@@ -26,6 +26,8 @@
 //! - [`browser`]: headless Chromium, for the pages walflow serves.
 //! - [`plugins`]: the plugins of `plugins/`, built once.
 //! - [`black_hole`]: dropping a server's packets with nftables, for silent link failures.
+//! - [`ssh_host`]: a real sshd as an SSH host, and a network namespace that reaches the
+//!   database only through it.
 
 pub mod black_hole;
 pub mod browser;
@@ -40,6 +42,7 @@ pub mod plugins;
 pub mod ports;
 pub mod replay;
 pub mod slot;
+pub mod ssh_host;
 pub mod upgrade;
 pub mod wait;
 pub mod walflow_command;

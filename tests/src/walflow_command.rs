@@ -38,6 +38,7 @@ pub struct WalflowCommand {
     envs: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
     stdin: Option<PathBuf>,
+    netns: Option<String>,
 }
 
 /// What a finished run printed and how it exited.
@@ -75,6 +76,7 @@ impl WalflowCommand {
             envs: vec![(PASSWORD_ENV.into(), TEST_PASSWORD.into())],
             cwd: None,
             stdin: None,
+            netns: None,
         }
     }
 
@@ -108,12 +110,26 @@ impl WalflowCommand {
         self
     }
 
+    /// Runs in network namespace `name` (`ip netns exec`, which execs the program in place, so
+    /// the child's pid is walflow's).
+    pub fn in_netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
+
     /// Starts the program; it is killed when the handle drops or the test process ends.
     pub fn spawn(&self) -> anyhow::Result<WalflowChild> {
         let out_dir = tempfile::Builder::new().prefix("walflow-out-").tempdir()?;
         let stdout_path = out_dir.path().join("stdout");
         let stderr_path = out_dir.path().join("stderr");
-        let mut command = Command::new(&self.program);
+        let mut command = match &self.netns {
+            Some(name) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name]).arg(&self.program);
+                c
+            }
+            None => Command::new(&self.program),
+        };
         command
             .args(&self.args)
             .stdout(std::fs::File::create(&stdout_path)?)
