@@ -600,3 +600,124 @@ impl AsyncWrite for TunnelStream {
         Pin::new(&mut self.get_mut().channel).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIHCZaCchsBN7+gBwwA0ELcksUK/1UZV7OvOwP+p3ERR7";
+    const FINGERPRINT: &str = "SHA256:uwJk4sKj5PVo1jcDJ7qSG3AVaOOCMgajTkp1fFFKmIs";
+    const OTHER: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIC5nGJUkt2ukBlDMQj2hiyro9P9U4YAa5d7MnhjtPf0s";
+
+    fn config(known_hosts: Option<PathBuf>, host_key: Option<&str>) -> SshConfig {
+        SshConfig {
+            host: "bastion".into(),
+            port: 2222,
+            user: "tunnel".into(),
+            private_key_file: None,
+            private_key_passphrase_env: None,
+            known_hosts_file: known_hosts,
+            host_key: host_key.map(str::to_string),
+            keepalive_interval: None,
+            connect_timeout: None,
+        }
+    }
+
+    fn presented() -> PublicKey {
+        russh::keys::parse_public_key_base64(KEY).unwrap()
+    }
+
+    fn known_hosts(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("known_hosts");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_pinned_fingerprint_must_match() {
+        let check = HostKeyCheck::new(&config(None, Some(FINGERPRINT))).unwrap();
+        check.verdict(&presented()).unwrap();
+        let other = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let check = HostKeyCheck::new(&config(None, Some(other))).unwrap();
+        let e = check.verdict(&presented()).unwrap_err();
+        assert!(matches!(e, SshError::HostKeyMismatch { .. }), "{e}");
+        assert!(e.to_string().contains(FINGERPRINT), "{e}");
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn known_hosts_lists_the_key_or_it_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let listed = known_hosts(dir.path(), &format!("[bastion]:2222 ssh-ed25519 {KEY}\n"));
+        HostKeyCheck::new(&config(Some(listed), None))
+            .unwrap()
+            .verdict(&presented())
+            .unwrap();
+
+        let other = known_hosts(dir.path(), &format!("[bastion]:2222 ssh-ed25519 {OTHER}\n"));
+        let e = HostKeyCheck::new(&config(Some(other), None))
+            .unwrap()
+            .verdict(&presented())
+            .unwrap_err();
+        assert!(matches!(e, SshError::HostKeyMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("line 1"), "{e}");
+
+        // Port 22's entry is not port 2222's: an unknown host, not a match.
+        let elsewhere = known_hosts(dir.path(), &format!("bastion ssh-ed25519 {KEY}\n"));
+        let e = HostKeyCheck::new(&config(Some(elsewhere.clone()), None))
+            .unwrap()
+            .verdict(&presented())
+            .unwrap_err();
+        assert!(matches!(e, SshError::UnknownHostKey { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(FINGERPRINT) && text.contains(&elsewhere.display().to_string()));
+        assert!(text.contains("ssh-keyscan -p 2222 bastion"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_known_hosts_file_is_an_error_not_an_empty_list() {
+        let e = HostKeyCheck::new(&config(Some("/nonexistent/known_hosts".into()), None))
+            .err()
+            .unwrap();
+        assert!(matches!(e, SshError::KnownHosts { .. }), "{e}");
+    }
+
+    #[test]
+    fn key_errors_name_the_file_and_variable_never_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id");
+        let secret = "-----BEGIN OPENSSH PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END OPENSSH PRIVATE KEY-----\n";
+        std::fs::write(&path, secret).unwrap();
+        let mut with_key = config(None, Some(FINGERPRINT));
+        with_key.private_key_file = Some(path.clone());
+        with_key.private_key_passphrase_env = Some("WALFLOW_SSH_TEST_UNSET_VARIABLE".into());
+        let tunnel = Tunnel {
+            config: with_key.clone(),
+            session: tokio::sync::Mutex::new(None),
+        };
+        let e = tunnel.private_key(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("WALFLOW_SSH_TEST_UNSET_VARIABLE") && e.contains("not set"),
+            "{e}"
+        );
+
+        with_key.private_key_passphrase_env = None;
+        let tunnel = Tunnel {
+            config: with_key,
+            session: tokio::sync::Mutex::new(None),
+        };
+        let e = tunnel.private_key(&path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+    }
+
+    #[test]
+    fn one_tunnel_per_ssh_host_config() {
+        let a = tunnel(&config(None, Some(FINGERPRINT)));
+        let b = tunnel(&config(None, Some(FINGERPRINT)));
+        assert!(Arc::ptr_eq(&a, &b));
+        let mut other = config(None, Some(FINGERPRINT));
+        other.user = "someone-else".into();
+        assert!(!Arc::ptr_eq(&a, &tunnel(&other)));
+    }
+}
