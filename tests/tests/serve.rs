@@ -684,6 +684,13 @@ fn authorization(serve: &Service, a: &TestDb) {
         400,
         "sslrootcert_pem",
     ));
+    let mut tunnelled: Json = serde_json::from_str(&same_slot).unwrap();
+    tunnelled["source"]["slot"] = json!("ssh_slot");
+    tunnelled["source"]["ssh"] = json!({
+        "host": "bastion", "user": "tunnel", "private_key_file": "/root/.ssh/id_ed25519",
+        "known_hosts_file": "/root/.ssh/known_hosts",
+    });
+    answers.push(refused("ssh", tunnelled.to_string(), 400, "source.ssh"));
     // Budgets: admission control refuses what would take the tenant over its limits.
     let mut greedy: Json = serde_json::from_str(&same_slot).unwrap();
     greedy["source"]["slot"] = json!("greedy_slot");

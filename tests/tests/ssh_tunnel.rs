@@ -4,15 +4,16 @@
 //!   (`walflow_tests::ssh_host`); without `[source.ssh]` it cannot reach it at all;
 //! - a pipeline with an initial snapshot (several snapshot connections) and streaming delivers
 //!   everything through the tunnel, and rides out the SSH host being killed and restarted;
+//! - a link to the SSH host that dies silently is noticed by the SSH keepalives;
 //! - `walflow check` reports the tunnel, and TLS with PostgreSQL still runs end to end inside it;
 //! - a wrong key, an unknown or mismatched host key and an unreachable SSH host each end in one
 //!   sentence, with no checkpoint written and no key material or passphrase printed.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use walflow_tests::ssh_host::{KEY_PASSPHRASE, KeyPair, NetNs, SshHost};
-use walflow_tests::{Cluster, TestDb, WalflowOutput, replay, wait_for_async, walflow};
+use walflow_tests::{BlackHole, Cluster, TestDb, WalflowOutput, replay, wait_for_async, walflow};
 
 /// The environment variable the configs name for the key's passphrase.
 const PASSPHRASE_ENV: &str = "WALFLOW_TEST_SSH_PASSPHRASE";
@@ -469,4 +470,69 @@ async fn an_unreachable_ssh_host_is_one_sentence_naming_it() {
     assert!(output.status.success(), "{}", output.describe());
     assert!(!has_checkpoint(&config.dir().join("state")));
     lab.assert_no_secrets(&output.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_ssh_link_is_noticed_by_keepalives_and_nothing_is_lost() {
+    let lab = Lab::start();
+    let db = table_db().await;
+    // receive_timeout far beyond the SSH keepalives (2 s, 3 unanswered): they must notice.
+    let builder = db
+        .config()
+        .source("snapshot = \"never\"")
+        .source("receive_timeout = \"60s\"")
+        .append(&lab.ssh_section())
+        .append("[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"");
+    let slot = builder.slot_name().to_string();
+    let config = builder.write().unwrap();
+    let mut child = lab
+        .walflow(&["run", "-c", config.path.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    db.wait_for_slot(&slot, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    insert_rows(&db, 0..50).await;
+    let marker = db.emit_marker().await;
+    db.wait_for_confirmed(&slot, &marker, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+
+    let std::net::IpAddr::V4(ip) = lab.ssh.addr().ip() else {
+        unreachable!("the namespace's addresses are IPv4")
+    };
+    let hole =
+        BlackHole::drop_traffic(ip, lab.ssh.addr().port()).unwrap_or_else(|e| panic!("{e:#}"));
+    let cut = Instant::now();
+    insert_rows(&db, 50..100).await;
+    wait_for_async(
+        "walflow to notice the dead link",
+        Duration::from_secs(40),
+        || async {
+            child
+                .stderr()
+                .contains("replication connection lost")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    let noticed = cut.elapsed();
+    eprintln!("noticed after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(25),
+        "the keepalives, not receive_timeout, must notice: {noticed:?}"
+    );
+    assert!(child.is_running(), "{}", child.stderr());
+    hole.lift();
+    insert_rows(&db, 100..150).await;
+    let marker = db.emit_marker().await;
+    db.wait_for_confirmed(&slot, &marker, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", child.stderr()));
+    child.terminate();
+    let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
+    assert!(output.status.success(), "{}", output.describe());
+    let records = replay::read_records(&config.dir().join("out.jsonl"));
+    replay::assert_rebuilds(&db.client().await, &records, &[("t", &[])]).await;
 }
