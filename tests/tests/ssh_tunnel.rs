@@ -536,3 +536,78 @@ async fn a_silently_dead_ssh_link_is_noticed_by_keepalives_and_nothing_is_lost()
     let records = replay::read_records(&config.dir().join("out.jsonl"));
     replay::assert_rebuilds(&db.client().await, &records, &[("t", &[])]).await;
 }
+
+/// With no `private_key_file`, walflow logs in with the keys of the SSH agent named by
+/// `SSH_AUTH_SOCK` (a real `ssh-agent` holding the accepted key); without an agent it says
+/// what to set, in one sentence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssh_agent_logs_in_when_no_key_file_is_given() {
+    let lab = Lab::start();
+    let db = table_db().await;
+    let socket = lab.ssh.dir().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent (Debian openssh-client; scripts/test installs it)");
+    wait_for_async("the agent's socket", Duration::from_secs(10), || async {
+        socket.exists().then_some(())
+    })
+    .await
+    .unwrap();
+    // ssh-add reads the key's passphrase from an askpass program.
+    let askpass = lab.ssh.dir().join("askpass.sh");
+    std::fs::write(&askpass, format!("#!/bin/sh\necho '{KEY_PASSPHRASE}'\n")).unwrap();
+    std::fs::set_permissions(
+        &askpass,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let added = std::process::Command::new("ssh-add")
+        .arg(&lab.ssh.client_key().private)
+        .env("SSH_AUTH_SOCK", &socket)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", "none")
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "ssh-add: {added:?}");
+    let section = lab
+        .ssh_section()
+        .lines()
+        .filter(|l| !l.starts_with("private_key"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = db.config().append(&section).write().unwrap();
+    let path = config.path.to_str().unwrap();
+    let out = lab
+        .walflow(&["check", "-c", path])
+        .env("SSH_AUTH_SOCK", &socket)
+        .output_async(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let tunnel = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("ssh tunnel"))
+        .unwrap_or_else(|| panic!("no ssh tunnel line:\n{}", out.describe()));
+    assert!(tunnel.contains("ok"), "{}", out.describe());
+
+    let without = lab
+        .walflow(&["check", "-c", path])
+        .env("SSH_AUTH_SOCK", lab.ssh.dir().join("no-agent.sock"))
+        .output_async(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_ne!(without.code(), Some(0), "{}", without.describe());
+    assert!(
+        without.stdout.contains("cannot use the SSH agent")
+            || without.stderr.contains("cannot use the SSH agent"),
+        "{}",
+        without.describe()
+    );
+    lab.assert_no_secrets(&out.stdout);
+}
