@@ -78,21 +78,31 @@ pub async fn pump(producer: &mut dyn Producer, out: &Output) -> anyhow::Result<b
     while let Some(unit) = producer.next().await? {
         let send = out.send(unit);
         tokio::pin!(send);
-        let mut tick = tokio::time::interval(KEEP_ALIVE_EVERY);
-        tick.reset();
-        loop {
-            tokio::select! {
-                sent = &mut send => {
-                    if !sent {
-                        return Ok(false);
-                    }
-                    break;
-                }
-                _ = tick.tick() => producer.keep_alive().await?,
-            }
+        // Usually there is room at once; a timer is set up only when there is not.
+        let sent = match futures::FutureExt::now_or_never(&mut send) {
+            Some(sent) => sent,
+            None => wait_keeping_alive(&mut send, producer).await?,
+        };
+        if !sent {
+            return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// Waits for `send` to finish, keeping `producer` alive meanwhile.
+async fn wait_keeping_alive(
+    send: &mut std::pin::Pin<&mut impl std::future::Future<Output = bool>>,
+    producer: &mut dyn Producer,
+) -> anyhow::Result<bool> {
+    let mut tick = tokio::time::interval(KEEP_ALIVE_EVERY);
+    tick.reset();
+    loop {
+        tokio::select! {
+            sent = &mut *send => return Ok(sent),
+            _ = tick.tick() => producer.keep_alive().await?,
+        }
+    }
 }
 
 /// The replication stream as a producer: committed transactions, and the server's position
