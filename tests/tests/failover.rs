@@ -135,6 +135,19 @@ async fn a_promoted_standby_continues_the_failover_slot_with_nothing_lost() {
     let slot = builder.slot_name().to_string();
     let config = builder.write().unwrap();
     let out = config.dir().join("out.jsonl");
+    // What the primary shows of the failover setup is right (once the standby's feedback has
+    // arrived); the standby's side is named.
+    wait_for_async("check to see the failover standby", RUN_TIMEOUT, || async {
+        let check = walflow!("check", "-c", &config.path)
+            .output_async(RUN_TIMEOUT)
+            .await
+            .unwrap();
+        (check.stdout.contains("ok    failover standby")
+            && check.stdout.contains("sync_replication_slots = on"))
+        .then_some(())
+    })
+    .await
+    .unwrap();
     let mut child = walflow!("run", "-c", &config.path).spawn().unwrap();
     db.wait_for_slot(&slot, RUN_TIMEOUT)
         .await
@@ -188,6 +201,18 @@ async fn a_promoted_standby_continues_the_failover_slot_with_nothing_lost() {
     assert!(
         ids >= 150,
         "the rows written after the promotion arrived too: {ids}"
+    );
+    // The promoted server has no standby of its own yet: check says its slot would not survive
+    // the next failover.
+    let check = walflow!("check", "-c", &config.path)
+        .output_async(RUN_TIMEOUT)
+        .await
+        .unwrap();
+    assert!(
+        check.stdout.contains("FAIL  failover standby")
+            && check.stdout.contains("synchronized_standby_slots is empty"),
+        "{}",
+        check.describe()
     );
     child.terminate();
     let output = child.wait_async(Duration::from_secs(30)).await.unwrap();
