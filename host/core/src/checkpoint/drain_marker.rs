@@ -16,7 +16,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Checkpoint, CheckpointError, Lsn, file_stem, sync_dir, write_json_atomically};
+use super::{
+    Checkpoint, CheckpointError, Lsn, file_stem, read_json, sync_dir, write_json_atomically,
+};
 
 /// A drained source: everything up to `lsn` was delivered and checkpointed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,24 +107,7 @@ impl DrainMarkerStore {
 
     /// The marker; `None` when there is none.
     pub fn load(&self) -> Result<Option<DrainMarker>, CheckpointError> {
-        let path = self.path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(CheckpointError::Io {
-                    action: "read",
-                    path,
-                    source,
-                });
-            }
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| CheckpointError::Corrupt {
-                path,
-                message: e.to_string(),
-            })
+        read_json(self.path())
     }
 
     /// Writes `marker` atomically and durably.

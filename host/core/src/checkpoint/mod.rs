@@ -127,24 +127,7 @@ impl CheckpointStore {
 
     /// Reads the checkpoint; `None` when there is none yet.
     pub fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        let path = self.path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(CheckpointError::Io {
-                    action: "read",
-                    path,
-                    source,
-                });
-            }
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| CheckpointError::Corrupt {
-                path,
-                message: e.to_string(),
-            })
+        read_json(self.path())
     }
 
     /// Writes `checkpoint` atomically and durably.
@@ -200,6 +183,30 @@ pub(crate) fn file_stem(slot: &str) -> String {
 
 /// Writes `value` as pretty JSON to `path` in `dir` the way checkpoints are written: a private
 /// temporary file, fsynced, renamed over `path`, and the directory fsynced.
+/// Reads the JSON file at `path`: `None` when it does not exist, an error naming the file when
+/// it cannot be read or parsed (the checkpoint and the drain marker are read the same way).
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: PathBuf,
+) -> Result<Option<T>, CheckpointError> {
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                action: "read",
+                path,
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| CheckpointError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
+}
+
 pub(crate) fn write_json_atomically(
     dir: &Path,
     path: &Path,
