@@ -329,27 +329,7 @@ async fn a_stopped_redis_holds_back_the_slot_until_it_is_back() {
     child.terminate();
     child.wait_async(Duration::from_secs(30)).await.unwrap();
 
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("app.public.t")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let ids: std::collections::BTreeSet<i64> = reply
-        .ids
-        .iter()
-        .map(|e| {
-            let v: Vec<u8> = e.get("value").unwrap();
-            let r: serde_json::Value = serde_json::from_slice(&v).unwrap();
-            r["value"]["after"]["id"].as_i64().unwrap()
-        })
-        .collect();
+    let ids = redis_ids(&redis.url()).await;
     assert_eq!(ids, (1..=500).collect(), "every inserted row reached redis");
 }
 
